@@ -1,0 +1,62 @@
+"""resilient-openai: retries, circuit breaking and honest fallbacks in front of the OpenAI client.
+
+``resilient(client, policy)`` returns a client of the same class whose every call goes through
+the chain; ``provenance(result)`` tells where an answer came from.
+"""
+
+from ._client import resilient
+from ._clock import SYSTEM_CLOCK, Clock, SystemClock
+from .classify import Classification, Verdict, classify
+from .errors import (
+    CircuitOpenError,
+    ConfigError,
+    DeadlineExceededError,
+    IncompleteStreamError,
+    RequestRejectedError,
+    ResilienceError,
+)
+from .policy import (
+    BreakerPolicy,
+    CachePolicy,
+    FallbackPolicy,
+    FallbackStep,
+    Policy,
+    RetryPolicy,
+    RetryRule,
+    Route,
+    Target,
+    Timeouts,
+    ValidationPolicy,
+)
+from .provenance import AttemptRecord, Provenance, Source, provenance
+
+__all__ = [
+    "SYSTEM_CLOCK",
+    "AttemptRecord",
+    "BreakerPolicy",
+    "CachePolicy",
+    "CircuitOpenError",
+    "Classification",
+    "Clock",
+    "ConfigError",
+    "DeadlineExceededError",
+    "FallbackPolicy",
+    "FallbackStep",
+    "IncompleteStreamError",
+    "Policy",
+    "Provenance",
+    "RequestRejectedError",
+    "ResilienceError",
+    "RetryPolicy",
+    "RetryRule",
+    "Route",
+    "Source",
+    "SystemClock",
+    "Target",
+    "Timeouts",
+    "ValidationPolicy",
+    "Verdict",
+    "classify",
+    "provenance",
+    "resilient",
+]

@@ -1,0 +1,71 @@
+"""Whether to try the same target again, and after how long. Pure: time and randomness come in."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .classify import Classification, Verdict
+from .policy import RetryPolicy, RetryRule
+
+__all__ = ["RetryDecision", "backoff_delay", "decide_open_circuit_wait", "decide_retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """``delay`` seconds to wait before the next attempt, or None to give up (``reason`` says why)."""
+
+    delay: float | None
+    reason: str
+
+
+def backoff_delay(rule: RetryRule, retry_number: int, rand: float) -> float:
+    """The wait before retry number ``retry_number`` (1-based): capped doubling, minus jitter.
+
+    ``rand`` is a uniform draw in [0, 1): the wait is reduced by up to ``rule.jitter`` of itself.
+    """
+    exponent = min(retry_number - 1, 64)
+    delay = min(rule.base * 2.0**exponent, rule.cap)
+    return max(delay * (1.0 - rule.jitter * rand), 0.0)
+
+
+def decide_retry(
+    outcome: Classification,
+    *,
+    policy: RetryPolicy,
+    attempt: int,
+    remaining: float,
+    rand: float,
+) -> RetryDecision:
+    """Decide after failed attempt number ``attempt`` (1-based) with ``remaining`` seconds of budget.
+
+    Never retried: verdicts without a rule (caller errors, quota, context length, content filter,
+    cancellation), an upstream that says ``x-should-retry: false``, a server-requested wait longer
+    than ``policy.max_retry_after``, or any wait that would not fit in the remaining budget — in
+    those cases giving up now lets a fallback answer while there is still time.
+    """
+    verdict = outcome.verdict
+    rule = policy.rules.get(verdict)
+    if rule is None:
+        return RetryDecision(None, f"{verdict} is not retried")
+    if policy.honor_should_retry and outcome.should_retry is False:
+        return RetryDecision(None, "upstream said x-should-retry: false")
+    if attempt >= rule.attempts:
+        return RetryDecision(None, f"{rule.attempts} attempt(s) allowed for {verdict}")
+    server_wait = outcome.retry_after
+    if server_wait is not None and (math.isinf(server_wait) or server_wait > policy.max_retry_after):
+        return RetryDecision(None, f"upstream asked to wait {server_wait:g}s (> {policy.max_retry_after:g}s)")
+    if server_wait is not None and server_wait > 0:
+        delay = server_wait
+    else:
+        delay = backoff_delay(rule, attempt, rand)
+    if delay >= remaining:
+        return RetryDecision(None, f"waiting {delay:.3g}s would pass the deadline ({remaining:.3g}s left)")
+    return RetryDecision(delay, f"retrying {verdict} in {delay:.3g}s")
+
+
+def decide_open_circuit_wait(outcome: Classification, *, remaining: float, has_fallback: bool) -> float | None:
+    """Whether to wait out an open circuit: only with no fallback left and when it fits the budget."""
+    if outcome.verdict is not Verdict.CIRCUIT_OPEN or has_fallback or outcome.retry_after is None:
+        return None
+    return outcome.retry_after if outcome.retry_after < remaining else None

@@ -1,0 +1,26 @@
+"""Circuit breakers as a permit protocol, over pybreaker's state names and storages.
+
+Acquire a :class:`Permit` (or get :class:`~resilient_openai.CircuitOpenError` at once), make the
+call with no lock held, then record success, failure or *ignored* on the permit. Inside, the
+same layers as Polly's and resilience4j's breakers: :class:`CircuitBreaker` (the thread-safe
+shell, events published after its lock is released) -> a pure state machine with a table of
+legal transitions -> health metrics (failures in a row, a time-bucketed sliding window).
+:class:`BreakerRegistry` keeps one breaker per target.
+"""
+
+from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
+from ._registry import BreakerRegistry, default_key
+from ._state import CLOSED, HALF_OPEN, ISOLATED, OPEN, IllegalTransitionError
+
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "ISOLATED",
+    "OPEN",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "CircuitBreaker",
+    "IllegalTransitionError",
+    "Permit",
+    "default_key",
+]

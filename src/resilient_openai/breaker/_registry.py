@@ -1,0 +1,144 @@
+"""One breaker per target, created on first use and kept within ``max_breakers``.
+
+A breaker's name is its key; :func:`default_key` names a target after its endpoint and model,
+e.g. ``"api.openai.com/v1:gpt-4o"``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from ._breaker import BreakerSnapshot, CircuitBreaker
+from ._state import CLOSED, ISOLATED
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .._clock import Clock
+    from ..observe.events import EventBus
+    from ..policy import BreakerPolicy
+
+__all__ = ["BreakerRegistry", "default_key"]
+
+
+def default_key(base_url: str, model: str | None) -> str:
+    """A readable breaker name: the base URL's host (and port) and path, then ``:model``.
+
+    No scheme, no credentials, no query or fragment, so the name is safe to log:
+    ``default_key("https://user:pw@api.openai.com/v1/?k=1", "gpt-4o") == "api.openai.com/v1:gpt-4o"``.
+    """
+    parts = urlsplit(base_url if "//" in base_url else f"//{base_url}")
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal: keep the brackets so the port stays readable
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: leave it out rather than fail
+        port = None
+    if port is not None:
+        host = f"{host}:{port}"
+    endpoint = host + parts.path.rstrip("/")
+    return f"{endpoint}:{model}" if model else endpoint
+
+
+def _eviction_rank(breaker: CircuitBreaker) -> int:
+    """Which breakers to forget first: closed ones (nothing lost), tripped ones, isolated last."""
+    state = breaker.state
+    if state == CLOSED:
+        return 0
+    if state == ISOLATED:
+        return 2  # an operator's decision: the last thing to drop
+    return 1
+
+
+class BreakerRegistry:
+    """The breakers of one client, by key, bounded to ``policy.max_breakers``.
+
+    Past the bound the least recently used breaker is dropped, preferring closed ones, then
+    open / half-open ones, and isolated ones only when nothing else is left. Dropping only
+    forgets the registry's reference: a caller still holding the breaker keeps using it, and
+    the next :meth:`get` for that key starts a fresh one. Thread-safe; the lock covers the dict
+    operations only, never a breaker's own work or its listeners.
+    """
+
+    def __init__(self, policy: BreakerPolicy, *, clock: Clock, bus: EventBus) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._bus = bus
+        # OrderedDict rather than cachetools.LRUCache: choosing the victim by state means walking
+        # the recency order, which LRUCache keeps private.
+        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+        """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
+
+        A per-target ``policy`` applies when the breaker is created; a breaker that already
+        exists keeps the policy it was created with.
+        """
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is not None:
+                self._breakers.move_to_end(key)
+                return breaker
+            breaker = CircuitBreaker(key, policy or self.policy, clock=self._clock, bus=self._bus)
+            self._breakers[key] = breaker
+            if len(self._breakers) > self.policy.max_breakers:
+                self._evict_locked(keep=key)
+            return breaker
+
+    def _evict_locked(self, *, keep: str) -> None:
+        """Drop one breaker (never ``keep``, the one just created). Caller holds the lock."""
+        victim: str | None = None
+        best = 3
+        for key, breaker in self._breakers.items():  # least recently used first
+            if key == keep:
+                continue
+            rank = _eviction_rank(breaker)
+            if rank < best:
+                victim, best = key, rank
+                if rank == 0:
+                    break
+        if victim is not None:
+            del self._breakers[victim]
+
+    def _existing(self, key: str) -> CircuitBreaker:
+        with self._lock:
+            breaker = self._breakers.get(key)
+        if breaker is None:
+            raise KeyError(f"no breaker named {key!r}")
+        return breaker
+
+    def isolate(self, key: str) -> None:
+        """Force ``key``'s circuit open until closed or reset; creates the breaker if needed.
+
+        Creating it lets an operator isolate a target before it is first called.
+        """
+        self.get(key).isolate()
+
+    def close(self, key: str) -> None:
+        """Close ``key``'s circuit now. Raises ``KeyError`` for an unknown key."""
+        self._existing(key).close()
+
+    def reset(self, key: str) -> None:
+        """Make ``key``'s breaker fresh and closed. Raises ``KeyError`` for an unknown key."""
+        self._existing(key).reset()
+
+    def snapshot(self) -> list[BreakerSnapshot]:
+        """A snapshot of every breaker, least recently used first."""
+        return [breaker.snapshot() for breaker in self]
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        """The breakers (a copy of the list: safe while others create or evict)."""
+        with self._lock:
+            breakers = list(self._breakers.values())
+        return iter(breakers)
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._breakers

@@ -1,0 +1,327 @@
+"""Watching a live stream: skip a malformed event, turn cuts and stalls into a typed error.
+
+The SDK's ``Stream`` reads server-sent events from the HTTP response's byte stream. The attempt
+layer slips a guard between the two: the guard hands the SDK only well-formed events, reads the
+first event while still inside the chain (so a failure before the first chunk is retried or
+falls back invisibly), and after that ends any cut, stall or unreadable stream with
+:class:`~resilient_openai.IncompleteStreamError` carrying the partial text: never a normal end
+with a truncated answer. :class:`StreamWatch` is the I/O-free part shared by both guards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx2
+import openai
+
+from .._clock import Clock
+from ..classify import Verdict
+from ..errors import IncompleteStreamError
+from ..fallback.assemble import assembler_for
+from ..observe.events import EventBus, StreamEventSkipped
+
+__all__ = ["AsyncStreamGuard", "StreamWatch", "SyncStreamGuard"]
+
+#: This many malformed events in a row make a stream unreadable.
+MAX_MALFORMED_IN_A_ROW = 3
+#: Operations whose streams say when they are complete (finish_reason / response.completed).
+_SELF_TERMINATING = frozenset({"chat.completions", "responses"})
+
+
+class StreamWatch:
+    """What one stream has delivered so far, and how it ended. No I/O: fed bytes, asked to end."""
+
+    __slots__ = (
+        "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_malformed_run", "_permit",
+        "_request", "_started", "breaker", "delivered", "done_seen", "ended", "model", "on_complete",
+        "operation", "outcome", "skipped",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        operation: str,
+        model: str | None,
+        breaker: str,
+        clock: Clock,
+        bus: EventBus,
+        deadline: float,
+        request: httpx2.Request,
+    ) -> None:
+        self.operation = operation
+        self._request = request
+        self.model = model
+        self.breaker = breaker
+        self._clock = clock
+        self._bus = bus
+        self._deadline = deadline
+        self._assembler = assembler_for(operation)
+        self._buffer = b""
+        self._malformed_run = 0
+        self._permit: Any = None
+        self._started = 0.0
+        self.delivered = 0
+        self.skipped = 0
+        self.done_seen = False
+        self.ended = False
+        self.outcome: Verdict | None = None
+        #: Called with the assembled complete answer (a dict) when the stream completes.
+        self.on_complete: list[Callable[[dict[str, Any]], None]] = []
+
+    @property
+    def started(self) -> bool:
+        """The answer has begun: a chunk carried part of it, or the stream already finished."""
+        return self._assembler.chunks > 0 or self.done_seen or self._assembler.finished
+
+    @property
+    def partial_text(self) -> str:
+        """The answer text delivered so far."""
+        return str(self._assembler.text)
+
+    def feed(self, data: bytes) -> bytes:
+        """Take raw bytes, return the bytes of the complete, well-formed events among them."""
+        buffer = self._buffer + data.replace(b"\r\n", b"\n")
+        *blocks, self._buffer = buffer.split(b"\n\n")
+        if not blocks:
+            return b""
+        kept = [block for block in blocks if self._keep(block)]
+        return b"".join(block + b"\n\n" for block in kept)
+
+    def _keep(self, block: bytes) -> bool:
+        data_lines = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+        if not data_lines:
+            return True  # a comment or keep-alive: harmless, pass it on
+        data = b"\n".join(data_lines)
+        if data.startswith(b"[DONE]"):
+            self.done_seen = True
+            return True
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return self._malformed()
+        self._malformed_run = 0
+        if isinstance(event, dict):
+            if event.get("error") and not self.started:
+                raise openai.APIError(_error_message(event), self._request, body=event["error"])
+            self._assembler.feed(event)
+        self.delivered += 1
+        return True
+
+    def _malformed(self) -> bool:
+        self.skipped += 1
+        self._malformed_run += 1
+        if self._bus:
+            self._bus.emit(StreamEventSkipped(self._clock.wall(), self.operation, self.model, self.breaker))
+        if self._malformed_run >= MAX_MALFORMED_IN_A_ROW:
+            raise self.error("unreadable", f"{self._malformed_run} malformed events in a row")
+        return False
+
+    def check_deadline(self) -> None:
+        """Raise when the call's total deadline has passed while the stream was still running."""
+        if self._clock.now() > self._deadline:
+            raise self.error("deadline", "the call's total deadline passed mid-stream")
+
+    def error(self, reason: str, detail: str) -> IncompleteStreamError:
+        """The typed error for a stream that ends badly now, with what it delivered."""
+        text = self.partial_text
+        return IncompleteStreamError(
+            f"stream {reason} after {self.delivered} event(s): {detail}",
+            partial_text=text,
+            chunks=self.delivered,
+            reason=reason,
+            breaker=self.breaker,
+            operation=self.operation,
+            model=self.model,
+        )
+
+    def complete(self) -> bool:
+        """At a clean end of the HTTP body: did the server finish the answer?"""
+        if self.done_seen or self._assembler.finished:
+            return True
+        return self.operation not in _SELF_TERMINATING and self.delivered > 0
+
+    def closed_early(self) -> None:
+        """The reader closed the stream: a success if the answer was complete, else abandoned.
+
+        The SDK stops reading at ``[DONE]`` and closes the response without reading to the end of
+        the body, so a close after a finished answer is the normal way a stream completes.
+        """
+        finished = self.done_seen or self._assembler.finished
+        self.end(Verdict.SUCCESS if finished else Verdict.CANCELLED)
+
+    def hand_permit(self, permit: Any, started: float) -> None:
+        """Take over the breaker permit: the outcome is recorded when the stream ends."""
+        self._permit = permit
+        self._started = started
+        if self.ended:
+            self._settle()
+
+    def end(self, outcome: Verdict) -> None:
+        """The stream is over: SUCCESS, a failure verdict, or CANCELLED for an abandoned stream."""
+        if self.ended:
+            return
+        self.ended = True
+        self.outcome = outcome
+        if outcome is Verdict.SUCCESS and self.on_complete:
+            answer = self._complete_answer()
+            if answer is not None:
+                for hook in self.on_complete:
+                    hook(answer)
+        self._settle()
+
+    def _complete_answer(self) -> dict[str, Any] | None:
+        """The whole answer, only when the server said it was finished and completed."""
+        assembler = self._assembler
+        if not assembler.finished or getattr(assembler, "outcome", "completed") != "completed":
+            return None
+        return dict(assembler.completion())
+
+    def _settle(self) -> None:
+        permit, self._permit = self._permit, None
+        if permit is None or self.outcome is None:
+            return
+        if self.outcome is Verdict.CANCELLED:
+            permit.ignore()
+        else:
+            permit.record(self.outcome, duration=self._clock.now() - self._started)
+
+
+def _error_message(event: dict[str, Any]) -> str:
+    error = event.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else "An error occurred during streaming"
+
+
+def _before_first_chunk(exc: Exception, request: httpx2.Request) -> Exception:
+    """Map a transport failure before any chunk to the SDK's own exception, as the SDK would."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return openai.APITimeoutError(request=request)
+    return openai.APIConnectionError(request=request)
+
+
+class SyncStreamGuard(httpx2.SyncByteStream):
+    """Sits between the HTTP body and the SDK's ``Stream`` (threads)."""
+
+    def __init__(self, raw: httpx2.SyncByteStream, watch: StreamWatch, request: httpx2.Request) -> None:
+        self._raw = raw
+        self._watch = watch
+        self._request = request
+        self._source: Iterator[bytes] = iter(raw)
+        self._pending: list[bytes] = []
+
+    def prime(self) -> None:
+        """Read up to the first piece of the answer, inside the chain: failures here are retryable.
+
+        Events before it (the role chunk, ``response.created``) are held back, so a failure
+        before the first token is invisible to the caller.
+        """
+        watch = self._watch
+        try:
+            while not watch.started:
+                try:
+                    data = next(self._source)
+                except StopIteration:
+                    raise watch.error("truncated", "the body ended before the first event") from None
+                kept = watch.feed(data)
+                if kept:
+                    self._pending.append(kept)
+        except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            self._raw.close()
+            raise _before_first_chunk(exc, self._request) from exc
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        watch = self._watch
+        pending, self._pending = self._pending, []
+        yield from pending
+        try:
+            for data in self._source:
+                watch.check_deadline()
+                kept = watch.feed(data)
+                if kept:
+                    yield kept
+        except httpx2.TimeoutException as exc:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("stalled", "no event within the idle limit") from exc
+        except httpx2.TransportError as exc:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("cut", "the connection dropped mid-answer") from exc
+        except IncompleteStreamError:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise
+        if not watch.complete():
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("truncated", "the body ended before the answer was finished")
+        watch.end(Verdict.SUCCESS)
+
+    def close(self) -> None:
+        self._watch.closed_early()
+        self._raw.close()
+
+
+class AsyncStreamGuard(httpx2.AsyncByteStream):
+    """Sits between the HTTP body and the SDK's ``AsyncStream`` (asyncio tasks)."""
+
+    def __init__(self, raw: httpx2.AsyncByteStream, watch: StreamWatch, request: httpx2.Request) -> None:
+        self._raw = raw
+        self._watch = watch
+        self._request = request
+        self._source: AsyncIterator[bytes] = aiter(raw)
+        self._pending: list[bytes] = []
+
+    async def prime(self) -> None:
+        """Read up to the first piece of the answer, inside the chain: failures here are retryable.
+
+        Events before it (the role chunk, ``response.created``) are held back, so a failure
+        before the first token is invisible to the caller.
+        """
+        watch = self._watch
+        try:
+            while not watch.started:
+                try:
+                    data = await anext(self._source)
+                except StopAsyncIteration:
+                    raise watch.error("truncated", "the body ended before the first event") from None
+                kept = watch.feed(data)
+                if kept:
+                    self._pending.append(kept)
+        except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            await self._raw.aclose()
+            raise _before_first_chunk(exc, self._request) from exc
+        except BaseException:
+            await self._raw.aclose()
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        watch = self._watch
+        pending, self._pending = self._pending, []
+        for kept in pending:
+            yield kept
+        try:
+            async for data in self._source:
+                watch.check_deadline()
+                kept = watch.feed(data)
+                if kept:
+                    yield kept
+        except httpx2.TimeoutException as exc:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("stalled", "no event within the idle limit") from exc
+        except httpx2.TransportError as exc:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("cut", "the connection dropped mid-answer") from exc
+        except IncompleteStreamError:
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise
+        if not watch.complete():
+            watch.end(Verdict.STREAM_INTERRUPTED)
+            raise watch.error("truncated", "the body ended before the answer was finished")
+        watch.end(Verdict.SUCCESS)
+
+    async def aclose(self) -> None:
+        self._watch.closed_early()
+        await self._raw.aclose()

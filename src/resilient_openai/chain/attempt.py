@@ -1,0 +1,126 @@
+"""The attempt layer: give each attempt its time limits, and watch a stream's first event.
+
+Non-streaming attempts get ``timeouts.attempt`` for every network wait; streams get
+``timeouts.first_token`` until the response arrives, then ``timeouts.stream_idle`` between
+events. Every limit is cut to the time left before the call's deadline, so a silent upstream
+costs at most what is left, never attempts x timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+
+from .._clock import Clock
+from ..errors import DeadlineExceededError
+from ..observe.events import EventBus
+from ._call import AsyncHandler, Call, Handler
+from ._stream import AsyncStreamGuard, StreamWatch, SyncStreamGuard
+
+__all__ = ["AsyncAttempt", "SyncAttempt"]
+
+
+def _prepare(call: Call, clock: Clock) -> float:
+    """Set ``call.send_options`` for this attempt; return the seconds left before the deadline."""
+    remaining = call.deadline - clock.now()
+    target = call.target
+    assert target is not None
+    if remaining <= 0:
+        raise DeadlineExceededError(
+            f"deadline passed before attempt {call.attempt} on '{target.name}'",
+            breaker=target.name,
+            attempts=len(call.attempts),
+            operation=call.operation,
+            model=call.model,
+        )
+    limits = target.timeouts
+    options = call.options.model_copy()
+    first = limits.first_token if call.stream else limits.attempt
+    own = call.options.timeout
+    if isinstance(own, int | float) and not isinstance(own, bool):
+        first = min(first, float(own))
+    options.timeout = httpx2.Timeout(min(first, remaining), connect=min(limits.connect, remaining))
+    options.max_retries = 0
+    model = target.model
+    body = options.json_data
+    if model is not None and isinstance(body, Mapping) and body.get("model") != model:
+        options.json_data = {**body, "model": model}
+    call.send_options = options
+    call.stream_watch = None
+    return remaining
+
+
+def _http_response(result: Any) -> httpx2.Response | None:
+    """The HTTP response under a Stream, AsyncStream or raw-response wrapper."""
+    for name in ("response", "http_response"):
+        candidate = getattr(result, name, None)
+        if isinstance(candidate, httpx2.Response):
+            return candidate
+    return None
+
+
+def _watch(call: Call, clock: Clock, bus: EventBus, response: httpx2.Response) -> StreamWatch:
+    target = call.target
+    assert target is not None
+    watch = StreamWatch(
+        operation=call.operation,
+        model=call.model,
+        breaker=target.name,
+        clock=clock,
+        bus=bus,
+        deadline=call.deadline,
+        request=response.request,
+    )
+    # The body's reads take their limit from this dict when the body is first read, after the
+    # headers: from here on a stall is measured against the idle limit, not the first-token one.
+    limits = response.request.extensions.get("timeout")
+    if isinstance(limits, dict):
+        limits["read"] = min(target.timeouts.stream_idle, max(call.deadline - clock.now(), 0.001))
+    call.stream_watch = watch
+    return watch
+
+
+class SyncAttempt:
+    """Per-attempt limits and stream priming (threads)."""
+
+    __slots__ = ("_bus", "_clock")
+
+    def __init__(self, clock: Clock, bus: EventBus) -> None:
+        self._clock = clock
+        self._bus = bus
+
+    def __call__(self, call: Call, next: Handler) -> Any:
+        _prepare(call, self._clock)
+        result = next(call)
+        if call.stream:
+            response = _http_response(result)
+            if response is not None and isinstance(response.stream, httpx2.SyncByteStream):
+                watch = _watch(call, self._clock, self._bus, response)
+                guard = SyncStreamGuard(response.stream, watch, response.request)
+                response.stream = guard
+                guard.prime()
+        return result
+
+
+class AsyncAttempt:
+    """Per-attempt limits and stream priming (asyncio tasks)."""
+
+    __slots__ = ("_bus", "_clock")
+
+    def __init__(self, clock: Clock, bus: EventBus) -> None:
+        self._clock = clock
+        self._bus = bus
+
+    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
+        _prepare(call, self._clock)
+        result = await next(call)
+        if call.stream:
+            response = _http_response(result)
+            if response is not None and isinstance(response.stream, httpx2.AsyncByteStream):
+                watch = _watch(call, self._clock, self._bus, response)
+                guard = AsyncStreamGuard(response.stream, watch, response.request)
+                response.stream = guard
+                await guard.prime()
+        return result

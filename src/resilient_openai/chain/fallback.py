@@ -1,0 +1,172 @@
+"""The fallback layer: when the primary cannot answer, walk the route until something does.
+
+Live rungs (another model, another provider) go through the inner chain, each with its own
+retry rules and breaker; local rungs (the cache, a canned text, a user function) answer at once,
+even after the deadline. The verdict of the failure decides whether to fall back at all
+(:func:`~resilient_openai.fallback.plan.next_move`). Every answer leaves with its provenance.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..classify import Verdict, classify
+from ..errors import RequestRejectedError
+from ..fallback.plan import Move, is_live, next_move, route_for
+from ..policy import FallbackStep, Route
+from ..provenance import Source
+from ._call import AsyncHandler, Call, Handler
+
+if TYPE_CHECKING:
+    from .._engine import Engine
+
+__all__ = ["AsyncFallback", "SyncFallback"]
+
+_PRIMARY = FallbackStep(kind="model")
+
+
+def _initial_rungs(call: Call, route: Route) -> list[FallbackStep]:
+    if call.oversized:
+        if route.context_model is None:
+            raise RequestRejectedError(
+                f"the prompt is larger than {call.requested_model}'s context window",
+                rule="context_window", operation=call.operation, model=call.requested_model,
+            )  # fmt: skip
+        return [FallbackStep(kind="model", model=route.context_model)]
+    return [_PRIMARY, *route.steps]
+
+
+def _failure(call: Call, exc: BaseException) -> Verdict:
+    last = call.last_failure
+    return last.verdict if last is not None else classify(exc).verdict
+
+
+def _after_failure(
+    call: Call, exc: BaseException, route: Route, rungs: list[FallbackStep], index: int
+) -> tuple[list[FallbackStep], Verdict]:
+    """The rungs left to try after a live failure (raises ``exc`` when nothing should be tried)."""
+    verdict = _failure(call, exc)
+    move = next_move(verdict, route)
+    if move is Move.RAISE:
+        raise exc
+    if move is Move.CONTEXT:
+        return [FallbackStep(kind="model", model=route.context_model)], verdict
+    if move is Move.CONTENT:
+        assert route.content_policy is not None
+        return [route.content_policy], verdict
+    return rungs[index + 1 :], verdict
+
+
+class SyncFallback:
+    """Walks a call's fallback route (threads)."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __call__(self, call: Call, next: Handler) -> Any:
+        engine = self._engine
+        route = route_for(engine.policy.fallback, call.requested_model)
+        cache_key = engine.cache_key(call, route)
+        if cache_key is not None and engine.policy.cache.read_through:
+            hit = engine.cached(cache_key)
+            if hit is not None:
+                return engine.serve_sync(call, hit[0], Source.CACHE, hit[1], reason=None)
+        rungs = _initial_rungs(call, route)
+        error: BaseException | None = None
+        reason: Verdict | None = None
+        index = 0
+        while index < len(rungs):
+            step = rungs[index]
+            if is_live(step):
+                call.target = engine.live_target(call, step, primary=step is _PRIMARY)
+                call.has_fallback = index + 1 < len(rungs)
+                call.last_failure = None
+                try:
+                    result = next(call)
+                except Exception as exc:
+                    error = exc
+                    rungs, verdict = _after_failure(call, exc, route, rungs, index)
+                    reason = reason or verdict
+                    index = 0
+                    continue
+                return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
+            local = engine.local_answer(call, step, cache_key, reason)
+            if local is not None:
+                answer, source, model = local
+                if source is Source.FUNCTION:
+                    answer = engine.function_answer(call, _run_sync(step, call, reason))
+                if answer is not None:
+                    return engine.serve_sync(call, answer, source, model, reason=reason)
+            index += 1
+        assert error is not None
+        raise engine.give_up(call, error)
+
+
+class AsyncFallback:
+    """Walks a call's fallback route (asyncio tasks)."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
+        engine = self._engine
+        route = route_for(engine.policy.fallback, call.requested_model)
+        cache_key = engine.cache_key(call, route)
+        if cache_key is not None and engine.policy.cache.read_through:
+            hit = engine.cached(cache_key)
+            if hit is not None:
+                return await engine.serve_async(call, hit[0], Source.CACHE, hit[1], reason=None)
+        rungs = _initial_rungs(call, route)
+        error: BaseException | None = None
+        reason: Verdict | None = None
+        index = 0
+        while index < len(rungs):
+            step = rungs[index]
+            if is_live(step):
+                call.target = engine.live_target(call, step, primary=step is _PRIMARY)
+                call.has_fallback = index + 1 < len(rungs)
+                call.last_failure = None
+                try:
+                    result = await next(call)
+                except Exception as exc:
+                    error = exc
+                    rungs, verdict = _after_failure(call, exc, route, rungs, index)
+                    reason = reason or verdict
+                    index = 0
+                    continue
+                return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
+            local = engine.local_answer(call, step, cache_key, reason)
+            if local is not None:
+                answer, source, model = local
+                if source is Source.FUNCTION:
+                    answer = engine.function_answer(call, await _run_async(step, call, reason))
+                if answer is not None:
+                    return await engine.serve_async(call, answer, source, model, reason=reason)
+            index += 1
+        assert error is not None
+        raise engine.give_up(call, error)
+
+
+def _function(step: FallbackStep) -> Callable[..., Any]:
+    assert step.function is not None
+    return step.function
+
+
+def _run_sync(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
+    produced = _function(step)(dict(call.body or {}), str(reason))
+    if inspect.isawaitable(produced):
+        raise TypeError("an async fallback function cannot answer a sync client; give a sync function")
+    return str(produced)
+
+
+async def _run_async(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
+    produced = _function(step)(dict(call.body or {}), str(reason))
+    if inspect.isawaitable(produced):
+        produced = await produced
+    return str(produced)

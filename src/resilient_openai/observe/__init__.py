@@ -1,0 +1,1 @@
+"""Observability: typed events, the listener bus, redacted logging and optional metrics."""

@@ -1,0 +1,84 @@
+"""Where an answer came from: ``provenance(result)`` for anything the chain returned or raised."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["AttemptRecord", "Provenance", "Source", "provenance"]
+
+
+class Source(StrEnum):
+    """Who produced the answer."""
+
+    UPSTREAM = "upstream"
+    FALLBACK_MODEL = "fallback_model"
+    FALLBACK_CLIENT = "fallback_client"
+    CACHE = "cache"
+    CANNED = "canned"
+    FUNCTION = "function"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt on one target and how it ended."""
+
+    target: str
+    model: str | None
+    attempt: int
+    verdict: str
+    status: int | None
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """The honest story of one call.
+
+    ``source`` is who answered (None on an error: nobody did); ``model`` the model that actually answered (for canned and
+    function answers, the synthetic name they carry); ``requested_model`` what the caller asked
+    for; ``reason`` the verdict that made the chain leave the primary (None when the primary
+    answered); ``attempts`` every attempt on every target, in order, the answering one included.
+    """
+
+    source: Source | None
+    model: str | None
+    requested_model: str | None
+    target: str | None
+    reason: str | None = None
+    attempts: tuple[AttemptRecord, ...] = field(default=())
+
+    @property
+    def retried(self) -> bool:
+        """True when the answering target needed more than one attempt."""
+        return sum(1 for a in self.attempts if a.target == self.target) > 1
+
+
+_by_id: dict[int, Provenance] = {}
+_lock = threading.Lock()
+
+
+def _forget(key: int) -> None:
+    with _lock:
+        _by_id.pop(key, None)
+
+
+def attach(obj: Any, record: Provenance) -> None:
+    """Remember ``record`` for ``obj`` for as long as ``obj`` lives (by identity, weakly)."""
+    key = id(obj)
+    with _lock:
+        fresh = key not in _by_id
+        _by_id[key] = record
+    if fresh:
+        weakref.finalize(obj, _forget, key)
+
+
+def provenance(obj: object) -> Provenance | None:
+    """The :class:`Provenance` of a response, stream, raw response or error the chain produced.
+
+    None for objects that did not come out of a resilient client.
+    """
+    return _by_id.get(id(obj))

@@ -1,0 +1,172 @@
+"""The fake upstream on a loopback socket: real connections, real waits, real cuts.
+
+A :class:`http.server.ThreadingHTTPServer` speaking HTTP/1.1 carries out the plans that
+:class:`~resilient_openai.testing.FakeUpstream` decides. Streams use chunked transfer encoding, so a
+cut is a body the client sees end without its last chunk, and a reset is a connection closed
+before any byte of the response. Every wait is also woken by the server stopping, so leaving
+:func:`serve_upstream` never waits on a silent or held request.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ._upstream import Block, Cut, Drop, Stall, Wait
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ._upstream import FakeUpstream
+
+__all__ = ["serve_upstream"]
+
+# How long leaving serve_upstream waits for request threads to notice the stop, in total.
+_JOIN_TIMEOUT = 2.0
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server plus what its handlers share: the upstream, a stop flag, live connections."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, upstream: FakeUpstream, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.upstream = upstream
+        self.stopping = threading.Event()
+        self._live_lock = threading.Lock()
+        self._live: dict[threading.Thread, socket.socket] = {}
+
+    def track(self, connection: socket.socket) -> None:
+        """Remember the calling handler thread's connection, to close it when stopping."""
+        with self._live_lock:
+            self._live[threading.current_thread()] = connection
+
+    def untrack(self) -> None:
+        """Forget the calling handler thread's connection."""
+        with self._live_lock:
+            self._live.pop(threading.current_thread(), None)
+
+    def stop(self) -> None:
+        """Stop accepting, wake every waiting handler, close every connection, join the threads."""
+        self.stopping.set()
+        self.shutdown()
+        with self._live_lock:
+            live = dict(self._live)
+        for connection in live.values():
+            # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+        for thread in live:
+            thread.join(_JOIN_TIMEOUT / max(len(live), 1))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one connection's requests by carrying out the upstream's plans with real time."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        """Register the connection so stopping the server can close it."""
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        """Unregister the connection."""
+        try:
+            super().finish()
+        finally:
+            self.server.untrack()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: a test tool should not write to stderr for every request."""
+
+    def do_GET(self) -> None:
+        """Answer a GET (``/models``)."""
+        self._answer()
+
+    def do_POST(self) -> None:
+        """Answer a POST (chat completions, responses, embeddings)."""
+        self._answer()
+
+    do_PUT = do_POST
+    do_DELETE = do_GET
+
+    def _wait(self, step: Wait | Block) -> bool:
+        """Wait for real; ``False`` when cut short because the server is stopping."""
+        stopping = self.server.stopping
+        if isinstance(step, Block):
+            while not step.event.wait(0.01):
+                if stopping.is_set():
+                    return False
+            return True
+        return not stopping.wait(None if math.isinf(step.seconds) else step.seconds)
+
+    def _answer(self) -> None:
+        try:
+            self._carry_out()
+        except OSError:
+            # The client went away (it timed out or closed the stream): nothing left to tell it.
+            self.close_connection = True
+
+    def _carry_out(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        plan = self.server.upstream._decide(self.command, urlsplit(self.path).path, headers, raw)
+        for step in plan.before:
+            if not self._wait(step):
+                self.close_connection = True
+                return
+        reply = plan.outcome
+        if isinstance(reply, Drop):
+            # Closing without a byte: the client sees the server disconnect before answering.
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        chunked = reply.content_length is None
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+        else:
+            self.send_header("content-length", str(reply.content_length))
+        self.end_headers()
+        for piece in reply.body:
+            if isinstance(piece, bytes):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.wfile.flush()
+            elif isinstance(piece, Stall):
+                if not self._wait(Wait(piece.seconds)):
+                    self.close_connection = True
+                    return
+            elif isinstance(piece, Cut):
+                # No terminating chunk (or fewer bytes than content-length): a truncated body.
+                self.close_connection = True
+                return
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+
+@contextmanager
+def serve_upstream(upstream: FakeUpstream, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``upstream`` on ``host:port`` (port 0: any free one) and yield its ``/v1`` base URL."""
+    server = _Server(upstream, (host, port))
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai-upstream", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}/v1"
+    finally:
+        server.stop()
+        thread.join(_JOIN_TIMEOUT)

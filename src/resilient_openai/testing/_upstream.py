@@ -1,0 +1,876 @@
+"""A fault-scripted fake OpenAI upstream, in process (an httpx2 transport) or on a loopback socket.
+
+The work is split the way the rest of the library is: :meth:`FakeUpstream._decide` is the pure part
+(record the request, pick the fault, turn it into a :class:`Plan` of waits, headers and body
+pieces); the transports here and the server in :mod:`._server` only carry a plan out. In process,
+every wait goes through the injected clock and honours the request's read timeout, so a test with
+a :class:`FakeClock` never sleeps; on the socket, waits are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx2
+
+from .. import _shapes
+from ._clock import FakeClock
+
+if TYPE_CHECKING:
+    from .._clock import Clock
+
+__all__ = [
+    "Block",
+    "Cut",
+    "Drop",
+    "Fault",
+    "FakeUpstream",
+    "Plan",
+    "RecordedRequest",
+    "Reply",
+    "Stall",
+    "Wait",
+    "wait_verdict",
+]
+
+FaultKind = Literal["ok", "status", "delay", "reset", "silence", "hold", "stream"]
+
+# Error ``type`` OpenAI sends with each status when the test does not name one.
+_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    429: "requests",
+}
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
+
+
+def _non_negative(name: str, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Fault:
+    """How the fake upstream answers one request. Build one with a constructor, never directly.
+
+    Faults are immutable values, so one instance can be scripted many times:
+    ``upstream.script("gpt-4o", [Fault.status(503), Fault.reset(), Fault.ok("hi")])``.
+    """
+
+    kind: FaultKind
+    text: str | None = None
+    tokens: int = 12
+    model: str | None = None
+    latency: float = 0.0
+    status_code: int = 200
+    error_code: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    seconds: float = 0.0
+    then: Fault | None = None
+    event: threading.Event | None = field(default=None, compare=False)
+    cut_after: int | None = None
+    stall_after: int | None = None
+    stall: float = 0.0
+    malformed_at: int | None = None
+    done: bool = True
+    usage: bool | None = None
+
+    @classmethod
+    def ok(
+        cls, text: str | None = None, *, tokens: int = 12, model: str | None = None, latency: float = 0.0
+    ) -> Fault:
+        """A normal answer (JSON, or a clean stream when the request streams).
+
+        ``text`` defaults to ``"tok0 tok1 ... tok{tokens-1}"``; ``model`` answers with another model
+        name than the one asked for; ``latency`` is a wait before the headers.
+        """
+        _non_negative("tokens", tokens)
+        _non_negative("latency", latency)
+        return cls(kind="ok", text=text, tokens=tokens, model=model, latency=latency)
+
+    @classmethod
+    def status(
+        cls,
+        code: int,
+        *,
+        code_str: str | None = None,
+        type: str | None = None,
+        message: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Fault:
+        """An HTTP error with OpenAI's body ``{"error": {message, type, param, code}}``.
+
+        ``code_str`` is ``error.code`` (e.g. ``"insufficient_quota"``, ``"context_length_exceeded"``);
+        ``type`` defaults to the one OpenAI uses for that status; ``headers`` are added to the
+        response, e.g. ``{"retry-after": "2"}``.
+        """
+        if not 400 <= code <= 599:
+            raise ValueError(f"Fault.status needs a 4xx or 5xx code, got {code}")
+        return cls(
+            kind="status",
+            status_code=code,
+            error_code=code_str,
+            error_type=type,
+            message=message,
+            headers=tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items()),
+        )
+
+    @classmethod
+    def delay(cls, seconds: float, then: Fault | None = None) -> Fault:
+        """Wait ``seconds`` before the headers, then answer as ``then`` (default :meth:`ok`).
+
+        In process, a wait longer than the request's read timeout advances the clock by the timeout
+        and raises ``httpx2.ReadTimeout``, as a real client would.
+        """
+        _non_negative("seconds", seconds)
+        return cls(kind="delay", seconds=seconds, then=then)
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """The connection drops before any header (``httpx2.RemoteProtocolError``)."""
+        return cls(kind="reset")
+
+    @classmethod
+    def silence(cls) -> Fault:
+        """Never answer: in process the request times out after its read timeout."""
+        return cls(kind="silence")
+
+    @classmethod
+    def hold(cls, event: threading.Event, then: Fault | None = None) -> Fault:
+        """Block before the headers until ``event`` is set, then answer as ``then`` (default ok).
+
+        For concurrency tests: requests pile up in flight until the test releases them. The
+        async transport polls the event and never blocks the event loop. No timeout applies.
+        """
+        return cls(kind="hold", event=event, then=then)
+
+    @classmethod
+    def stream(
+        cls,
+        *,
+        tokens: int = 60,
+        text: str | None = None,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+        stall: float = 0.0,
+        malformed_at: int | None = None,
+        done: bool = True,
+        usage: bool | None = None,
+    ) -> Fault:
+        """An answer whose streamed body misbehaves.
+
+        Positions count the content chunks (token deltas) already sent. Position 0 is before the
+        stream's first event: the opening events (the chat role chunk, ``response.created`` ...)
+        go out together with the first token, so ``cut_after=0`` delivers no event at all and
+        ``stall_after=0`` is a slow first token.
+
+        - ``cut_after``: the connection is cut after that many content chunks
+          (``httpx2.RemoteProtocolError`` from the body);
+        - ``stall_after`` / ``stall``: after that many content chunks, wait ``stall`` seconds (in
+          process, longer than the read timeout *current at that moment* raises ``ReadTimeout``);
+        - ``malformed_at``: the content chunk at that index is replaced by an invalid-JSON event;
+        - ``done=False``: no chat ``data: [DONE]`` (for the Responses API, which sends no
+          ``[DONE]``, the final ``response.completed`` event is left out), the body ends cleanly;
+        - ``usage``: force the chat usage chunk on or off (``None`` follows
+          ``stream_options.include_usage``).
+
+        A position past the last token applies just after it. For a non-streaming request the
+        body is cut halfway (``cut_after``), stalls before it (``stall_after``) or is truncated
+        JSON (``malformed_at``); ``done`` and ``usage`` do not apply.
+        """
+        for name, value in (
+            ("tokens", tokens),
+            ("cut_after", cut_after),
+            ("stall_after", stall_after),
+            ("stall", stall),
+            ("malformed_at", malformed_at),
+        ):
+            _non_negative(name, value)
+        return cls(
+            kind="stream",
+            tokens=tokens,
+            text=text,
+            cut_after=cut_after,
+            stall_after=stall_after,
+            stall=stall,
+            malformed_at=malformed_at,
+            done=done,
+            usage=usage,
+        )
+
+    def __repr__(self) -> str:
+        """The constructor call that builds this fault, for readable test failures."""
+        args: list[str]
+        if self.kind == "ok":
+            args = [repr(self.text)] if self.text is not None else [f"tokens={self.tokens}"]
+            args += [f"{k}={v!r}" for k, v in (("model", self.model), ("latency", self.latency)) if v]
+        elif self.kind == "status":
+            args = [str(self.status_code)]
+            args += [
+                f"{k}={v!r}"
+                for k, v in (
+                    ("code_str", self.error_code),
+                    ("type", self.error_type),
+                    ("message", self.message),
+                    ("headers", dict(self.headers) or None),
+                )
+                if v is not None
+            ]
+        elif self.kind in ("delay", "hold"):
+            args = [repr(self.seconds) if self.kind == "delay" else repr(self.event)]
+            args += [f"then={self.then!r}"] if self.then is not None else []
+        elif self.kind == "stream":
+            args = [f"tokens={self.tokens}"] if self.text is None else [f"text={self.text!r}"]
+            defaults: dict[str, object] = {"done": True, "usage": None, "stall": 0.0}
+            for name in ("cut_after", "stall_after", "stall", "malformed_at", "done", "usage"):
+                value = getattr(self, name)
+                if value != defaults.get(name):
+                    args.append(f"{name}={value!r}")
+        else:
+            args = []
+        return f"Fault.{self.kind}({', '.join(args)})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RecordedRequest:
+    """One request the fake upstream received, recorded even when its fault dropped it.
+
+    ``model`` is the body's ``"model"`` (``None`` when there is none); ``headers`` has lower-cased
+    names and keeps every header (``repr`` masks credentials); ``at`` is the clock's ``now()``;
+    ``request_id`` is the ``x-request-id`` the answer carries (or would have carried).
+    """
+
+    method: str
+    path: str
+    model: str | None
+    stream: bool
+    json: dict[str, Any] | None
+    headers: dict[str, str]
+    at: float
+    request_id: str = ""
+
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with credential header values masked."""
+        headers = {
+            name: (_mask(value) if name in _SECRET_HEADERS else value) for name, value in self.headers.items()
+        }
+        return (
+            f"RecordedRequest(method={self.method!r}, path={self.path!r}, model={self.model!r}, "
+            f"stream={self.stream!r}, json={self.json!r}, headers={headers!r}, at={self.at!r}, "
+            f"request_id={self.request_id!r})"
+        )
+
+
+def _mask(value: str) -> str:
+    scheme, sep, _secret = value.partition(" ")
+    return f"{scheme} ***" if sep else "***"
+
+
+# -- the plan: what to do for one request, decided without I/O ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait before the headers; ``math.inf`` waits forever (only a timeout ends it)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Wait before the headers until ``event`` is set."""
+
+    event: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Close the connection without sending anything."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """Pause the body for ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Close the connection mid-body; nothing after this piece is sent."""
+
+
+BodyStep = bytes | Stall | Cut
+"""One piece of a planned body: bytes to send, a pause, or the cut that ends it."""
+
+_Frame = tuple[str | None, _shapes.JSONDict]
+"""One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send headers then the body pieces. ``content_length`` is ``None`` for a chunked stream."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: tuple[BodyStep, ...]
+    content_length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the fake does for one request: waits before the headers, then reply or drop."""
+
+    before: tuple[Wait | Block, ...]
+    outcome: Reply | Drop
+
+
+def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, bool]:
+    """How long an in-process wait advances the clock, and whether the read then times out.
+
+    A wait longer than the read timeout lasts exactly the timeout and times out, like a client
+    giving up; an endless wait with no timeout is a test bug that would hang, so it raises.
+    """
+    if read_timeout is not None and seconds > read_timeout:
+        return read_timeout, True
+    if math.isinf(seconds):
+        raise RuntimeError(
+            "the fake upstream never answers this request (Fault.silence()) and the request has no "
+            "read timeout, so the test would hang forever: give the client a timeout"
+        )
+    return seconds, False
+
+
+def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    merged = _merge_headers((("content-type", "application/json"),), headers)
+    return Reply(status, merged, (data,), len(data))
+
+
+def _merge_headers(
+    base: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]
+) -> tuple[tuple[str, str], ...]:
+    extra = tuple(extra)
+    overridden = {name for name, _ in extra}
+    return tuple((n, v) for n, v in base if n not in overridden) + extra
+
+
+def _stream_body(
+    head: list[bytes], content: list[bytes], malformed: list[bytes], tail: list[bytes], fault: Fault
+) -> tuple[BodyStep, ...]:
+    """Lay out a streamed body, inserting the fault's stall, cut and malformed chunk.
+
+    Positions count content chunks already sent. Position 0 is before the first event, so
+    ``cut_after=0`` delivers no event at all and ``stall_after=0`` delays the first one; the
+    opening events (chat role chunk, ``response.created`` ...) go out with the first token.
+    A position past the last token means "just after it".
+    """
+    steps: list[BodyStep] = []
+    last = len(content)
+    stall_at = None if fault.stall_after is None else min(fault.stall_after, last)
+    cut_at = None if fault.cut_after is None else min(fault.cut_after, last)
+    for position in range(last + 1):
+        if position == stall_at:
+            steps.append(Stall(fault.stall))
+        if position == cut_at:
+            steps.append(Cut())
+            return tuple(steps)
+        if position == 0:
+            steps.extend(head)
+        if position < last:
+            steps.append(malformed[position] if position == fault.malformed_at else content[position])
+    steps.extend(tail)
+    return tuple(steps)
+
+
+def _broken(frame: _Frame) -> bytes:
+    """The same SSE event with its JSON cut in half: invalid, but framed so later events parse."""
+    name, data = frame
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+
+
+def _frame(frame: _Frame) -> bytes:
+    return _shapes.sse([frame[1]], done=False, event_names=[frame[0]])
+
+
+def _prompt_text(value: object) -> str:
+    """The prompt's text (messages, input, instructions), for the fake's token counts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(_prompt_text(item) for item in value)
+    if isinstance(value, dict):
+        return " ".join(_prompt_text(v) for k, v in value.items() if k in _PROMPT_KEYS)
+    return ""
+
+
+_PROMPT_KEYS = frozenset({"messages", "content", "text", "input", "instructions"})
+
+
+def _embedding_inputs(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return [" ".join(map(str, value))]
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return [json.dumps(value)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What the decision needs to know about one request."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    model: str | None
+    stream: bool
+    request_id: str
+    serial: int
+    created: int
+
+
+class FakeUpstream:
+    """A scripted stand-in for the OpenAI API, for the library's tests and its users' tests.
+
+    It answers ``POST .../chat/completions`` (JSON or SSE), ``POST .../responses`` (JSON or SSE),
+    ``POST .../embeddings`` and ``GET .../models`` in the SDK's exact shapes, under any path
+    prefix. Each request takes the next fault scripted for its model (:meth:`script`), or the
+    model's default (:meth:`set_default`, initially :meth:`Fault.ok`). Use it in process::
+
+        upstream = FakeUpstream()
+        client = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", max_retries=0,
+                               http_client=httpx2.Client(transport=upstream.transport()))
+
+    or on a loopback socket with ``with upstream.serve() as base_url: ...``. Thread-safe.
+
+    In process, waits (latency, delays, stalls, silence) go through ``clock`` (a fresh
+    :class:`FakeClock` by default, so nothing sleeps) and honour the request's read timeout.
+    """
+
+    def __init__(self, clock: Clock | None = None, *, models: Iterable[str] = ()) -> None:
+        self._clock: Clock = clock if clock is not None else FakeClock()
+        self._models = list(models)
+        self._lock = threading.Lock()
+        self._scripts: dict[str, deque[Fault]] = {}
+        self._defaults: dict[str, Fault] = {"*": Fault.ok()}
+        self._requests: list[RecordedRequest] = []
+        self._serial = itertools.count(1)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock in-process waits go through and requests are timestamped with."""
+        return self._clock
+
+    # -- scripting ------------------------------------------------------------------------------
+
+    def script(self, model: str, faults: Iterable[Fault]) -> None:
+        """Queue ``faults`` for ``model``: each request for it takes the next one.
+
+        ``"*"`` is a queue shared by requests whose model has no queued fault of its own (and by
+        requests without a model). When the queues are empty the default applies.
+        """
+        faults = list(faults)
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"script() takes Fault values, got {fault!r}")
+        with self._lock:
+            self._scripts.setdefault(model, deque()).extend(faults)
+
+    def set_default(self, model: str, fault: Fault) -> None:
+        """How ``model`` answers once its script is used up; ``"*"`` for every other model."""
+        if not isinstance(fault, Fault):
+            raise TypeError(f"set_default() takes a Fault, got {fault!r}")
+        with self._lock:
+            self._defaults[model] = fault
+
+    def pending(self, model: str | None = None) -> int:
+        """How many scripted faults are still queued, for ``model`` or in all queues."""
+        with self._lock:
+            if model is not None:
+                return len(self._scripts.get(model, ()))
+            return sum(len(queue) for queue in self._scripts.values())
+
+    def _next_fault_locked(self, model: str | None) -> Fault:
+        key = model if model is not None else "*"
+        for queue_key in (key, "*"):
+            queue = self._scripts.get(queue_key)
+            if queue:
+                return queue.popleft()
+        return self._defaults.get(key) or self._defaults["*"]
+
+    # -- counting -------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received since creation or :meth:`reset_counts`, oldest first (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, model: str | None = None, path: str | None = None) -> int:
+        """How many requests were received, for ``model`` and/or whose path ends with ``path``."""
+        with self._lock:
+            return sum(
+                1
+                for r in self._requests
+                if (model is None or r.model == model) and (path is None or r.path.endswith(path))
+            )
+
+    def reset_counts(self) -> None:
+        """Forget the recorded requests (scripts and defaults are kept)."""
+        with self._lock:
+            self._requests.clear()
+
+    # -- the two ways to use it -----------------------------------------------------------------
+
+    def transport(self) -> httpx2.BaseTransport:
+        """An in-process transport for ``httpx2.Client(transport=...)``."""
+        return _Transport(self)
+
+    def async_transport(self) -> httpx2.AsyncBaseTransport:
+        """An in-process transport for ``httpx2.AsyncClient(transport=...)``."""
+        return _AsyncTransport(self)
+
+    @contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve on a loopback socket; yields the base URL (``http://127.0.0.1:PORT/v1``).
+
+        A threaded HTTP/1.1 server on a daemon thread; streams use chunked encoding so a cut is a
+        real truncated body. Waits are real sleeps here, so keep them tiny. Stops on exit.
+        """
+        # Imported here: the server executes the plans defined in this module.
+        from ._server import serve_upstream
+
+        with serve_upstream(self, host, port) as base_url:
+            yield base_url
+
+    # -- the decision ---------------------------------------------------------------------------
+
+    def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
+        """Record one request and decide, without I/O, how to answer it."""
+        body: dict[str, Any] | None = None
+        if raw_body:
+            try:
+                parsed = json.loads(raw_body)
+            except ValueError:
+                parsed = None
+            body = parsed if isinstance(parsed, dict) else None
+        model = body.get("model") if body is not None else None
+        model = model if isinstance(model, str) else None
+        stream = body is not None and body.get("stream") is True
+        with self._lock:
+            serial = next(self._serial)
+            request_id = f"req_fake{serial:06d}"
+            fault = self._next_fault_locked(model)
+            self._requests.append(
+                RecordedRequest(
+                    method=method,
+                    path=path,
+                    model=model,
+                    stream=stream,
+                    json=body,
+                    headers={k.lower(): v for k, v in headers.items()},
+                    at=self._clock.now(),
+                    request_id=request_id,
+                )
+            )
+        call = _Call(method, path, body, model, stream, request_id, serial, int(self._clock.wall()))
+        return self._plan(call, fault)
+
+    def _plan(self, call: _Call, fault: Fault) -> Plan:
+        before: list[Wait | Block] = []
+        while True:
+            if fault.kind == "delay":
+                before.append(Wait(fault.seconds))
+            elif fault.kind == "hold":
+                assert fault.event is not None
+                before.append(Block(fault.event))
+            else:
+                break
+            fault = fault.then if fault.then is not None else Fault.ok()
+        outcome: Reply | Drop
+        if fault.kind == "reset":
+            outcome = Drop()
+        elif fault.kind == "silence":
+            before.append(Wait(math.inf))
+            outcome = Drop()
+        elif fault.kind == "status":
+            outcome = self._error_reply(call, fault)
+        else:
+            if fault.latency:
+                before.append(Wait(fault.latency))
+            outcome = self._answer(call, fault)
+        return Plan(tuple(before), _with_request_id(outcome, call.request_id))
+
+    def _error_reply(self, call: _Call, fault: Fault) -> Reply:
+        code = fault.status_code
+        error_type = fault.error_type or _ERROR_TYPES.get(
+            code, "server_error" if code >= 500 else "invalid_request_error"
+        )
+        message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
+        body = _shapes.error_body(message, type=error_type, code=fault.error_code)
+        return _json_reply(code, body, fault.headers)
+
+    def _answer(self, call: _Call, fault: Fault) -> Reply:
+        """A successful answer for the endpoint, shaped by an ``ok`` or ``stream`` fault."""
+        endpoint = _endpoint(call.method, call.path)
+        if endpoint is None:
+            message = f"Invalid URL ({call.method} {call.path})"
+            return _json_reply(404, _shapes.error_body(message, type="invalid_request_error"))
+        if endpoint == "models":
+            with self._lock:
+                names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
+            ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
+            return _json_reply(200, _shapes.model_list(ids, created=call.created))
+        if call.body is None:
+            message = "We could not parse the JSON body of your request. (fake upstream)"
+            return _json_reply(400, _shapes.error_body(message, type="invalid_request_error"))
+        model = fault.model or call.model or "fake-model"
+        if endpoint == "embeddings":
+            dims = call.body.get("dimensions")
+            payload = _shapes.embeddings(
+                _embedding_inputs(call.body.get("input", "")),
+                model,
+                encoding_format="base64" if call.body.get("encoding_format") == "base64" else "float",
+                dims=dims if isinstance(dims, int) and dims > 0 else 8,
+            )
+            return _json_answer(payload, fault)
+        text = fault.text if fault.text is not None else _shapes.placeholder_text(fault.tokens)
+        prompt_tokens = _shapes.count_tokens(_prompt_text(call.body))
+        if endpoint == "chat":
+            return _chat_answer(call, call.body, fault, model, text, prompt_tokens)
+        return _responses_answer(call, fault, model, text, prompt_tokens)
+
+
+def _chat_answer(
+    call: _Call, body: dict[str, Any], fault: Fault, model: str, text: str, prompt_tokens: int
+) -> Reply:
+    """A chat completion, or its chunk stream with the fault's misbehaviour laid in."""
+    completion = _shapes.chat_completion(
+        text, model, id=f"chatcmpl-fake{call.serial:06d}", created=call.created, prompt_tokens=prompt_tokens
+    )
+    if not call.stream:
+        return _json_answer(completion, fault)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if fault.usage is not None:
+        include_usage = fault.usage
+    frames: list[_Frame] = [(None, c) for c in _shapes.chat_chunks(completion, include_usage=include_usage)]
+    # The first chunk announces the role; then one chunk per token; then finish (and usage).
+    tokens = _shapes.count_tokens(text)
+    head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
+    tail_bytes = [_frame(f) for f in tail] + ([b"data: [DONE]\n\n"] if fault.done else [])
+    return _sse_reply(head, content, tail_bytes, fault)
+
+
+def _responses_answer(call: _Call, fault: Fault, model: str, text: str, prompt_tokens: int) -> Reply:
+    """A Responses API response, or its typed event stream with the fault's misbehaviour laid in."""
+    response = _shapes.response_object(
+        text,
+        model,
+        id=f"resp_fake{call.serial:06d}",
+        item_id=f"msg_fake{call.serial:06d}",
+        created_at=call.created,
+        input_tokens=prompt_tokens,
+    )
+    if not call.stream:
+        return _json_answer(response, fault)
+    frames: list[_Frame] = list(_shapes.response_events(response))
+    # The deltas are the events just before the one output_text.done of our single message.
+    last = [name for name, _ in frames].index("response.output_text.done")
+    first = last - _shapes.count_tokens(text)
+    head, content, tail = frames[:first], frames[first:last], frames[last:]
+    if not fault.done:
+        tail = tail[:-1]  # the Responses API has no [DONE]: leave out response.completed instead
+    return _sse_reply(head, content, [_frame(f) for f in tail], fault)
+
+
+def _sse_reply(head: list[_Frame], content: list[_Frame], tail: list[bytes], fault: Fault) -> Reply:
+    body = _stream_body(
+        [_frame(f) for f in head], [_frame(f) for f in content], [_broken(f) for f in content], tail, fault
+    )
+    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), body, None)
+
+
+def _json_answer(payload: _shapes.JSONDict, fault: Fault) -> Reply:
+    """A JSON answer, with a ``stream`` fault's body misbehaviour applied to it."""
+    reply = _json_reply(200, payload)
+    if fault.kind != "stream":
+        return reply
+    data = reply.body[0]
+    assert isinstance(data, bytes)
+    steps: list[BodyStep] = []
+    if fault.stall_after is not None:
+        steps.append(Stall(fault.stall))
+    if fault.cut_after is not None:
+        steps += [data[: len(data) // 2], Cut()]
+    elif fault.malformed_at is not None:
+        broken = data[: len(data) // 2]
+        return Reply(200, reply.headers, (*steps, broken), len(broken))
+    else:
+        steps.append(data)
+    return Reply(200, reply.headers, tuple(steps), len(data))
+
+
+def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embeddings", "models"] | None:
+    path = path.rstrip("/")
+    if method == "POST" and path.endswith("/chat/completions"):
+        return "chat"
+    if method == "POST" and path.endswith("/responses"):
+        return "responses"
+    if method == "POST" and path.endswith("/embeddings"):
+        return "embeddings"
+    if method == "GET" and path.endswith("/models"):
+        return "models"
+    return None
+
+
+def _with_request_id(outcome: Reply | Drop, request_id: str) -> Reply | Drop:
+    if isinstance(outcome, Drop):
+        return outcome
+    headers = _merge_headers((("x-request-id", request_id),), outcome.headers)
+    return Reply(outcome.status, headers, outcome.body, outcome.content_length)
+
+
+# -- in-process executors: the sync and async transports, side by side ---------------------------
+
+_RESET_MESSAGE = "Server disconnected without sending a response."
+_CUT_MESSAGE = "peer closed connection without sending complete message body"
+
+
+def _read_timeout(request: httpx2.Request) -> float | None:
+    """The read timeout in force now; read at each wait, since the library may change it."""
+    timeout = request.extensions.get("timeout")
+    if isinstance(timeout, Mapping):
+        read = timeout.get("read")
+        return float(read) if read is not None else None
+    return None
+
+
+def _response(
+    request: httpx2.Request, reply: Reply, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream
+) -> httpx2.Response:
+    headers = list(reply.headers)
+    if reply.content_length is not None:
+        headers.append(("content-length", str(reply.content_length)))
+    return httpx2.Response(reply.status, headers=headers, stream=stream, request=request)
+
+
+class _Transport(httpx2.BaseTransport):
+    """Carries out plans in process with the upstream's clock (sync)."""
+
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self._upstream = upstream
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Decide the answer to ``request``, wait as planned, then reply or drop."""
+        body = request.read()
+        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
+        for step in plan.before:
+            if isinstance(step, Block):
+                step.event.wait()
+            else:
+                self._wait(request, step.seconds)
+        if isinstance(plan.outcome, Drop):
+            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
+        return _response(request, plan.outcome, _Body(self, request, plan.outcome.body))
+
+    def _wait(self, request: httpx2.Request, seconds: float) -> None:
+        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
+        self._upstream.clock.sleep(duration)
+        if timed_out:
+            raise httpx2.ReadTimeout("The read operation timed out", request=request)
+
+
+class _Body(httpx2.SyncByteStream):
+    """A response body that can stall (against the current read timeout) and be cut."""
+
+    def __init__(self, transport: _Transport, request: httpx2.Request, steps: tuple[BodyStep, ...]) -> None:
+        self._transport = transport
+        self._request = request
+        self._steps = steps
+        self._position = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
+        # where the last pass stopped, and a cut connection stays cut.
+        while self._position < len(self._steps):
+            step = self._steps[self._position]
+            if isinstance(step, Cut):
+                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
+            self._position += 1
+            if isinstance(step, Stall):
+                self._transport._wait(self._request, step.seconds)
+            else:
+                yield step
+
+
+class _AsyncTransport(httpx2.AsyncBaseTransport):
+    """Carries out plans in process with the upstream's clock (async); never blocks the loop."""
+
+    def __init__(self, upstream: FakeUpstream) -> None:
+        self._upstream = upstream
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Decide the answer to ``request``, wait as planned, then reply or drop."""
+        body = await request.aread()
+        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
+        for step in plan.before:
+            if isinstance(step, Block):
+                # A threading.Event set from another thread cannot wake the loop, and waiting in a
+                # worker thread could not be cancelled: poll, so the loop never blocks.
+                while not step.event.is_set():  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+            else:
+                await self._wait(request, step.seconds)
+        if isinstance(plan.outcome, Drop):
+            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
+        return _response(request, plan.outcome, _AsyncBody(self, request, plan.outcome.body))
+
+    async def _wait(self, request: httpx2.Request, seconds: float) -> None:
+        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
+        await self._upstream.clock.asleep(duration)
+        if timed_out:
+            raise httpx2.ReadTimeout("The read operation timed out", request=request)
+
+
+class _AsyncBody(httpx2.AsyncByteStream):
+    """A response body that can stall (against the current read timeout) and be cut."""
+
+    def __init__(
+        self, transport: _AsyncTransport, request: httpx2.Request, steps: tuple[BodyStep, ...]
+    ) -> None:
+        self._transport = transport
+        self._request = request
+        self._steps = steps
+        self._position = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
+        # where the last pass stopped, and a cut connection stays cut.
+        while self._position < len(self._steps):
+            step = self._steps[self._position]
+            if isinstance(step, Cut):
+                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
+            self._position += 1
+            if isinstance(step, Stall):
+                await self._transport._wait(self._request, step.seconds)
+            else:
+                yield step

@@ -1,0 +1,82 @@
+"""Checks a request before it is sent, so one that cannot succeed never costs an attempt. Pure.
+
+Cheap rules only: messages present, known roles, parameters in range, and (when the policy
+knows the model's context window) a prompt-size estimate. A request that fails one is refused
+with :class:`~resilient_openai.RequestRejectedError` and never touches a breaker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .policy import ValidationPolicy
+
+__all__ = ["Problem", "check_request", "context_window", "estimate_tokens"]
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_RANGES: Mapping[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+_AT_LEAST_ONE = ("n", "max_tokens", "max_completion_tokens", "max_output_tokens")
+
+Problem = tuple[str, str]
+
+
+def estimate_tokens(body: Mapping[str, Any]) -> int:
+    """A deliberately rough upper-side estimate: four characters a token, over all text parts."""
+    chars = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, Mapping))
+    prompt = body.get("input")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    return chars // 4
+
+
+def context_window(policy: ValidationPolicy, model: str | None) -> int | None:
+    """The configured window for ``model``: the longest matching name prefix wins."""
+    if not model:
+        return None
+    best: tuple[int, int] | None = None
+    for prefix, window in policy.context_windows.items():
+        if model.startswith(prefix) and (best is None or len(prefix) > best[0]):
+            best = (len(prefix), window)
+    return best[1] if best else None
+
+
+def check_request(operation: str, body: Mapping[str, Any], policy: ValidationPolicy) -> Problem | None:
+    """The first problem with this request as ``(rule, message)``, or None when it may be sent."""
+    if operation == "chat.completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "messages_present", "chat.completions needs at least one message"
+        for index, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, Mapping) else None
+            if role not in _ROLES:
+                allowed = ", ".join(sorted(_ROLES))
+                return "known_role", f"messages[{index}].role is {role!r}; allowed: {allowed}"
+    for name, (low, high) in _RANGES.items():
+        value = body.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+            return "parameter_range", f"{name}={value!r} is out of range [{low:g}, {high:g}]"
+    for name in _AT_LEAST_ONE:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            return "parameter_range", f"{name}={value!r} must be >= 1"
+    model = body.get("model")
+    window = context_window(policy, model if isinstance(model, str) else None)
+    if window is not None:
+        estimate = estimate_tokens(body)
+        if estimate > window:
+            return "context_window", f"prompt of ~{estimate} tokens exceeds {model}'s window of {window}"
+    return None

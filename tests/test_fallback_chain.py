@@ -1,0 +1,248 @@
+"""Fallbacks through the real SDK: other models, other clients, the cache, canned answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resilient_openai import (
+    BreakerPolicy,
+    CircuitOpenError,
+    FallbackPolicy,
+    FallbackStep,
+    Policy,
+    RetryPolicy,
+    Route,
+    Target,
+    Verdict,
+    provenance,
+    resilient,
+)
+from resilient_openai.testing import FakeClock, Fault, FakeUpstream
+
+from .conftest import Harness, text_of
+
+CANNED = "Sorry, {model} is unavailable ({reason})."
+
+
+def _policy(harness: Harness, *steps: FallbackStep, **kwargs: Any) -> Policy:
+    route = Route(steps=steps)
+    kwargs.setdefault("retry", RetryPolicy(rules={}))
+    kwargs.setdefault("breaker", BreakerPolicy(fail_max=1, break_duration=60))
+    return Policy(clock=harness.clock, fallback=FallbackPolicy(routes={"gpt-A": route}), **kwargs)
+
+
+def _ask(harness: Harness, client: Any, prompt: str, **kwargs: Any) -> Any:
+    return harness.chat(client, messages=[{"role": "user", "content": prompt}], **kwargs)
+
+
+def test_open_breaker_answers_from_cache_then_canned(harness: Harness) -> None:
+    """Breaker open on gpt-A: a cached prompt is served from the cache, another gets the canned text."""
+    client = harness.client(_policy(harness, FallbackStep("cache"), FallbackStep("canned", text=CANNED)))
+    first = _ask(harness, client, "P")
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    opened = _ask(harness, client, "Q")  # fails, opens the breaker, canned
+    assert provenance(opened) is not None
+    assert provenance(opened).source == "canned"  # type: ignore[union-attr]
+    before = harness.upstream.count()
+    cached = _ask(harness, client, "P")
+    assert harness.upstream.count() == before
+    record = provenance(cached)
+    assert record is not None
+    assert record.source == "cache"
+    assert record.reason == "circuit_open"
+    assert cached.choices[0].message.content == first.choices[0].message.content
+    canned = _ask(harness, client, "R")
+    assert canned.choices[0].message.content == "Sorry, gpt-A is unavailable (circuit_open)."
+    assert canned.model == "resilient-openai/canned"
+    assert harness.upstream.count() == before
+
+
+def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -> None:
+    """Primary 503: the fallback model answers, and model and usage are the fallback's."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-B", Fault.ok(text="from b", tokens=2))
+    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy())
+    result = _ask(harness, harness.client(policy), "P")
+    assert result.model == "gpt-B"
+    assert result.choices[0].message.content == "from b"
+    assert result.usage.completion_tokens == 2
+    record = provenance(result)
+    assert record is not None
+    assert record.source == "fallback_model"
+    assert record.model == "gpt-B"
+    assert record.reason == "server_error"
+    assert harness.upstream.count(model="gpt-A") == 1  # fail_max=1 opens the circuit at once
+
+
+def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
+    """With the breaker out of the way, the primary gets exactly its rule's attempts first."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy(), breaker=BreakerPolicy(fail_max=50))
+    result = _ask(harness, harness.client(policy), "P")
+    assert harness.upstream.count(model="gpt-A") == 3
+    assert result.model == "gpt-B"
+
+
+def test_fallback_client_on_another_provider(harness: Harness) -> None:
+    """A target with its own client answers when the primary is down."""
+    other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Fault.ok(text="from azure"))
+    target_client = Harness(harness.flavour, other, harness.clock).raw(api_key="sk-other-key", base_url="http://azure.test/v1")
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=(FallbackStep("target", target="azure"),))},
+        targets={"azure": Target(name="azure", client=target_client)},
+    )
+    policy = Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback)
+    result = _ask(harness, harness.client(policy), "P")
+    assert result.choices[0].message.content == "from azure"
+    record = provenance(result)
+    assert record is not None
+    assert record.source == "fallback_client"
+    assert other.count() == 1
+
+
+def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> None:
+    """stream=True with the primary down: the caller reads a complete stream from the fallback."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-B", Fault.stream(text="alpha beta gamma"))
+    client = harness.client(_policy(harness, FallbackStep("model", model="gpt-B")))
+    stream, chunks, error = harness.stream_chat(client)
+    assert error is None
+    assert text_of(chunks) == "alpha beta gamma"
+    assert provenance(stream).source == "fallback_model"  # type: ignore[union-attr]
+
+
+def test_streaming_caller_gets_a_synthesized_canned_stream(harness: Harness) -> None:
+    """A canned answer to a streaming caller arrives as the SDK's chunk type."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    client = harness.client(_policy(harness, FallbackStep("canned", text="plain answer here")))
+    stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
+    assert error is None
+    assert isinstance(chunks[0], openai.types.chat.ChatCompletionChunk)
+    assert text_of(chunks) == "plain answer here"
+    assert provenance(stream).source == "canned"  # type: ignore[union-attr]
+
+
+def test_cache_replays_a_streamed_answer_as_a_stream(harness: Harness) -> None:
+    """A completed streamed answer is cached and replayed as a stream when the primary is down."""
+    harness.upstream.set_default("gpt-A", Fault.stream(text="one two three"))
+    client = harness.client(_policy(harness, FallbackStep("cache")))
+    _, first, _ = harness.stream_chat(client)
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    stream, replay, error = harness.stream_chat(client)
+    assert error is None
+    assert text_of(replay) == text_of(first) == "one two three"
+    assert provenance(stream).source == "cache"  # type: ignore[union-attr]
+    plain = _ask(harness, client, "hello")  # the same request, not streamed
+    assert plain.choices[0].message.content == "one two three"
+
+
+def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> None:
+    """Only complete upstream answers are stored: not errors, fallback answers or cut streams."""
+    client = harness.client(
+        _policy(harness, FallbackStep("cache"), FallbackStep("canned", text="canned"), breaker=BreakerPolicy(enabled=False))
+    )
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    assert _ask(harness, client, "E").choices[0].message.content == "canned"  # error, then canned
+    assert _ask(harness, client, "E").choices[0].message.content == "canned"  # canned was not cached
+    harness.upstream.set_default("gpt-A", Fault.stream(tokens=30, cut_after=10))
+    _, _, error = harness.stream_chat(client, messages=[{"role": "user", "content": "C"}])
+    assert error is not None
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    again = _ask(harness, client, "C")
+    assert provenance(again).source == "canned"  # type: ignore[union-attr]
+
+
+def test_caller_errors_do_not_fall_back(harness: Harness) -> None:
+    """A 400 is the caller's mistake: it propagates, no fallback answers it."""
+    harness.upstream.set_default("gpt-A", Fault.status(400))
+    client = harness.client(_policy(harness, FallbackStep("canned", text="x")))
+    with pytest.raises(openai.BadRequestError):
+        _ask(harness, client, "P")
+
+
+def test_context_length_goes_to_the_larger_model(harness: Harness) -> None:
+    """context_length_exceeded goes to the route's larger-context model."""
+    harness.upstream.set_default("gpt-A", Fault.status(400, code_str="context_length_exceeded"))
+    harness.upstream.set_default("gpt-A-long", Fault.ok(text="long answer"))
+    route = Route(steps=(FallbackStep("canned", text="x"),), context_model="gpt-A-long")
+    policy = Policy(clock=harness.clock, fallback=FallbackPolicy(routes={"gpt-A": route}))
+    result = _ask(harness, harness.client(policy), "P")
+    assert result.model == "gpt-A-long"
+    assert provenance(result).reason == "context_length_exceeded"  # type: ignore[union-attr]
+
+
+def test_quota_moves_on_at_once(harness: Harness) -> None:
+    """Quota exhaustion is not retried: the next target answers straight away."""
+    harness.upstream.set_default("gpt-A", Fault.status(429, code_str="insufficient_quota"))
+    harness.upstream.set_default("gpt-B", Fault.ok(text="b"))
+    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy())
+    result = _ask(harness, harness.client(policy), "P")
+    assert result.model == "gpt-B"
+    assert harness.upstream.count(model="gpt-A") == 1
+    assert harness.clock.sleeps == []
+
+
+def test_forced_failure_exercises_the_fallback(harness: Harness) -> None:
+    """The chaos switch fails the primary on purpose; nothing reaches the upstream for it."""
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=(FallbackStep("canned", text="forced"),))},
+        forced_failures={"gpt-A": Verdict.SERVER_ERROR},
+    )
+    client = harness.client(Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback))
+    result = _ask(harness, client, "P")
+    assert result.choices[0].message.content == "forced"
+    assert harness.upstream.count() == 0
+
+
+def test_function_fallback(harness: Harness) -> None:
+    """A user function answers with text built from the request."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+
+    def answer(body: Any, reason: str) -> str:
+        return f"{len(body['messages'])} message(s), {reason}"
+
+    client = harness.client(_policy(harness, FallbackStep("function", function=answer)))
+    result = _ask(harness, client, "P")
+    assert result.choices[0].message.content == "1 message(s), server_error"
+    assert provenance(result).source == "function"  # type: ignore[union-attr]
+
+
+def test_no_fallback_left_raises_the_last_error(harness: Harness) -> None:
+    """When every rung fails the caller gets the last real failure, with provenance."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    client = harness.client(_policy(harness, FallbackStep("cache")))
+    with pytest.raises(openai.InternalServerError) as caught:
+        _ask(harness, client, "never cached")
+    with pytest.raises(CircuitOpenError):
+        _ask(harness, client, "never cached")
+    assert provenance(caught.value).reason == "server_error"  # type: ignore[union-attr]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.text("abcdefXYZ0123456789", min_size=8, max_size=24), min_size=2, max_size=2, unique=True))
+def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
+    """Two API keys asking the same prompt never see each other's cached answer."""
+    clock = FakeClock()
+    upstream = FakeUpstream(clock=clock)
+    upstream.set_default("gpt-A", Fault.ok(text="tenant one's answer"))
+    route = Route(steps=(FallbackStep("cache"), FallbackStep("canned", text="canned")))
+    policy = Policy(clock=clock, retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route}))
+    raw = openai.OpenAI(api_key=f"sk-{keys[0]}", base_url="http://fake.test/v1",
+                        http_client=httpx2.Client(transport=upstream.transport()))  # fmt: skip
+    first = resilient(raw, policy)
+    second = first.with_options(api_key=f"sk-{keys[1]}")
+    messages: Any = [{"role": "user", "content": "P"}]
+    first.chat.completions.create(model="gpt-A", messages=messages)
+    upstream.set_default("gpt-A", Fault.status(503))
+    other = second.chat.completions.create(model="gpt-A", messages=messages)
+    assert other.choices[0].message.content == "canned"
+    mine = first.chat.completions.create(model="gpt-A", messages=messages)
+    assert mine.choices[0].message.content == "tenant one's answer"
