@@ -4,8 +4,8 @@ same scenario through the sync and the async client shells."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -38,7 +38,6 @@ class Harness:
     flavour: str
     upstream: FakeUpstream
     clock: FakeClock
-    closers: list[Callable[[], Any]] = field(default_factory=list)
 
     @property
     def is_async(self) -> bool:
@@ -101,9 +100,9 @@ class Harness:
 
 
 @pytest.fixture(params=["sync", "async"])
-def harness(request: pytest.FixtureRequest, upstream: FakeUpstream, clock: FakeClock) -> Iterator[Harness]:
+def harness(request: pytest.FixtureRequest, upstream: FakeUpstream, clock: FakeClock) -> Harness:
     """The same scenario through the sync and the async shell."""
-    yield Harness(request.param, upstream, clock)
+    return Harness(request.param, upstream, clock)
 
 
 def text_of(chunks: list[Any]) -> str:

@@ -161,7 +161,7 @@ def test_tasks_are_not_serialized_by_the_breaker(upstream: Any, clock: Any) -> N
             if upstream.count() >= 100:
                 break
             await asyncio.sleep(0.001)
-        seen = upstream.count()
+        seen: int = upstream.count()
         gate.set()
         await asyncio.gather(*tasks)
         return seen

@@ -67,7 +67,9 @@ def test_retry_after_ms_wins_over_retry_after(harness: Harness) -> None:
 
 def test_quota_exhausted_is_never_retried(harness: Harness) -> None:
     """429 insufficient_quota: one attempt, no sleep, the SDK's RateLimitError with the verdict."""
-    harness.upstream.set_default("gpt-A", Fault.status(429, code_str="insufficient_quota", type="insufficient_quota"))
+    harness.upstream.set_default(
+        "gpt-A", Fault.status(429, code_str="insufficient_quota", type="insufficient_quota")
+    )
     client = harness.client()
     with pytest.raises(openai.RateLimitError) as caught:
         harness.chat(client)
@@ -195,19 +197,22 @@ def test_cancellation_propagates_and_is_not_retried(upstream: object, clock: obj
     """Cancelling the task raises CancelledError and no second attempt is made."""
     import threading
 
-    from resilient_openai.testing import FakeUpstream
+    from resilient_openai.testing import FakeClock, FakeUpstream
 
     assert isinstance(upstream, FakeUpstream)
     gate = threading.Event()
     upstream.set_default("gpt-A", Fault.hold(gate))
-    harness = Harness("async", upstream, clock)  # type: ignore[arg-type]
+    assert isinstance(clock, FakeClock)
+    harness = Harness("async", upstream, clock)
     client = harness.client()
 
     async def scenario() -> None:
         task = asyncio.create_task(
             client.chat.completions.create(model="gpt-A", messages=[{"role": "user", "content": "hi"}])
         )
-        while upstream.count() == 0:
+        for _ in range(5000):
+            if upstream.count():
+                break
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -23,7 +23,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeClock, Fault, FakeUpstream
+from resilient_openai.testing import FakeClock, FakeUpstream, Fault
 
 from .conftest import Harness, text_of
 
@@ -83,7 +83,9 @@ def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -
 def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
     """With the breaker out of the way, the primary gets exactly its rule's attempts first."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy(), breaker=BreakerPolicy(fail_max=50))
+    policy = _policy(
+        harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy(), breaker=BreakerPolicy(fail_max=50)
+    )
     result = _ask(harness, harness.client(policy), "P")
     assert harness.upstream.count(model="gpt-A") == 3
     assert result.model == "gpt-B"
@@ -93,7 +95,9 @@ def test_fallback_client_on_another_provider(harness: Harness) -> None:
     """A target with its own client answers when the primary is down."""
     other = FakeUpstream(clock=harness.clock)
     other.set_default("gpt-A", Fault.ok(text="from azure"))
-    target_client = Harness(harness.flavour, other, harness.clock).raw(api_key="sk-other-key", base_url="http://azure.test/v1")
+    target_client = Harness(harness.flavour, other, harness.clock).raw(
+        api_key="sk-other-key", base_url="http://azure.test/v1"
+    )
     harness.upstream.set_default("gpt-A", Fault.status(503))
     fallback = FallbackPolicy(
         routes={"gpt-A": Route(steps=(FallbackStep("target", target="azure"),))},
@@ -147,7 +151,12 @@ def test_cache_replays_a_streamed_answer_as_a_stream(harness: Harness) -> None:
 def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> None:
     """Only complete upstream answers are stored: not errors, fallback answers or cut streams."""
     client = harness.client(
-        _policy(harness, FallbackStep("cache"), FallbackStep("canned", text="canned"), breaker=BreakerPolicy(enabled=False))
+        _policy(
+            harness,
+            FallbackStep("cache"),
+            FallbackStep("canned", text="canned"),
+            breaker=BreakerPolicy(enabled=False),
+        )
     )
     harness.upstream.set_default("gpt-A", Fault.status(503))
     assert _ask(harness, client, "E").choices[0].message.content == "canned"  # error, then canned
@@ -227,14 +236,20 @@ def test_no_fallback_left_raises_the_last_error(harness: Harness) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(keys=st.lists(st.text("abcdefXYZ0123456789", min_size=8, max_size=24), min_size=2, max_size=2, unique=True))
+@given(
+    keys=st.lists(
+        st.text("abcdefXYZ0123456789", min_size=8, max_size=24), min_size=2, max_size=2, unique=True
+    )
+)
 def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     """Two API keys asking the same prompt never see each other's cached answer."""
     clock = FakeClock()
     upstream = FakeUpstream(clock=clock)
     upstream.set_default("gpt-A", Fault.ok(text="tenant one's answer"))
     route = Route(steps=(FallbackStep("cache"), FallbackStep("canned", text="canned")))
-    policy = Policy(clock=clock, retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route}))
+    policy = Policy(
+        clock=clock, retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route})
+    )
     raw = openai.OpenAI(api_key=f"sk-{keys[0]}", base_url="http://fake.test/v1",
                         http_client=httpx2.Client(transport=upstream.transport()))  # fmt: skip
     first = resilient(raw, policy)

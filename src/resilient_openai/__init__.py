@@ -6,6 +6,7 @@ the chain; ``provenance(result)`` tells where an answer came from.
 
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK, Clock, SystemClock
+from ._health import breakers, health
 from .classify import Classification, Verdict, classify
 from .errors import (
     CircuitOpenError,
@@ -56,7 +57,9 @@ __all__ = [
     "Timeouts",
     "ValidationPolicy",
     "Verdict",
+    "breakers",
     "classify",
+    "health",
     "provenance",
     "resilient",
 ]

@@ -52,12 +52,16 @@ class _AsyncShell:
     _resilience: ClassVar[Engine]
     _resilience_base: ClassVar[type[Any]]
 
-    async def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
+    async def request(
+        self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
         engine = self._resilience
         return await engine.async_chain(engine.new_call(self, cast_to, options, stream, stream_cls))
 
     async def _resilient_send(self, cast_to: Any, options: Any, *, stream: bool, stream_cls: Any) -> Any:
-        return await self._resilience_base.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
+        return await self._resilience_base.request(
+            self, cast_to, options, stream=stream, stream_cls=stream_cls
+        )
 
     def copy(self, **kwargs: Any) -> Any:
         kwargs["max_retries"] = 0
@@ -109,7 +113,9 @@ def resilient(client: ClientT, policy: PolicyLike = None) -> ClientT:
     elif isinstance(client, openai.OpenAI | openai.AsyncOpenAI):
         base = type(client)
     else:
-        raise TypeError(f"resilient() takes an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}")
+        raise TypeError(
+            f"resilient() takes an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}"
+        )
     is_async = isinstance(client, openai.AsyncOpenAI)
     engine = Engine(resolved, is_async=is_async)
     cls = _shell_class(base, _AsyncShell if is_async else _SyncShell, engine)

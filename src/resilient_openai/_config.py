@@ -3,7 +3,7 @@
 The file mirrors the dataclass tree in :mod:`resilient_openai.policy`; every section and key is
 optional and an absent one keeps its default::
 
-    [retry]                      max_retry_after, honor_should_retry
+    [retry]                      max_retry_after, honor_should_retry, max_open_wait
     [retry.rules.<verdict>]      attempts, base, cap, jitter (merged over the default rule)
     [timeouts]                   total, attempt, connect, first_token, stream_idle
     [breaker]                    enabled, mode, fail_max, failure_ratio, window, min_calls, ...
@@ -457,6 +457,7 @@ def _retry(data: Any, path: str, base: RetryPolicy, problems: _Problems) -> Retr
         "rules": lambda value, where, found: _rules(value, where, base.rules, found),
         "max_retry_after": _NON_NEGATIVE,
         "honor_should_retry": _flag,
+        "max_open_wait": _NON_NEGATIVE,
     }
     return _section(data, path, base, checkers, problems)
 
@@ -932,6 +933,7 @@ def _describe_retry(retry: RetryPolicy) -> dict[str, Any]:
         "rules": {verdict.value: _flat(rule) for verdict, rule in rules},
         "max_retry_after": retry.max_retry_after,
         "honor_should_retry": retry.honor_should_retry,
+        "max_open_wait": retry.max_open_wait,
     }
 
 

@@ -64,7 +64,9 @@ class Engine:
             for route in policy.fallback.routes.values()
             for step in (*route.steps, *([route.content_policy] if route.content_policy else []))
         )
-        self.cache = ResponseCache(policy.cache, clock=self.clock) if policy.cache.enabled and uses_cache else None
+        self.cache = (
+            ResponseCache(policy.cache, clock=self.clock) if policy.cache.enabled and uses_cache else None
+        )
         self._target_clients: dict[str, Any] = {}
         self._check_targets()
         forced = policy.fallback.forced_failures
@@ -294,7 +296,9 @@ class Engine:
         self._finish(call, result, source, model, reason)
         return result
 
-    def _finish(self, call: Call, result: Any, source: Source, model: str | None, reason: Verdict | None) -> None:
+    def _finish(
+        self, call: Call, result: Any, source: Source, model: str | None, reason: Verdict | None
+    ) -> None:
         target = call.target
         record = Provenance(
             source=source,
@@ -311,8 +315,12 @@ class Engine:
             if source is not Source.UPSTREAM:
                 bus.emit(FallbackServed(now.wall(), call.operation, call.requested_model, model, source.value,
                                         record.reason or ""))  # fmt: skip
-            bus.emit(CallCompleted(now.wall(), call.operation, call.requested_model, source.value, "success",
-                                   len(call.attempts), now.now() - call.started, None))  # fmt: skip
+            bus.emit(
+                CallCompleted(
+                    now.wall(), call.operation, call.requested_model, source.value, "success",
+                    len(call.attempts), now.now() - call.started, None, answered_by=model,
+                )
+            )  # fmt: skip
 
     def give_up(self, call: Call, error: BaseException) -> BaseException:
         """Nothing answered: the last failure is the answer, with its provenance attached."""
@@ -330,8 +338,12 @@ class Engine:
         )
         if self.bus:
             now = self.clock
-            self.bus.emit(CallCompleted(now.wall(), call.operation, call.requested_model, None, verdict.value,
-                                        len(call.attempts), now.now() - call.started, type(error).__name__))  # fmt: skip
+            self.bus.emit(
+                CallCompleted(
+                    now.wall(), call.operation, call.requested_model, None, verdict.value,
+                    len(call.attempts), now.now() - call.started, type(error).__name__,
+                )
+            )  # fmt: skip
         return error
 
 

@@ -55,17 +55,23 @@ def decide_retry(
     server_wait = outcome.retry_after
     if server_wait is not None and (math.isinf(server_wait) or server_wait > policy.max_retry_after):
         return RetryDecision(None, f"upstream asked to wait {server_wait:g}s (> {policy.max_retry_after:g}s)")
-    if server_wait is not None and server_wait > 0:
-        delay = server_wait
-    else:
-        delay = backoff_delay(rule, attempt, rand)
+    use_server = server_wait is not None and server_wait > 0
+    delay = server_wait if use_server and server_wait is not None else backoff_delay(rule, attempt, rand)
     if delay >= remaining:
         return RetryDecision(None, f"waiting {delay:.3g}s would pass the deadline ({remaining:.3g}s left)")
     return RetryDecision(delay, f"retrying {verdict} in {delay:.3g}s")
 
 
-def decide_open_circuit_wait(outcome: Classification, *, remaining: float, has_fallback: bool) -> float | None:
-    """Whether to wait out an open circuit: only with no fallback left and when it fits the budget."""
-    if outcome.verdict is not Verdict.CIRCUIT_OPEN or has_fallback or outcome.retry_after is None:
+def decide_open_circuit_wait(
+    outcome: Classification, *, policy: RetryPolicy, remaining: float, has_fallback: bool
+) -> float | None:
+    """Whether to wait out an open circuit rather than answer at once.
+
+    Only with no fallback left to answer instead, and only for a short wait (at most
+    ``policy.max_open_wait``) that fits the remaining budget: a caller should hear about a long
+    outage in microseconds, not after sitting through the break.
+    """
+    wait = outcome.retry_after
+    if outcome.verdict is not Verdict.CIRCUIT_OPEN or has_fallback or wait is None:
         return None
-    return outcome.retry_after if outcome.retry_after < remaining else None
+    return wait if wait <= policy.max_open_wait and wait < remaining else None

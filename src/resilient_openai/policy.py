@@ -78,6 +78,10 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     #: Obey ``x-should-retry: true|false`` from the upstream.
     honor_should_retry: bool = True
+    #: With no fallback left, wait out an open circuit once when its ``retry_after`` is at most
+    #: this many seconds (and fits the deadline); longer breaks are answered at once with
+    #: :class:`~resilient_openai.CircuitOpenError`. 0 never waits.
+    max_open_wait: float = 8.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,10 +38,11 @@ class AttemptRecord:
 class Provenance:
     """The honest story of one call.
 
-    ``source`` is who answered (None on an error: nobody did); ``model`` the model that actually answered (for canned and
-    function answers, the synthetic name they carry); ``requested_model`` what the caller asked
-    for; ``reason`` the verdict that made the chain leave the primary (None when the primary
-    answered); ``attempts`` every attempt on every target, in order, the answering one included.
+    ``source`` is who answered (None on an error: nobody did); ``model`` the model that
+    actually answered (for canned and function answers, the synthetic name they carry);
+    ``requested_model`` what the caller asked for; ``reason`` the verdict that made the chain
+    leave the primary (None when the primary answered); ``attempts`` every attempt on every
+    target, in order, the answering one included.
     """
 
     source: Source | None
@@ -67,13 +68,21 @@ def _forget(key: int) -> None:
 
 
 def attach(obj: Any, record: Provenance) -> None:
-    """Remember ``record`` for ``obj`` for as long as ``obj`` lives (by identity, weakly)."""
+    """Remember ``record`` for ``obj`` for as long as ``obj`` lives (by identity, weakly).
+
+    Objects that cannot be weakly referenced (built-in exceptions) carry it as an attribute.
+    """
     key = id(obj)
+    try:
+        finalizer = weakref.finalize(obj, _forget, key)
+    except TypeError:
+        obj.__resilient_provenance__ = record
+        return
     with _lock:
         fresh = key not in _by_id
         _by_id[key] = record
-    if fresh:
-        weakref.finalize(obj, _forget, key)
+    if not fresh:
+        finalizer.detach()
 
 
 def provenance(obj: object) -> Provenance | None:
@@ -81,4 +90,7 @@ def provenance(obj: object) -> Provenance | None:
 
     None for objects that did not come out of a resilient client.
     """
-    return _by_id.get(id(obj))
+    found = _by_id.get(id(obj))
+    if found is None:
+        found = getattr(obj, "__resilient_provenance__", None)
+    return found

@@ -13,16 +13,25 @@ streams. The chaos switch sits inside the breaker, so a forced failure looks lik
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from ._call import AsyncHandler, Call, Handler
 
 __all__ = ["AsyncMiddleware", "Middleware", "build_async_chain", "build_chain"]
 
-Middleware = Callable[[Call, Handler], Any]
-AsyncMiddleware = Callable[[Call, AsyncHandler], Awaitable[Any]]
+
+class Middleware(Protocol):
+    """A sync layer: pass ``call`` on with ``next(call)``, or answer it, or raise."""
+
+    def __call__(self, call: Call, next: Handler) -> Any: ...
+
+
+class AsyncMiddleware(Protocol):
+    """An asyncio layer: ``await next(call)``, or answer, or raise."""
+
+    def __call__(self, call: Call, next: AsyncHandler) -> Awaitable[Any]: ...
 
 
 def build_chain(middlewares: Sequence[Middleware], terminal: Handler) -> Handler:

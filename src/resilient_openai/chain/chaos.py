@@ -42,7 +42,9 @@ def forced_error(call: Call, verdict: Verdict) -> Exception:
     if status is None:
         return openai.APIConnectionError(message="Connection error (forced failure).", request=request)
     name = target.name if target is not None else "?"
-    body = {"error": {"message": f"forced {verdict} on '{name}'", "type": code or verdict.value, "code": code}}
+    body = {
+        "error": {"message": f"forced {verdict} on '{name}'", "type": code or verdict.value, "code": code}
+    }
     response = httpx2.Response(status, json=body, request=request)
     error: Exception = call.client._make_status_error_from_response(response)
     return error

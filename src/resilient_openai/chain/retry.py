@@ -31,25 +31,43 @@ def _judge(
     target = call.target
     assert target is not None
     remaining = call.deadline - now
-    delay = decide_retry(outcome, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=rand()).delay
+    delay = decide_retry(
+        outcome, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=rand()
+    ).delay
     breaker = target.breaker
     if delay is not None and breaker is not None and breaker.state in _SHUT:
         # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
         delay = None
     elif delay is None:
-        delay = decide_open_circuit_wait(outcome, remaining=remaining, has_fallback=call.has_fallback)
+        delay = decide_open_circuit_wait(
+            outcome, policy=target.retry, remaining=remaining, has_fallback=call.has_fallback
+        )
         # Wait out an open circuit at most once per target: the probe after it decides.
         if delay is not None and any(a.verdict == "circuit_open" for a in call.attempts[:-1]):
             delay = None
     if bus:
         bus.emit(
-            AttemptFailed(clock.wall(), call.operation, call.model, target.name, call.attempt,
-                          outcome.verdict.value, outcome.status)
+            AttemptFailed(
+                clock.wall(),
+                call.operation,
+                call.model,
+                target.name,
+                call.attempt,
+                outcome.verdict.value,
+                outcome.status,
+            )
         )
         if delay is not None:
             bus.emit(
-                RetryScheduled(clock.wall(), call.operation, call.model, target.name, call.attempt,
-                               delay, outcome.verdict.value)
+                RetryScheduled(
+                    clock.wall(),
+                    call.operation,
+                    call.model,
+                    target.name,
+                    call.attempt,
+                    delay,
+                    outcome.verdict.value,
+                )
             )
     return delay
 

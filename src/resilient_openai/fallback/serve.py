@@ -35,7 +35,9 @@ def text_answer(operation: str, text: str, model: str) -> dict[str, Any] | None:
     return None
 
 
-def answer_body(operation: str, answer: Mapping[str, Any], *, stream: bool, body: Mapping[str, Any] | None) -> bytes:
+def answer_body(
+    operation: str, answer: Mapping[str, Any], *, stream: bool, body: Mapping[str, Any] | None
+) -> bytes:
     """Wire bytes for ``answer``: its JSON, or the server-sent events that would stream it."""
     if not stream:
         return json.dumps(answer, separators=(",", ":")).encode()

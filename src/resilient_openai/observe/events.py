@@ -90,7 +90,10 @@ class FallbackServed(Event):
 
 @dataclass(frozen=True, slots=True)
 class CallCompleted(Event):
-    """A call through the chain ended: with an answer from ``source``, or with ``error``."""
+    """A call through the chain ended: with an answer from ``source``, or with ``error``.
+
+    ``model`` is the model the caller asked for; ``answered_by`` the one that answered.
+    """
 
     operation: str
     model: str | None
@@ -99,6 +102,7 @@ class CallCompleted(Event):
     attempts: int
     latency: float
     error: str | None
+    answered_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

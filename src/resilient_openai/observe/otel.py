@@ -27,7 +27,6 @@ Attribute values are bounded as for the Prometheus listener: no prompts, keys or
 
 from __future__ import annotations
 
-import threading
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -91,7 +90,6 @@ class OpenTelemetryListener:
     __slots__ = (
         "_duration",
         "_fallbacks",
-        "_pending",
         "_provider",
         "_rejections",
         "_retries",
@@ -103,10 +101,6 @@ class OpenTelemetryListener:
         if meter is None:
             meter = metrics.get_meter("resilient_openai", _scope_version())
         self._provider = provider
-        # The chain emits FallbackServed and then CallCompleted for the same call, one after the
-        # other on the same thread (and, under asyncio, with no await between): remembering the
-        # last FallbackServed per thread lets the duration carry the model that really answered.
-        self._pending = threading.local()
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
@@ -147,16 +141,8 @@ class OpenTelemetryListener:
         match event:
             case CallCompleted():
                 attributes = self._operation(event.operation, event.model)
-                pending: FallbackServed | None = getattr(self._pending, "fallback", None)
-                self._pending.fallback = None
-                if (
-                    pending is not None
-                    and pending.answered_by is not None
-                    and pending.source == event.source
-                    and pending.operation == event.operation
-                    and pending.requested_model == event.model
-                ):
-                    attributes["gen_ai.response.model"] = pending.answered_by
+                if event.answered_by is not None:
+                    attributes["gen_ai.response.model"] = event.answered_by
                 if event.source is not None:
                     attributes["resilient_openai.source"] = event.source
                 if event.error is not None:
@@ -168,7 +154,6 @@ class OpenTelemetryListener:
                 attributes["resilient_openai.breaker.name"] = event.breaker
                 self._retries.add(1, attributes)
             case FallbackServed():
-                self._pending.fallback = event
                 attributes = self._operation(event.operation, event.requested_model)
                 if event.answered_by is not None:
                     attributes["gen_ai.response.model"] = event.answered_by

@@ -466,6 +466,7 @@ class FakeUpstream:
     """
 
     def __init__(self, clock: Clock | None = None, *, models: Iterable[str] = ()) -> None:
+        """``clock`` times in-process waits (default: a new FakeClock); ``models`` seeds GET /models."""
         self._clock: Clock = clock if clock is not None else FakeClock()
         self._models = list(models)
         self._lock = threading.Lock()

@@ -1,0 +1,39 @@
+"""Operator handles on a resilient client: its breakers, and a health snapshot for endpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ._engine import Engine
+from .breaker import BreakerRegistry
+
+__all__ = ["breakers", "health"]
+
+
+def _engine(client: object) -> Engine:
+    engine = getattr(type(client), "_resilience", None)
+    if not isinstance(engine, Engine):
+        raise TypeError(f"{type(client).__name__} is not a client made by resilient_openai.resilient()")
+    return engine
+
+
+def breakers(client: object) -> BreakerRegistry:
+    """The breakers of a resilient client: ``isolate``, ``close``, ``reset`` by name; ``snapshot()``."""
+    return _engine(client).breakers
+
+
+def health(client: object) -> dict[str, Any]:
+    """A JSON-serializable snapshot of every breaker and the cache, for a ``/health`` route.
+
+    ``status`` is ``"ok"`` when every breaker is closed, ``"degraded"`` otherwise. Holds names,
+    states, counts and times only: never keys, prompts or answers.
+    """
+    engine = _engine(client)
+    snapshots = [dataclasses.asdict(s) for s in engine.breakers.snapshot()]
+    cache = engine.cache
+    return {
+        "status": "ok" if all(s["state"] == "closed" for s in snapshots) else "degraded",
+        "breakers": snapshots,
+        "cache": dataclasses.asdict(cache.stats()) if cache is not None else None,
+    }
