@@ -1,0 +1,89 @@
+"""A stream's outcome reaches its breaker when the stream ends, not when it starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, breakers, health
+from resilient_openai.testing import Fault
+
+from .conftest import Harness
+
+
+def _client(harness: Harness) -> Any:
+    policy = Policy(
+        clock=harness.clock, retry=RetryPolicy(rules={}), breaker=BreakerPolicy(fail_max=1, break_duration=30)
+    )
+    return harness.client(policy)
+
+
+def _state(client: Any) -> str:
+    [snapshot] = health(client)["breakers"]
+    return str(snapshot["state"])
+
+
+def test_completed_stream_probe_closes_the_circuit(harness: Harness) -> None:
+    """A half-open probe that is a stream closes the circuit once it completes."""
+    client = _client(harness)
+    harness.upstream.script("gpt-A", [Fault.status(503)])
+    with pytest.raises(openai.InternalServerError):
+        harness.chat(client)
+    harness.clock.advance(30)
+    _, _, error = harness.stream_chat(client)
+    assert error is None
+    assert _state(client) == "closed"
+
+
+def test_cut_stream_counts_as_a_failure(harness: Harness) -> None:
+    """A stream cut mid-answer is a failure for the breaker."""
+    client = _client(harness)
+    harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, cut_after=5))
+    _, _, error = harness.stream_chat(client)
+    assert error is not None
+    assert _state(client) == "open"
+    with pytest.raises(CircuitOpenError):
+        harness.chat(client)
+
+
+def test_abandoned_stream_is_ignored(harness: Harness) -> None:
+    """A caller that stops reading early neither succeeds nor fails: a half-open slot is freed."""
+    client = _client(harness)
+    harness.upstream.script("gpt-A", [Fault.status(503)])
+    with pytest.raises(openai.InternalServerError):
+        harness.chat(client)
+    harness.clock.advance(30)
+    harness.upstream.set_default("gpt-A", Fault.stream(tokens=30))
+    kwargs: Any = {"model": "gpt-A", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    if harness.is_async:
+
+        async def read_one() -> None:
+            stream = await client.chat.completions.create(**kwargs)
+            await anext(aiter(stream))
+            await stream.close()
+
+        harness.run(read_one)
+    else:
+        stream = client.chat.completions.create(**kwargs)
+        next(iter(stream))
+        stream.close()
+    assert _state(client) == "half-open"
+    _, _, error = harness.stream_chat(client)  # the slot was given back: a new probe is admitted
+    assert error is None
+    assert _state(client) == "closed"
+
+
+def test_manual_isolate_and_close(harness: Harness) -> None:
+    """An operator can isolate a breaker (nothing is sent) and close it again."""
+    client = _client(harness)
+    harness.chat(client)
+    [name] = [snapshot["name"] for snapshot in health(client)["breakers"]]
+    breakers(client).isolate(name)
+    with pytest.raises(CircuitOpenError):
+        harness.chat(client)
+    assert harness.upstream.count() == 1
+    breakers(client).close(name)
+    harness.chat(client)
+    assert harness.upstream.count() == 2
