@@ -17,7 +17,7 @@ REQUEST = httpx2.Request("POST", "https://api.test/v1/chat/completions")
 
 def _status(
     status: int, *, code: str | None = None, kind: str | None = None, headers: dict[str, str] | None = None
-):
+) -> openai.APIStatusError:
     body = {"error": {"message": "m", "type": kind, "code": code, "param": None}}
     response = httpx2.Response(status, json=body, headers=headers, request=REQUEST)
     client = openai.OpenAI(api_key="sk-x", base_url="https://api.test/v1")
