@@ -261,3 +261,46 @@ def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     assert other.choices[0].message.content == "canned"
     mine = first.chat.completions.create(model="gpt-A", messages=messages)
     assert mine.choices[0].message.content == "tenant one's answer"
+
+
+def _continuation_policy(harness: Harness, other: FakeUpstream, *, accepts_prefill: bool) -> Policy:
+    backup = Harness(harness.flavour, other, harness.clock).raw(
+        api_key="sk-b", base_url="http://backup.test/v1"
+    )
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=(FallbackStep("target", target="backup"),))},
+        targets={"backup": Target(name="backup", client=backup, accepts_prefill=accepts_prefill)},
+        continuation=True,
+    )
+    return Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback)
+
+
+def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
+    """Opt-in continuation: a stream cut mid-answer is finished by a prefill-accepting target."""
+    other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Fault.stream(text=" seven eight"))
+    harness.upstream.set_default(
+        "gpt-A", Fault.stream(text="one two three four five six seven eight", cut_after=6)
+    )
+    client = harness.client(_continuation_policy(harness, other, accepts_prefill=True))
+    stream, chunks, error = harness.stream_chat(client)
+    assert error is None
+    assert text_of(chunks) == "one two three four five six seven eight"
+    [sent] = other.requests
+    assert sent.json is not None
+    assert sent.json["messages"][-1] == {"role": "assistant", "content": "one two three four five six"}
+    record = provenance(stream)
+    assert record is not None
+    assert record.source == "fallback_client"
+    assert record.reason == "stream_interrupted"
+
+
+def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> None:
+    """Without accepts_prefill the cut stream raises the typed error; no prefill is sent."""
+    other = FakeUpstream(clock=harness.clock)
+    harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, cut_after=6))
+    client = harness.client(_continuation_policy(harness, other, accepts_prefill=False))
+    _, chunks, error = harness.stream_chat(client)
+    assert error is not None
+    assert len(text_of(chunks).split()) == 6
+    assert other.count() == 0

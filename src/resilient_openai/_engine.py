@@ -7,6 +7,7 @@ of that client (``with_options`` included). The sync and async client shells onl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -231,6 +232,48 @@ class Engine:
         source = target.source
         self._finish(call, result, source, answered_by, reason)
         return result
+
+    def continuation_call(self, call: Call, step: FallbackStep, partial: str) -> Call | None:
+        """A call asking ``step``'s target to continue ``partial``, if it declared it accepts a prefill.
+
+        A prefill is never sent to a target that did not declare ``accepts_prefill``.
+        """
+        if step.kind != "target" or call.operation != "chat.completions" or call.body is None:
+            return None
+        target = self.live_target(call, step, primary=False)
+        if not target.accepts_prefill:
+            return None
+        messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
+        body = {**call.body, "messages": messages}
+        options = call.options.model_copy()
+        options.json_data = body
+        return dataclasses.replace(
+            call, body=body, options=options, target=target, has_fallback=False, attempt=0,
+            send_options=None, stream_watch=None, last_failure=None,
+        )  # fmt: skip
+
+    def continued(self, call: Call, sub: Call, result: Any, more: Any) -> Any:
+        """The continuation answered: re-label the caller's stream, return its body to splice in."""
+        response = getattr(more, "response", None) or getattr(more, "http_response", None)
+        target = sub.target
+        if response is None or target is None:
+            return None
+        reason = Verdict.STREAM_INTERRUPTED.value
+        attach(
+            result,
+            Provenance(
+                source=Source.FALLBACK_CLIENT, model=sub.model, requested_model=call.requested_model,
+                target=target.name, reason=reason, attempts=tuple(call.attempts),
+            ),
+        )  # fmt: skip
+        if self.bus:
+            source = Source.FALLBACK_CLIENT.value
+            self.bus.emit(
+                FallbackServed(
+                    self.clock.wall(), call.operation, call.requested_model, sub.model, source, reason
+                )
+            )
+        return response.stream
 
     def _remember(self, call: Call, result: Any, key: str) -> None:
         watch = call.stream_watch

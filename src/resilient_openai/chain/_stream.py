@@ -11,7 +11,7 @@ with a truncated answer. :class:`StreamWatch` is the I/O-free part shared by bot
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx2
@@ -36,7 +36,7 @@ class StreamWatch:
 
     __slots__ = (
         "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_malformed_run", "_permit",
-        "_request", "_started", "breaker", "delivered", "done_seen", "ended", "model", "on_complete",
+        "_request", "_started", "breaker", "continue_async", "continue_sync", "continued", "delivered", "done_seen", "ended", "model", "on_complete",
         "operation", "outcome", "skipped",
     )  # fmt: skip
 
@@ -70,6 +70,12 @@ class StreamWatch:
         self.outcome: Verdict | None = None
         #: Called with the assembled complete answer (a dict) when the stream completes.
         self.on_complete: list[Callable[[dict[str, Any]], None]] = []
+        #: Opt-in continuation: given the partial text, the bytes of another target's stream
+        #: that continues it (None when no target can). Set by the fallback layer.
+        self.continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
+        self.continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+        #: The stream broke mid-answer and another target is continuing it.
+        self.continued = False
 
     @property
     def started(self) -> bool:
@@ -152,6 +158,13 @@ class StreamWatch:
         finished = self.done_seen or self._assembler.finished
         self.end(Verdict.SUCCESS if finished else Verdict.CANCELLED)
 
+    def hand_over(self) -> None:
+        """This target broke mid-answer and another one continues: record the failure now."""
+        self.continued = True
+        self.outcome = Verdict.STREAM_INTERRUPTED
+        self._settle()
+        self.outcome = None
+
     def hand_permit(self, permit: Any, started: float) -> None:
         """Take over the breaker permit: the outcome is recorded when the stream ends."""
         self._permit = permit
@@ -165,7 +178,7 @@ class StreamWatch:
             return
         self.ended = True
         self.outcome = outcome
-        if outcome is Verdict.SUCCESS and self.on_complete:
+        if outcome is Verdict.SUCCESS and self.on_complete and not self.continued:
             answer = self._complete_answer()
             if answer is not None:
                 for hook in self.on_complete:
@@ -193,6 +206,13 @@ def _error_message(event: dict[str, Any]) -> str:
     error = event.get("error")
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) and message else "An error occurred during streaming"
+
+
+def _broken(exc: Exception) -> tuple[str, str]:
+    """Why a stream that had started broke: a stall (read timeout) or a cut (anything else)."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return "stalled", "no event within the idle limit"
+    return "cut", "the connection dropped mid-answer"
 
 
 def _before_first_chunk(exc: Exception, request: httpx2.Request) -> Exception:
@@ -239,21 +259,25 @@ class SyncStreamGuard(httpx2.SyncByteStream):
         watch = self._watch
         pending, self._pending = self._pending, []
         yield from pending
-        try:
-            for data in self._source:
-                watch.check_deadline()
-                kept = watch.feed(data)
-                if kept:
-                    yield kept
-        except httpx2.TimeoutException as exc:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("stalled", "no event within the idle limit") from exc
-        except httpx2.TransportError as exc:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("cut", "the connection dropped mid-answer") from exc
-        except IncompleteStreamError:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise
+        while True:
+            try:
+                for data in self._source:
+                    watch.check_deadline()
+                    kept = watch.feed(data)
+                    if kept:
+                        yield kept
+                break
+            except IncompleteStreamError:
+                watch.end(Verdict.STREAM_INTERRUPTED)
+                raise
+            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+                reason, detail = _broken(exc)
+                more = watch.continue_sync(watch.partial_text) if watch.continue_sync is not None else None
+                if more is None:
+                    watch.end(Verdict.STREAM_INTERRUPTED)
+                    raise watch.error(reason, detail) from exc
+                watch.hand_over()
+                self._source = iter(more)
         if not watch.complete():
             watch.end(Verdict.STREAM_INTERRUPTED)
             raise watch.error("truncated", "the body ended before the answer was finished")
@@ -302,21 +326,29 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
         pending, self._pending = self._pending, []
         for kept in pending:
             yield kept
-        try:
-            async for data in self._source:
-                watch.check_deadline()
-                kept = watch.feed(data)
-                if kept:
-                    yield kept
-        except httpx2.TimeoutException as exc:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("stalled", "no event within the idle limit") from exc
-        except httpx2.TransportError as exc:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("cut", "the connection dropped mid-answer") from exc
-        except IncompleteStreamError:
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise
+        while True:
+            try:
+                async for data in self._source:
+                    watch.check_deadline()
+                    kept = watch.feed(data)
+                    if kept:
+                        yield kept
+                break
+            except IncompleteStreamError:
+                watch.end(Verdict.STREAM_INTERRUPTED)
+                raise
+            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+                reason, detail = _broken(exc)
+                more = (
+                    await watch.continue_async(watch.partial_text)
+                    if watch.continue_async is not None
+                    else None
+                )
+                if more is None:
+                    watch.end(Verdict.STREAM_INTERRUPTED)
+                    raise watch.error(reason, detail) from exc
+                watch.hand_over()
+                self._source = aiter(more)
         if not watch.complete():
             watch.end(Verdict.STREAM_INTERRUPTED)
             raise watch.error("truncated", "the body ended before the answer was finished")

@@ -9,8 +9,8 @@ even after the deadline. The verdict of the failure decides whether to fall back
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from ..classify import Verdict, classify
 from ..errors import RequestRejectedError
@@ -93,6 +93,9 @@ class SyncFallback:
                     reason = reason or verdict
                     index = 0
                     continue
+                watch = call.stream_watch
+                if watch is not None and engine.policy.fallback.continuation:
+                    watch.continue_sync = _sync_continuation(engine, call, next, rungs[index + 1 :], result)
                 return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
             local = engine.local_answer(call, step, cache_key, reason)
             if local is not None:
@@ -140,6 +143,9 @@ class AsyncFallback:
                     reason = reason or verdict
                     index = 0
                     continue
+                watch = call.stream_watch
+                if watch is not None and engine.policy.fallback.continuation:
+                    watch.continue_async = _async_continuation(engine, call, next, rungs[index + 1 :], result)
                 return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
             local = engine.local_answer(call, step, cache_key, reason)
             if local is not None:
@@ -170,3 +176,47 @@ async def _run_async(step: FallbackStep, call: Call, reason: Verdict | None) -> 
     if inspect.isawaitable(produced):
         produced = await produced
     return str(produced)
+
+
+def _sync_continuation(
+    engine: Engine, call: Call, next: Handler, later: list[FallbackStep], result: Any
+) -> Callable[[str], Iterable[bytes] | None]:
+    """Continue a stream cut mid-answer on the next target that declared it accepts a prefill."""
+
+    def go(partial: str) -> Iterable[bytes] | None:
+        for step in later:
+            sub = engine.continuation_call(call, step, partial)
+            if sub is None:
+                continue
+            try:
+                more = next(sub)
+            except Exception:
+                continue
+            body = engine.continued(call, sub, result, more)
+            if body is not None:
+                return cast("Iterable[bytes]", body)
+        return None
+
+    return go
+
+
+def _async_continuation(
+    engine: Engine, call: Call, next: AsyncHandler, later: list[FallbackStep], result: Any
+) -> Callable[[str], Awaitable[AsyncIterable[bytes] | None]]:
+    """The asyncio twin of :func:`_sync_continuation`."""
+
+    async def go(partial: str) -> AsyncIterable[bytes] | None:
+        for step in later:
+            sub = engine.continuation_call(call, step, partial)
+            if sub is None:
+                continue
+            try:
+                more = await next(sub)
+            except Exception:
+                continue
+            body = engine.continued(call, sub, result, more)
+            if body is not None:
+                return cast("AsyncIterable[bytes]", body)
+        return None
+
+    return go

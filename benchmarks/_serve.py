@@ -1,0 +1,28 @@
+"""Child process for :func:`benchmarks._common.upstream_process`: a fake upstream on 127.0.0.1.
+
+``python -m benchmarks._serve LATENCY`` prints the base URL, answers every request with
+``Fault.ok(latency=LATENCY)`` and exits when its stdin is closed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from resilient_openai import SYSTEM_CLOCK
+from resilient_openai.testing import FakeUpstream, Fault
+
+from ._common import nagle_off
+
+
+def main(argv: list[str]) -> None:
+    """Serve until stdin reaches end of file."""
+    latency = float(argv[0]) if argv else 0.0
+    upstream = FakeUpstream(clock=SYSTEM_CLOCK)
+    upstream.set_default("*", Fault.ok(latency=latency))
+    with nagle_off(), upstream.serve("127.0.0.1") as base_url:
+        print(base_url, flush=True)
+        sys.stdin.read()  # blocks until the parent closes our stdin (or exits)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
