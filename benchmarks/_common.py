@@ -45,9 +45,9 @@ __all__ = [
     "loopback_client",
     "machine",
     "markdown_table",
-    "nagle_off",
     "percentile",
     "rss_bytes",
+    "server_fixes",
     "spread",
     "upstream_process",
 ]
@@ -94,22 +94,26 @@ def async_loopback_client(base_url: str, *, max_retries: int = 0) -> openai.Asyn
 
 
 @contextmanager
-def nagle_off() -> Iterator[None]:
-    """Send the fake loopback server's small writes at once (``TCP_NODELAY``) while inside.
+def server_fixes() -> Iterator[None]:
+    """While inside, the fake loopback server sends at once and queues bursts of connections.
 
-    ``FakeUpstream.serve()`` writes the headers and the body of an answer separately without
-    ``TCP_NODELAY``, so Nagle's algorithm holds the body until the client's delayed ACK
-    (~40 ms on Linux): every loopback answer would take >= 40 ms and hide everything measured.
+    Two settings of ``FakeUpstream.serve()`` would otherwise dominate what is measured:
+
+    - it writes an answer's headers and body separately without ``TCP_NODELAY``, so Nagle's
+      algorithm holds the body until the client's delayed ACK: every answer takes >= 40 ms;
+    - its listen backlog is ``socketserver``'s default of 5, so a burst of new connections
+      (200 asyncio tasks starting together) overflows it and connections are reset.
     """
     from resilient_openai.testing import _server
 
-    handler = _server._Handler
-    before = handler.disable_nagle_algorithm
+    handler, server = _server._Handler, _server._Server
+    before = handler.disable_nagle_algorithm, server.request_queue_size
     handler.disable_nagle_algorithm = True
+    server.request_queue_size = 1024
     try:
         yield
     finally:
-        handler.disable_nagle_algorithm = before
+        handler.disable_nagle_algorithm, server.request_queue_size = before
 
 
 @contextmanager

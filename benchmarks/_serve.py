@@ -11,7 +11,7 @@ import sys
 from resilient_openai import SYSTEM_CLOCK
 from resilient_openai.testing import FakeUpstream, Fault
 
-from ._common import nagle_off
+from ._common import server_fixes
 
 
 def main(argv: list[str]) -> None:
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     latency = float(argv[0]) if argv else 0.0
     upstream = FakeUpstream(clock=SYSTEM_CLOCK)
     upstream.set_default("*", Fault.ok(latency=latency))
-    with nagle_off(), upstream.serve("127.0.0.1") as base_url:
+    with server_fixes(), upstream.serve("127.0.0.1") as base_url:
         print(base_url, flush=True)
         sys.stdin.read()  # blocks until the parent closes our stdin (or exits)
 

@@ -85,9 +85,7 @@ async def _drive_tasks(call: Callable[[], Awaitable[object]], tasks: int, second
 
 
 async def _open_connections(call: Callable[[], Awaitable[object]], tasks: int) -> None:
-    """Open the pool's connections a few at a time: a burst of connects overflows the listen backlog."""
-    for first in range(0, tasks, 10):
-        await asyncio.gather(*(call() for _ in range(min(10, tasks - first))))
+    """Open the pool's connections before measuring: one burst of ``tasks`` concurrent calls."""
     await asyncio.gather(*(call() for _ in range(tasks)))
 
 

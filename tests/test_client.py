@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import openai
 import pytest
@@ -17,7 +18,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import Fault
+from resilient_openai.testing import FakeClock, FakeUpstream, Fault
 
 from .conftest import Harness, text_of
 
@@ -197,8 +198,6 @@ def test_cancellation_propagates_and_is_not_retried(upstream: object, clock: obj
     """Cancelling the task raises CancelledError and no second attempt is made."""
     import threading
 
-    from resilient_openai.testing import FakeClock, FakeUpstream
-
     assert isinstance(upstream, FakeUpstream)
     gate = threading.Event()
     upstream.set_default("gpt-A", Fault.hold(gate))
@@ -251,3 +250,34 @@ def test_embeddings_and_responses_go_through_the_chain(harness: Harness) -> None
     resp = harness.run(lambda: client.responses.create(model="gpt-R", input="hello"))
     assert resp.output_text == "hi there"
     assert harness.upstream.count() == 4
+
+
+def test_streaming_response_wrapper_goes_through_the_chain(harness: Harness) -> None:
+    """with_streaming_response is retried too and its body parses to the SDK's type."""
+    harness.upstream.script("gpt-A", [Fault.status(503), Fault.ok(text="streamed body")])
+    client = harness.client()
+    kwargs: Any = {"model": "gpt-A", "messages": [{"role": "user", "content": "hi"}]}
+    if harness.is_async:
+
+        async def read() -> Any:
+            async with client.with_streaming_response.chat.completions.create(**kwargs) as response:
+                return await response.parse()
+
+        parsed = harness.run(read)
+    else:
+        with client.with_streaming_response.chat.completions.create(**kwargs) as response:
+            parsed = response.parse()
+    assert parsed.choices[0].message.content == "streamed body"
+    assert harness.upstream.count() == 2
+
+
+def test_async_client_type_and_copies_share_the_chain(upstream: FakeUpstream, clock: FakeClock) -> None:
+    """A with_options copy keeps the chain: its calls are retried by the same breakers."""
+    harness = Harness("async", upstream, clock)
+    client = harness.client()
+    assert isinstance(client, openai.AsyncOpenAI)
+    copy = client.with_options(timeout=5.0)
+    upstream.script("gpt-A", [Fault.status(500), Fault.ok()])
+    result = harness.chat(copy)
+    assert provenance(result) is not None
+    assert upstream.count() == 2

@@ -299,6 +299,8 @@ class PhaseSummary:
     p99: float | None
     #: Requests the fake upstream received during the phase (None against a real endpoint).
     upstream_requests: int | None
+    #: The same, by the model asked for.
+    upstream_by_model: Mapping[str, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,10 +372,18 @@ def breaker_label(base_url: str, name: str) -> str:
 
 
 def summarize(
-    phases: Sequence[Phase], records: Sequence[CallRecord], upstream_times: Sequence[float] | None
+    phases: Sequence[Phase],
+    records: Sequence[CallRecord],
+    arrivals: Sequence[tuple[float, str | None]] | None,
 ) -> tuple[PhaseSummary, ...]:
-    """Per-phase counts and latency percentiles; upstream requests by the phase they arrived in."""
-    arrivals: Counter[int] = Counter(phase_at(phases, at)[0] for at in upstream_times or ())
+    """Per-phase counts and latency percentiles; upstream requests by the phase they arrived in.
+
+    ``arrivals`` holds each upstream request's time (s after the run's start) and model, or is
+    None when nobody counted them (a real endpoint).
+    """
+    by_phase: dict[int, Counter[str]] = {index: Counter() for index in range(len(phases))}
+    for at, model in arrivals or ():
+        by_phase[phase_at(phases, at)[0]][model or "?"] += 1
     summaries = []
     for index, phase in enumerate(phases):
         mine = [record for record in records if record.phase == index]
@@ -388,7 +398,8 @@ def summarize(
                 p50=percentile(latencies, 50),
                 p95=percentile(latencies, 95),
                 p99=percentile(latencies, 99),
-                upstream_requests=None if upstream_times is None else arrivals[index],
+                upstream_requests=None if arrivals is None else by_phase[index].total(),
+                upstream_by_model=None if arrivals is None else dict(by_phase[index]),
             )
         )
     return tuple(summaries)
@@ -556,8 +567,7 @@ class DemoRun:
             snapshot_errors = dict(self._errors)
             bugs = len(self._bug_reports)
             started = self._calls_started
-        client = self._client
-        breakers = tuple(health(client)["breakers"]) if client is not None else ()
+        breakers = _breakers(self._client)
         return Snapshot(
             elapsed=min(elapsed, config.total),
             total=config.total,
@@ -742,10 +752,10 @@ class DemoRun:
             changes = tuple(sorted(self._changes, key=lambda c: c.at))
             bug_reports = tuple(self._bug_reports)
         upstream = self._upstream
-        arrivals: list[float] | None = None
+        arrivals: list[tuple[float, str | None]] | None = None
         if upstream is not None:
             # The fake stamps requests with the system clock, the one the run's start came from.
-            arrivals = [request.at - self._t0 for request in upstream.requests]
+            arrivals = [(request.at - self._t0, request.model) for request in upstream.requests]
         client = self._client
         return DemoResult(
             config=self.config,
@@ -753,12 +763,19 @@ class DemoRun:
             phases=self.config.phases,
             records=records,
             breaker_changes=changes,
-            breakers=tuple(health(client)["breakers"]) if client is not None else (),
+            breakers=_breakers(client),
             summaries=summarize(self.config.phases, records, arrivals),
             upstream_requests=len(arrivals) if arrivals is not None else None,
             duration=max((r.end for r in records), default=0.0),
             bug_reports=bug_reports,
         )
+
+
+def _breakers(client: object | None) -> tuple[Mapping[str, Any], ...]:
+    """The client's breakers from ``health()``, sorted by name so a view's rows stay put."""
+    if client is None:
+        return ()
+    return tuple(sorted(health(client)["breakers"], key=lambda b: str(b["name"])))
 
 
 def breaker_timeline(result: DemoResult) -> Iterator[tuple[str, list[tuple[float, float, str]]]]:

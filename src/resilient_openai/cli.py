@@ -111,6 +111,11 @@ def _toml_table(data: Mapping[str, Any], path: tuple[str, ...], lines: list[str]
     for key, value in keys.items():
         if value is None:
             lines.append(f"# {_toml_key(key)}: unset")
+        elif isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+            # An array of inline tables (fallback steps) reads best one table per line.
+            lines.append(f"{_toml_key(key)} = [")
+            lines += [f"    {_toml_value(item)}," for item in value]
+            lines.append("]")
         else:
             lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     for key, value in tables.items():
@@ -199,54 +204,70 @@ def _progress_line(snapshot: Snapshot, labels: Mapping[str, str]) -> str:
     breakers = " ".join(f"{labels.get(str(b['name']), b['name'])}={b['state']}" for b in snapshot.breakers)
     upstream = "-" if snapshot.upstream_requests is None else snapshot.upstream_requests
     bugs = f" BUGS={snapshot.bugs}" if snapshot.bugs else ""
-    return (
-        f"[{snapshot.elapsed:5.1f}s] {snapshot.phase.name:<9} calls={snapshot.calls} {sources}"
-        f" errors={errors}{bugs} p50={_ms(snapshot.p50)} p99={_ms(snapshot.p99)} upstream_requests={upstream}"
-        f" breakers: {breakers or '-'}"
-    )
+    parts = [f"[{snapshot.elapsed:5.1f}s] {snapshot.phase.name:<9} calls={snapshot.calls}"]
+    parts += [sources] if sources else []
+    parts.append(f"errors={errors}{bugs} p50={_ms(snapshot.p50)} p99={_ms(snapshot.p99)}")
+    parts.append(f"upstream_requests={upstream} breakers: {breakers or '-'}")
+    return " ".join(parts)
 
 
 def _summary_table(result: DemoResult) -> "RenderableType":
     """Per phase: calls, answers by source, errors, p50/p99 latency, upstream requests."""
+    from rich import box
     from rich.table import Table
+
+    from ._demo import percentile
 
     totals = result.by_source()
     sources = _ordered_sources(totals)
-    table = Table(title="summary by phase", title_justify="left")
+    primary = result.config.model
+    counted = result.upstream_requests is not None
+    table = Table(title="summary by phase", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("phase")
-    table.add_column("time")
+    table.add_column("seconds")
     table.add_column("calls", justify="right")
     for source in sources:
         table.add_column(source, justify="right")
-    for name in ("errors", "p50", "p99", "upstream reqs"):
-        table.add_column(name, justify="right")
+    table.add_column("errors", justify="right")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p99 ms", justify="right")
+    if counted:
+        table.add_column("upstream reqs", justify="right")
+        table.add_column("to primary", justify="right")
+
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
     for summary in result.summaries:
         phase = summary.phase
         errors = sum(summary.errors.values())
-        table.add_row(
+        row = [
             phase.name,
-            f"{phase.start:.0f}-{phase.end:.0f} s",
+            f"{phase.start:.3g}-{phase.end:.3g}",
             str(summary.calls),
             *(str(summary.by_source.get(source, 0)) for source in sources),
             f"[red]{errors}[/]" if errors else "0",
-            _ms(summary.p50),
-            _ms(summary.p99),
-            "-" if summary.upstream_requests is None else str(summary.upstream_requests),
-        )
-    from ._demo import percentile
-
+            ms(summary.p50),
+            ms(summary.p99),
+        ]
+        if counted:
+            row += [str(summary.upstream_requests), str((summary.upstream_by_model or {}).get(primary, 0))]
+        table.add_row(*row)
     latencies = [r.latency for r in result.records]
     table.add_section()
-    table.add_row(
+    row = [
         "[bold]total[/]",
-        f"{result.duration:.1f} s",
+        f"{result.duration:.1f}",
         str(len(result.records)),
         *(str(totals[source]) for source in sources),
         str(sum(result.errors().values())),
-        _ms(percentile(latencies, 50)),
-        _ms(percentile(latencies, 99)),
-        "-" if result.upstream_requests is None else str(result.upstream_requests),
-    )
+        ms(percentile(latencies, 50)),
+        ms(percentile(latencies, 99)),
+    ]
+    if counted:
+        to_primary = sum((s.upstream_by_model or {}).get(primary, 0) for s in result.summaries)
+        row += [str(result.upstream_requests), str(to_primary)]
+    table.add_row(*row)
     return table
 
 
@@ -292,6 +313,7 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
 
     # 1. Breaker states, one row per breaker.
     timeline = list(breaker_timeline(result))
+    seen = {"closed", "open"} | {state for _, spans in timeline for _, _, state in spans}
     for row, (_, spans) in enumerate(timeline):
         for state in STATE_COLORS:
             bars = [(start, stop - start) for start, stop, s in spans if s == state]
@@ -302,7 +324,7 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
     states_ax.invert_yaxis()
     states_ax.set_ylabel("breaker")
     states_ax.legend(
-        handles=[Patch(color=color, label=state) for state, color in STATE_COLORS.items()],
+        handles=[Patch(color=color, label=state) for state, color in STATE_COLORS.items() if state in seen],
         loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="state", title_fontsize=8,
     )  # fmt: skip
 
@@ -482,7 +504,10 @@ def build_app() -> "typer.Typer":
         from .policy import Policy
 
         console = Console(highlight=False)
-        err = Console(stderr=True, highlight=False)
+        if not console.is_terminal:
+            # Piped or captured: rich would assume 80 columns and squeeze the summary table.
+            console = Console(highlight=False, width=max(console.width, 150))
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
         if not no_png:
             try:
                 import matplotlib  # noqa: F401

@@ -209,11 +209,11 @@ class CircuitBreaker:
                 permit._generation,
                 permit._probe,
                 verdict,
-                duration=duration,
-                retry_after=retry_after,
-                error=error,
-                now=clock.now(),
-                wall=clock.wall(),
+                duration,
+                retry_after,
+                error,
+                clock.now(),
+                clock.wall(),
             )
             if not machine.outbox:
                 return

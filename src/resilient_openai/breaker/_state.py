@@ -301,14 +301,18 @@ class BreakerState:
         generation: int,
         probe: int,
         verdict: Verdict | None,
-        *,
         duration: float,
         retry_after: float | None,
         error: BaseException | None,
         now: float,
         wall: float,
     ) -> None:
-        """Account for the outcome of a call admitted in ``generation`` (``probe``: its token, or 0)."""
+        """Account for the outcome of a call admitted in ``generation`` (``probe``: its token, or 0).
+
+        ``duration`` is the call's length (for slow-call accounting), ``retry_after`` what the
+        server asked for, ``error`` the exception to chain onto rejections if this opens the
+        circuit. Positional on purpose: this is the hot path.
+        """
         if probe:
             # Whatever the outcome, the probe is over: its half-open slot is free again. (If
             # its lease already expired the slot was taken back then, and this is a no-op.)
@@ -322,38 +326,41 @@ class BreakerState:
             return
         state = self._storage.state
         if state == CLOSED:
-            self._closed_outcome(outcome, verdict, duration, retry_after, error, now, wall)
+            if outcome is Outcome.SUCCESS:
+                self._closed_success(duration, now, wall)
+            else:
+                self._closed_failure(outcome, verdict, retry_after, error, now, wall)
         elif state == HALF_OPEN:
             self._probe_outcome(outcome, verdict, retry_after, error, now, wall)
         # open / isolated: entering either bumps the generation and neither issues permits, so
         # no outcome of the current generation can arrive there.
 
-    def _closed_outcome(
+    def _closed_success(self, duration: float, now: float, wall: float) -> None:
+        slow = duration > self._slow_after
+        self._window.record(now, False, slow)
+        self._failures.success()
+        if slow:
+            policy = self.policy
+            calls, _, slow_calls = self._window.snapshot(now)
+            if calls >= policy.min_calls and slow_calls / calls >= policy.slow_call_ratio:
+                reason = f"{slow_calls} of {calls} calls slower than {policy.slow_call_threshold:g}s"
+                self._open(now, wall, reason, None, None)
+
+    def _closed_failure(
         self,
         outcome: Outcome,
         verdict: Verdict | None,
-        duration: float,
         retry_after: float | None,
         error: BaseException | None,
         now: float,
         wall: float,
     ) -> None:
         policy = self.policy
-        if outcome is Outcome.SUCCESS:
-            slow = duration > self._slow_after
-            self._window.record(now, failed=False, slow=slow)
-            self._failures.success()
-            if slow:
-                calls, _, slow_calls = self._window.snapshot(now)
-                if calls >= policy.min_calls and slow_calls / calls >= policy.slow_call_ratio:
-                    reason = f"{slow_calls} of {calls} calls slower than {policy.slow_call_threshold:g}s"
-                    self._open(now, wall, reason, None, error)
-            return
         self.last_failure = verdict
         if outcome is Outcome.QUOTA:
             self._open_for_quota(now, wall, retry_after, error)
             return
-        self._window.record(now, failed=True)
+        self._window.record(now, True)
         count = self._failures.failure()
         if policy.mode == "consecutive":
             if count >= policy.fail_max:

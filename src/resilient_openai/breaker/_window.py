@@ -63,22 +63,28 @@ class WindowCounts(NamedTuple):
 class SlidingWindow:
     """Calls, failures and slow calls over the last ``window`` seconds, in a ring of buckets.
 
-    The window is cut into ``buckets`` equal slices. Recording adds to the slice ``now`` falls in;
-    moving into a new slice zeroes the slices that fell out of the window and takes them off the
-    running totals, so :meth:`record` and :meth:`snapshot` cost O(1) amortised (at most one pass
-    over the ring, however long the clock jumped). Expiry is bucket-grained: an outcome is
-    counted for at least ``window - window / buckets`` seconds and never for ``window`` or more.
+    The window is cut into ``buckets`` equal slices. The slice ``now`` falls in is counted in
+    three plain attributes (recording is three increments at most); when time moves into a new
+    slice, the finished one is folded into the ring, the slices that fell out of the window are
+    taken off the running totals and zeroed. So :meth:`record` and :meth:`snapshot` cost O(1)
+    amortised (at most one pass over the ring, however far the clock jumped).
+
+    Expiry is slice-grained: an outcome is counted for at least ``window - window / buckets``
+    seconds and never for ``window`` seconds or more.
     """
 
     __slots__ = (
         "_calls",
         "_failures",
         "_head",
+        "_live_calls",
+        "_live_failures",
+        "_live_slow",
+        "_ring_calls",
+        "_ring_failures",
+        "_ring_slow",
         "_size",
         "_slow",
-        "_total_calls",
-        "_total_failures",
-        "_total_slow",
         "_width",
     )
 
@@ -89,63 +95,76 @@ class SlidingWindow:
             raise ValueError(f"buckets must be >= 1, got {buckets!r}")
         self._width = window / buckets
         self._size = buckets
-        #: Absolute index (``floor(now / width)``) of the newest bucket.
+        #: Absolute index (``floor(now / width)``) of the slice being filled.
         self._head = _NEVER
-        # Per-bucket counts, and running totals over the live buckets (valid as of the last
-        # record or snapshot: expiry happens when time is next passed in).
+        # Finished slices, by ``index % buckets`` (the head's own slot is kept at zero), and their
+        # totals; then the counts of the slice being filled.
         self._calls: list[int] = []
         self._failures: list[int] = []
         self._slow: list[int] = []
-        self._total_calls = self._total_failures = self._total_slow = 0
-        self._reset()
+        self._ring_calls = self._ring_failures = self._ring_slow = 0
+        self._live_calls = self._live_failures = self._live_slow = 0
+        self.clear()
 
-    def _advance(self, now: float) -> int:
-        """Expire the buckets that fell out of the window; return the ring slot for ``now``."""
-        index = int(now // self._width)
-        head = self._head
-        if index <= head:
-            # Same bucket (the common case), or a reading slightly older than one already
-            # seen: with a lock around us that cannot happen, but clamping keeps a stale `now`
-            # from rewinding the ring and wiping live buckets.
-            return head % self._size
+    def _roll(self, index: int) -> None:
+        """Move the head to slice ``index`` (> head): fold the finished slice in, expire the old."""
         size = self._size
+        head = self._head
         if index - head >= size:
-            self._reset()
-        else:
-            calls, failures, slow = self._calls, self._failures, self._slow
-            for expired in range(head + 1, index + 1):
-                slot = expired % size
-                self._total_calls -= calls[slot]
-                self._total_failures -= failures[slot]
-                self._total_slow -= slow[slot]
-                calls[slot] = failures[slot] = slow[slot] = 0
+            # Everything, the slice being filled included, is out of the window.
+            self.clear()
+            self._head = index
+            return
+        calls, failures, slow = self._calls, self._failures, self._slow
+        slot = head % size
+        calls[slot] = self._live_calls
+        failures[slot] = self._live_failures
+        slow[slot] = self._live_slow
+        self._ring_calls += self._live_calls
+        self._ring_failures += self._live_failures
+        self._ring_slow += self._live_slow
+        self._live_calls = self._live_failures = self._live_slow = 0
+        for expired in range(head + 1, index + 1):
+            # Slot `expired % size` last held slice `expired - size`: out of the window now.
+            slot = expired % size
+            self._ring_calls -= calls[slot]
+            self._ring_failures -= failures[slot]
+            self._ring_slow -= slow[slot]
+            calls[slot] = failures[slot] = slow[slot] = 0
         self._head = index
-        return index % size
 
-    def record(self, now: float, *, failed: bool, slow: bool = False) -> None:
-        """Count one call that ended at ``now``: a failure, or a success that may have been slow."""
-        slot = self._advance(now)
-        # bools add as 0/1: no branches on the hot path.
-        self._calls[slot] += 1
-        self._failures[slot] += failed
-        self._slow[slot] += slow
-        self._total_calls += 1
-        self._total_failures += failed
-        self._total_slow += slow
+    def record(self, now: float, failed: bool, slow: bool = False) -> None:
+        """Count one call that ended at ``now``: a failure, or a success that may have been slow.
+
+        A ``now`` older than one already seen is counted in the current slice: time only moves
+        forward here, so a late reading can never rewind the ring and wipe live slices.
+        """
+        index = int(now // self._width)
+        if index > self._head:
+            self._roll(index)
+        self._live_calls += 1
+        if failed:
+            self._live_failures += 1
+        elif slow:
+            self._live_slow += 1
 
     def snapshot(self, now: float) -> WindowCounts:
         """The totals over the window ending at ``now``."""
-        self._advance(now)
-        return WindowCounts(self._total_calls, self._total_failures, self._total_slow)
+        index = int(now // self._width)
+        if index > self._head:
+            self._roll(index)
+        return WindowCounts(
+            self._ring_calls + self._live_calls,
+            self._ring_failures + self._live_failures,
+            self._ring_slow + self._live_slow,
+        )
 
     def clear(self) -> None:
         """Forget everything (the circuit closed or was reset)."""
-        self._reset()
-        self._head = _NEVER
-
-    def _reset(self) -> None:
         size = self._size
         self._calls = [0] * size
         self._failures = [0] * size
         self._slow = [0] * size
-        self._total_calls = self._total_failures = self._total_slow = 0
+        self._ring_calls = self._ring_failures = self._ring_slow = 0
+        self._live_calls = self._live_failures = self._live_slow = 0
+        self._head = _NEVER
