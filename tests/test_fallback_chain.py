@@ -304,3 +304,16 @@ def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> Non
     assert error is not None
     assert len(text_of(chunks).split()) == 6
     assert other.count() == 0
+
+
+def test_failing_function_is_skipped(harness: Harness) -> None:
+    """A fallback function that raises is skipped: the next rung answers, nothing leaks."""
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+
+    def broken(body: Any, reason: str) -> str:
+        raise RuntimeError("bug in user code")
+
+    client = harness.client(
+        _policy(harness, FallbackStep("function", function=broken), FallbackStep("canned", text="canned"))
+    )
+    assert _ask(harness, client, "P").choices[0].message.content == "canned"

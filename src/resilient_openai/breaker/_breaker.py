@@ -18,7 +18,7 @@ import pybreaker
 
 from ..errors import CircuitOpenError
 from ..observe.events import BreakerStateChanged, CallRejected
-from ._state import REJECTED, BreakerState
+from ._state import CLOSED, REJECTED, BreakerState
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -160,6 +160,19 @@ class CircuitBreaker:
         call could be admitted (None when isolated); its ``__cause__`` is the failure that
         opened the circuit, when known.
         """
+        machine = self._machine
+        # Fast path, without the lock: a closed circuit admits everyone and changes nothing, so
+        # all it needs is a (generation, state) pair that held at some instant. The generation
+        # is read first: if the circuit trips and even comes back between the two reads, the
+        # permit carries an older generation than the state it saw, so its outcome is dropped
+        # as stale; never the reverse (a permit stamped with a newer generation than it earned).
+        generation = machine.generation
+        if machine.state == CLOSED:
+            return Permit(self, generation, 0)
+        return self._acquire_locked()
+
+    def _acquire_locked(self) -> Permit:
+        """Admission for a circuit that is not closed: may change state, so under the lock."""
         machine = self._machine
         with self._lock:
             # Read the clock under the lock: a reading taken before it could be older than

@@ -130,13 +130,16 @@ def break_for(policy: BreakerPolicy, reopenings: int) -> float:
 def honoured_retry_after(policy: BreakerPolicy, retry_after: float | None) -> float:
     """The part of a server's Retry-After the breaker obeys: 0 when absent or unreadable.
 
-    It is capped at the longest break the policy itself could impose (``break_max`` or
-    ``quota_break``): a server asking for hours, or for ``inf``, must not isolate a target that
-    only an operator should isolate.
+    A finite wait is honoured in full, however long (a quota that resets at midnight is an honest
+    answer). An infinite one, which is what an overflowing header parses to, is read as "the
+    longest break this policy imposes" (``break_max`` or ``quota_break``), so a garbled header
+    cannot isolate a target that only an operator should isolate.
     """
     if retry_after is None or not retry_after > 0:  # None, negative, zero or NaN
         return 0.0
-    return min(retry_after, max(policy.break_max, policy.quota_break))
+    if math.isinf(retry_after):
+        return max(policy.break_max, policy.quota_break)
+    return retry_after
 
 
 @dataclass(frozen=True, slots=True)

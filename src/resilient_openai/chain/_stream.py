@@ -36,8 +36,8 @@ class StreamWatch:
 
     __slots__ = (
         "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_malformed_run", "_permit",
-        "_request", "_started", "breaker", "continue_async", "continue_sync", "continued", "delivered", "done_seen", "ended", "model", "on_complete",
-        "operation", "outcome", "skipped",
+        "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
+        "delivered", "done_seen", "ended", "model", "on_complete", "operation", "outcome", "skipped",
     )  # fmt: skip
 
     def __init__(

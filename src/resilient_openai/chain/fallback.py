@@ -9,6 +9,7 @@ even after the deadline. The verdict of the failure decides whether to fall back
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .._engine import Engine
 
 __all__ = ["AsyncFallback", "SyncFallback"]
+
+_log = logging.getLogger(__name__)
 
 _PRIMARY = FallbackStep(kind="model")
 
@@ -101,7 +104,8 @@ class SyncFallback:
             if local is not None:
                 answer, source, model = local
                 if source is Source.FUNCTION:
-                    answer = engine.function_answer(call, _run_sync(step, call, reason))
+                    text = _guarded(_run_sync, step, call, reason)
+                    answer = engine.function_answer(call, text) if text is not None else None
                 if answer is not None:
                     return engine.serve_sync(call, answer, source, model, reason=reason)
             index += 1
@@ -151,7 +155,8 @@ class AsyncFallback:
             if local is not None:
                 answer, source, model = local
                 if source is Source.FUNCTION:
-                    answer = engine.function_answer(call, await _run_async(step, call, reason))
+                    text = await _aguarded(step, call, reason)
+                    answer = engine.function_answer(call, text) if text is not None else None
                 if answer is not None:
                     return await engine.serve_async(call, answer, source, model, reason=reason)
             index += 1
@@ -162,6 +167,29 @@ class AsyncFallback:
 def _function(step: FallbackStep) -> Callable[..., Any]:
     assert step.function is not None
     return step.function
+
+
+def _guarded(
+    run: Callable[[FallbackStep, Call, Verdict | None], str],
+    step: FallbackStep,
+    call: Call,
+    reason: Verdict | None,
+) -> str | None:
+    """The function's text, or None when it raised: a failing fallback is skipped, never raised."""
+    try:
+        return run(step, call, reason)
+    except Exception:
+        _log.exception("fallback function %r failed; trying the next rung", step.function)
+        return None
+
+
+async def _aguarded(step: FallbackStep, call: Call, reason: Verdict | None) -> str | None:
+    """The asyncio twin of :func:`_guarded`."""
+    try:
+        return await _run_async(step, call, reason)
+    except Exception:
+        _log.exception("fallback function %r failed; trying the next rung", step.function)
+        return None
 
 
 def _run_sync(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
