@@ -36,7 +36,16 @@ from ._common import (
     upstream_process,
 )
 
-__all__ = ["TASKS_GOAL", "THREADS_GOAL", "ConcurrencyResult", "measure_tasks", "measure_threads", "report", "run"]
+__all__ = [
+    "TASKS_GOAL",
+    "THREADS_GOAL",
+    "ConcurrencyResult",
+    "headline",
+    "measure_tasks",
+    "measure_threads",
+    "report",
+    "run",
+]
 
 THREADS_GOAL = 0.97
 TASKS_GOAL = 0.95
@@ -89,7 +98,9 @@ async def _open_connections(call: Callable[[], Awaitable[object]], tasks: int) -
     await asyncio.gather(*(call() for _ in range(tasks)))
 
 
-def measure_threads(base_url: str, *, threads: int, seconds: float, rounds: int) -> dict[str, list[float]]:
+def measure_threads(
+    base_url: str, *, threads: int, seconds: float, rounds: int, warmup: float = 0.2
+) -> dict[str, list[float]]:
     """Throughput per round of 8 threads through raw, resilient and pybreaker-wrapped clients."""
     raw = loopback_client(base_url)
     wrapped = resilient(loopback_client(base_url))
@@ -99,10 +110,12 @@ def measure_threads(base_url: str, *, threads: int, seconds: float, rounds: int)
     variants: dict[str, Callable[[], object]] = {
         "raw": lambda: raw.chat.completions.create(model=MODEL, messages=MESSAGES),
         "resilient": lambda: wrapped.chat.completions.create(model=MODEL, messages=MESSAGES),
-        "pybreaker.call": lambda: breaker.call(guarded.chat.completions.create, model=MODEL, messages=MESSAGES),
+        "pybreaker.call": lambda: breaker.call(
+            guarded.chat.completions.create, model=MODEL, messages=MESSAGES
+        ),
     }
     for call in variants.values():  # warm up: connections opened, code paths compiled
-        _drive_threads(call, threads, 0.2)
+        _drive_threads(call, threads, warmup)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for index in range(rounds):
@@ -113,7 +126,9 @@ def measure_threads(base_url: str, *, threads: int, seconds: float, rounds: int)
     return samples
 
 
-async def measure_tasks(base_url: str, *, tasks: int, seconds: float, rounds: int) -> dict[str, list[float]]:
+async def measure_tasks(
+    base_url: str, *, tasks: int, seconds: float, rounds: int, warmup: float = 0.3
+) -> dict[str, list[float]]:
     """Throughput per round of ``tasks`` asyncio tasks through raw and resilient async clients."""
     raw = async_loopback_client(base_url)
     wrapped = resilient(async_loopback_client(base_url))
@@ -124,7 +139,7 @@ async def measure_tasks(base_url: str, *, tasks: int, seconds: float, rounds: in
     }
     for call in variants.values():
         await _open_connections(call, tasks)
-        await _drive_tasks(call, tasks, 0.3)
+        await _drive_tasks(call, tasks, warmup)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for index in range(rounds):
@@ -168,7 +183,11 @@ def _rows(label: str, samples: dict[str, list[float]], goal: float) -> list[list
     rows = []
     for name, values in samples.items():
         ratio = spread([value / base for value, base in zip(values, raw, strict=True)])
-        verdict = f">= {goal:.2f}x: {goal_verdict(ratio.median, goal, at_most=False)}" if name == "resilient" else "-"
+        verdict = (
+            f">= {goal:.2f}x: {goal_verdict(ratio.median, goal, at_most=False)}"
+            if name == "resilient"
+            else "-"
+        )
         rows.append(
             [
                 f"{label}: {name}",
@@ -185,7 +204,8 @@ def report(result: ConcurrencyResult) -> str:
     """The Markdown section for RESULTS.md."""
     rows = _rows(f"{result.thread_count} threads", result.threads, THREADS_GOAL)
     rows += _rows(f"{result.task_count} tasks", result.tasks, TASKS_GOAL)
-    ceiling_threads = result.thread_count / result.latency
+    latency = max(result.latency, 1e-6)
+    ceiling_threads = result.thread_count / latency
     table = markdown_table(["variant", "calls/s (median)", "ratio to raw", "ratio IQR", "goal"], rows)
     return "\n".join(
         [
@@ -194,7 +214,7 @@ def report(result: ConcurrencyResult) -> str:
             f"Loopback upstream in a child process answering after {result.latency * 1000:.0f} ms; "
             f"{result.rounds} interleaved rounds of {result.seconds:g} s per variant. "
             f"{result.thread_count} threads could reach at most ~{ceiling_threads:.0f} calls/s; one "
-            f"caller at a time (a lock held across the call) at most ~{1 / result.latency:.0f} calls/s. "
+            f"caller at a time (a lock held across the call) at most ~{1 / latency:.0f} calls/s. "
             "The 200 tasks are bound by the client's CPU instead, so their ratio is the library's "
             "per-call cost under load.",
             "",
@@ -202,3 +222,23 @@ def report(result: ConcurrencyResult) -> str:
             "",
         ]
     )
+
+
+def headline(result: ConcurrencyResult) -> list[list[str]]:
+    """The goal rows for the summary: ``[what, measured, goal, verdict]``."""
+    rows = []
+    for label, samples, goal in (
+        (f"2. {result.thread_count} threads through one breaker", result.threads, THREADS_GOAL),
+        (f"2. {result.task_count} asyncio tasks", result.tasks, TASKS_GOAL),
+    ):
+        if samples:
+            ratio = spread([a / b for a, b in zip(samples["resilient"], samples["raw"], strict=True)]).median
+            rows.append(
+                [
+                    label,
+                    f"{ratio:.3f}x raw throughput",
+                    f">= {goal:.2f}x",
+                    goal_verdict(ratio, goal, at_most=False),
+                ]
+            )
+    return rows

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 import tracemalloc
 from dataclasses import dataclass, field
 
+import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from resilient_openai import CachePolicy, FallbackPolicy, FallbackStep, Policy, Route, resilient
+from resilient_openai import CachePolicy, FallbackPolicy, FallbackStep, Policy, Route, health, resilient
 from resilient_openai.fallback.cache import CachedAnswer, ResponseCache
 from resilient_openai.testing import FakeClock, FakeUpstream
 
@@ -49,17 +51,19 @@ class CacheBound:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """Memory after ``calls`` calls of the long run."""
+    """Memory after ``calls`` calls (``traced`` is None when tracemalloc was off)."""
 
     calls: int
-    traced: int
-    rss: int
     cache_entries: int
+    #: ``sys.getallocatedblocks()``; None in traced runs, where the kept snapshots add their own.
+    blocks: int | None
+    rss: int
+    traced: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LongRun:
-    """The long run's readings and the source lines that grew most after the cache filled."""
+    """Readings of one run, and (traced runs) the source lines that grew most once the cache was full."""
 
     readings: list[Reading] = field(default_factory=list)
     growth: list[tuple[str, int]] = field(default_factory=list)
@@ -68,10 +72,11 @@ class LongRun:
 
 @dataclass(frozen=True, slots=True)
 class MemoryResult:
-    """Both measurements."""
+    """All three measurements."""
 
     bounds: list[CacheBound] = field(default_factory=list)
     long_run: LongRun = field(default_factory=LongRun)
+    traced_run: LongRun = field(default_factory=LongRun)
 
 
 def cache_at_bounds(
@@ -112,9 +117,7 @@ def cache_at_bounds(
     return result
 
 
-def long_run(*, calls: int = 20_000, every: int = 2_000, max_entries: int = 1_000) -> LongRun:
-    """``calls`` distinct chat completions through the full chain, reading memory every ``every``."""
-    upstream = FakeUpstream()
+def _full_chain_client(upstream: FakeUpstream, max_entries: int) -> openai.OpenAI:
     steps = (
         FallbackStep(kind="model", model=BACKUP_MODEL),
         FallbackStep(kind="cache"),
@@ -124,33 +127,50 @@ def long_run(*, calls: int = 20_000, every: int = 2_000, max_entries: int = 1_00
         fallback=FallbackPolicy(routes={"*": Route(steps=steps)}),
         cache=CachePolicy(max_entries=max_entries),
     )
-    client = resilient(inprocess_client(upstream), policy)
+    return resilient(inprocess_client(upstream), policy)
 
-    def cache_entries() -> int:
-        engine_cache = getattr(type(client), "_resilience").cache  # noqa: B009 - an internal, on purpose
-        return int(engine_cache.stats().entries) if engine_cache is not None else 0
+
+def long_run(*, calls: int, every: int, max_entries: int = 1_000, traced: bool = False) -> LongRun:
+    """``calls`` distinct chat completions through the full chain, reading memory every ``every``.
+
+    With ``traced``, tracemalloc runs throughout (about 5x slower) and the lines that grew most
+    between the first reading with a full cache and the last are reported.
+    """
+    upstream = FakeUpstream()
+    client = _full_chain_client(upstream, max_entries)
+
+    def entries() -> int:
+        stats = health(client)["cache"]
+        return int(stats["entries"]) if stats is not None else 0
 
     readings: list[Reading] = []
     snapshots: list[tracemalloc.Snapshot] = []
     gc.collect()
-    tracemalloc.start()
+    if traced:
+        tracemalloc.start()
     try:
         for index in range(1, calls + 1):
-            messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"Prompt number {index}"}]
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": f"Prompt number {index}"}
+            ]
             client.chat.completions.create(model=MODEL, messages=messages)
-            if index % every == 0:
-                upstream.reset_counts()  # the fake keeps every request it saw; that is not ours
-                gc.collect()
-                readings.append(Reading(index, tracemalloc.get_traced_memory()[0], rss_bytes(), cache_entries()))
-                if index >= max_entries + every:
-                    snapshots.append(tracemalloc.take_snapshot())
-                    del snapshots[1:-1]  # keep the first full-cache snapshot and the latest
+            if index % every:
+                continue
+            upstream.reset_counts()  # the fake keeps every request it saw; that is not ours
+            gc.collect()
+            current = tracemalloc.get_traced_memory()[0] if traced else None
+            blocks = None if traced else sys.getallocatedblocks()
+            readings.append(Reading(index, entries(), blocks, rss_bytes(), current))
+            if traced and index >= 2 * max_entries:
+                snapshots.append(tracemalloc.take_snapshot())
+                del snapshots[1:-1]  # keep the first full-cache snapshot and the latest
     finally:
-        tracemalloc.stop()
+        if traced:
+            tracemalloc.stop()
     growth: list[tuple[str, int]] = []
     if len(snapshots) == 2:
-        ignore = tracemalloc.Filter(False, tracemalloc.__file__)
-        first, last = (s.filter_traces([ignore]) for s in snapshots)
+        ours = tracemalloc.Filter(False, tracemalloc.__file__)  # the snapshots themselves
+        first, last = (snapshot.filter_traces([ours]) for snapshot in snapshots)
         for stat in last.compare_to(first, "lineno")[:3]:
             frame = stat.traceback[0]
             where = frame.filename.split("site-packages/")[-1].split("src/")[-1]
@@ -159,13 +179,21 @@ def long_run(*, calls: int = 20_000, every: int = 2_000, max_entries: int = 1_00
     return LongRun(readings, growth, max_entries)
 
 
-def run(*, offered: int = 5_000, calls: int = 20_000, every: int = 2_000) -> MemoryResult:
-    """Both measurements at their published sizes."""
+def run(
+    *, offered: int = 5_000, calls: int = 20_000, every: int = 2_000, traced_calls: int = 6_000
+) -> MemoryResult:
+    """All three measurements at their published sizes."""
     bounds = [
-        cache_at_bounds("max_entries binds", max_entries=1_000, max_bytes=16 * MIB, offered=offered, sizes=(500, 1500)),
-        cache_at_bounds("max_bytes binds", max_entries=1_024, max_bytes=1 * MIB, offered=offered, sizes=(2000, 6000)),
+        cache_at_bounds(
+            "max_entries binds", max_entries=1_000, max_bytes=16 * MIB, offered=offered, sizes=(500, 1500)
+        ),
+        cache_at_bounds(
+            "max_bytes binds", max_entries=1_024, max_bytes=1 * MIB, offered=offered, sizes=(2000, 6000)
+        ),
     ]
-    return MemoryResult(bounds, long_run(calls=calls, every=every))
+    untraced = long_run(calls=calls, every=every)
+    traced = long_run(calls=traced_calls, every=max(traced_calls // 6, 1), traced=True)
+    return MemoryResult(bounds, untraced, traced)
 
 
 def _kib(value: int) -> str:
@@ -200,17 +228,12 @@ def report(result: MemoryResult) -> str:
         ],
         bound_rows,
     )
-    run = result.long_run
-    reading_rows = [
-        [f"{r.calls:,}", f"{r.cache_entries:,}", _kib(r.traced), _kib(r.rss)] for r in run.readings
-    ]
-    readings = markdown_table(["calls", "cache entries", "traced KiB", "RSS KiB"], reading_rows)
     lines = [
         "## 5. Memory",
         "",
         "### The response cache at its bounds",
         "",
-        "5x more answers offered than the cache may keep. \"traced\" is the Python memory allocated "
+        '5x more answers offered than the cache may keep. "traced" is the Python memory allocated '
         "while filling the cache that is still held (bodies, keys, entries, the TTLCache's links); "
         "overhead per entry is that minus the body bytes.",
         "",
@@ -218,22 +241,41 @@ def report(result: MemoryResult) -> str:
         "",
         "### A long run through the full chain",
         "",
-        f"Distinct prompts through model -> cache -> canned (cache `max_entries={run.max_entries:,}`), "
-        "in process, tracemalloc on; the fake upstream's own request log is cleared before each reading.",
-        "",
-        readings,
+        "Distinct prompts through model -> cache -> canned "
+        f"(cache `max_entries={result.long_run.max_entries:,}`), "
+        "in process; the fake upstream's own request log is cleared before each reading. First without "
+        "tracemalloc (RSS and `sys.getallocatedblocks()`, the count of live Python allocations, are "
+        "undisturbed), then a shorter run with tracemalloc on (its own tables inflate RSS there).",
         "",
     ]
-    if len(run.readings) >= 2:
-        full = [r for r in run.readings if r.calls >= run.max_entries * 2] or run.readings
-        drift = full[-1].traced - full[0].traced
+    for title, run in (("untraced", result.long_run), ("tracemalloc on", result.traced_run)):
+        rows = [
+            [
+                f"{r.calls:,}",
+                f"{r.cache_entries:,}",
+                "-" if r.blocks is None else f"{r.blocks:,}",
+                _kib(r.rss),
+                "-" if r.traced is None else _kib(r.traced),
+            ]
+            for r in run.readings
+        ]
         lines += [
-            f"Traced memory from {full[0].calls:,} to {full[-1].calls:,} calls (cache full): "
-            f"{drift / 1024:+,.0f} KiB.",
+            f"{title}:",
+            "",
+            markdown_table(["calls", "cache entries", "live blocks", "RSS KiB", "traced KiB"], rows),
             "",
         ]
-    if run.growth:
-        lines += ["Largest growths over that span, by source line:", ""]
-        lines += [f"- `{where}`: {size / 1024:+,.1f} KiB" for where, size in run.growth]
-        lines.append("")
+        full = [r for r in run.readings if r.calls >= 2 * run.max_entries]
+        if len(full) >= 2:
+            first, last = full[0], full[-1]
+            change = f"RSS {(last.rss - first.rss) / 1024:+,.0f} KiB"
+            if first.blocks is not None and last.blocks is not None:
+                change += f", {last.blocks - first.blocks:+,} live blocks"
+            if first.traced is not None and last.traced is not None:
+                change += f", traced {(last.traced - first.traced) / 1024:+,.1f} KiB"
+            lines += [f"From {first.calls:,} to {last.calls:,} calls (cache full): {change}.", ""]
+        if run.growth:
+            lines += ["Largest growths over that span, by source line:", ""]
+            lines += [f"- `{where}`: {size / 1024:+,.1f} KiB" for where, size in run.growth]
+            lines.append("")
     return "\n".join(lines)

@@ -24,13 +24,21 @@ from dataclasses import dataclass, field
 
 from openai.types.chat import ChatCompletion
 
-from resilient_openai import CircuitOpenError, FallbackPolicy, FallbackStep, Policy, Route, breakers, resilient
+from resilient_openai import (
+    CircuitOpenError,
+    FallbackPolicy,
+    FallbackStep,
+    Policy,
+    Route,
+    breakers,
+    resilient,
+)
 from resilient_openai.breaker import default_key
 from resilient_openai.testing import FakeUpstream
 
-from ._common import MESSAGES, MODEL, goal_verdict, inprocess_client, markdown_table, percentile
+from ._common import MESSAGES, MODEL, goal_verdict, inprocess_client, markdown_table, percentile, quiet_heap
 
-__all__ = ["GOAL_P99", "RejectionResult", "measure", "report", "run"]
+__all__ = ["GOAL_P99", "RejectionResult", "headline", "measure", "report", "run"]
 
 #: A rejection should take less than this (seconds) at the 99th percentile.
 GOAL_P99 = 0.0002
@@ -46,7 +54,9 @@ class RejectionResult:
 def _variants(upstream: FakeUpstream) -> dict[str, Callable[[], object]]:
     bare = resilient(inprocess_client(upstream))
     canned_route = Route(steps=(FallbackStep(kind="canned", text="Busy right now, please retry."),))
-    canned = resilient(inprocess_client(upstream), Policy(fallback=FallbackPolicy(routes={"*": canned_route})))
+    canned = resilient(
+        inprocess_client(upstream), Policy(fallback=FallbackPolicy(routes={"*": canned_route}))
+    )
     name = default_key(str(bare.base_url), MODEL)
     for client in (bare, canned):
         breakers(client).isolate(name)
@@ -95,18 +105,19 @@ def measure(*, calls: int, batch: int = 500, warmup: int = 200) -> dict[str, lis
     names = list(variants)
     done = 0
     index = 0
-    while done < calls:
-        size = min(batch, calls - done)
-        for name in names if index % 2 == 0 else reversed(names):
-            call = variants[name]
-            record = samples[name].append
-            gc.collect()
-            for _ in range(size):
-                started = clock()
-                call()
-                record(clock() - started)
-        done += size
-        index += 1
+    with quiet_heap():
+        while done < calls:
+            size = min(batch, calls - done)
+            for name in names if index % 2 == 0 else reversed(names):
+                call = variants[name]
+                record = samples[name].append
+                gc.collect()
+                for _ in range(size):
+                    started = clock()
+                    call()
+                    record(clock() - started)
+            done += size
+            index += 1
     if upstream.count():
         raise RuntimeError(f"invalid measurement: {upstream.count()} request(s) reached the upstream")
     return samples
@@ -146,3 +157,20 @@ def report(result: RejectionResult) -> str:
             "",
         ]
     )
+
+
+def headline(result: RejectionResult) -> list[list[str]]:
+    """The goal rows for the summary: ``[what, measured, goal, verdict]``."""
+    rows = []
+    for name, values in result.samples.items():
+        if name.startswith("create()"):
+            p99 = percentile(values, 0.99)
+            rows.append(
+                [
+                    f"3. open circuit, {name}",
+                    f"p99 {p99 * 1e6:.0f} us",
+                    "p99 < 200 us",
+                    goal_verdict(p99, GOAL_P99, at_most=True),
+                ]
+            )
+    return rows

@@ -40,7 +40,7 @@ from ._common import (
 )
 from ._handrolled import HandRolled
 
-__all__ = ["GOAL", "SuccessPathResult", "full_chain_policy", "measure", "report", "run"]
+__all__ = ["GOAL", "SuccessPathResult", "full_chain_policy", "headline", "measure", "report", "run"]
 
 #: ``resilient(client)`` should cost at most this much of a raw call, in process.
 GOAL = 1.03
@@ -153,3 +153,19 @@ def report(result: SuccessPathResult) -> str:
             "",
         ]
     )
+
+
+def headline(result: SuccessPathResult) -> list[list[str]]:
+    """The goal row for the summary: ``[what, measured, goal, verdict]``."""
+    samples = result.samples.get("in-process")
+    if not samples:
+        return []
+    ratio = spread([a / b for a, b in zip(samples["resilient"], samples["raw"], strict=True)]).median
+    return [
+        [
+            "1. `resilient(client)` success path, in process",
+            f"{ratio:.3f}x raw",
+            f"<= {GOAL:.2f}x",
+            goal_verdict(ratio, GOAL, at_most=True),
+        ]
+    ]

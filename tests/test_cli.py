@@ -9,11 +9,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+import httpx2
+import openai
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from resilient_openai import FallbackPolicy, FallbackStep, Policy, Route, Timeouts
+from resilient_openai import FallbackPolicy, FallbackStep, Policy, Route, Target, Timeouts
 from resilient_openai._config import describe_policy, load_file, policy_from_dict
 from resilient_openai._demo import (
     DEMO_FALLBACK_MODEL,
@@ -113,13 +115,18 @@ def test_breaker_timeline_spans_cover_the_run(tiny_run: DemoResult) -> None:
 def test_demo_counts_a_foreign_exception_as_a_bug() -> None:
     """An exception that is not an openai.OpenAIError is counted, reported, and makes the exit code 1."""
 
-    def boom(body: object, reason: str) -> str:
-        raise RuntimeError("fallback function exploded")
+    def explode(request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError("custom transport exploded")
 
+    broken = openai.OpenAI(
+        api_key="sk-broken", base_url="http://broken.test/v1",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(explode)),
+    )  # fmt: skip
     policy = Policy(
         timeouts=Timeouts(total=1.0, attempt=0.5, connect=0.5, first_token=0.5, stream_idle=0.5),
         fallback=FallbackPolicy(
-            routes={DEMO_MODEL: Route(steps=(FallbackStep(kind="function", function=boom),))}
+            routes={DEMO_MODEL: Route(steps=(FallbackStep(kind="target", target="broken"),))},
+            targets={"broken": Target(name="broken", client=broken)},
         ),
     )
     config = DemoConfig(phases=parse_scenario("storm:0.3"), rate=20.0, concurrency=2, policy=policy)
@@ -127,7 +134,7 @@ def test_demo_counts_a_foreign_exception_as_a_bug() -> None:
     code = _run_demo(Console(file=out, width=150), config, live=False, png=None)
     assert code == 1
     assert "RuntimeError" in out.getvalue()
-    assert "fallback function exploded" in out.getvalue()
+    assert "custom transport exploded" in out.getvalue()
 
 
 # -- pure parts ---------------------------------------------------------------------------------

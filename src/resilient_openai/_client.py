@@ -84,13 +84,20 @@ def _shell_class(base: type[Any], shell: type[Any], engine: Engine) -> type[Any]
 
 
 def _coerce(policy: PolicyLike) -> Policy:
-    if policy is None:
-        return Policy()
-    if isinstance(policy, Policy):
-        return policy
+    """The policy to build the Engine from, checked exactly once, before any request.
+
+    Data and files are checked by their loader; a policy object (or the default) here, with the
+    same rules and messages.
+    """
+    from ._config import check_policy
+
     if isinstance(policy, Mapping):
         return Policy.from_dict(policy)
-    return Policy.from_file(policy)
+    if policy is not None and not isinstance(policy, Policy):
+        return Policy.from_file(policy)
+    resolved = Policy() if policy is None else policy
+    check_policy(resolved)
+    return resolved
 
 
 @overload

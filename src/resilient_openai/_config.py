@@ -54,6 +54,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
+import openai
+
 from ._clock import Clock
 from .classify import Verdict
 from .errors import ConfigError
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
 
     from _typeshed import DataclassInstance
 
-__all__ = ["describe_policy", "load_file", "policy_from_dict"]
+__all__ = ["check_policy", "describe_policy", "load_file", "policy_from_dict"]
 
 _D = TypeVar("_D", bound="DataclassInstance")
 
@@ -110,6 +112,10 @@ _STEP_FIELD: Final[Mapping[str, str | None]] = {
     "canned": "text",
 }
 _FILE_STEP_KINDS: Final = tuple(_STEP_FIELD)
+#: In code a step may also be a ``function``, which needs its callable.
+_CODE_STEP_FIELD: Final[Mapping[str, str | None]] = {**_STEP_FIELD, "function": "function"}
+#: A target's settings that only build a client: dead (so ambiguous) when a ``client`` is given.
+_CLIENT_SETTINGS: Final = ("base_url", "api_key_env", "organization", "project")
 _TEMPLATE_FIELDS: Final = ("model", "reason")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -596,10 +602,40 @@ def _api_key_env(value: Any, path: str, problems: _Problems) -> Any:
     return value
 
 
+def _client(value: Any, path: str, problems: _Problems) -> Any:
+    """Check a target's ready client (given in code); only its type is shown, never its value."""
+    if not isinstance(value, openai.OpenAI | openai.AsyncOpenAI):
+        problems.add(path, f"must be an openai.OpenAI or openai.AsyncOpenAI, got a {type(value).__name__}")
+        return _INVALID
+    return value
+
+
+def _target_name(key: str) -> _Checker:
+    """A checker for a code-built target's ``name``, which must be its key in fallback.targets."""
+
+    def check(value: Any, path: str, problems: _Problems) -> Any:
+        if value != key:
+            problems.add(path, f"must equal its key in fallback.targets, {key!r}, got {_show(value)}")
+            return _INVALID
+        return value
+
+    return check
+
+
 def _target(
-    name: str, data: Any, path: str, retry: RetryPolicy, breaker: BreakerPolicy, problems: _Problems
+    name: str,
+    data: Any,
+    path: str,
+    retry: RetryPolicy,
+    breaker: BreakerPolicy,
+    problems: _Problems,
+    *,
+    code: bool = False,
 ) -> Any:
-    """One alternate target; its own retry / breaker sections start from the top-level ones."""
+    """One alternate target; its own retry / breaker sections start from the top-level ones.
+
+    ``code``: the target was built in code, so it may carry a ``client`` and its ``name``.
+    """
     table = _table(data, path, problems)
     if table is None:
         return _INVALID
@@ -617,18 +653,34 @@ def _target(
         "client": "code-only: a client object cannot come from a file; build Target(client=...) in code",
         "name": "a target's name is its table key; remove this key",
     }
+    if code:
+        checkers["client"] = _client
+        checkers["name"] = _target_name(name)
+        dead = [key for key in _CLIENT_SETTINGS if table.get(key) is not None]
+        if table.get("client") is not None and dead:
+            # Reported once, on the client; the dead settings are not checked on their own.
+            shown = ", ".join(dead)
+            problems.add(
+                _child(path, "client"),
+                f"ambiguous: given together with {shown}, which only build a client when none is "
+                f"given; set either client or {shown}",
+            )
+            table = {key: value for key, value in table.items() if key not in dead}
     good, _ = _fields(table, path, checkers, problems, special)
+    good.pop("name", None)
     return Target(name=name, **good)
 
 
-def _targets(data: Any, path: str, retry: RetryPolicy, breaker: BreakerPolicy, problems: _Problems) -> Any:
+def _targets(
+    data: Any, path: str, retry: RetryPolicy, breaker: BreakerPolicy, problems: _Problems, *, code: bool
+) -> Any:
     """Alternate targets by name."""
     table = _table(data, path, problems)
     if table is None:
         return _INVALID
     targets: dict[str, Target] = {}
     for name, raw in table.items():
-        target = _target(name, raw, _child(path, name), retry, breaker, problems)
+        target = _target(name, raw, _child(path, name), retry, breaker, problems, code=code)
         if target is not _INVALID:
             targets[name] = target
     return targets
@@ -660,16 +712,24 @@ def _template(value: Any, path: str, problems: _Problems) -> Any:
 class _StepContext:
     """What a step is checked against: the route it belongs to and the targets defined."""
 
-    def __init__(self, route: str, targets: frozenset[str] | None) -> None:
+    def __init__(self, route: str, targets: frozenset[str] | None, *, code: bool) -> None:
         self.route = route
         #: None when fallback.targets itself was unusable (already reported).
         self.targets = targets
+        #: The step was built in code: ``function`` steps are allowed, with their callable.
+        self.code = code
+        self.fields = _CODE_STEP_FIELD if code else _STEP_FIELD
 
 
 def _step_field(kind: str, value: Any, path: str, context: _StepContext, problems: _Problems) -> Any:
     """Check the one field a step of ``kind`` needs."""
     if kind == "canned":
         return _template(value, path, problems)
+    if kind == "function":
+        if not callable(value):
+            problems.add(path, f"must be callable as function(request_body, reason), got {_show(value)}")
+            return _INVALID
+        return value
     if _text(value, path, problems) is _INVALID:
         return _INVALID
     if kind == "model" and value == context.route:
@@ -695,22 +755,21 @@ def _step(data: Any, path: str, context: _StepContext, problems: _Problems) -> A
     if table is None:
         return _INVALID
     kind = table.get("kind", _UNSET)
+    kinds = context.fields
     function_message = (
         "code-only: a function step cannot come from a file; add FallbackStep(kind='function', ...) in code"
     )
     if kind is _UNSET:
-        problems.add(_child(path, "kind"), f"required; one of {_names(_FILE_STEP_KINDS)}")
+        problems.add(_child(path, "kind"), f"required; one of {_names(kinds)}")
         return _INVALID
-    if kind == "function":
+    if kind == "function" and not context.code:
         problems.add(_child(path, "kind"), function_message)
         return _INVALID
-    if not isinstance(kind, str) or kind not in _STEP_FIELD:
-        problems.add(
-            _child(path, "kind"),
-            f"must be one of {_names(_FILE_STEP_KINDS)}, got {_show(kind)} ('function' steps are code-only)",
-        )
+    if not isinstance(kind, str) or kind not in kinds:
+        hint = "" if context.code else " ('function' steps are code-only)"
+        problems.add(_child(path, "kind"), f"must be one of {_names(kinds)}, got {_show(kind)}{hint}")
         return _INVALID
-    needed = _STEP_FIELD[kind]
+    needed = kinds[kind]
     allowed = ["kind"] if needed is None else ["kind", needed]
     ok = True
     for key in table:
@@ -718,9 +777,9 @@ def _step(data: Any, path: str, context: _StepContext, problems: _Problems) -> A
             continue
         ok = False
         where = _child(path, key)
-        if key == "function":
+        if key == "function" and not context.code:
             problems.add(where, function_message)
-        elif key in ("model", "target", "text"):
+        elif key in kinds.values():
             problems.add(where, f"not used by a {kind!r} step; allowed: {', '.join(allowed)}")
         else:
             _unknown(where, key, allowed, problems)
@@ -760,12 +819,14 @@ def _steps(value: Any, path: str, context: _StepContext, problems: _Problems) ->
     return tuple(steps) if ok else _INVALID
 
 
-def _route(key: str, data: Any, path: str, targets: frozenset[str] | None, problems: _Problems) -> Any:
+def _route(
+    key: str, data: Any, path: str, targets: frozenset[str] | None, problems: _Problems, *, code: bool
+) -> Any:
     """The fallback chain for one model (or ``"*"``)."""
     table = _table(data, path, problems)
     if table is None:
         return _INVALID
-    context = _StepContext(key, targets)
+    context = _StepContext(key, targets, code=code)
 
     def context_model(value: Any, where: str, found: _Problems) -> Any:
         if _text(value, where, found) is _INVALID:
@@ -784,14 +845,14 @@ def _route(key: str, data: Any, path: str, targets: frozenset[str] | None, probl
     return Route(**good) if not bad else _INVALID
 
 
-def _routes(data: Any, path: str, targets: frozenset[str] | None, problems: _Problems) -> Any:
+def _routes(data: Any, path: str, targets: frozenset[str] | None, problems: _Problems, *, code: bool) -> Any:
     """Fallback routes by model name."""
     table = _table(data, path, problems)
     if table is None:
         return _INVALID
     routes: dict[str, Route] = {}
     for key, raw in table.items():
-        route = _route(key, raw, _child(path, key), targets, problems)
+        route = _route(key, raw, _child(path, key), targets, problems, code=code)
         if route is not _INVALID:
             routes[key] = route
     return routes
@@ -812,17 +873,20 @@ def _forced_failures(data: Any, path: str, problems: _Problems) -> Any:
 
 
 def _fallback(
-    data: Any, path: str, retry: RetryPolicy, breaker: BreakerPolicy, problems: _Problems
+    data: Any, path: str, retry: RetryPolicy, breaker: BreakerPolicy, problems: _Problems, *, code: bool
 ) -> FallbackPolicy:
-    """The fallback section; steps may only name targets this same section defines."""
+    """The fallback section; steps may only name targets this same section defines.
+
+    ``code``: the section describes a policy built in code (see :func:`check_policy`).
+    """
     raw_targets = data.get("targets", {}) if isinstance(data, Mapping) else {}
     # Names only, so a route referring to a target that has its own mistakes is not reported twice.
     targets = (
         frozenset(k for k in raw_targets if isinstance(k, str)) if isinstance(raw_targets, Mapping) else None
     )
     checkers: dict[str, _Checker] = {
-        "targets": lambda value, where, found: _targets(value, where, retry, breaker, found),
-        "routes": lambda value, where, found: _routes(value, where, targets, found),
+        "targets": lambda value, where, found: _targets(value, where, retry, breaker, found, code=code),
+        "routes": lambda value, where, found: _routes(value, where, targets, found, code=code),
         "continuation": _flag,
         "forced_failures": _forced_failures,
     }
@@ -856,6 +920,28 @@ def _listeners_override(value: Any, path: str, problems: _Problems) -> Any:
 
 
 _OVERRIDES: Final[Mapping[str, _Checker]] = {"clock": _clock_override, "listeners": _listeners_override}
+_SECTIONS: Final = ("retry", "timeouts", "breaker", "fallback", "cache", "validation")
+
+
+def _sections(table: Mapping[str, Any], problems: _Problems, *, code: bool) -> dict[str, Any]:
+    """Every section of ``table`` checked and built, by field name, in file order.
+
+    ``code``: ``table`` describes a policy built in code (see :func:`check_policy`).
+    """
+    retry = _retry(table.get("retry", _UNSET), "retry", RetryPolicy(), problems)
+    timeouts = _timeouts(table.get("timeouts", _UNSET), "timeouts", problems)
+    breaker = _breaker(table.get("breaker", _UNSET), "breaker", BreakerPolicy(), problems)
+    fallback = _fallback(table.get("fallback", _UNSET), "fallback", retry, breaker, problems, code=code)
+    cache = _cache(table.get("cache", _UNSET), "cache", problems)
+    validation = _validation(table.get("validation", _UNSET), "validation", problems)
+    return {
+        "retry": retry,
+        "timeouts": timeouts,
+        "breaker": breaker,
+        "fallback": fallback,
+        "cache": cache,
+        "validation": validation,
+    }
 
 
 def _placeholder(key: str, value: Any, problems: _Problems) -> None:
@@ -878,18 +964,12 @@ def policy_from_dict(data: Mapping[str, Any], **overrides: Any) -> Policy:
     """
     problems = _Problems()
     table = _table(data, "", problems) or {}
-    sections = ("retry", "timeouts", "breaker", "fallback", "cache", "validation")
     for key, value in table.items():
         if key in _OVERRIDES:
             _placeholder(key, value, problems)
-        elif key not in sections:
-            _unknown(key, key, [*sections, *_OVERRIDES], problems)
-    retry = _retry(table.get("retry", _UNSET), "retry", RetryPolicy(), problems)
-    timeouts = _timeouts(table.get("timeouts", _UNSET), "timeouts", problems)
-    breaker = _breaker(table.get("breaker", _UNSET), "breaker", BreakerPolicy(), problems)
-    fallback = _fallback(table.get("fallback", _UNSET), "fallback", retry, breaker, problems)
-    cache = _cache(table.get("cache", _UNSET), "cache", problems)
-    validation = _validation(table.get("validation", _UNSET), "validation", problems)
+        elif key not in _SECTIONS:
+            _unknown(key, key, [*_SECTIONS, *_OVERRIDES], problems)
+    sections = _sections(table, problems, code=False)
     code: dict[str, Any] = {}
     for key, value in overrides.items():
         where = f"override {key}"
@@ -905,15 +985,201 @@ def policy_from_dict(data: Mapping[str, Any], **overrides: Any) -> Policy:
             code[key] = checked
     if problems.lines:
         raise ConfigError(problems.lines)
-    return Policy(
-        retry=retry,
-        timeouts=timeouts,
-        breaker=breaker,
-        fallback=fallback,
-        cache=cache,
-        validation=validation,
-        **code,
+    return Policy(**sections, **code)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking a policy built in code
+# --------------------------------------------------------------------------------------------
+
+
+def _breaker_key(value: Any, path: str, problems: _Problems) -> Any:
+    """Check the code-only function naming breakers, or None for the default."""
+    if value is not None and not callable(value):
+        problems.add(path, f"must be None or callable as breaker_key(base_url, model), got {_show(value)}")
+        return _INVALID
+    return value
+
+
+#: Fields of a Policy that only code can set, each with its checker (a file's overrides, plus one).
+_CODE_ONLY: Final[Mapping[str, _Checker]] = {**_OVERRIDES, "breaker_key": _breaker_key}
+_SECTION_TYPES: Final[Mapping[str, type]] = {
+    "retry": RetryPolicy,
+    "timeouts": Timeouts,
+    "breaker": BreakerPolicy,
+    "fallback": FallbackPolicy,
+    "cache": CachePolicy,
+    "validation": ValidationPolicy,
+}
+_COLLECTION: Final = (frozenset, set, tuple, list)
+
+
+def _is(value: Any, kind: type | tuple[type, ...], what: str, path: str, problems: _Problems) -> bool:
+    """Whether ``value`` is a ``kind``; reported as "must be ``what``" when it is not."""
+    if isinstance(value, kind):
+        return True
+    problems.add(path, f"must be {what}, got {_show(value)}")
+    return False
+
+
+def _entry(path: str, key: object) -> str:
+    """The path of an entry of a mapping; a key that is no name is shown as an index (and refused later)."""
+    return _child(path, key) if isinstance(key, str) and key else f"{path}[{key!r}]"
+
+
+def _retry_shape(retry: RetryPolicy, path: str, problems: _Problems) -> bool:
+    """Whether a retry policy's rules are a mapping of RetryRule values."""
+    where = _child(path, "rules")
+    if not _is(retry.rules, Mapping, "a mapping of Verdict to RetryRule", where, problems):
+        return False
+    return all(
+        [
+            _is(rule, RetryRule, "a RetryRule", _entry(where, _name(verdict)), problems)
+            for verdict, rule in retry.rules.items()
+        ]
     )
+
+
+def _breaker_shape(breaker: BreakerPolicy, path: str, problems: _Problems) -> bool:
+    """Whether a breaker policy's failure verdicts are a collection (the checker reads each one)."""
+    verdicts = breaker.failure_verdicts
+    return _is(verdicts, _COLLECTION, "a frozenset of Verdict", _child(path, "failure_verdicts"), problems)
+
+
+def _target_shape(target: Any, path: str, problems: _Problems) -> bool:
+    """Whether a target is a Target whose own retry / breaker policies (if any) have their classes."""
+    if not _is(target, Target, "a Target", path, problems):
+        return False
+    retry, breaker = _child(path, "retry"), _child(path, "breaker")
+    retry_ok = target.retry is None or (
+        _is(target.retry, RetryPolicy, "a RetryPolicy or None", retry, problems)
+        and _retry_shape(target.retry, retry, problems)
+    )
+    breaker_ok = target.breaker is None or (
+        _is(target.breaker, BreakerPolicy, "a BreakerPolicy or None", breaker, problems)
+        and _breaker_shape(target.breaker, breaker, problems)
+    )
+    return retry_ok and breaker_ok
+
+
+def _route_shape(route: Any, path: str, problems: _Problems) -> bool:
+    """Whether a route is a Route with a sequence of FallbackStep and an optional content policy step."""
+    if not _is(route, Route, "a Route", path, problems):
+        return False
+    ok = True
+    steps = _child(path, "steps")
+    if _is(route.steps, (tuple, list), "a tuple of FallbackStep", steps, problems):
+        for index, step in enumerate(route.steps):
+            ok = _is(step, FallbackStep, "a FallbackStep", f"{steps}[{index}]", problems) and ok
+    else:
+        ok = False
+    if route.content_policy is not None:
+        where = _child(path, "content_policy")
+        ok = _is(route.content_policy, FallbackStep, "a FallbackStep or None", where, problems) and ok
+    return ok
+
+
+def _shapes(policy: Policy, problems: _Problems) -> bool:
+    """Whether every part of a code-built policy has its class, so it can be described as data.
+
+    Only code can get this wrong (a file always builds the right classes); values are the section
+    checkers' business.
+    """
+    if not all(
+        [
+            _is(getattr(policy, key), kind, f"a {kind.__name__}", key, problems)
+            for key, kind in _SECTION_TYPES.items()
+        ]
+    ):
+        return False
+    fallback, validation = policy.fallback, policy.validation
+    checks = [
+        _retry_shape(policy.retry, "retry", problems),
+        _breaker_shape(policy.breaker, "breaker", problems),
+        _is(
+            validation.context_windows,
+            Mapping,
+            "a mapping of model prefix to tokens",
+            "validation.context_windows",
+            problems,
+        ),
+        _is(
+            fallback.forced_failures,
+            Mapping,
+            "a mapping of model or target name to Verdict",
+            "fallback.forced_failures",
+            problems,
+        ),
+    ]
+    for field, shape in (("targets", _target_shape), ("routes", _route_shape)):
+        where = _child("fallback", field)
+        items = getattr(fallback, field)
+        kind = "Target" if field == "targets" else "Route"
+        if _is(items, Mapping, f"a mapping of name to {kind}", where, problems):
+            checks += [shape(item, _entry(where, key), problems) for key, item in items.items()]
+        else:
+            checks.append(False)
+    return all(checks)
+
+
+def _changed(data: Any, base: Any) -> Any:
+    """``data`` without what equals ``base``, table by table: what a file would have had to set.
+
+    The section checkers blame a broken ``low <= high`` pair on the key the data set; leaving out
+    the values a code-built policy shares with the file's starting point keeps that blame where a
+    file would put it (``Timeouts(connect=40)`` names ``timeouts.connect``, not ``attempt``).
+    """
+    if not isinstance(data, dict) or not isinstance(base, dict):
+        return data
+    return {
+        key: _changed(value, base[key]) if key in base else value
+        for key, value in data.items()
+        if key not in base or not _same(value, base[key])
+    }
+
+
+def _same(value: Any, base: Any) -> bool:
+    """Equal and of the same type all the way down: ``1`` is not ``True``, nor ``5.0`` ``5``."""
+    if isinstance(value, dict) and isinstance(base, dict):
+        return value.keys() == base.keys() and all(_same(value[key], base[key]) for key in value)
+    if isinstance(value, list) and isinstance(base, list):
+        return len(value) == len(base) and all(map(_same, value, base))
+    return type(value) is type(base) and bool(value == base)
+
+
+def check_policy(policy: Policy) -> None:
+    """Check a :class:`Policy` built in code with the file rules; raise one ConfigError listing every mistake.
+
+    The policy is described as the data a file would hold (code-only objects kept as themselves,
+    not as :func:`describe_policy`'s placeholder) and run through the same section checkers as
+    :func:`policy_from_dict`, so each message names the same dotted key and allowed values. Code
+    adds what a file cannot express: every part must have its class, a ``function`` step needs a
+    callable (and is allowed, unlike in a file), a target's ``name`` must be its key, a target's
+    ``client`` must be an OpenAI client and may not come with the settings that would build one,
+    and ``clock``, ``listeners`` and ``breaker_key`` are checked as the overrides are. Whether a
+    target's client is sync or async like the wrapped one is checked by ``resilient()``.
+    """
+    problems = _Problems()
+    if not isinstance(policy, Policy):
+        raise ConfigError([f"(top level): must be a Policy, got {_show(policy)}"])
+    if _shapes(policy, problems):
+        data = _describe_sections(policy, code=True)
+        base = _describe_sections(Policy(), code=True)
+        table = {key: _changed(data[key], base[key]) for key in _SECTIONS}
+        # A target's own retry / breaker section starts from the top-level one, as in a file,
+        # whose rules start from the default ones.
+        top = {
+            "retry": {**data["retry"], "rules": {**base["retry"]["rules"], **data["retry"]["rules"]}},
+            "breaker": data["breaker"],
+        }
+        for target in table["fallback"].get("targets", {}).values():
+            for key, start in top.items():
+                target[key] = _changed(target[key], start)
+        _sections(table, problems, code=True)
+    for key, checker in _CODE_ONLY.items():
+        checker(getattr(policy, key), key, problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,11 +1192,16 @@ def _flat(obj: DataclassInstance) -> dict[str, Any]:
     return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
 
 
+def _name(verdict: Any) -> Any:
+    """A verdict's name; anything else (a code-built policy's mistake) as it is, for a checker to refuse."""
+    return verdict.value if isinstance(verdict, Verdict) else verdict
+
+
 def _describe_retry(retry: RetryPolicy) -> dict[str, Any]:
     """A retry policy as plain data, rules sorted by verdict name."""
-    rules = sorted(retry.rules.items(), key=lambda item: item[0].value)
+    rules = sorted(retry.rules.items(), key=lambda item: str(_name(item[0])))
     return {
-        "rules": {verdict.value: _flat(rule) for verdict, rule in rules},
+        "rules": {_name(verdict): _flat(rule) for verdict, rule in rules},
         "max_retry_after": retry.max_retry_after,
         "honor_should_retry": retry.honor_should_retry,
         "max_open_wait": retry.max_open_wait,
@@ -940,36 +1211,77 @@ def _describe_retry(retry: RetryPolicy) -> dict[str, Any]:
 def _describe_breaker(breaker: BreakerPolicy) -> dict[str, Any]:
     """A breaker policy as plain data, failure verdicts as a sorted list of names."""
     plain = _flat(breaker)
-    plain["failure_verdicts"] = sorted(verdict.value for verdict in breaker.failure_verdicts)
+    plain["failure_verdicts"] = sorted((_name(verdict) for verdict in breaker.failure_verdicts), key=str)
     return plain
 
 
-def _describe_step(step: FallbackStep) -> dict[str, Any]:
-    """A step as its kind plus the fields it sets; a function shows as the code placeholder."""
+def _describe_step(step: FallbackStep, *, code: bool) -> dict[str, Any]:
+    """A step as its kind plus the fields it sets; a function shows as the code placeholder.
+
+    ``code`` (for :func:`check_policy`) keeps the function itself, to be checked.
+    """
     plain: dict[str, Any] = {"kind": step.kind}
     for name in ("model", "target", "text"):
         if getattr(step, name) is not None:
             plain[name] = getattr(step, name)
     if step.function is not None:
-        plain["function"] = CODE_PLACEHOLDER
+        plain["function"] = step.function if code else CODE_PLACEHOLDER
     return plain
 
 
-def _describe_target(target: Target) -> dict[str, Any]:
-    """A target as plain data: the key's variable name, never the key; a client as the placeholder."""
-    plain: dict[str, Any] = {
-        "base_url": target.base_url,
-        "api_key_env": target.api_key_env,
-        "organization": target.organization,
-        "project": target.project,
-        "model": target.model,
-        "accepts_prefill": target.accepts_prefill,
-        "retry": None if target.retry is None else _describe_retry(target.retry),
-        "breaker": None if target.breaker is None else _describe_breaker(target.breaker),
-    }
+def _describe_target(target: Target, *, code: bool) -> dict[str, Any]:
+    """A target as plain data: the key's variable name, never the key; a client as the placeholder.
+
+    ``code`` (for :func:`check_policy`) adds the target's ``name`` and keeps the client itself.
+    """
+    plain: dict[str, Any] = {"name": target.name} if code else {}
+    plain.update(
+        {
+            "base_url": target.base_url,
+            "api_key_env": target.api_key_env,
+            "organization": target.organization,
+            "project": target.project,
+            "model": target.model,
+            "accepts_prefill": target.accepts_prefill,
+            "retry": None if target.retry is None else _describe_retry(target.retry),
+            "breaker": None if target.breaker is None else _describe_breaker(target.breaker),
+        }
+    )
     if target.client is not None:
-        plain["client"] = CODE_PLACEHOLDER
+        plain["client"] = target.client if code else CODE_PLACEHOLDER
     return plain
+
+
+def _describe_sections(policy: Policy, *, code: bool) -> dict[str, Any]:
+    """The sections a file can hold, as that file's data (see :func:`describe_policy`)."""
+    fallback = policy.fallback
+    return {
+        "retry": _describe_retry(policy.retry),
+        "timeouts": _flat(policy.timeouts),
+        "breaker": _describe_breaker(policy.breaker),
+        "fallback": {
+            "routes": {
+                key: {
+                    "steps": [_describe_step(step, code=code) for step in route.steps],
+                    "context_model": route.context_model,
+                    "content_policy": None
+                    if route.content_policy is None
+                    else _describe_step(route.content_policy, code=code),
+                }
+                for key, route in fallback.routes.items()
+            },
+            "targets": {
+                name: _describe_target(target, code=code) for name, target in fallback.targets.items()
+            },
+            "continuation": fallback.continuation,
+            "forced_failures": {name: _name(verdict) for name, verdict in fallback.forced_failures.items()},
+        },
+        "cache": _flat(policy.cache),
+        "validation": {
+            "enabled": policy.validation.enabled,
+            "context_windows": dict(policy.validation.context_windows),
+        },
+    }
 
 
 def describe_policy(policy: Policy) -> dict[str, Any]:
@@ -981,31 +1293,8 @@ def describe_policy(policy: Policy) -> dict[str, Any]:
     sets lacking some retryable verdict do not round-trip (a file's rules merge over the defaults;
     write ``attempts = 1`` to turn a verdict's retries off).
     """
-    fallback = policy.fallback
     return {
-        "retry": _describe_retry(policy.retry),
-        "timeouts": _flat(policy.timeouts),
-        "breaker": _describe_breaker(policy.breaker),
-        "fallback": {
-            "routes": {
-                key: {
-                    "steps": [_describe_step(step) for step in route.steps],
-                    "context_model": route.context_model,
-                    "content_policy": None
-                    if route.content_policy is None
-                    else _describe_step(route.content_policy),
-                }
-                for key, route in fallback.routes.items()
-            },
-            "targets": {name: _describe_target(target) for name, target in fallback.targets.items()},
-            "continuation": fallback.continuation,
-            "forced_failures": {name: verdict.value for name, verdict in fallback.forced_failures.items()},
-        },
-        "cache": _flat(policy.cache),
-        "validation": {
-            "enabled": policy.validation.enabled,
-            "context_windows": dict(policy.validation.context_windows),
-        },
+        **_describe_sections(policy, code=False),
         "clock": CODE_PLACEHOLDER,
         "listeners": [CODE_PLACEHOLDER for _ in policy.listeners],
     }

@@ -182,7 +182,7 @@ class CircuitBreaker:
             if token != REJECTED:
                 permit = Permit(self, machine.generation, token)
                 if not machine.outbox:
-                    return permit  # the hot path: closed, nothing to announce
+                    return permit  # a probe, or closed again meanwhile: nothing to announce
                 moved = machine.drain()
                 retry_after = cause = None
             else:

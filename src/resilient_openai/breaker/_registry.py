@@ -46,6 +46,8 @@ def default_key(base_url: str, model: str | None) -> str:
 
 def _eviction_rank(breaker: CircuitBreaker) -> int:
     """Which breakers to forget first: closed ones (nothing lost), tripped ones, isolated last."""
+    # One read of the breaker's state, without its lock: the answer may be a moment old, which
+    # only makes eviction slightly less choosy, never unsafe.
     state = breaker.state
     if state == CLOSED:
         return 0
@@ -138,6 +140,7 @@ class BreakerRegistry:
         return iter(breakers)
 
     def __len__(self) -> int:
+        # A single dict read: atomic without the lock.
         return len(self._breakers)
 
     def __contains__(self, key: object) -> bool:

@@ -1,8 +1,9 @@
 """The circuit breaker's state machine: which calls get a permit, and what each outcome does.
 
 Pure: no locks, no I/O of its own, no clock reads. The caller (:class:`CircuitBreaker`) holds
-its lock around every method and passes in ``now`` (monotonic seconds) and, where a circuit may
-open, ``wall`` (epoch seconds, only for ``opened_at``). State changes are not announced here:
+its lock around every method that may change anything (``state`` and ``generation`` are single
+reads, safe without it) and passes in ``now`` (monotonic seconds) and, where a circuit may open,
+``wall`` (epoch seconds, only for ``opened_at``). State changes are not announced here:
 each one is appended to :attr:`BreakerState.outbox`, which the caller drains and publishes after
 releasing its lock.
 

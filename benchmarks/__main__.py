@@ -1,0 +1,111 @@
+"""``python -m benchmarks``: run every benchmark and rewrite ``benchmarks/RESULTS.md``.
+
+``--quick`` shrinks every benchmark (seconds instead of minutes; the numbers are then only a
+sanity check) and ``--output DIR`` writes RESULTS.md and the outage picture elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from . import concurrency, memory, outage, rejection, success_path
+from ._common import machine, markdown_table
+
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+IMAGE = "outage-timeline.png"
+
+
+def _timed(label: str, work: Callable[[], T]) -> T:
+    print(f"[benchmarks] {label} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = work()
+    print(f"[benchmarks] {label}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run everything, then write RESULTS.md and the outage picture."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
+    parser.add_argument("--output", type=Path, default=HERE, help="where RESULTS.md and the picture go")
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    info = machine()
+    if quick:
+        success = _timed("success path", lambda: success_path.run(rounds=4, batch=10, warmup=10))
+        concurrent = _timed("concurrency", lambda: concurrency.run(seconds=0.3, rounds=2))
+        rejected = _timed("rejection", lambda: rejection.run(calls=1_000))
+        config = outage.OutageConfig(
+            calls=20, rate=10.0, outage_start=0.5, outage_end=1.2, break_duration=0.3
+        )
+        down = _timed("outage", lambda: outage.run(config))
+        memo = _timed("memory", lambda: memory.run(offered=1_000, calls=2_000, every=500, traced_calls=1_200))
+    else:
+        success = _timed("success path", success_path.run)
+        concurrent = _timed("concurrency", concurrency.run)
+        rejected = _timed("rejection", rejection.run)
+        down = _timed("outage", outage.run)
+        memo = _timed("memory", memory.run)
+    outage.plot(down, output / IMAGE)
+    elapsed = time.perf_counter() - started
+
+    goals = success_path.headline(success) + concurrency.headline(concurrent) + rejection.headline(rejected)
+    machine_rows = [[key, value] for key, value in info.items()]
+    parts = [
+        "# Benchmarks",
+        "",
+        "How much resilient-openai costs next to the raw `openai` SDK, measured side by side in one "
+        "run against the library's own fake upstream (`resilient_openai.testing.FakeUpstream`), in "
+        "process and over loopback HTTP. Variants are interleaved, and every number below is a ratio "
+        "to the raw SDK measured in the same run, or a distribution; these are measurements, not "
+        "tests: nothing asserts a timing.",
+        "",
+        "Re-run (rewrites this file and `outage-timeline.png`):",
+        "",
+        "```",
+        "python -m benchmarks            # the published sizes",
+        "python -m benchmarks --quick    # a smoke run of seconds; numbers not meaningful",
+        "```",
+        "",
+        f"This run {'(**quick**: sizes shrunk, numbers not meaningful) ' if quick else ''}took "
+        f"{elapsed:.0f} s.",
+        "",
+        "## Machine",
+        "",
+        markdown_table(["", "value"], machine_rows),
+        "",
+        "## Goals",
+        "",
+        markdown_table(["question", "measured", "goal", "verdict"], goals),
+        "",
+        success_path.report(success),
+        concurrency.report(concurrent),
+        rejection.report(rejected),
+        outage.report(down, IMAGE),
+        memory.report(memo),
+        "## Notes on the fake upstream",
+        "",
+        "The loopback runs change two settings of `FakeUpstream.serve()` for their duration "
+        "(`benchmarks._common.server_fixes`): `TCP_NODELAY` on its connections (it writes headers and "
+        "body separately, so without it every answer waits ~40 ms for the client's delayed ACK) and a "
+        "listen backlog of 1024 instead of 5 (200 tasks connecting at once overflow 5).",
+        "",
+    ]
+    (output / "RESULTS.md").write_text("\n".join(parts))
+    print(f"[benchmarks] wrote {output / 'RESULTS.md'} in {elapsed:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
