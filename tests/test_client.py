@@ -137,7 +137,9 @@ def test_retry_after_beyond_cap_gives_up_now(harness: Harness) -> None:
 def test_silent_upstream_ends_within_the_deadline(harness: Harness) -> None:
     """A silent upstream: the call ends within the total deadline, not attempts x timeout."""
     harness.upstream.set_default("gpt-A", Fault.silence())
-    policy = Policy(clock=harness.clock, timeouts=Timeouts(total=25.0, attempt=10.0))
+    policy = Policy(
+        clock=harness.clock, timeouts=Timeouts(total=25.0, attempt=10.0, first_token=10.0, stream_idle=10.0)
+    )
     start = harness.clock.now()
     with pytest.raises(openai.APITimeoutError):
         harness.chat(harness.client(policy))

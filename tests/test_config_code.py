@@ -10,6 +10,8 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient_openai import resilient
 from resilient_openai._config import check_policy, describe_policy, policy_from_dict
@@ -87,6 +89,13 @@ ONE_MISTAKE: list[Any] = [
         id="fail-max-zero",
     ),
     pytest.param(
+        # Equal to the default (5 == 5.0) but not an integer: still refused, as in a file.
+        Policy(breaker=BreakerPolicy(fail_max=5.0)),  # type: ignore[arg-type]
+        "breaker.fail_max",
+        "must be an integer >= 1, got 5.0",
+        id="fail-max-float",
+    ),
+    pytest.param(
         Policy(breaker=BreakerPolicy(mode="ratios")),  # type: ignore[arg-type]
         "breaker.mode",
         "must be one of 'consecutive', 'ratio', got 'ratios'",
@@ -105,7 +114,10 @@ ONE_MISTAKE: list[Any] = [
         id="break-duration-over-max",
     ),
     pytest.param(
-        Policy(timeouts=Timeouts(total=-1.0)), "timeouts.total", "must be a number > 0, got -1.0", id="total-neg"
+        Policy(timeouts=Timeouts(total=-1.0)),
+        "timeouts.total",
+        "must be a number > 0, got -1.0",
+        id="total-neg",
     ),
     pytest.param(
         Policy(timeouts=Timeouts(attempt=float("nan"))),
@@ -467,6 +479,42 @@ def test_policies_loaded_from_files_pass(monkeypatch: pytest.MonkeyPatch) -> Non
     check_policy(policy_from_dict(json.loads(json.dumps(describe_policy(policy)))))
 
 
+_SECONDS = st.one_of(st.floats(min_value=-1.0, max_value=100.0), st.sampled_from([0.0, 30.0, 60.0]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    limits=st.tuples(*[_SECONDS] * 5),
+    rule=st.tuples(st.integers(-1, 5), _SECONDS, _SECONDS, st.floats(min_value=-0.5, max_value=1.5)),
+    breaker=st.tuples(st.integers(-1, 5), _SECONDS, _SECONDS),
+)
+def test_code_and_file_accept_the_same_policies(
+    limits: tuple[float, ...], rule: tuple[int, float, float, float], breaker: tuple[int, float, float]
+) -> None:
+    """A code policy passes check_policy exactly when the file holding it passes policy_from_dict."""
+    attempts, base, cap, jitter = rule
+    fail_max, break_duration, break_max = breaker
+    policy = Policy(
+        timeouts=Timeouts(*limits),
+        retry=RetryPolicy(rules={Verdict.TIMEOUT: RetryRule(attempts, base, cap, jitter)}),
+        breaker=BreakerPolicy(fail_max=fail_max, break_duration=break_duration, break_max=break_max),
+    )
+    data = json.loads(json.dumps(describe_policy(policy)))
+    try:
+        policy_from_dict(data)
+    except ConfigError:
+        file_ok = False
+    else:
+        file_ok = True
+    try:
+        check_policy(policy)
+    except ConfigError:
+        code_ok = False
+    else:
+        code_ok = True
+    assert code_ok == file_ok
+
+
 def test_verdicts_given_by_name_are_accepted() -> None:
     """Verdict is a StrEnum: rules keyed by its plain string name are the same keys."""
     check_policy(Policy(retry=RetryPolicy(rules={"rate_limited": RetryRule(attempts=2)})))  # type: ignore[dict-item]
@@ -486,7 +534,9 @@ def test_a_client_slot_holding_a_key_is_never_echoed() -> None:
 
 def test_check_policy_does_not_change_the_policy() -> None:
     """Checking describes the policy; the policy and its describe_policy output stay as they were."""
-    policy = Policy(fallback=FallbackPolicy(routes={"*": Route(steps=(FallbackStep("function", function=_answer),))}))
+    policy = Policy(
+        fallback=FallbackPolicy(routes={"*": Route(steps=(FallbackStep("function", function=_answer),))})
+    )
     before = describe_policy(policy)
     check_policy(policy)
     assert describe_policy(policy) == before
