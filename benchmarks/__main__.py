@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import concurrency, memory, outage, rejection, success_path
-from ._common import machine, markdown_table
+from ._common import load_average, machine, markdown_table
 
 T = TypeVar("T")
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         memo = _timed("memory", memory.run)
     outage.plot(down, output / IMAGE)
     elapsed = time.perf_counter() - started
+    info["load average at end (1/5/15 min)"] = load_average()
 
     goals = success_path.headline(success) + concurrency.headline(concurrent) + rejection.headline(rejected)
     machine_rows = [[key, value] for key, value in info.items()]
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "to the raw SDK measured in the same run, or a distribution; these are measurements, not "
         "tests: nothing asserts a timing.",
         "",
-        "Re-run (rewrites this file and `outage-timeline.png`):",
+        "Re-run from the repository root (rewrites this file and `outage-timeline.png`; about 3 minutes):",
         "",
         "```",
         "python -m benchmarks            # the published sizes",
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         f"This run {'(**quick**: sizes shrunk, numbers not meaningful) ' if quick else ''}took "
-        f"{elapsed:.0f} s.",
+        f"{elapsed:.0f} s. The machine may be shared (see the load averages below): tails (p99) and "
+        "the loopback and concurrency ratios are the noisiest numbers, and each ratio comes with its "
+        "interquartile range over rounds so the noise is visible.",
         "",
         "## Machine",
         "",

@@ -42,6 +42,7 @@ __all__ = [
     "goal_verdict",
     "inprocess_client",
     "interleaved",
+    "load_average",
     "loopback_client",
     "machine",
     "markdown_table",
@@ -289,5 +290,14 @@ def machine() -> dict[str, str]:
     }
     for distribution in ("resilient-openai", "openai", "httpx2", "pybreaker", "cachetools", "tenacity"):
         info[distribution] = _version(distribution)
+    info["load average at start (1/5/15 min)"] = load_average()
     info["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return info
+
+
+def load_average() -> str:
+    """The system load averages, to tell a quiet machine from a shared, busy one."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"

@@ -131,8 +131,8 @@ STREAM_MODELS = (STREAM_MODEL, STREAM_BACKUP)
 JSON_MODELS = (JSON_MODEL, JSON_BACKUP)
 #: The header carrying a call's id to the upstream, so its requests can be matched to the call.
 CALL_HEADER = "x-chaos-call"
-#: Distinct prompts: few enough that the cache gets hits, enough that it holds several answers.
-PROMPTS = tuple(f"chaos prompt {n}: say something short." for n in range(32))
+#: Distinct prompts: the cache holds one answer for each, per primary model, and serves many hits.
+PROMPTS = tuple(f"chaos prompt {n}: say something short." for n in range(8))
 STREAM_SHARE = 0.5
 
 #: The policy's time limits, scaled to faults that last tens of milliseconds.
@@ -223,7 +223,7 @@ def _malformed_event(rng: random.Random) -> Fault:
 
 #: (name, weight, maker) for faults that make sense on any request.
 COMMON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("ok", 40, lambda rng: Fault.ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.01))),
+    ("ok", 40, lambda rng: Fault.ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.03))),
     ("slow", 5, lambda rng: Fault.delay(rng.uniform(0.01, 0.04), Fault.ok(tokens=_tokens(rng)))),
     ("too slow", 2, lambda rng: Fault.delay(0.15)),
     ("5xx", 8, lambda rng: Fault.status(rng.choice((500, 502, 503, 504)))),
@@ -357,101 +357,158 @@ class _AsyncTallyTransport(httpx2.AsyncBaseTransport):
 
 
 class _Gate:
-    """Lets callers start calls while open; :meth:`pause` closes it and waits until none is in flight.
+    """Quiescent points: :meth:`pause` returns once no call is in flight and every caller is parked.
 
-    Threads block in :meth:`enter`; tasks wait on an asyncio event of their loop, so a paused gate
-    costs the loop nothing. ``enter`` returns False once the run is over. Callers think between
-    calls with :meth:`think` / :meth:`think_async`, which the end of the run cuts short;
-    :attr:`pace` multiplies every think time.
+    Callers think between calls (:meth:`think`), then :meth:`enter` to make one and :meth:`leave`
+    after it. A pause wakes the thinkers, and every caller parks at the gate until :meth:`resume`
+    (a thinker then thinks on until its pause is over), so at each quiescent point all callers are
+    in the same state. Threads block on a condition; tasks wait on events of their own loop, so a
+    paused gate costs the loop nothing. :attr:`pace` multiplies every think time; after
+    :meth:`finish`, ``enter`` returns False.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, callers: int) -> None:
         self._cond = threading.Condition()
         self._active: Counter[str] = Counter()
+        self._callers = callers
+        self._parked = 0
         self._closed = False
-        self._over = threading.Event()
+        self._over = False
+        self._wake = threading.Event()  # set while paused or over: thinkers stop thinking
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reopened: asyncio.Event | None = None
-        self._over_async: asyncio.Event | None = None
+        self._wake_async: asyncio.Event | None = None
+        self._open_async: asyncio.Event | None = None
         self.pace = 1.0
 
     def bind(self) -> None:
-        """Attach the running event loop, whose tasks also enter (call from inside that loop)."""
+        """Attach the running event loop, whose tasks also call (call from inside that loop)."""
         self._loop = asyncio.get_running_loop()
-        self._reopened, self._over_async = asyncio.Event(), asyncio.Event()
-        self._reopened.set()
+        self._wake_async, self._open_async = asyncio.Event(), asyncio.Event()
+        self._open_async.set()
+
+    def quit(self) -> None:
+        """A caller stops for good (the run is over, or it failed)."""
+        with self._cond:
+            self._callers -= 1
+            self._cond.notify_all()
+
+    # -- threads ----------------------------------------------------------------------------------
+
+    def think(self, mean: float, rng: random.Random) -> None:
+        """Pause between calls for uniform [0, 2 x mean] x :attr:`pace` seconds, parking at pauses."""
+        until = time.monotonic() + rng.uniform(0.0, 2.0 * mean) * self.pace
+        while (left := until - time.monotonic()) > 0 and self._wake.wait(left):
+            with self._cond:
+                if not self._park_locked():
+                    return
 
     def enter(self, side: str) -> bool:
+        """Count one call in (parking first while paused); False once the run is over."""
         with self._cond:
-            while self._closed and not self._over.is_set():
-                self._cond.wait()
-            if self._over.is_set():
+            if not self._park_locked():
                 return False
             self._active[side] += 1
             return True
 
+    def _park_locked(self) -> bool:
+        self._parked += 1
+        self._cond.notify_all()
+        while self._closed and not self._over:
+            self._cond.wait()
+        self._parked -= 1
+        return not self._over
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    async def think_async(self, mean: float, rng: random.Random) -> None:
+        """The asyncio twin of :meth:`think`."""
+        assert self._wake_async is not None
+        until = time.monotonic() + rng.uniform(0.0, 2.0 * mean) * self.pace
+        while (left := until - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._wake_async.wait()
+            except TimeoutError:
+                return
+            if not await self._park_async():
+                return
+            await asyncio.sleep(0)  # the loop may not have run the resume's callbacks yet
+
     async def enter_async(self, side: str) -> bool:
-        assert self._reopened is not None
+        """The asyncio twin of :meth:`enter`."""
         while True:
             with self._cond:
-                if self._over.is_set():
+                if self._over:
                     return False
                 if not self._closed:
                     self._active[side] += 1
                     return True
-            await self._reopened.wait()
-            # The gate may have closed again before this task ran: yield, then look again.
-            await asyncio.sleep(0)
+            if not await self._park_async():
+                return False
+
+    async def _park_async(self) -> bool:
+        assert self._open_async is not None
+        with self._cond:
+            self._parked += 1
+            self._cond.notify_all()
+        try:
+            while True:
+                with self._cond:
+                    if self._over or not self._closed:
+                        return not self._over
+                await self._open_async.wait()
+                await asyncio.sleep(0)  # the pause's clear() may still be on its way
+        finally:
+            with self._cond:
+                self._parked -= 1
+
+    # -- both -------------------------------------------------------------------------------------
 
     def leave(self, side: str) -> None:
         with self._cond:
             self._active[side] -= 1
-            if not self._active.total():
-                self._cond.notify_all()
-
-    def think(self, mean: float, rng: random.Random) -> None:
-        """Pause a thread between calls: uniform in [0, 2 x mean] x :attr:`pace`."""
-        self._over.wait(rng.uniform(0.0, 2.0 * mean) * self.pace)
-
-    async def think_async(self, mean: float, rng: random.Random) -> None:
-        """Pause a task between calls, like :meth:`think`."""
-        assert self._over_async is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(rng.uniform(0.0, 2.0 * mean) * self.pace):
-                await self._over_async.wait()
+            self._cond.notify_all()
 
     def in_flight(self) -> Counter[str]:
         """Calls in flight now, by side."""
         with self._cond:
             return +self._active
 
-    def pause(self) -> None:
-        """Hold new calls back and wait until every call in flight has ended."""
+    def pause(self, *, timeout: float = 30.0) -> bool:
+        """Hold callers back until every call has ended and every caller is parked (False: timed out)."""
         with self._cond:
             self._closed = True
-        self._signal(self._reopened, set_it=False)
+        self._wake.set()
+        self._signal(wake=True, open_=False)
+        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._active.total():
-                self._cond.wait()
+            while self._active.total() or self._parked < self._callers:
+                if not self._cond.wait(max(deadline - time.monotonic(), 0.0)):
+                    return False
+        return True
 
     def resume(self) -> None:
         with self._cond:
             self._closed = False
+            self._wake.clear()
             self._cond.notify_all()
-        self._signal(self._reopened, set_it=True)
+        self._signal(wake=False, open_=True)
 
     def finish(self) -> None:
-        """End the run: callers waiting, thinking or arriving leave (call while paused)."""
+        """End the run: every caller leaves (call while paused)."""
         with self._cond:
-            self._over.set()
+            self._over = True
             self._cond.notify_all()
-        self._signal(self._reopened, set_it=True)
-        self._signal(self._over_async, set_it=True)
+        self._wake.set()
+        self._signal(wake=True, open_=True)
 
-    def _signal(self, event: asyncio.Event | None, *, set_it: bool) -> None:
-        loop = self._loop
-        if loop is not None and event is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(event.set if set_it else event.clear)
+    def _signal(self, *, wake: bool, open_: bool) -> None:
+        loop, wake_event, open_event = self._loop, self._wake_async, self._open_async
+        if loop is None or wake_event is None or open_event is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(wake_event.set if wake else wake_event.clear)
+            loop.call_soon_threadsafe(open_event.set if open_ else open_event.clear)
 
 
 # -- per-call accounting (pure) -------------------------------------------------------------------
@@ -748,25 +805,32 @@ def _thread_worker(side: _Side, index: int, gate: _Gate, think: float) -> None:
                 gate.leave(side.name)
     except BaseException as exc:  # a harness bug: report it rather than lose it with the thread
         side.harness_errors.append(f"{side.name} worker {index}: {exc!r}")
+    finally:
+        gate.quit()
 
 
 async def _task_worker(side: _Side, index: int, gate: _Gate, think: float) -> None:
     rng = side.rng(index)
     stats = side.stats[index]
     serial = 0
-    while True:
-        await gate.think_async(think, rng)
-        if not await gate.enter_async(side.name):
-            return
-        try:
-            side.deck.top_up()
-            serial += 1
-            call = f"a{index}.{serial}"
-            ending = await _async_call(side.client, rng, call)
-            settle(stats, ending, side.tally.pop(call), _LIMIT)
-            del ending
-        finally:
-            gate.leave(side.name)
+    try:
+        while True:
+            await gate.think_async(think, rng)
+            if not await gate.enter_async(side.name):
+                return
+            try:
+                side.deck.top_up()
+                serial += 1
+                call = f"a{index}.{serial}"
+                ending = await _async_call(side.client, rng, call)
+                settle(stats, ending, side.tally.pop(call), _LIMIT)
+                del ending
+            finally:
+                gate.leave(side.name)
+    except Exception as exc:
+        side.harness_errors.append(f"{side.name} task {index}: {exc!r}")
+    finally:
+        gate.quit()
 
 
 @dataclass
@@ -847,18 +911,18 @@ class SideResult:
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """tracemalloc over the last third of the run.
+    """What tracemalloc saw over the last third of the run.
 
-    Tracing starts at the quiescent point two thirds in; ``retained`` is what is still allocated
-    at the last quiescent point from allocations made since, leaving out the fake upstream's and
-    this harness's own (the fault queues, the request log). In a steady state that is at least
-    the growth of the heap: objects that replaced untraced ones count in full.
+    Tracing starts one epoch before the quiescent point two thirds in (so that state the chain
+    keeps replacing, such as cached answers and breaker causes, is traced by then); ``growth`` is
+    the traced heap at the last quiescent point minus the one at that point, both after a full
+    collection, leaving out what the fake upstream and this harness allocate (the fault queues,
+    the request log, the counters here).
     """
 
-    retained: int
-    checkpoints: tuple[int, ...]  # traced bytes at each quiescent point after tracing started
-    top: tuple[str, ...]  # the largest retained allocation sites
-    calls: int  # calls made while tracing
+    growth: int
+    top: tuple[str, ...]  # the allocation sites that grew most
+    calls: int  # calls made over the last third
 
 
 @dataclass(frozen=True, slots=True)
@@ -931,21 +995,33 @@ def _side_result(side: _Side, workers: int, in_flight: Sequence[int]) -> SideRes
     )
 
 
-#: Think times are multiplied by this while tracemalloc runs: tracing every allocation makes a
+#: Think times are multiplied by this while tracemalloc runs (the last third and one epoch): tracing every allocation makes a
 #: call about 7 times as expensive, and the same offered load would starve the event loop.
-TRACE_PACE = 6.0
+TRACE_PACE = 10.0
 #: Allocations made by these files are the harness's, not the library's.
-_HARNESS_FILES = ("*/resilient_openai/testing/*", __file__)
+_HARNESS_FILES = ("*/resilient_openai/testing/*", __file__, tracemalloc.__file__)
 
 
-def _retained(snapshot: tracemalloc.Snapshot) -> tuple[int, tuple[str, ...]]:
-    kept = snapshot.filter_traces([tracemalloc.Filter(False, pattern) for pattern in _HARNESS_FILES])
-    stats = kept.statistics("lineno")
-    top = tuple(
-        f"{stat.size / 1024:.1f} KiB in {stat.count} blocks at {stat.traceback[0].filename}:{stat.traceback[0].lineno}"
-        for stat in stats[:5]
+def _heap() -> dict[str, int]:
+    """Traced bytes now by allocation site, leaving out the harness's own (see :data:`_HARNESS_FILES`).
+
+    Only these totals are kept, never the snapshot: its millions of trace tuples would make the
+    next full garbage collection stall the run.
+    """
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, pattern) for pattern in _HARNESS_FILES]
     )
-    return sum(stat.size for stat in stats), top
+    return {
+        f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}": stat.size
+        for stat in snapshot.statistics("lineno")
+    }
+
+
+def _growth(before: Mapping[str, int], after: Mapping[str, int]) -> tuple[int, tuple[str, ...]]:
+    """Bytes the heap grew from ``before`` to ``after``, and the sites that grew most."""
+    diff = {site: after.get(site, 0) - before.get(site, 0) for site in before.keys() | after.keys()}
+    top = sorted(diff.items(), key=lambda item: -item[1])[:5]
+    return sum(diff.values()), tuple(f"{size / 1024:+.1f} KiB at {site}" for site, size in top if size > 0)
 
 
 def run(
@@ -953,8 +1029,8 @@ def run(
     seconds: float = 60.0,
     threads: int = 16,
     tasks: int = 200,
-    think_threads: float = 0.03,
-    think_tasks: float = 1.0,
+    think_threads: float = 0.06,
+    think_tasks: float = 2.0,
     seed: int = 1,
     epochs: int | None = None,
 ) -> ChaosResult:
@@ -969,13 +1045,13 @@ def run(
     """
     epochs = epochs or max(3, round(seconds / 5))
     epochs += -epochs % 3  # a multiple of 3, so a quiescent point falls two thirds in
-    traced_from = epochs * 2 // 3
+    baseline = epochs * 2 // 3  # the quiescent point two thirds in
     sync_side = _Side("sync", threads, seed)
     async_side = _Side("async", tasks, seed)
     http = httpx2.Client(transport=_TallyTransport(sync_side.upstream.transport(), sync_side.tally))
     raw = openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
     sync_side.client = resilient(raw, sync_side.policy)
-    gate = _Gate()
+    gate = _Gate(callers=threads + tasks)
     ready = threading.Event()
     lag = _LoopLag()
     loop_thread = threading.Thread(
@@ -996,30 +1072,37 @@ def run(
     for thread in pool:
         thread.start()
     in_flight: dict[str, list[int]] = {"sync": [], "async": []}
-    checkpoints: list[int] = []
-    calls_before_trace = 0
+    heaps: list[dict[str, int]] = []
+    calls_at_baseline = 0
+    # Callers slow down a little before tracing starts (those thinking finish their old pause
+    # first), and tracing starts a little before the baseline (so that what the chain keeps
+    # replacing is traced by then).
+    pace_at = started + seconds * baseline / epochs - min(seconds / 6, 6.0)
+    trace_at = started + seconds * baseline / epochs - min(seconds / 12, 3.0)
     try:
         for epoch in range(1, epochs + 1):
             until = started + seconds * epoch / epochs
-            while (left := until - time.monotonic()) > 0:
-                time.sleep(min(left, 0.05))
+            while (now := time.monotonic()) < until:
+                if now >= pace_at:
+                    gate.pace = TRACE_PACE
+                if now >= trace_at and not tracemalloc.is_tracing():
+                    tracemalloc.start()
+                time.sleep(min(until - now, 0.05))
                 now_in_flight = gate.in_flight()
                 for name, samples in in_flight.items():
                     samples.append(now_in_flight[name])
-            gate.pause()
+            if not gate.pause():
+                sync_side.harness_errors.append(f"no quiescent point within 30 s at epoch {epoch}")
             for side in (sync_side, async_side):
                 side.harvest()
-            gc.collect()
-            if tracemalloc.is_tracing():
-                checkpoints.append(tracemalloc.get_traced_memory()[0])
-            if epoch == traced_from:
-                calls_before_trace = sum(s.calls for side in (sync_side, async_side) for s in side.stats)
-                gate.pace = TRACE_PACE
-                tracemalloc.start()
+            if epoch >= baseline:
+                gc.collect()
+                heaps.append(_heap())
+            if epoch == baseline:
+                calls_at_baseline = sum(s.calls for side in (sync_side, async_side) for s in side.stats)
             if epoch < epochs:
                 gate.resume()
         elapsed = time.monotonic() - started
-        retained, top = _retained(tracemalloc.take_snapshot())
     finally:
         tracemalloc.stop()
         gate.finish()
@@ -1031,9 +1114,8 @@ def run(
         _side_result(async_side, tasks, in_flight["async"]),
     )
     sync_side.client.close()
-    memory = Memory(
-        retained, tuple(checkpoints), top, sum(side.stats.calls for side in sides) - calls_before_trace
-    )
+    growth, top = _growth(heaps[0], heaps[-1])
+    memory = Memory(growth, top, sum(side.stats.calls for side in sides) - calls_at_baseline)
     checks = tuple(_checks(sides, memory))
     faults = sync_side.deck.by_fault + async_side.deck.by_fault
     return ChaosResult(elapsed, seed, sides, memory, lag.worst, dict(faults), checks)
@@ -1116,8 +1198,8 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
     checks.append(
         Check(
             "memory",
-            memory.retained < MEMORY_BOUND,
-            f"{memory.retained / 1024:.1f} KiB retained from the last third's {memory.calls} calls "
+            memory.growth < MEMORY_BOUND,
+            f"the heap grew {memory.growth / 1024:+.1f} KiB over the last third's {memory.calls} calls "
             f"(bound {MEMORY_BOUND // 1024} KiB)",
             memory.top,
         )
@@ -1209,8 +1291,8 @@ def _summary(result: ChaosResult) -> list[str]:
             f"p99 {stats.percentile(0.99) * 1000:.0f} ms; {outcomes}"
         )
     out.append(
-        f"memory: {result.memory.retained / 1024:.1f} KiB retained over the last third "
-        f"({result.memory.calls} calls, traced); event-loop lag up to {result.loop_lag * 1000:.0f} ms"
+        f"memory: {result.memory.growth / 1024:+.1f} KiB over the last third "
+        f"({result.memory.calls} calls); event-loop lag up to {result.loop_lag * 1000:.0f} ms"
     )
     faults = sorted(result.faults.items(), key=lambda item: -item[1])
     out.append("faults scripted: " + ", ".join(f"{name} {count}" for name, count in faults))

@@ -168,8 +168,8 @@ def run(
     threads: int = 8,
     tasks: int = 200,
     latency: float = 0.02,
-    seconds: float = 1.5,
-    rounds: int = 4,
+    seconds: float = 0.75,
+    rounds: int = 8,
 ) -> ConcurrencyResult:
     """Both measurements against one upstream process (about 5 x rounds x seconds in all)."""
     with upstream_process(latency) as base_url:

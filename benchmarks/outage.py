@@ -128,7 +128,7 @@ def _messages(index: int, prompts: int) -> list[ChatCompletionMessageParam]:
 
 
 def _policy(config: OutageConfig, step: FallbackStep) -> Policy:
-    """Default policy, but a constant 2 s break (so recovery shows) and the configured backoff."""
+    """The default policy with a short break that does not grow (so recovery shows) and ``backoff``."""
     rules = {verdict: RetryRule(base=config.backoff) for verdict in RetryPolicy().rules}
     breaker = BreakerPolicy(
         break_duration=config.break_duration, break_multiplier=1.0, break_max=config.break_duration
@@ -143,7 +143,7 @@ def _policy(config: OutageConfig, step: FallbackStep) -> Policy:
 Caller = Callable[[list[ChatCompletionMessageParam]], str]
 
 
-def _callers(config: OutageConfig, urls: dict[str, str]) -> dict[str, Caller]:
+def _callers(config: OutageConfig, urls: dict[str, str], stack: ExitStack) -> dict[str, Caller]:
     """For each variant, a function that makes one call and says who answered it."""
     raw = loopback_client(urls["raw SDK"], max_retries=config.raw_max_retries)
     hand = HandRolled(
@@ -156,6 +156,8 @@ def _callers(config: OutageConfig, urls: dict[str, str]) -> dict[str, Caller]:
     canned = resilient(loopback_client(urls["resilient + canned"]), _policy(config, canned_step))
     backup_step = FallbackStep(kind="model", model=BACKUP_MODEL)
     backup = resilient(loopback_client(urls["resilient + fallback model"]), _policy(config, backup_step))
+    for client in (raw, hand.client, canned, backup):
+        stack.callback(client.close)
 
     def call_raw(messages: list[ChatCompletionMessageParam]) -> str:
         raw.chat.completions.create(model=MODEL, messages=messages)
@@ -233,7 +235,7 @@ def run(config: OutageConfig | None = None, *, workers: int = 96) -> OutageResul
     with ExitStack() as stack:
         stack.enter_context(server_fixes())
         urls = {name: stack.enter_context(upstream.serve()) for name, upstream in upstreams.items()}
-        callers = _callers(config, urls)
+        callers = _callers(config, urls, stack)
         warm: list[ChatCompletionMessageParam] = [{"role": "user", "content": "warm-up"}]
         for caller in callers.values():  # open a connection each; lazy imports happen now
             caller(warm)
@@ -373,9 +375,8 @@ def report(result: OutageResult, image: str | None = "outage-timeline.png") -> s
         f"{config.calls} calls at {config.rate:g}/s per variant, all four variants at once against their own "
         f"loopback upstream; the primary model answered 503 from t = {start:.2f} s to {end:.2f} s "
         f"(the run took {result.elapsed:.1f} s). Breakers: {config.break_duration:g} s break, not growing. "
-        f"Calls arrive half a period off the outage's edges (the first after its end "
-        f"{0.5 / config.rate:.2f} s after it, the variants a few ms apart), which bounds the recovery column "
-        "from below.",
+        f"New calls arrive half a period off the outage's edges (the first {0.5 / config.rate:.2f} s after "
+        "its end; the variants a few ms apart); a retry of a call made during the outage can land sooner.",
         "",
         table,
         "",

@@ -107,7 +107,7 @@ def measure(transport: str, *, rounds: int, batch: int, warmup: int) -> dict[str
 
 
 def run(
-    *, rounds: int = 40, batch: int = 40, warmup: int = 100, transports: tuple[str, ...] = TRANSPORTS
+    *, rounds: int = 120, batch: int = 12, warmup: int = 100, transports: tuple[str, ...] = TRANSPORTS
 ) -> SuccessPathResult:
     """Measure every transport; about 4 x rounds x batch calls each."""
     samples = {t: measure(t, rounds=rounds, batch=batch, warmup=warmup) for t in transports}

@@ -40,13 +40,26 @@ __all__ = ["Engine", "operation_of"]
 CACHEABLE = frozenset({"chat.completions", "responses"})
 
 _operations: dict[str, str] = {}
+_MAX_OPERATIONS = 256
+
+
+def _is_resource_id(segment: str) -> bool:
+    return any(ch.isdigit() for ch in segment) or len(segment) > 32
 
 
 def operation_of(url: str) -> str:
-    """``/chat/completions`` -> ``chat.completions``: the operation name used everywhere."""
+    """``/chat/completions`` -> ``chat.completions``: the operation name used everywhere.
+
+    Resource ids (``/responses/resp_123``) are dropped, so names stay few: they label metrics.
+    """
     name = _operations.get(url)
     if name is None:
-        name = _operations[url] = url.strip("/").replace("/", ".") or "root"
+        parts = [
+            seg for seg in url.split("?", 1)[0].strip("/").split("/") if seg and not _is_resource_id(seg)
+        ]
+        name = ".".join(parts) or "root"
+        if len(_operations) < _MAX_OPERATIONS:
+            _operations[url] = name
     return name
 
 
@@ -134,8 +147,9 @@ class Engine:
                 client = target.client.with_options(max_retries=0)
             else:
                 cls = openai.AsyncOpenAI if self.is_async else openai.OpenAI
+                # Never fall back on OPENAI_API_KEY: that would send the primary's key elsewhere.
                 client = cls(
-                    api_key=target.api_key(),
+                    api_key=target.api_key() or "unused",
                     base_url=target.base_url,
                     organization=target.organization,
                     project=target.project,
@@ -195,6 +209,9 @@ class Engine:
         if not self.policy.cache.read_through and not _route_uses_cache(route):
             return None
         client = call.client
+        if getattr(client, "_api_key_provider", None) is not None or not client.api_key:
+            # The key is resolved per request by a provider: no stable tenant to scope by.
+            return None
         scope = scope_id(
             api_key=client.api_key,
             organization=client.organization,
@@ -285,7 +302,7 @@ class Engine:
 
             watch.on_complete.append(store)
             return
-        if isinstance(result, pydantic.BaseModel):
+        if isinstance(result, pydantic.BaseModel) and getattr(result, "status", "completed") == "completed":
             body = result.model_dump_json(exclude_unset=True).encode()
             self._store(call, key, body, getattr(result, "model", None))
 

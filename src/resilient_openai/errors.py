@@ -61,7 +61,7 @@ class IncompleteStreamError(ResilienceError):
 
     Never a silent normal end: ``partial_text`` holds what was delivered, ``chunks`` how many
     chunks, ``reason`` one of ``"cut"``, ``"stalled"``, ``"unreadable"``, ``"truncated"``,
-    ``"deadline"``.
+    ``"deadline"``, ``"upstream_error"`` (an error event mid-stream).
     """
 
     def __init__(

@@ -10,6 +10,7 @@ with a truncated answer. :class:`StreamWatch` is the I/O-free part shared by bot
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -80,7 +81,8 @@ class StreamWatch:
     @property
     def started(self) -> bool:
         """The answer has begun: a chunk carried part of it, or the stream already finished."""
-        return self._assembler.chunks > 0 or self.done_seen or self._assembler.finished
+        assembler = self._assembler
+        return assembler.chunks > 0 or self.done_seen or assembler.finished
 
     @property
     def partial_text(self) -> str:
@@ -89,8 +91,13 @@ class StreamWatch:
 
     def feed(self, data: bytes) -> bytes:
         """Take raw bytes, return the bytes of the complete, well-formed events among them."""
-        buffer = self._buffer + data.replace(b"\r\n", b"\n")
-        *blocks, self._buffer = buffer.split(b"\n\n")
+        buffer = self._buffer + data
+        # A CRLF may be split between two reads: hold a trailing CR back until its LF arrives.
+        held = b"\r" if buffer.endswith(b"\r") else b""
+        if held:
+            buffer = buffer[:-1]
+        *blocks, rest = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+        self._buffer = rest + held
         if not blocks:
             return b""
         kept = [block for block in blocks if self._keep(block)]
@@ -110,11 +117,23 @@ class StreamWatch:
             return self._malformed()
         self._malformed_run = 0
         if isinstance(event, dict):
-            if event.get("error") and not self.started:
-                raise openai.APIError(_error_message(event), self._request, body=event["error"])
-            self._assembler.feed(event)
+            began = self.started
+            if event.get("error"):
+                self._upstream_error(began, _error_message(event), event["error"])
+            # An event the SDK accepts but we cannot account for costs us only the bookkeeping.
+            with contextlib.suppress(Exception):
+                self._assembler.feed(event)
+            if getattr(self._assembler, "outcome", None) == "failed":
+                self._upstream_error(began, "the response failed", event.get("response"))
         self.delivered += 1
         return True
+
+    def _upstream_error(self, began: bool, message: str, body: object) -> None:
+        """The upstream reported an error inside the stream: retryable before the answer
+        ``began``, the typed error (a failure for the breaker) after it."""
+        if not began:
+            raise openai.APIError(message, self._request, body=body)
+        raise self.error("upstream_error", message)
 
     def _malformed(self) -> bool:
         self.skipped += 1
@@ -231,6 +250,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
         self._request = request
         self._source: Iterator[bytes] = iter(raw)
         self._pending: list[bytes] = []
+        self._continuations: list[object] = []
 
     def prime(self) -> None:
         """Read up to the first piece of the answer, inside the chain: failures here are retryable.
@@ -277,6 +297,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                     watch.end(Verdict.STREAM_INTERRUPTED)
                     raise watch.error(reason, detail) from exc
                 watch.hand_over()
+                self._continuations.append(more)
                 self._source = iter(more)
         if not watch.complete():
             watch.end(Verdict.STREAM_INTERRUPTED)
@@ -286,6 +307,9 @@ class SyncStreamGuard(httpx2.SyncByteStream):
     def close(self) -> None:
         self._watch.closed_early()
         self._raw.close()
+        for more in self._continuations:  # the continuing target's own guard records its outcome
+            if isinstance(more, httpx2.SyncByteStream):
+                more.close()
 
 
 class AsyncStreamGuard(httpx2.AsyncByteStream):
@@ -297,6 +321,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
         self._request = request
         self._source: AsyncIterator[bytes] = aiter(raw)
         self._pending: list[bytes] = []
+        self._continuations: list[object] = []
 
     async def prime(self) -> None:
         """Read up to the first piece of the answer, inside the chain: failures here are retryable.
@@ -348,6 +373,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                     watch.end(Verdict.STREAM_INTERRUPTED)
                     raise watch.error(reason, detail) from exc
                 watch.hand_over()
+                self._continuations.append(more)
                 self._source = aiter(more)
         if not watch.complete():
             watch.end(Verdict.STREAM_INTERRUPTED)
@@ -357,3 +383,6 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         self._watch.closed_early()
         await self._raw.aclose()
+        for more in self._continuations:  # the continuing target's own guard records its outcome
+            if isinstance(more, httpx2.AsyncByteStream):
+                await more.aclose()

@@ -14,7 +14,6 @@ from typing import Any
 import httpx2
 
 from .._clock import Clock
-from ..errors import DeadlineExceededError
 from ..observe.events import EventBus
 from ._call import AsyncHandler, Call, Handler
 from ._stream import AsyncStreamGuard, StreamWatch, SyncStreamGuard
@@ -24,23 +23,15 @@ __all__ = ["AsyncAttempt", "SyncAttempt"]
 
 def _prepare(call: Call, clock: Clock) -> float:
     """Set ``call.send_options`` for this attempt; return the seconds left before the deadline."""
-    remaining = call.deadline - clock.now()
+    remaining = max(call.deadline - clock.now(), 0.001)
     target = call.target
     assert target is not None
-    if remaining <= 0:
-        raise DeadlineExceededError(
-            f"deadline passed before attempt {call.attempt} on '{target.name}'",
-            breaker=target.name,
-            attempts=len(call.attempts),
-            operation=call.operation,
-            model=call.model,
-        )
     limits = target.timeouts
     options = call.options.model_copy()
     first = limits.first_token if call.stream else limits.attempt
-    own = call.options.timeout
-    if isinstance(own, int | float) and not isinstance(own, bool):
-        first = min(first, float(own))
+    own = _caller_limit(call.options.timeout, getattr(call.client, "timeout", None))
+    if own is not None:
+        first = min(first, own)
     options.timeout = httpx2.Timeout(min(first, remaining), connect=min(limits.connect, remaining))
     options.max_retries = 0
     model = target.model
@@ -50,6 +41,16 @@ def _prepare(call: Call, clock: Clock) -> float:
     call.send_options = options
     call.stream_watch = None
     return remaining
+
+
+def _caller_limit(per_call: object, per_client: object) -> float | None:
+    """The read limit the caller set on the call (or else on the client), if any."""
+    chosen = per_call if isinstance(per_call, int | float | httpx2.Timeout) else per_client
+    if isinstance(chosen, httpx2.Timeout):
+        return chosen.read
+    if isinstance(chosen, int | float) and not isinstance(chosen, bool):
+        return float(chosen)
+    return None
 
 
 def _http_response(result: Any) -> httpx2.Response | None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..classify import Verdict, classify
-from ..errors import RequestRejectedError
+from ..errors import DeadlineExceededError, RequestRejectedError
 from ..fallback.plan import Move, is_live, next_move, route_for
 from ..policy import FallbackStep, Route
 from ..provenance import Source
@@ -41,19 +41,26 @@ def _initial_rungs(call: Call, route: Route) -> list[FallbackStep]:
     return [_PRIMARY, *route.steps]
 
 
+def _telling(previous: BaseException | None, latest: BaseException) -> BaseException:
+    """The error worth raising if nothing answers: a real failure beats running out of time."""
+    if previous is not None and isinstance(latest, DeadlineExceededError):
+        return previous
+    return latest
+
+
 def _failure(call: Call, exc: BaseException) -> Verdict:
     last = call.last_failure
     return last.verdict if last is not None else classify(exc).verdict
 
 
 def _after_failure(
-    call: Call, exc: BaseException, route: Route, rungs: list[FallbackStep], index: int
+    engine: Engine, call: Call, exc: BaseException, route: Route, rungs: list[FallbackStep], index: int
 ) -> tuple[list[FallbackStep], Verdict]:
     """The rungs left to try after a live failure (raises ``exc`` when nothing should be tried)."""
     verdict = _failure(call, exc)
     move = next_move(verdict, route)
     if move is Move.RAISE:
-        raise exc
+        raise engine.give_up(call, exc)
     if move is Move.CONTEXT:
         return [FallbackStep(kind="model", model=route.context_model)], verdict
     if move is Move.CONTENT:
@@ -85,14 +92,14 @@ class SyncFallback:
         while index < len(rungs):
             step = rungs[index]
             if is_live(step):
-                call.target = engine.live_target(call, step, primary=step is _PRIMARY)
                 call.has_fallback = index + 1 < len(rungs)
                 call.last_failure = None
                 try:
+                    call.target = engine.live_target(call, step, primary=step is _PRIMARY)
                     result = next(call)
                 except Exception as exc:
-                    error = exc
-                    rungs, verdict = _after_failure(call, exc, route, rungs, index)
+                    error = _telling(error, exc)
+                    rungs, verdict = _after_failure(engine, call, exc, route, rungs, index)
                     reason = reason or verdict
                     index = 0
                     continue
@@ -136,14 +143,14 @@ class AsyncFallback:
         while index < len(rungs):
             step = rungs[index]
             if is_live(step):
-                call.target = engine.live_target(call, step, primary=step is _PRIMARY)
                 call.has_fallback = index + 1 < len(rungs)
                 call.last_failure = None
                 try:
+                    call.target = engine.live_target(call, step, primary=step is _PRIMARY)
                     result = await next(call)
                 except Exception as exc:
-                    error = exc
-                    rungs, verdict = _after_failure(call, exc, route, rungs, index)
+                    error = _telling(error, exc)
+                    rungs, verdict = _after_failure(engine, call, exc, route, rungs, index)
                     reason = reason or verdict
                     index = 0
                     continue

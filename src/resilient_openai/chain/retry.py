@@ -12,12 +12,28 @@ from typing import Any
 from .._clock import Clock
 from ..backoff import decide_open_circuit_wait, decide_retry
 from ..classify import Classification, classify
+from ..errors import DeadlineExceededError
 from ..observe.events import AttemptFailed, EventBus, RetryScheduled
 from ._call import AsyncHandler, Call, Handler
 
-__all__ = ["AsyncRetry", "SyncRetry"]
+__all__ = ["AsyncRetry", "SyncRetry", "check_deadline"]
 
 _SHUT = frozenset({"open", "isolated"})
+
+
+def check_deadline(call: Call, clock: Clock) -> None:
+    """Refuse to start an attempt once the call's deadline has passed.
+
+    Checked here, before the breaker is asked for a permit, so running out of time is never
+    counted against a target that was not even called.
+    """
+    if call.deadline - clock.now() <= 0:
+        target = call.target
+        name = target.name if target is not None else None
+        raise DeadlineExceededError(
+            f"deadline passed before attempt {call.attempt} on '{name}'",
+            breaker=name, attempts=len(call.attempts), operation=call.operation, model=call.model,
+        )  # fmt: skip
 
 
 def _judge(
@@ -89,6 +105,7 @@ class SyncRetry:
             call.attempt += 1
             started = clock.now()
             try:
+                check_deadline(call, clock)
                 result = next(call)
             except Exception as exc:
                 delay = _judge(call, exc, clock, self._bus, self._rand, started)
@@ -117,6 +134,7 @@ class AsyncRetry:
             call.attempt += 1
             started = clock.now()
             try:
+                check_deadline(call, clock)
                 result = await next(call)
             except Exception as exc:
                 delay = _judge(call, exc, clock, self._bus, self._rand, started)
