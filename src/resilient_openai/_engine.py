@@ -181,7 +181,7 @@ class Engine:
             )
         client = call.client
         model = call.requested_model if primary else step.model
-        name = self._breaker_key(str(client.base_url), model)
+        name = self._name_on(client, model)
         return LiveTarget(
             name=name,
             label="primary",
@@ -193,6 +193,23 @@ class Engine:
             breaker=self._breaker(name, None),
             model=None if primary else model,
         )
+
+    def _name_on(self, client: Any, model: str | None) -> str:
+        """The breaker name for ``model`` on ``client``, remembered per client instance.
+
+        Rebuilding it from ``str(base_url)`` on every call is measurable on the success path;
+        the memo is dropped if the client's base URL is ever reassigned.
+        """
+        base = client._base_url
+        memo = client.__dict__.get("_resilience_names")
+        if memo is None or memo[0] is not base:
+            memo = (base, {})
+            client.__dict__["_resilience_names"] = memo
+        names: dict[str | None, str] = memo[1]
+        name = names.get(model)
+        if name is None:
+            name = names[model] = self._breaker_key(str(base), model)
+        return name
 
     def _breaker(self, name: str, override: Any) -> Any:
         if not self.policy.breaker.enabled and override is None:

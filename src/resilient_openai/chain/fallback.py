@@ -117,7 +117,11 @@ class SyncFallback:
                     return engine.serve_sync(call, answer, source, model, reason=reason)
             index += 1
         assert error is not None
-        raise engine.give_up(call, error)
+        failure = engine.give_up(call, error)
+        try:
+            raise failure
+        finally:
+            del failure, error  # the traceback holds this frame: break the cycle for the GC
 
 
 class AsyncFallback:
@@ -168,7 +172,11 @@ class AsyncFallback:
                     return await engine.serve_async(call, answer, source, model, reason=reason)
             index += 1
         assert error is not None
-        raise engine.give_up(call, error)
+        failure = engine.give_up(call, error)
+        try:
+            raise failure
+        finally:
+            del failure, error  # the traceback holds this frame: break the cycle for the GC
 
 
 def _function(step: FallbackStep) -> Callable[..., Any]:

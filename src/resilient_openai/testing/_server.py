@@ -35,6 +35,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    #: Hundreds of clients may connect at once (benchmarks, chaos runs): don't refuse them.
+    request_queue_size = 1024
 
     def __init__(self, upstream: FakeUpstream, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)
@@ -72,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
     """Answers one connection's requests by carrying out the upstream's plans with real time."""
 
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
