@@ -152,6 +152,17 @@ KNOWN_ISSUES: Mapping[str, str] = {
         "that target's breaker as a failure"
     ),
 }
+#: What the opt-in extra faults break today (not in the default mix, so no check fails on them).
+EXTRA_FAULT_ISSUES: Mapping[str, str] = {
+    "malformed body": (
+        "a 200 whose JSON body is truncated raises json.JSONDecodeError: not an OpenAIError, "
+        "classified 'unexpected', so never retried nor fallen back from, with no provenance"
+    ),
+    "400": (
+        "an error the fallback layer re-raises as is (the caller's 4xx) carries no provenance "
+        "and emits no CallCompleted, so calls_total misses the call"
+    ),
+}
 
 # Scripted faults per model: refilled to DECK_FULL whenever a caller finds fewer than DECK_LOW.
 # A call makes at most 6 requests, and at most 216 calls are in flight between two refills.
@@ -221,6 +232,18 @@ def _malformed_event(rng: random.Random) -> Fault:
     return Fault.stream(tokens=tokens, malformed_at=rng.randrange(tokens))
 
 
+def _retry_after_ms(rng: random.Random) -> Fault:
+    return Fault.status(429, headers={"retry-after-ms": str(rng.randint(5, 40))})
+
+
+def _retry_after(rng: random.Random) -> Fault:
+    return Fault.status(429, headers={"retry-after": f"{rng.uniform(0.005, 0.04):.3f}"})
+
+
+def _quota(rng: random.Random) -> Fault:
+    return Fault.status(429, code_str="insufficient_quota", type="insufficient_quota")
+
+
 #: (name, weight, maker) for faults that make sense on any request.
 COMMON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
     ("ok", 40, lambda rng: Fault.ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.03))),
@@ -228,13 +251,13 @@ COMMON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
     ("too slow", 2, lambda rng: Fault.delay(0.15)),
     ("5xx", 8, lambda rng: Fault.status(rng.choice((500, 502, 503, 504)))),
     ("429", 4, lambda rng: Fault.status(429)),
-    ("429 retry-after-ms", 2, lambda rng: Fault.status(429, headers={"retry-after-ms": str(rng.randint(5, 40))})),
-    ("429 retry-after", 2, lambda rng: Fault.status(429, headers={"retry-after": f"{rng.uniform(0.005, 0.04):.3f}"})),
+    ("429 retry-after-ms", 2, _retry_after_ms),
+    ("429 retry-after", 2, _retry_after),
     ("429 retry-after too long", 1, lambda rng: Fault.status(429, headers={"retry-after": "5"})),
-    ("429 insufficient_quota", 1, lambda rng: Fault.status(429, code_str="insufficient_quota", type="insufficient_quota")),
+    ("429 insufficient_quota", 1, _quota),
     ("reset", 4, lambda rng: Fault.reset()),
     ("silence", 2, lambda rng: Fault.silence()),
-)  # fmt: skip
+)
 
 #: Faults of a streamed body.
 STREAM_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
@@ -248,6 +271,13 @@ STREAM_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
 JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
     ("body cut", 3, lambda rng: Fault.stream(cut_after=0)),
     ("body stall", 3, lambda rng: Fault.stream(stall_after=0, stall=rng.choice((0.02, 0.15)))),
+)
+
+#: Opt-in (``extra_faults``): faults the chain does not handle today, see :data:`KNOWN_ISSUES`.
+#: A truncated JSON body on a non-streaming answer, and the caller's own 400.
+EXTRA_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (("400", 1, lambda rng: Fault.status(400)),)
+EXTRA_JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
+    ("malformed body", 2, lambda rng: Fault.stream(malformed_at=0)),
 )
 
 
@@ -268,12 +298,13 @@ def palette(
 class _Deck:
     """Keeps every chaos model's fault queue on one fake upstream from running dry (thread-safe)."""
 
-    def __init__(self, upstream: FakeUpstream, seed: str) -> None:
+    def __init__(self, upstream: FakeUpstream, seed: str, *, extra: bool = False) -> None:
         rng = random.Random(f"{seed}:palette")
         self._upstream = upstream
         self._rng = random.Random(f"{seed}:draws")
-        stream = palette((*COMMON_FAULTS, *STREAM_FAULTS), rng)
-        plain = palette((*COMMON_FAULTS, *JSON_FAULTS), rng)
+        common = (*COMMON_FAULTS, *EXTRA_FAULTS) if extra else COMMON_FAULTS
+        stream = palette((*common, *STREAM_FAULTS), rng)
+        plain = palette((*common, *JSON_FAULTS, *(EXTRA_JSON_FAULTS if extra else ())), rng)
         self._palettes = {**dict.fromkeys(STREAM_MODELS, stream), **dict.fromkeys(JSON_MODELS, plain)}
         self._lock = threading.Lock()
         self.scripted: Counter[str] = Counter()
@@ -692,11 +723,11 @@ def _story(record: Provenance | None, error: BaseException | None) -> str:
 class _Side:
     """One client flavour under chaos: its fake upstream, fault deck, tally, metrics and stats."""
 
-    def __init__(self, name: str, workers: int, seed: int) -> None:
+    def __init__(self, name: str, workers: int, seed: int, *, extra_faults: bool = False) -> None:
         self.name = name
         self.seed = seed
         self.upstream = FakeUpstream(clock=SYSTEM_CLOCK)
-        self.deck = _Deck(self.upstream, f"{seed}:{name}")
+        self.deck = _Deck(self.upstream, f"{seed}:{name}", extra=extra_faults)
         self.deck.top_up(low=DECK_FULL)
         self.tally = _Tally()
         self.registry = CollectorRegistry()
@@ -1028,8 +1059,9 @@ def _side_result(side: _Side, workers: int, in_flight: Sequence[int], seen: _Bre
     )
 
 
-#: Think times are multiplied by this while tracemalloc runs (the last third and one epoch): tracing every allocation makes a
-#: call about 7 times as expensive, and the same offered load would starve the event loop.
+#: Think times are multiplied by this from a little before tracemalloc starts to the end: tracing
+#: every allocation makes a call about 5 to 10 times as expensive, and the same offered load would
+#: starve the event loop.
 TRACE_PACE = 10.0
 #: Allocations made by these files are the harness's, not the library's.
 _HARNESS_FILES = ("*/resilient_openai/testing/*", __file__, tracemalloc.__file__)
@@ -1066,6 +1098,7 @@ def run(
     think_tasks: float = 2.0,
     seed: int = 1,
     epochs: int | None = None,
+    extra_faults: bool = False,
 ) -> ChaosResult:
     """Run the chaos for ``seconds`` and check every invariant (see the module docs).
 
@@ -1074,13 +1107,13 @@ def run(
     calling back to back would keep the one event loop busy for longer than the call budget, so
     the deadline check would measure CPU starvation instead of the library. ``epochs``
     quiescent points (default one per 5 s, at least 3, rounded up to a multiple of 3) split
-    the run.
+    the run. ``extra_faults`` adds :data:`EXTRA_FAULTS` to the mix.
     """
     epochs = epochs or max(3, round(seconds / 5))
     epochs += -epochs % 3  # a multiple of 3, so a quiescent point falls two thirds in
     baseline = epochs * 2 // 3  # the quiescent point two thirds in
-    sync_side = _Side("sync", threads, seed)
-    async_side = _Side("async", tasks, seed)
+    sync_side = _Side("sync", threads, seed, extra_faults=extra_faults)
+    async_side = _Side("async", tasks, seed, extra_faults=extra_faults)
     http = httpx2.Client(transport=_TallyTransport(sync_side.upstream.transport(), sync_side.tally))
     raw = openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
     sync_side.client = resilient(raw, sync_side.policy)
@@ -1191,7 +1224,8 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
         Check(
             "unrecorded requests",
             stats.unrecorded == 0,
-            f"{stats.unrecorded} requests reached the upstream with no attempt record in their call's provenance",
+            f"{stats.unrecorded} requests reached the upstream with no attempt record in their call's "
+            "provenance",
             tuple(examples.get("unrecorded", [])),
         ),
     ]
@@ -1206,10 +1240,18 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
     detail = (
         f"{sum(stats.claimed.values())} attempts that reached a target, "
         f"{sum(s.upstream.get(m, 0) for s in sides for m in s.upstream)} requests upstream; "
-        f"{phantoms} attempts recorded but never sent "
-        f"({stats.unexplained_phantoms} of them not a 'timeout' record)"
+        f"{phantoms} attempts recorded but never sent"
     )
     checks.append(Check("attempts = upstream", equal, detail, (*counted, *examples.get("phantom", []))))
+    checks.append(
+        Check(
+            "unsent attempts",
+            stats.unexplained_phantoms == 0,
+            f"{stats.unexplained_phantoms} attempts recorded but never sent are not 'timeout' records "
+            "(the one known way an attempt is recorded unsent)",
+            tuple(examples.get("phantom", [])) if stats.unexplained_phantoms else (),
+        )
+    )
     rejected_ok = True
     rejected_total = 0
     for side in sides:
@@ -1224,7 +1266,8 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
             f"{rejected_total} circuit_open attempt records; rejections_total "
             + ("agrees for every breaker" if rejected_ok else "disagrees"),
             tuple(
-                f"{side.name}: metric {dict(side.metrics['rejections'])} vs records {dict(side.stats.rejections)}"
+                f"{side.name}: metric {dict(side.metrics['rejections'])} vs records "
+                f"{dict(side.stats.rejections)}"
                 for side in sides
             )
             if not rejected_ok
@@ -1381,8 +1424,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=16, help="threads on the sync client (default 16)")
     parser.add_argument("--tasks", type=int, default=200, help="tasks on the async client (default 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault deck and the callers")
+    parser.add_argument(
+        "--extra-faults",
+        action="store_true",
+        help="also send 400s and truncated JSON bodies (known to fail today, see KNOWN_ISSUES)",
+    )
     args = parser.parse_args(argv)
-    result = run(seconds=args.seconds, threads=args.threads, tasks=args.tasks, seed=args.seed)
+    result = run(
+        seconds=args.seconds,
+        threads=args.threads,
+        tasks=args.tasks,
+        seed=args.seed,
+        extra_faults=args.extra_faults,
+    )
     for line in lines(result):
         print(line)
     return 0 if result.ok else 1

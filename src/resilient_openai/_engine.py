@@ -18,7 +18,7 @@ from ._clock import Clock
 from .breaker import BreakerRegistry, default_key
 from .chain import build_async_chain, build_chain
 from .chain._call import AsyncHandler, Call, Handler, LiveTarget
-from .chain.attempt import AsyncAttempt, SyncAttempt
+from .chain.attempt import AsyncAttempt, SyncAttempt, caller_limit
 from .chain.breaker import AsyncBreakerGate, SyncBreakerGate
 from .chain.chaos import AsyncChaos, SyncChaos
 from .chain.fallback import AsyncFallback, SyncFallback
@@ -110,6 +110,7 @@ class Engine:
             body = None
         model = body.get("model") if body is not None else None
         now = self.clock.now()
+        own = caller_limit(options.timeout, client.timeout)
         return Call(
             operation=operation_of(options.url),
             requested_model=model if isinstance(model, str) else None,
@@ -121,6 +122,7 @@ class Engine:
             client=client,
             started=now,
             deadline=now + self.policy.timeouts.total,
+            caller_timeout=own,
         )
 
     # -- targets -----------------------------------------------------------------------------

@@ -58,13 +58,18 @@ class Provenance:
         return sum(1 for a in self.attempts if a.target == self.target) > 1
 
 
-_by_id: dict[int, Provenance] = {}
+_by_id: dict[int, tuple[Provenance, weakref.ref[Any]]] = {}
 _lock = threading.Lock()
 
 
-def _forget(key: int) -> None:
-    with _lock:
-        _by_id.pop(key, None)
+def _forgetter(key: int) -> Any:
+    def forget(ref: weakref.ref[Any]) -> None:
+        with _lock:
+            entry = _by_id.get(key)
+            if entry is not None and entry[1] is ref:
+                del _by_id[key]
+
+    return forget
 
 
 def attach(obj: Any, record: Provenance) -> None:
@@ -74,15 +79,12 @@ def attach(obj: Any, record: Provenance) -> None:
     """
     key = id(obj)
     try:
-        finalizer = weakref.finalize(obj, _forget, key)
+        ref = weakref.ref(obj, _forgetter(key))
     except TypeError:
         obj.__resilient_provenance__ = record
         return
     with _lock:
-        fresh = key not in _by_id
-        _by_id[key] = record
-    if not fresh:
-        finalizer.detach()
+        _by_id[key] = (record, ref)
 
 
 def provenance(obj: object) -> Provenance | None:
@@ -90,7 +92,8 @@ def provenance(obj: object) -> Provenance | None:
 
     None for objects that did not come out of a resilient client.
     """
-    found = _by_id.get(id(obj))
-    if found is None:
-        found = getattr(obj, "__resilient_provenance__", None)
+    entry = _by_id.get(id(obj))
+    if entry is not None and entry[1]() is obj:
+        return entry[0]
+    found: Provenance | None = getattr(obj, "__resilient_provenance__", None)
     return found

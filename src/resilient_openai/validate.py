@@ -8,6 +8,7 @@ with :class:`~resilient_openai.RequestRejectedError` and never touches a breaker
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .policy import ValidationPolicy
@@ -22,6 +23,7 @@ _RANGES: Mapping[str, tuple[float, float]] = {
     "frequency_penalty": (-2.0, 2.0),
 }
 _AT_LEAST_ONE = ("n", "max_tokens", "max_completion_tokens", "max_output_tokens")
+_CHECKED = frozenset(_RANGES) | frozenset(_AT_LEAST_ONE)
 
 Problem = tuple[str, str]
 
@@ -55,28 +57,42 @@ def context_window(policy: ValidationPolicy, model: str | None) -> int | None:
 
 
 def check_request(operation: str, body: Mapping[str, Any], policy: ValidationPolicy) -> Problem | None:
-    """The first problem with this request as ``(rule, message)``, or None when it may be sent."""
+    """The first problem with this request as ``(rule, message)``, or None when it may be sent.
+
+    On the success path of every call: only the keys actually present are looked at.
+    """
     if operation == "chat.completions":
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
+        if type(messages) is not list or not messages:
             return "messages_present", "chat.completions needs at least one message"
         for index, message in enumerate(messages):
-            role = message.get("role") if isinstance(message, Mapping) else None
+            role = message.get("role") if isinstance(message, dict) else None
             if role not in _ROLES:
                 allowed = ", ".join(sorted(_ROLES))
                 return "known_role", f"messages[{index}].role is {role!r}; allowed: {allowed}"
-    for name, (low, high) in _RANGES.items():
-        value = body.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
-            return "parameter_range", f"{name}={value!r} is out of range [{low:g}, {high:g}]"
-    for name in _AT_LEAST_ONE:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+    present = _CHECKED & body.keys()
+    if present:
+        problem = _check_ranges(body, present)
+        if problem is not None:
+            return problem
+    if policy.context_windows:
+        model = body.get("model")
+        window = context_window(policy, model if isinstance(model, str) else None)
+        if window is not None:
+            estimate = estimate_tokens(body)
+            if estimate > window:
+                return "context_window", f"prompt of ~{estimate} tokens exceeds {model}'s window of {window}"
+    return None
+
+
+def _check_ranges(body: Mapping[str, Any], present: AbstractSet[str]) -> Problem | None:
+    for name in sorted(present):
+        value = body[name]
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        bounds = _RANGES.get(name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            return "parameter_range", f"{name}={value!r} is out of range [{bounds[0]:g}, {bounds[1]:g}]"
+        if bounds is None and isinstance(value, int) and value < 1:
             return "parameter_range", f"{name}={value!r} must be >= 1"
-    model = body.get("model")
-    window = context_window(policy, model if isinstance(model, str) else None)
-    if window is not None:
-        estimate = estimate_tokens(body)
-        if estimate > window:
-            return "context_window", f"prompt of ~{estimate} tokens exceeds {model}'s window of {window}"
     return None

@@ -60,6 +60,8 @@ class Call:
     client: Any
     started: float
     deadline: float
+    #: The read limit the caller set on the call or its client (seconds), if any.
+    caller_timeout: float | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     target: LiveTarget | None = None
     has_fallback: bool = False

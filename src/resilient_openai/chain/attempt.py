@@ -8,7 +8,6 @@ costs at most what is left, never attempts x timeout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx2
@@ -27,23 +26,27 @@ def _prepare(call: Call, clock: Clock) -> float:
     target = call.target
     assert target is not None
     limits = target.timeouts
-    options = call.options.model_copy()
+    # The SDK builds a fresh options object for every call and copies it again inside
+    # request(): this call's copy is ours to adjust for each attempt.
+    options = call.options
     first = limits.first_token if call.stream else limits.attempt
-    own = _caller_limit(call.options.timeout, getattr(call.client, "timeout", None))
+    own = call.caller_timeout
     if own is not None:
         first = min(first, own)
     options.timeout = httpx2.Timeout(min(first, remaining), connect=min(limits.connect, remaining))
     options.max_retries = 0
     model = target.model
-    body = options.json_data
-    if model is not None and isinstance(body, Mapping) and body.get("model") != model:
+    body = call.body
+    if model is not None and body is not None and body.get("model") != model:
         options.json_data = {**body, "model": model}
+    elif body is not None:
+        options.json_data = body
     call.send_options = options
     call.stream_watch = None
     return remaining
 
 
-def _caller_limit(per_call: object, per_client: object) -> float | None:
+def caller_limit(per_call: object, per_client: object) -> float | None:
     """The read limit the caller set on the call (or else on the client), if any."""
     chosen = per_call if isinstance(per_call, int | float | httpx2.Timeout) else per_client
     if isinstance(chosen, httpx2.Timeout):
