@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import concurrency, memory, outage, rejection, success_path
+from . import chaos, concurrency, memory, outage, rejection, success_path
 from ._common import load_average, machine, markdown_table
 
 T = TypeVar("T")
@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         down = _timed("outage", lambda: outage.run(config))
         memo = _timed("memory", lambda: memory.run(offered=1_000, calls=2_000, every=500, traced_calls=1_200))
+        mayhem = _timed("chaos", lambda: chaos.run(seconds=2.0, threads=6, tasks=40, think_tasks=0.3))
     else:
         success = _timed("success path", success_path.run)
         concurrent = _timed("concurrency", concurrency.run)
         rejected = _timed("rejection", rejection.run)
         down = _timed("outage", outage.run)
         memo = _timed("memory", memory.run)
+        mayhem = _timed("chaos", chaos.run)
     outage.plot(down, output / IMAGE)
     elapsed = time.perf_counter() - started
     info["load average at end (1/5/15 min)"] = load_average()
@@ -97,12 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         rejection.report(rejected),
         outage.report(down, IMAGE),
         memory.report(memo),
-        "## Notes on the fake upstream",
-        "",
-        "The loopback runs change two settings of `FakeUpstream.serve()` for their duration "
-        "(`benchmarks._common.server_fixes`): `TCP_NODELAY` on its connections (it writes headers and "
-        "body separately, so without it every answer waits ~40 ms for the client's delayed ACK) and a "
-        "listen backlog of 1024 instead of 5 (200 tasks connecting at once overflow 5).",
+        chaos.report(mayhem),
         "",
     ]
     (output / "RESULTS.md").write_text("\n".join(parts))

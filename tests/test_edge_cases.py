@@ -178,3 +178,13 @@ def test_caller_errors_carry_provenance(harness: Harness) -> None:
 def test_operation_names_drop_resource_ids(url: str, name: str) -> None:
     """Operation names (metric labels) never carry resource ids."""
     assert operation_of(url) == name
+
+
+def test_unreadable_body_is_a_retried_server_error(harness: Harness) -> None:
+    """A 200 with a truncated JSON body is the server's fault: retried, never a bare ValueError."""
+    harness.upstream.script("gpt-A", [Fault.stream(malformed_at=0), Fault.ok(text="fine")])
+    result = harness.chat(harness.client())
+    assert result.choices[0].message.content == "fine"
+    record = provenance(result)
+    assert record is not None
+    assert [a.verdict for a in record.attempts] == ["server_error", "success"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx2
+import openai
 
 from .._clock import Clock
 from ..observe.events import EventBus
@@ -44,6 +45,16 @@ def _prepare(call: Call, clock: Clock) -> float:
     call.send_options = options
     call.stream_watch = None
     return remaining
+
+
+def _unreadable(call: Call, exc: ValueError) -> openai.APIError:
+    """A 200 whose body the SDK could not parse (truncated JSON): the server's fault, as an SDK error.
+
+    Judged a server error, so it is retried and fallen back from like any other.
+    """
+    url = str(getattr(call.client, "base_url", "")) + call.options.url.lstrip("/")
+    request = httpx2.Request(call.options.method.upper(), url)
+    return openai.APIError(f"the upstream's answer could not be read: {exc}", request, body=None)
 
 
 def caller_limit(per_call: object, per_client: object) -> float | None:
@@ -97,7 +108,10 @@ class SyncAttempt:
 
     def __call__(self, call: Call, next: Handler) -> Any:
         _prepare(call, self._clock)
-        result = next(call)
+        try:
+            result = next(call)
+        except ValueError as exc:
+            raise _unreadable(call, exc) from exc
         if call.stream:
             response = _http_response(result)
             if response is not None and isinstance(response.stream, httpx2.SyncByteStream):
@@ -119,7 +133,10 @@ class AsyncAttempt:
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Any:
         _prepare(call, self._clock)
-        result = await next(call)
+        try:
+            result = await next(call)
+        except ValueError as exc:
+            raise _unreadable(call, exc) from exc
         if call.stream:
             response = _http_response(result)
             if response is not None and isinstance(response.stream, httpx2.AsyncByteStream):

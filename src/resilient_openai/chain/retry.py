@@ -103,9 +103,9 @@ class SyncRetry:
         call.attempt = 0
         while True:
             call.attempt += 1
+            check_deadline(call, clock)  # refused, not attempted: nothing is recorded for it
             started = clock.now()
             try:
-                check_deadline(call, clock)
                 result = next(call)
             except Exception as exc:
                 delay = _judge(call, exc, clock, self._bus, self._rand, started)
@@ -132,9 +132,9 @@ class AsyncRetry:
         call.attempt = 0
         while True:
             call.attempt += 1
+            check_deadline(call, clock)  # refused, not attempted: nothing is recorded for it
             started = clock.now()
             try:
-                check_deadline(call, clock)
                 result = await next(call)
             except Exception as exc:
                 delay = _judge(call, exc, clock, self._bus, self._rand, started)
