@@ -87,3 +87,25 @@ def test_manual_isolate_and_close(harness: Harness) -> None:
     breakers(client).close(name)
     harness.chat(client)
     assert harness.upstream.count() == 2
+
+
+def test_slow_first_token_trips_slow_call_breaker(harness: Harness) -> None:
+    """Slow-call tripping judges a stream by its time to first token, not its total length."""
+    policy = Policy(
+        clock=harness.clock,
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(
+            mode="ratio", min_calls=2, failure_ratio=1.0, slow_call_threshold=5.0, slow_call_ratio=0.5,
+            break_duration=30,
+        ),
+    )  # fmt: skip
+    client = harness.client(policy)
+    harness.upstream.set_default("gpt-A", Fault.stream(tokens=10, stall_after=5, stall=8.0))
+    for _ in range(2):  # fast first token, long pause later: not slow
+        _, _, error = harness.stream_chat(client)
+        assert error is None
+    assert _state(client) == "closed"
+    harness.upstream.set_default("gpt-A", Fault.delay(8.0, then=Fault.stream(tokens=3)))
+    for _ in range(2):  # slow first token: slow calls
+        harness.stream_chat(client)
+    assert _state(client) == "open"

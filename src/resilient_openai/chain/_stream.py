@@ -37,7 +37,7 @@ class StreamWatch:
 
     __slots__ = (
         "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_malformed_run", "_permit",
-        "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
+        "_first_token", "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
         "delivered", "done_seen", "ended", "model", "on_complete", "operation", "outcome", "skipped",
     )  # fmt: skip
 
@@ -64,6 +64,7 @@ class StreamWatch:
         self._malformed_run = 0
         self._permit: Any = None
         self._started = 0.0
+        self._first_token: float | None = None
         self.delivered = 0
         self.skipped = 0
         self.done_seen = False
@@ -177,6 +178,10 @@ class StreamWatch:
         finished = self.done_seen or self._assembler.finished
         self.end(Verdict.SUCCESS if finished else Verdict.CANCELLED)
 
+    def first_token(self) -> None:
+        """The answer began now (called once, when priming ends)."""
+        self._first_token = self._clock.now()
+
     def hand_over(self) -> None:
         """This target broke mid-answer and another one continues: record the failure now."""
         self.continued = True
@@ -218,7 +223,10 @@ class StreamWatch:
         if self.outcome is Verdict.CANCELLED:
             permit.ignore()
         else:
-            permit.record(self.outcome, duration=self._clock.now() - self._started)
+            # A stream's speed is its time to first token (what slow-call tripping judges);
+            # its total length says more about the answer than about the upstream's health.
+            end = self._first_token if self._first_token is not None else self._clock.now()
+            permit.record(self.outcome, duration=end - self._started)
 
 
 def _error_message(event: dict[str, Any]) -> str:
@@ -268,6 +276,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                 kept = watch.feed(data)
                 if kept:
                     self._pending.append(kept)
+            watch.first_token()
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             self._raw.close()
             raise _before_first_chunk(exc, self._request) from exc
@@ -339,6 +348,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                 kept = watch.feed(data)
                 if kept:
                     self._pending.append(kept)
+            watch.first_token()
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             await self._raw.aclose()
             raise _before_first_chunk(exc, self._request) from exc
