@@ -36,8 +36,8 @@ class StreamWatch:
     """What one stream has delivered so far, and how it ended. No I/O: fed bytes, asked to end."""
 
     __slots__ = (
-        "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_malformed_run", "_permit",
-        "_first_token", "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
+        "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_first_token", "_malformed_run",
+        "_permit", "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
         "delivered", "done_seen", "ended", "model", "on_complete", "operation", "outcome", "skipped",
     )  # fmt: skip
 
