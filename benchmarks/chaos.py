@@ -688,6 +688,8 @@ def _match_attempts(stats: _Stats, ending: _Ending, record: Provenance, received
         if attempt.verdict == "circuit_open":
             stats.rejections[attempt.target] += 1
             continue
+        if attempt.verdict == "deadline_exceeded":  # refused before sending, like a rejection
+            continue
         claimed[attempt.model or ""] += 1
         if attempt.verdict == "timeout":
             timeouts[attempt.model or ""] += 1

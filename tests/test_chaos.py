@@ -88,5 +88,6 @@ def test_an_attempt_refused_for_the_deadline_is_not_recorded_as_sent(harness: Ha
     assert record is not None
     assert record.source == "canned"
     assert harness.upstream.count(model="gpt-B") == 0
-    sent_to_backup = [a for a in record.attempts if a.model == "gpt-B" and a.verdict != "circuit_open"]
+    unsent = ("circuit_open", "deadline_exceeded")
+    sent_to_backup = [a for a in record.attempts if a.model == "gpt-B" and a.verdict not in unsent]
     assert sent_to_backup == []

@@ -19,6 +19,8 @@ from ._call import AsyncHandler, Call, Handler
 __all__ = ["AsyncRetry", "SyncRetry", "check_deadline"]
 
 _SHUT = frozenset({"open", "isolated"})
+#: The attempt-record verdict of an attempt refused because the call's deadline had passed.
+DEADLINE_REFUSED = "deadline_exceeded"
 
 
 def check_deadline(call: Call, clock: Clock) -> None:
@@ -28,6 +30,8 @@ def check_deadline(call: Call, clock: Clock) -> None:
     counted against a target that was not even called.
     """
     if call.deadline - clock.now() <= 0:
+        # Recorded like a rejection by an open circuit: refused, nothing was sent.
+        call.record(DEADLINE_REFUSED, None, 0.0)
         target = call.target
         name = target.name if target is not None else None
         raise DeadlineExceededError(
@@ -103,7 +107,7 @@ class SyncRetry:
         call.attempt = 0
         while True:
             call.attempt += 1
-            check_deadline(call, clock)  # refused, not attempted: nothing is recorded for it
+            check_deadline(call, clock)
             started = clock.now()
             try:
                 result = next(call)
@@ -132,7 +136,7 @@ class AsyncRetry:
         call.attempt = 0
         while True:
             call.attempt += 1
-            check_deadline(call, clock)  # refused, not attempted: nothing is recorded for it
+            check_deadline(call, clock)
             started = clock.now()
             try:
                 result = await next(call)
