@@ -18,7 +18,7 @@ from ._clock import Clock
 from .breaker import BreakerRegistry, default_key
 from .chain import build_async_chain, build_chain
 from .chain._call import AsyncHandler, Call, Handler, LiveTarget
-from .chain.attempt import AsyncAttempt, SyncAttempt, caller_limit
+from .chain.attempt import AsyncAttempt, SyncAttempt, caller_limit, http_response_of
 from .chain.breaker import AsyncBreakerGate, SyncBreakerGate
 from .chain.chaos import AsyncChaos, SyncChaos
 from .chain.fallback import AsyncFallback, SyncFallback
@@ -290,7 +290,7 @@ class Engine:
 
     def continued(self, call: Call, sub: Call, result: Any, more: Any) -> Any:
         """The continuation answered: re-label the caller's stream, return its body to splice in."""
-        response = getattr(more, "response", None) or getattr(more, "http_response", None)
+        response = http_response_of(more)
         target = sub.target
         if response is None or target is None:
             return None

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx2
+
 from ..provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
@@ -79,6 +81,11 @@ class Call:
         if target is not None and target.model is not None:
             return target.model
         return self.requested_model
+
+    def describe_request(self) -> httpx2.Request:
+        """A request naming this call's method and URL, for errors made without an HTTP exchange."""
+        url = str(getattr(self.client, "base_url", "")) + self.options.url.lstrip("/")
+        return httpx2.Request(self.options.method.upper(), url)
 
     def record(self, verdict: str, status: int | None, duration: float) -> None:
         """Append the outcome of the current attempt on the current target."""

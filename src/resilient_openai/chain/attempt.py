@@ -18,7 +18,7 @@ from ..observe.events import EventBus
 from ._call import AsyncHandler, Call, Handler
 from ._stream import AsyncStreamGuard, StreamWatch, SyncStreamGuard
 
-__all__ = ["AsyncAttempt", "SyncAttempt"]
+__all__ = ["AsyncAttempt", "SyncAttempt", "caller_limit", "http_response_of"]
 
 
 def _prepare(call: Call, clock: Clock) -> float:
@@ -52,9 +52,9 @@ def _unreadable(call: Call, exc: ValueError) -> openai.APIError:
 
     Judged a server error, so it is retried and fallen back from like any other.
     """
-    url = str(getattr(call.client, "base_url", "")) + call.options.url.lstrip("/")
-    request = httpx2.Request(call.options.method.upper(), url)
-    return openai.APIError(f"the upstream's answer could not be read: {exc}", request, body=None)
+    return openai.APIError(
+        f"the upstream's answer could not be read: {exc}", call.describe_request(), body=None
+    )
 
 
 def caller_limit(per_call: object, per_client: object) -> float | None:
@@ -67,7 +67,7 @@ def caller_limit(per_call: object, per_client: object) -> float | None:
     return None
 
 
-def _http_response(result: Any) -> httpx2.Response | None:
+def http_response_of(result: Any) -> httpx2.Response | None:
     """The HTTP response under a Stream, AsyncStream or raw-response wrapper."""
     for name in ("response", "http_response"):
         candidate = getattr(result, name, None)
@@ -113,7 +113,7 @@ class SyncAttempt:
         except ValueError as exc:
             raise _unreadable(call, exc) from exc
         if call.stream:
-            response = _http_response(result)
+            response = http_response_of(result)
             if response is not None and isinstance(response.stream, httpx2.SyncByteStream):
                 watch = _watch(call, self._clock, self._bus, response)
                 guard = SyncStreamGuard(response.stream, watch, response.request)
@@ -138,7 +138,7 @@ class AsyncAttempt:
         except ValueError as exc:
             raise _unreadable(call, exc) from exc
         if call.stream:
-            response = _http_response(result)
+            response = http_response_of(result)
             if response is not None and isinstance(response.stream, httpx2.AsyncByteStream):
                 watch = _watch(call, self._clock, self._bus, response)
                 guard = AsyncStreamGuard(response.stream, watch, response.request)

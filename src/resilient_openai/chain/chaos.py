@@ -34,8 +34,7 @@ _STATUS: Mapping[Verdict, tuple[int, str | None]] = {
 def forced_error(call: Call, verdict: Verdict) -> Exception:
     """The SDK exception a real upstream failure with ``verdict`` would have produced."""
     target = call.target
-    url = str(getattr(call.client, "base_url", "https://forced.invalid/")) + call.options.url.lstrip("/")
-    request = httpx2.Request(call.options.method.upper(), url)
+    request = call.describe_request()
     if verdict is Verdict.TIMEOUT:
         return openai.APITimeoutError(request=request)
     status, code = _STATUS.get(verdict, (None, None))
