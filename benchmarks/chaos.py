@@ -31,7 +31,7 @@ What is checked (each is one line of the output; any violation makes ``main`` ex
 ``outcomes``
     Every call ends with an answer (a complete JSON answer, or a stream read to a chunk carrying
     a ``finish_reason``) or an ``openai.OpenAIError`` (the SDK's own, or one of ours from
-    ``resilient_openai.errors``). Nothing else escapes.
+    ``resilient_openai._errors``). Nothing else escapes.
 ``provenance``
     Every answer, stream and error the chain returned carries a provenance, and every answer's
     provenance names its source.

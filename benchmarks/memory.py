@@ -1,6 +1,6 @@
 """Question 5: does memory stay bounded? The response cache at its limits, and a long run.
 
-- Cache at its bounds: a :class:`~resilient_openai.fallback.cache.ResponseCache` is filled with
+- Cache at its bounds: a :class:`~resilient_openai._fallback.cache.ResponseCache` is filled with
   5x more answers than it may hold, once where ``max_entries`` binds and once where
   ``max_bytes`` binds. Reported: entries and body bytes kept, evictions, the Python memory the
   cache holds (tracemalloc) and the process RSS.
@@ -23,7 +23,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from resilient_openai import CachePolicy, FallbackPolicy, FallbackStep, Policy, Route, health, resilient
-from resilient_openai.fallback.cache import CachedAnswer, ResponseCache
+from resilient_openai._fallback.cache import CachedAnswer, ResponseCache
 from resilient_openai.testing import FakeClock, FakeUpstream
 
 from ._common import BACKUP_MODEL, MODEL, inprocess_client, markdown_table, rss_bytes

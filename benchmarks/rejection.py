@@ -33,7 +33,7 @@ from resilient_openai import (
     breakers,
     resilient,
 )
-from resilient_openai.breaker import default_key
+from resilient_openai._breaker import default_key
 from resilient_openai.testing import FakeUpstream
 
 from ._common import MESSAGES, MODEL, goal_verdict, inprocess_client, markdown_table, percentile, quiet_heap

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from resilient_openai import Classification, RetryPolicy, RetryRule, Verdict
-from resilient_openai.backoff import backoff_delay, decide_open_circuit_wait, decide_retry
+from resilient_openai._backoff import backoff_delay, decide_open_circuit_wait, decide_retry
 
 POLICY = RetryPolicy()
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from resilient_openai import CircuitOpenError, DeadlineExceededError, IncompleteStreamError, Verdict, classify
-from resilient_openai.classify import parse_retry_after
+from resilient_openai._classify import parse_retry_after
 
 REQUEST = httpx2.Request("POST", "https://api.test/v1/chat/completions")
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resilient_openai._classify import Verdict
 from resilient_openai._config import describe_policy, load_file, policy_from_dict
-from resilient_openai.classify import Verdict
-from resilient_openai.errors import ConfigError
-from resilient_openai.policy import (
+from resilient_openai._errors import ConfigError
+from resilient_openai._policy import (
     RETRYABLE_VERDICTS,
     BreakerPolicy,
     CachePolicy,

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_openai import resilient
+from resilient_openai._classify import Verdict
 from resilient_openai._config import check_policy, describe_policy, policy_from_dict
-from resilient_openai.classify import Verdict
-from resilient_openai.errors import ConfigError
-from resilient_openai.policy import (
+from resilient_openai._errors import ConfigError
+from resilient_openai._policy import (
     BreakerPolicy,
     CachePolicy,
     FallbackPolicy,

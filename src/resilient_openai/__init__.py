@@ -4,11 +4,10 @@
 the chain; ``provenance(result)`` tells where an answer came from.
 """
 
+from ._classify import Classification, Verdict, classify
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK, Clock, SystemClock
-from ._health import breakers, health
-from .classify import Classification, Verdict, classify
-from .errors import (
+from ._errors import (
     CircuitOpenError,
     ConfigError,
     DeadlineExceededError,
@@ -16,7 +15,8 @@ from .errors import (
     RequestRejectedError,
     ResilienceError,
 )
-from .policy import (
+from ._health import breakers, health
+from ._policy import (
     BreakerPolicy,
     CachePolicy,
     FallbackPolicy,
@@ -29,7 +29,7 @@ from .policy import (
     Timeouts,
     ValidationPolicy,
 )
-from .provenance import AttemptRecord, Provenance, Source, provenance
+from ._provenance import AttemptRecord, Provenance, Source, provenance
 
 __all__ = [
     "SYSTEM_CLOCK",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar, overload
 import openai
 
 from ._engine import Engine
-from .policy import Policy
+from ._policy import Policy
 
 __all__ = ["resilient"]
 

@@ -1,6 +1,6 @@
 """Policy files: read TOML or YAML, check every key once, and build a :class:`Policy`.
 
-The file mirrors the dataclass tree in :mod:`resilient_openai.policy`; every section and key is
+The file mirrors the dataclass tree in :mod:`resilient_openai._policy`; every section and key is
 optional and an absent one keeps its default::
 
     [retry]                      max_retry_after, honor_should_retry, max_open_wait
@@ -56,10 +56,10 @@ from urllib.parse import urlsplit
 
 import openai
 
+from ._classify import Verdict
 from ._clock import Clock
-from .classify import Verdict
-from .errors import ConfigError
-from .policy import (
+from ._errors import ConfigError
+from ._policy import (
     RETRYABLE_VERDICTS,
     BreakerPolicy,
     CachePolicy,

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import openai
 
+from ._breaker import default_key
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK
+from ._fallback.plan import route_for
 from ._health import health
-from .breaker import default_key
-from .fallback.plan import route_for
+from ._policy import Policy
+from ._provenance import provenance
 from .observe.events import BreakerStateChanged, Event
-from .policy import Policy
-from .provenance import provenance
 from .testing import FakeUpstream, Fault
 
 if TYPE_CHECKING:

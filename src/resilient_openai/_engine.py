@@ -2,7 +2,7 @@
 
 One :class:`Engine` is made per :func:`~resilient_openai.resilient` call and shared by every copy
 of that client (``with_options`` included). The sync and async client shells only build a
-:class:`~resilient_openai.chain._call.Call` and run the chain this engine built once.
+:class:`~resilient_openai._chain._call.Call` and run the chain this engine built once.
 """
 
 from __future__ import annotations
@@ -14,25 +14,25 @@ from typing import Any
 
 import pydantic
 
+from ._breaker import BreakerRegistry, default_key
+from ._chain import build_async_chain, build_chain
+from ._chain._call import AsyncHandler, Call, Handler, LiveTarget
+from ._chain.attempt import AsyncAttempt, SyncAttempt, caller_limit, http_response_of
+from ._chain.breaker import AsyncBreakerGate, SyncBreakerGate
+from ._chain.chaos import AsyncChaos, SyncChaos
+from ._chain.fallback import AsyncFallback, SyncFallback
+from ._chain.retry import AsyncRetry, SyncRetry
+from ._chain.terminal import async_terminal, sync_terminal
+from ._chain.validate import AsyncValidate, SyncValidate
+from ._classify import Verdict, classify
 from ._clock import Clock
-from .breaker import BreakerRegistry, default_key
-from .chain import build_async_chain, build_chain
-from .chain._call import AsyncHandler, Call, Handler, LiveTarget
-from .chain.attempt import AsyncAttempt, SyncAttempt, caller_limit, http_response_of
-from .chain.breaker import AsyncBreakerGate, SyncBreakerGate
-from .chain.chaos import AsyncChaos, SyncChaos
-from .chain.fallback import AsyncFallback, SyncFallback
-from .chain.retry import AsyncRetry, SyncRetry
-from .chain.terminal import async_terminal, sync_terminal
-from .chain.validate import AsyncValidate, SyncValidate
-from .classify import Verdict, classify
-from .errors import ConfigError
-from .fallback.cache import CachedAnswer, ResponseCache
-from .fallback.keys import PROCESS_SECRET, request_key, scope_id
-from .fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, synthetic_response, text_answer
+from ._errors import ConfigError
+from ._fallback.cache import CachedAnswer, ResponseCache
+from ._fallback.keys import PROCESS_SECRET, request_key, scope_id
+from ._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, synthetic_response, text_answer
+from ._policy import FallbackStep, Policy, Route
+from ._provenance import Provenance, Source, attach
 from .observe.events import CallCompleted, EventBus, FallbackServed
-from .policy import FallbackStep, Policy, Route
-from .provenance import Provenance, Source, attach
 
 __all__ = ["Engine", "operation_of"]
 

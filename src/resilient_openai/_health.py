@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ._breaker import BreakerRegistry
 from ._engine import Engine
-from .breaker import BreakerRegistry
 
 __all__ = ["breakers", "health"]
 

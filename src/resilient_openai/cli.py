@@ -500,8 +500,8 @@ def build_app() -> "typer.Typer":
     ) -> None:
         """Play a scripted outage against a fake upstream under load, and watch the chain absorb it."""
         from ._config import load_file
-        from .errors import ConfigError
-        from .policy import Policy
+        from ._errors import ConfigError
+        from ._policy import Policy
 
         console = Console(highlight=False)
         if not console.is_terminal:
@@ -565,7 +565,7 @@ def build_app() -> "typer.Typer":
     ) -> None:
         """Validate a policy file: print the effective policy, or every problem (exit code 2)."""
         from ._config import describe_policy, load_file, policy_from_dict
-        from .errors import ConfigError
+        from ._errors import ConfigError
 
         try:
             description = describe_policy(policy_from_dict(load_file(file)))

@@ -12,11 +12,11 @@ from typing import Any
 import pybreaker
 import pytest
 
-from resilient_openai.breaker import CircuitBreaker, Permit
-from resilient_openai.classify import Verdict
-from resilient_openai.errors import CircuitOpenError
+from resilient_openai._breaker import CircuitBreaker, Permit
+from resilient_openai._classify import Verdict
+from resilient_openai._errors import CircuitOpenError
+from resilient_openai._policy import BreakerPolicy
 from resilient_openai.observe.events import BreakerStateChanged, CallRejected, Event, EventBus
-from resilient_openai.policy import BreakerPolicy
 from resilient_openai.testing._clock import FakeClock
 
 FAIL = Verdict.SERVER_ERROR

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from resilient_openai.breaker import BreakerRegistry, CircuitBreaker, default_key
-from resilient_openai.classify import Verdict
+from resilient_openai._breaker import BreakerRegistry, CircuitBreaker, default_key
+from resilient_openai._classify import Verdict
+from resilient_openai._policy import BreakerPolicy
 from resilient_openai.observe.events import EventBus
-from resilient_openai.policy import BreakerPolicy
 from resilient_openai.testing._clock import FakeClock
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_openai.breaker._state import (
+from resilient_openai._breaker._state import (
     CLOSED,
     HALF_OPEN,
     ISOLATED,
@@ -28,8 +28,8 @@ from resilient_openai.breaker._state import (
     honoured_retry_after,
     outcome_of,
 )
-from resilient_openai.classify import Verdict
-from resilient_openai.policy import BreakerPolicy
+from resilient_openai._classify import Verdict
+from resilient_openai._policy import BreakerPolicy
 
 T0 = 1_000.0
 WALL0 = 1_767_225_600.0

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_openai.breaker._window import ConsecutiveFailures, SlidingWindow, WindowCounts
+from resilient_openai._breaker._window import ConsecutiveFailures, SlidingWindow, WindowCounts
 
 
 def _storage() -> pybreaker.CircuitMemoryStorage:

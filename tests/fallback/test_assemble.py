@@ -8,7 +8,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 from openai.types.responses import Response
 
-from resilient_openai.fallback.assemble import (
+from resilient_openai._fallback.assemble import (
     ChatStreamAssembler,
     EventCounter,
     ResponsesStreamAssembler,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from resilient_openai.errors import ConfigError
-from resilient_openai.fallback.cache import CachedAnswer, CacheStats, ResponseCache
-from resilient_openai.policy import CachePolicy
+from resilient_openai._errors import ConfigError
+from resilient_openai._fallback.cache import CachedAnswer, CacheStats, ResponseCache
+from resilient_openai._policy import CachePolicy
 from resilient_openai.testing._clock import FakeClock
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from resilient_openai.fallback.keys import PROCESS_SECRET, request_key, scope_id
+from resilient_openai._fallback.keys import PROCESS_SECRET, request_key, scope_id
 
 #: Collisions are either impossible or a broken hash: a few dozen examples each keep the suite fast.
 FEW = settings(max_examples=30, deadline=None)

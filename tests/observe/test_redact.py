@@ -238,7 +238,7 @@ def _log_every_way(log: logging.Logger) -> None:
 @pytest.mark.parametrize(
     "logger_name",
     ["openai", "openai._base_client", "openai.resources.chat", "httpx2", "httpcore2.connection",
-     "resilient_openai", "resilient_openai.chain.retry"],
+     "resilient_openai", "resilient_openai._chain.retry"],
 )  # fmt: skip
 def test_no_secret_reaches_a_later_handler(output: io.StringIO, logger_name: str) -> None:
     """Message, args, f-string, header dict and exception text from any logger in the hierarchy are masked."""

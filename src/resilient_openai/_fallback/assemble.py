@@ -2,7 +2,7 @@
 
 Feed every parsed stream event (a JSON object as a dict) to an assembler as it passes through the
 chain. At any moment :attr:`~StreamAssembler.text` is what the caller has been shown so far (the
-partial text an :class:`~resilient_openai.errors.IncompleteStreamError` reports). Once
+partial text an :class:`~resilient_openai._errors.IncompleteStreamError` reports). Once
 :attr:`~StreamAssembler.finished`, :meth:`~StreamAssembler.completion` is the answer the same
 request would have received without streaming, which is what the response cache stores, so a
 later request, streamed or not, can be answered from it.

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._classify import Verdict
 from ._clock import SYSTEM_CLOCK, Clock
-from .classify import Verdict
 
 if TYPE_CHECKING:
     import openai

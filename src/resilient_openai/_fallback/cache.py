@@ -1,8 +1,8 @@
 """The stale-if-error store: complete, successful upstream answers, kept to answer outages.
 
-A :class:`ResponseCache` maps a request key (:func:`resilient_openai.fallback.keys.request_key`)
+A :class:`ResponseCache` maps a request key (:func:`resilient_openai._fallback.keys.request_key`)
 to the last good answer for it, as raw JSON bytes. It is bounded three ways, all from
-:class:`~resilient_openai.policy.CachePolicy`: entries expire ``ttl`` seconds after they were
+:class:`~resilient_openai._policy.CachePolicy`: entries expire ``ttl`` seconds after they were
 stored (on the injected clock), and the cache never holds more than ``max_entries`` answers or
 more than ``max_bytes`` bytes of answer bodies.
 
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from ..errors import ConfigError
+from .._errors import ConfigError
 
 if TYPE_CHECKING:
     from .._clock import Clock
-    from ..policy import CachePolicy
+    from .._policy import CachePolicy
 
 __all__ = ["CacheStats", "CachedAnswer", "ResponseCache"]
 
@@ -41,7 +41,7 @@ class CachedAnswer:
 
     ``body`` is the JSON response body: the bytes of a non-streamed answer, or the equivalent
     non-streamed answer assembled from a finished stream
-    (:mod:`resilient_openai.fallback.assemble`). ``stored_at`` is wall time (epoch seconds), so a
+    (:mod:`resilient_openai._fallback.assemble`). ``stored_at`` is wall time (epoch seconds), so a
     fallback can say how old the answer it serves is.
     """
 

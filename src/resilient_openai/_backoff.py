@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .classify import Classification, Verdict
-from .policy import RetryPolicy, RetryRule
+from ._classify import Classification, Verdict
+from ._policy import RetryPolicy, RetryRule
 
 __all__ = ["RetryDecision", "backoff_delay", "decide_open_circuit_wait", "decide_retry"]
 

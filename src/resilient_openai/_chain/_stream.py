@@ -18,10 +18,10 @@ from typing import Any
 import httpx2
 import openai
 
+from .._classify import Verdict
 from .._clock import Clock
-from ..classify import Verdict
-from ..errors import IncompleteStreamError
-from ..fallback.assemble import assembler_for
+from .._errors import IncompleteStreamError
+from .._fallback.assemble import assembler_for
 from ..observe.events import EventBus, StreamEventSkipped
 
 __all__ = ["AsyncStreamGuard", "StreamWatch", "SyncStreamGuard"]

@@ -132,7 +132,7 @@ def classify(outcome: BaseException | None, *, now_epoch: float = 0.0) -> Classi
     ``now_epoch`` (wall seconds) is only needed to read a ``Retry-After`` given as an HTTP date.
     """
     # Local import: errors.py imports this module for Verdict.
-    from .errors import CircuitOpenError, DeadlineExceededError, IncompleteStreamError
+    from ._errors import CircuitOpenError, DeadlineExceededError, IncompleteStreamError
 
     if outcome is None:
         return _SUCCESS

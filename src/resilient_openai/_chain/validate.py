@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RequestRejectedError
-from ..policy import ValidationPolicy
-from ..validate import check_request
+from .._errors import RequestRejectedError
+from .._policy import ValidationPolicy
+from .._validate import check_request
 from ._call import AsyncHandler, Call, Handler
 
 __all__ = ["AsyncValidate", "SyncValidate"]

@@ -9,10 +9,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from .._backoff import decide_open_circuit_wait, decide_retry
+from .._classify import Classification, classify
 from .._clock import Clock
-from ..backoff import decide_open_circuit_wait, decide_retry
-from ..classify import Classification, classify
-from ..errors import DeadlineExceededError
+from .._errors import DeadlineExceededError
 from ..observe.events import AttemptFailed, EventBus, RetryScheduled
 from ._call import AsyncHandler, Call, Handler
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import openai
 
-from ..classify import Verdict
+from .._classify import Verdict
 from ._call import AsyncHandler, Call, Handler
 
 __all__ = ["AsyncChaos", "SyncChaos", "forced_error"]

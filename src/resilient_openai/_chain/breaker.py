@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._classify import Verdict, classify
 from .._clock import Clock
-from ..classify import Verdict, classify
 from ._call import AsyncHandler, Call, Handler
 
 __all__ = ["AsyncBreakerGate", "SyncBreakerGate"]

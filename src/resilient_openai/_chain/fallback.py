@@ -3,7 +3,7 @@
 Live rungs (another model, another provider) go through the inner chain, each with its own
 retry rules and breaker; local rungs (the cache, a canned text, a user function) answer at once,
 even after the deadline. The verdict of the failure decides whether to fall back at all
-(:func:`~resilient_openai.fallback.plan.next_move`). Every answer leaves with its provenance.
+(:func:`~resilient_openai._fallback.plan.next_move`). Every answer leaves with its provenance.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from ..classify import Verdict, classify
-from ..errors import DeadlineExceededError, RequestRejectedError
-from ..fallback.plan import Move, is_live, next_move, route_for
-from ..policy import FallbackStep, Route
-from ..provenance import Source
+from .._classify import Verdict, classify
+from .._errors import DeadlineExceededError, RequestRejectedError
+from .._fallback.plan import Move, is_live, next_move, route_for
+from .._policy import FallbackStep, Route
+from .._provenance import Source
 from ._call import AsyncHandler, Call, Handler
 
 if TYPE_CHECKING:

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import pybreaker
 
-from ..errors import CircuitOpenError
+from .._errors import CircuitOpenError
 from ..observe.events import BreakerStateChanged, CallRejected
 from ._state import CLOSED, REJECTED, BreakerState
 
 if TYPE_CHECKING:
+    from .._classify import Verdict
     from .._clock import Clock
-    from ..classify import Verdict
+    from .._policy import BreakerPolicy
     from ..observe.events import EventBus
-    from ..policy import BreakerPolicy
     from ._state import Transition
 
 __all__ = ["BreakerSnapshot", "CircuitBreaker", "Permit"]

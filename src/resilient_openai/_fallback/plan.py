@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import Enum
 
-from ..classify import Verdict
-from ..policy import FallbackPolicy, FallbackStep, Route
+from .._classify import Verdict
+from .._policy import FallbackPolicy, FallbackStep, Route
 
 __all__ = ["Move", "is_live", "next_move", "route_for"]
 

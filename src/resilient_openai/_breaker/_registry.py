@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from .._clock import Clock
+    from .._policy import BreakerPolicy
     from ..observe.events import EventBus
-    from ..policy import BreakerPolicy
 
 __all__ = ["BreakerRegistry", "default_key"]
 

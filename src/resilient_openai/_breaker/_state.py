@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Final
 
 import pybreaker
 
-from ..classify import Verdict
+from .._classify import Verdict
 from ._window import ConsecutiveFailures, SlidingWindow, WindowCounts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ..policy import BreakerPolicy
+    from .._policy import BreakerPolicy
 
 __all__ = [
     "CLOSED",
@@ -155,7 +155,7 @@ class Transition:
 
 
 class BreakerState:
-    """The state machine behind one :class:`~resilient_openai.breaker.CircuitBreaker`.
+    """The state machine behind one :class:`~resilient_openai._breaker.CircuitBreaker`.
 
     * ``closed``: every call is admitted; outcomes feed the failure count and the window, and the
       mode's threshold (or the slow-call ratio) opens the circuit.

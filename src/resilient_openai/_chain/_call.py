@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from ..provenance import AttemptRecord, Source
+from .._provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
     from openai._models import FinalRequestOptions
 
-    from ..breaker import CircuitBreaker
-    from ..classify import Classification
-    from ..policy import RetryPolicy, Timeouts
+    from .._breaker import CircuitBreaker
+    from .._classify import Classification
+    from .._policy import RetryPolicy, Timeouts
     from ._stream import StreamWatch
 
 __all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "SendFn"]
@@ -29,7 +29,7 @@ class LiveTarget:
 
     ``send(cast_to, options, stream=..., stream_cls=...)`` is the SDK's own ``request`` with the
     SDK's retries off; ``name`` is the breaker's name; ``label`` is ``"primary"``, or the
-    :class:`~resilient_openai.policy.Target`'s name.
+    :class:`~resilient_openai._policy.Target`'s name.
     """
 
     name: str

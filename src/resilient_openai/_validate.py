@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from .policy import ValidationPolicy
+from ._policy import ValidationPolicy
 
 __all__ = ["Problem", "check_request", "context_window", "estimate_tokens"]
 
