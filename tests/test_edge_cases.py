@@ -23,7 +23,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai._engine import operation_of
+from resilient_openai._chain import operation_of
 from resilient_openai.testing import FakeClock, Fault
 
 from .conftest import Harness, text_of

@@ -16,7 +16,16 @@ from enum import StrEnum
 import httpx2
 import openai
 
-__all__ = ["MAX_RETRY_AFTER", "Classification", "Verdict", "classify", "parse_retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "TRAITS",
+    "Classification",
+    "Traits",
+    "Verdict",
+    "classify",
+    "parse_retry_after",
+    "verdicts_where",
+]
 
 #: A server-requested wait longer than this (seconds) is never waited for (the SDK's own cap).
 MAX_RETRY_AFTER = 120.0
@@ -40,6 +49,62 @@ class Verdict(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     STREAM_INTERRUPTED = "stream_interrupted"
     UNEXPECTED = "unexpected"
+
+
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """What the chain does with one verdict, by default: the one table every policy starts from."""
+
+    #: Retried on the same target by default (the SDK's own policy), and a retry rule may be set.
+    retryable: bool = False
+    #: An outage: this target cannot answer now, another one may (the fallback walk moves on).
+    outage: bool = False
+    #: Counted as a failure by the circuit breaker by default.
+    breaker_failure: bool = False
+    #: May be configured as a breaker failure (False: it says nothing of the target's health).
+    may_trip: bool = False
+    #: ``fallback.forced_failures`` may fake it: the HTTP status and error code it is faked with
+    #: (status None: a transport failure, not an HTTP answer).
+    forced_as: tuple[int | None, str | None] | None = None
+
+
+#: Every verdict's traits. A 409 (``conflict``), for example, is retried and fallen back from
+#: but never trips a breaker by default: the upstream is healthy, the resource was busy.
+TRAITS: Mapping[Verdict, Traits] = {
+    Verdict.SUCCESS: Traits(),
+    Verdict.RATE_LIMITED: Traits(
+        retryable=True, outage=True, may_trip=True, forced_as=(429, "rate_limit_exceeded")
+    ),
+    Verdict.QUOTA_EXHAUSTED: Traits(outage=True, may_trip=True, forced_as=(429, "insufficient_quota")),
+    Verdict.SERVER_ERROR: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(503, None)
+    ),
+    Verdict.REQUEST_TIMEOUT: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(408, None)
+    ),
+    Verdict.CONFLICT: Traits(retryable=True, outage=True, may_trip=True, forced_as=(409, None)),
+    Verdict.CONNECTION_ERROR: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(None, None)
+    ),
+    Verdict.TIMEOUT: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(None, "timeout")
+    ),
+    Verdict.CONTEXT_LENGTH_EXCEEDED: Traits(forced_as=(400, "context_length_exceeded")),
+    Verdict.CONTENT_FILTERED: Traits(forced_as=(400, "content_policy_violation")),
+    Verdict.CALLER_ERROR: Traits(forced_as=(400, "invalid_request_error")),
+    # Faked as a dropped connection: the nearest failure a transport can produce.
+    Verdict.CANCELLED: Traits(forced_as=(None, None)),
+    Verdict.CIRCUIT_OPEN: Traits(outage=True, forced_as=(None, None)),
+    Verdict.STREAM_INTERRUPTED: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(None, None)
+    ),
+    Verdict.UNEXPECTED: Traits(may_trip=True, forced_as=(None, None)),
+}
+
+
+def verdicts_where(trait: str) -> frozenset[Verdict]:
+    """The verdicts whose ``trait`` (a :class:`Traits` field name) is true."""
+    return frozenset(verdict for verdict, traits in TRAITS.items() if getattr(traits, trait))
 
 
 @dataclass(frozen=True, slots=True)

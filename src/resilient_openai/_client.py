@@ -15,8 +15,10 @@ from typing import Any, ClassVar, TypeVar, overload
 
 import openai
 
-from ._engine import Engine
+from ._chain import Chain
+from ._errors import ConfigError
 from ._policy import Policy
+from ._runtime import Runtime
 
 __all__ = ["resilient"]
 
@@ -31,12 +33,11 @@ class _SyncShell:
     same, so these functions are copied into a direct subclass of the caller's client class.
     """
 
-    _resilience: ClassVar[Engine]
+    _resilience: ClassVar[Chain]
     _resilience_base: ClassVar[type[Any]]
 
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-        engine = self._resilience
-        return engine.sync_chain(engine.new_call(self, cast_to, options, stream, stream_cls))
+        return self._resilience.call(self, cast_to, options, stream, stream_cls)
 
     def _resilient_send(self, cast_to: Any, options: Any, *, stream: bool, stream_cls: Any) -> Any:
         return self._resilience_base.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -49,14 +50,13 @@ class _SyncShell:
 class _AsyncShell:
     """Methods put in front of ``openai.AsyncOpenAI`` (or a subclass): every request runs the chain."""
 
-    _resilience: ClassVar[Engine]
+    _resilience: ClassVar[Chain]
     _resilience_base: ClassVar[type[Any]]
 
     async def request(
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
-        engine = self._resilience
-        return await engine.async_chain(engine.new_call(self, cast_to, options, stream, stream_cls))
+        return await self._resilience.call(self, cast_to, options, stream, stream_cls)
 
     async def _resilient_send(self, cast_to: Any, options: Any, *, stream: bool, stream_cls: Any) -> Any:
         return await self._resilience_base.request(
@@ -68,12 +68,12 @@ class _AsyncShell:
         return self._resilience_base.copy(self, **kwargs)
 
 
-def _shell_class(base: type[Any], shell: type[Any], engine: Engine) -> type[Any]:
+def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
     namespace: dict[str, Any] = {
         "__module__": __name__,
         "__slots__": (),
         "__doc__": f"{base.__name__} with the resilience chain in front of every request.",
-        "_resilience": engine,
+        "_resilience": chain,
         "_resilience_base": base,
         "request": shell.request,
         "_resilient_send": shell._resilient_send,
@@ -100,6 +100,18 @@ def _coerce(policy: PolicyLike) -> Policy:
     return resolved
 
 
+def _check_clients(runtime: Runtime, *, is_async: bool) -> None:
+    """Every given target client is of the primary client's flavour."""
+    want = openai.AsyncOpenAI if is_async else openai.OpenAI
+    problems = [
+        f"fallback.targets.{name}.client: must be an openai.{want.__name__} like the primary client"
+        for name, client in runtime.clients.items()
+        if not isinstance(client, want)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 @overload
 def resilient(client: openai.OpenAI, policy: PolicyLike = None) -> openai.OpenAI: ...
 @overload
@@ -124,8 +136,15 @@ def resilient(client: ClientT, policy: PolicyLike = None) -> ClientT:
             f"resilient() takes an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}"
         )
     is_async = isinstance(client, openai.AsyncOpenAI)
-    engine = Engine(resolved, is_async=is_async)
-    cls = _shell_class(base, _AsyncShell if is_async else _SyncShell, engine)
+    runtime = Runtime(
+        clock=resolved.clock,
+        listeners=resolved.listeners,
+        breaker_key=resolved.breaker_key,
+        clients={name: t.client for name, t in resolved.fallback.targets.items() if t.client is not None},
+    )
+    _check_clients(runtime, is_async=is_async)
+    chain = Chain.build(resolved, runtime, is_async=is_async)
+    cls = _shell_class(base, _AsyncShell if is_async else _SyncShell, chain)
     wrapped = client.copy(max_retries=0)
     wrapped.__class__ = cls
     return wrapped

@@ -6,21 +6,21 @@ import dataclasses
 from typing import Any
 
 from ._breaker import BreakerRegistry
-from ._engine import Engine
+from ._chain import Chain
 
 __all__ = ["breakers", "health"]
 
 
-def _engine(client: object) -> Engine:
-    engine = getattr(type(client), "_resilience", None)
-    if not isinstance(engine, Engine):
+def _chain(client: object) -> Chain:
+    chain = getattr(type(client), "_resilience", None)
+    if not isinstance(chain, Chain):
         raise TypeError(f"{type(client).__name__} is not a client made by resilient_openai.resilient()")
-    return engine
+    return chain
 
 
 def breakers(client: object) -> BreakerRegistry:
     """The breakers of a resilient client: ``isolate``, ``close``, ``reset`` by name; ``snapshot()``."""
-    return _engine(client).breakers
+    return _chain(client).breakers
 
 
 def health(client: object) -> dict[str, Any]:
@@ -29,9 +29,9 @@ def health(client: object) -> dict[str, Any]:
     ``status`` is ``"ok"`` when every breaker is closed, ``"degraded"`` otherwise. Holds names,
     states, counts and times only: never keys, prompts or answers.
     """
-    engine = _engine(client)
-    snapshots = [dataclasses.asdict(s) for s in engine.breakers.snapshot()]
-    cache = engine.cache
+    chain = _chain(client)
+    snapshots = [dataclasses.asdict(s) for s in chain.breakers.snapshot()]
+    cache = chain.cache
     return {
         "status": "ok" if all(s["state"] == "closed" for s in snapshots) else "degraded",
         "breakers": snapshots,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._policy import ValidationPolicy
 
-__all__ = ["Problem", "check_request", "context_window", "estimate_tokens"]
+__all__ = ["Problem", "check_request", "context_window", "estimate_tokens", "oversized"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _RANGES: Mapping[str, tuple[float, float]] = {
@@ -56,8 +56,11 @@ def context_window(policy: ValidationPolicy, model: str | None) -> int | None:
     return best[1] if best else None
 
 
-def check_request(operation: str, body: Mapping[str, Any], policy: ValidationPolicy) -> Problem | None:
+def check_request(operation: str, body: Mapping[str, Any]) -> Problem | None:
     """The first problem with this request as ``(rule, message)``, or None when it may be sent.
+
+    A prompt too large for the model's window is not judged here: the fallback walk decides
+    whether a larger-context model takes it (:func:`oversized`).
 
     On the success path of every call: only the keys actually present are looked at.
     """
@@ -75,13 +78,6 @@ def check_request(operation: str, body: Mapping[str, Any], policy: ValidationPol
         problem = _check_ranges(body, present)
         if problem is not None:
             return problem
-    if policy.context_windows:
-        model = body.get("model")
-        window = context_window(policy, model if isinstance(model, str) else None)
-        if window is not None:
-            estimate = estimate_tokens(body)
-            if estimate > window:
-                return "context_window", f"prompt of ~{estimate} tokens exceeds {model}'s window of {window}"
     return None
 
 
@@ -96,3 +92,11 @@ def _check_ranges(body: Mapping[str, Any], present: AbstractSet[str]) -> Problem
         if bounds is None and isinstance(value, int) and value < 1:
             return "parameter_range", f"{name}={value!r} must be >= 1"
     return None
+
+
+def oversized(policy: ValidationPolicy, model: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether the prompt is estimated larger than ``model``'s configured context window."""
+    if not policy.enabled or not policy.context_windows:
+        return False
+    window = context_window(policy, model)
+    return window is not None and estimate_tokens(body) > window

@@ -1,6 +1,6 @@
 """The middleware chain: each layer is ``(call, next) -> result``; first listed is outermost.
 
-The order is fixed here, in one place, and pinned by a test::
+The order is :data:`ORDER`, one tuple for both flavours, pinned by a test::
 
     validate -> fallback -> retry -> breaker -> attempt -> chaos -> terminal (the SDK call)
 
@@ -9,42 +9,130 @@ Fallback outside retry, so it answers only after a target's own retries are spen
 circuit is open). Retry outside the breaker, so the breaker sees every attempt and an open
 circuit stops the retries at once. The attempt layer sets per-attempt timeouts and watches
 streams. The chaos switch sits inside the breaker, so a forced failure looks like a real one.
+
+Below the fallback layer, layers answer with an :class:`~._call.Outcome` value (the result, or
+the error with its classification, made once); the fallback layer turns the last one into the
+caller's result or error. Each layer gets its collaborators here, when the chain is built, and
+never calls back up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from ._call import AsyncHandler, Call, Handler
+from .. import _sdk
+from .._breaker import BreakerRegistry
+from .._fallback.deliver import Delivery
+from .._fallback.targets import Targets
+from ..observe.events import EventBus
+from ._call import Call
+from .attempt import AsyncAttempt, SyncAttempt
+from .breaker import AsyncBreakerGate, SyncBreakerGate
+from .chaos import AsyncChaos, SyncChaos
+from .fallback import AsyncFallback, SyncFallback, Walker
+from .retry import AsyncRetry, SyncRetry
+from .terminal import AsyncTerminal, SyncTerminal
+from .validate import AsyncValidate, SyncValidate
 
-__all__ = ["AsyncMiddleware", "Middleware", "build_async_chain", "build_chain"]
+if TYPE_CHECKING:
+    from .._fallback.cache import ResponseCache
+    from .._policy import Policy
+    from .._runtime import Runtime
+
+__all__ = ["ORDER", "Chain", "operation_of"]
+
+#: The layers, outermost first. The same order for the sync and the asyncio chain.
+ORDER: Final = ("validate", "fallback", "retry", "breaker", "attempt", "chaos")
+
+_operations: dict[str, str] = {}
+_MAX_OPERATIONS = 256
 
 
-class Middleware(Protocol):
-    """A sync layer: pass ``call`` on with ``next(call)``, or answer it, or raise."""
-
-    def __call__(self, call: Call, next: Handler) -> Any: ...
+def _is_resource_id(segment: str) -> bool:
+    return any(ch.isdigit() for ch in segment) or len(segment) > 32
 
 
-class AsyncMiddleware(Protocol):
-    """An asyncio layer: ``await next(call)``, or answer, or raise."""
+def operation_of(url: str) -> str:
+    """``/chat/completions`` -> ``chat.completions``: the operation name used everywhere.
 
-    def __call__(self, call: Call, next: AsyncHandler) -> Awaitable[Any]: ...
+    Resource ids (``/responses/resp_123``) are dropped, so names stay few: they label metrics.
+    """
+    name = _operations.get(url)
+    if name is None:
+        parts = [
+            seg for seg in url.split("?", 1)[0].strip("/").split("/") if seg and not _is_resource_id(seg)
+        ]
+        name = ".".join(parts) or "root"
+        if len(_operations) < _MAX_OPERATIONS:
+            _operations[url] = name
+    return name
 
 
-def build_chain(middlewares: Sequence[Middleware], terminal: Handler) -> Handler:
-    """Fold ``middlewares`` around ``terminal``, the first one outermost. Built once, then frozen."""
+def _fold(layers: list[Any], terminal: Callable[[Call], Any]) -> Callable[[Call], Any]:
+    """Fold ``layers`` around ``terminal``, the first one outermost. Built once, then frozen."""
     handler = terminal
-    for middleware in reversed(middlewares):
-        handler = partial(middleware, next=handler)
+    for layer in reversed(layers):
+        handler = partial(layer, next=handler)
     return handler
 
 
-def build_async_chain(middlewares: Sequence[AsyncMiddleware], terminal: AsyncHandler) -> AsyncHandler:
-    """The asyncio twin of :func:`build_chain`."""
-    handler = terminal
-    for middleware in reversed(middlewares):
-        handler = partial(middleware, next=handler)
-    return handler
+@dataclass(frozen=True, slots=True, eq=False)
+class Chain:
+    """One resilient client's chain (shared by all its copies), with what operators inspect."""
+
+    handler: Callable[[Call], Any]
+    breakers: BreakerRegistry
+    cache: ResponseCache | None
+    _policy: Policy
+    _runtime: Runtime
+
+    @classmethod
+    def build(cls, policy: Policy, runtime: Runtime, *, is_async: bool) -> Chain:
+        """Make every layer with its collaborators and fold them in :data:`ORDER`."""
+        clock = runtime.clock
+        bus = EventBus(runtime.listeners)
+        breakers = BreakerRegistry(policy.breaker, clock=clock, bus=bus)
+        delivery = Delivery(policy, clock=clock, bus=bus)
+        walker = Walker(
+            policy.fallback, policy.validation, functions=runtime.functions, delivery=delivery,
+            targets=Targets(policy, runtime, breakers, is_async=is_async),
+        )  # fmt: skip
+        forced = policy.fallback.forced_failures
+        pick = 1 if is_async else 0
+        made: Mapping[str, Any] = {
+            "validate": (SyncValidate, AsyncValidate)[pick]() if policy.validation.enabled else None,
+            "fallback": (SyncFallback, AsyncFallback)[pick](walker),
+            "retry": (SyncRetry, AsyncRetry)[pick](clock, bus),
+            "breaker": (SyncBreakerGate, AsyncBreakerGate)[pick](clock),
+            "attempt": (SyncAttempt, AsyncAttempt)[pick](clock, bus),
+            "chaos": (SyncChaos, AsyncChaos)[pick](forced) if forced else None,
+        }
+        layers = [made[name] for name in ORDER if made[name] is not None]
+        terminal = (SyncTerminal, AsyncTerminal)[pick](clock)
+        return cls(_fold(layers, terminal), breakers, delivery.cache, policy, runtime)
+
+    def call(self, client: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
+        """Run one SDK request made through ``client`` (a coroutine for an asyncio client)."""
+        body = options.json_data
+        if not isinstance(body, Mapping):
+            body = None
+        model = body.get("model") if body is not None else None
+        now = self._runtime.clock.now()
+        made = Call(
+            operation=operation_of(options.url),
+            requested_model=model if isinstance(model, str) else None,
+            body=body,
+            cast_to=cast_to,
+            options=options,
+            stream=stream,
+            stream_cls=stream_cls,
+            client=client,
+            started=now,
+            deadline=now + self._policy.timeouts.total,
+            caller_timeout=_sdk.caller_limit(options, client),
+        )
+        result: Any | Awaitable[Any] = self.handler(made)
+        return result

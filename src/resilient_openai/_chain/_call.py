@@ -1,26 +1,26 @@
-"""The values that travel through the chain: one :class:`Call`, and the :class:`Target` it is aimed at."""
+"""The values that travel through the chain: one :class:`Call`, its :class:`LiveTarget`, and the
+:class:`Outcome` of an attempt, which flows back up as a value with its classification."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-
+from .._classify import Classification, Verdict
 from .._provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
     from openai._models import FinalRequestOptions
 
     from .._breaker import CircuitBreaker
-    from .._classify import Classification
     from .._policy import RetryPolicy, Timeouts
     from ._stream import StreamWatch
 
-__all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "SendFn"]
+__all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "Outcome", "StreamHooks"]
 
 SendFn = Callable[..., Any]
+_SUCCESS = Classification(Verdict.SUCCESS)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -29,7 +29,7 @@ class LiveTarget:
 
     ``send(cast_to, options, stream=..., stream_cls=...)`` is the SDK's own ``request`` with the
     SDK's retries off; ``name`` is the breaker's name; ``label`` is ``"primary"``, or the
-    :class:`~resilient_openai._policy.Target`'s name.
+    :class:`~resilient_openai.Target`'s name.
     """
 
     name: str
@@ -44,12 +44,43 @@ class LiveTarget:
     accepts_prefill: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, as a value: the SDK's result, or the error with its classification.
+
+    The classification is made once, where the failure is caught, and read by every layer above.
+    ``watch`` is set for a live stream, whose real outcome is only known when it ends.
+    """
+
+    result: Any = None
+    error: Exception | None = None
+    judged: Classification = _SUCCESS
+    watch: StreamWatch | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The attempt produced a result."""
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """What the fallback layer wants told about a live stream, given before it is sent."""
+
+    #: Called with the assembled answer when the stream completes (the cache stores it).
+    on_complete: Callable[[dict[str, Any]], None] | None = None
+    #: Given the partial text of a stream cut mid-answer, another target's bytes continuing it.
+    continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
+    continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+
+
 @dataclass(slots=True, eq=False)
 class Call:
     """One caller's request on its way through the chain.
 
-    The outer layers fill in what the inner ones need (the target, the per-attempt options) and
-    the inner ones report back what happened (attempt records, a live stream's watch).
+    The first block is fixed when the call is made. Then each field below has one owner: the
+    fallback layer aims the call (``target``, ``has_next``, ``hooks``), the retry layer counts
+    ``attempt``, and every attempt appends its record to ``attempts``.
     """
 
     operation: str
@@ -66,13 +97,10 @@ class Call:
     caller_timeout: float | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     target: LiveTarget | None = None
-    has_fallback: bool = False
+    #: The fallback walk has another step after this target.
+    has_next: bool = False
+    hooks: StreamHooks | None = None
     attempt: int = 0
-    send_options: FinalRequestOptions | None = None
-    stream_watch: StreamWatch | None = None
-    last_failure: Classification | None = None
-    #: Validation estimated the prompt larger than the model's window.
-    oversized: bool = False
 
     @property
     def model(self) -> str | None:
@@ -81,11 +109,6 @@ class Call:
         if target is not None and target.model is not None:
             return target.model
         return self.requested_model
-
-    def describe_request(self) -> httpx2.Request:
-        """A request naming this call's method and URL, for errors made without an HTTP exchange."""
-        url = str(getattr(self.client, "base_url", "")) + self.options.url.lstrip("/")
-        return httpx2.Request(self.options.method.upper(), url)
 
     def record(self, verdict: str, status: int | None, duration: float) -> None:
         """Append the outcome of the current attempt on the current target."""
@@ -102,5 +125,6 @@ class Call:
         )
 
 
+#: The rest of the chain below a layer. Below the fallback layer it answers with an :class:`Outcome`.
 Handler = Callable[[Call], Any]
 AsyncHandler = Callable[[Call], Awaitable[Any]]

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
 import openai
 
+from .. import _sdk
 from .._classify import Verdict
 from .._clock import Clock
 from .._errors import IncompleteStreamError
 from .._fallback.assemble import assembler_for
 from ..observe.events import EventBus, StreamEventSkipped
+from ._call import StreamHooks
 
 __all__ = ["AsyncStreamGuard", "StreamWatch", "SyncStreamGuard"]
 
 #: This many malformed events in a row make a stream unreadable.
 MAX_MALFORMED_IN_A_ROW = 3
+_NO_HOOKS = StreamHooks()
 #: Operations whose streams say when they are complete (finish_reason / response.completed).
 _SELF_TERMINATING = frozenset({"chat.completions", "responses"})
 
@@ -37,8 +40,8 @@ class StreamWatch:
 
     __slots__ = (
         "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_first_token", "_malformed_run",
-        "_permit", "_request", "_started", "breaker", "continue_async", "continue_sync", "continued",
-        "delivered", "done_seen", "ended", "model", "on_complete", "operation", "outcome", "skipped",
+        "_permit", "_request", "_started", "breaker", "continued", "delivered", "done_seen", "ended",
+        "hooks", "model", "operation", "outcome", "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -51,6 +54,7 @@ class StreamWatch:
         bus: EventBus,
         deadline: float,
         request: httpx2.Request,
+        hooks: StreamHooks | None = None,
     ) -> None:
         self.operation = operation
         self._request = request
@@ -70,12 +74,8 @@ class StreamWatch:
         self.done_seen = False
         self.ended = False
         self.outcome: Verdict | None = None
-        #: Called with the assembled complete answer (a dict) when the stream completes.
-        self.on_complete: list[Callable[[dict[str, Any]], None]] = []
-        #: Opt-in continuation: given the partial text, the bytes of another target's stream
-        #: that continues it (None when no target can). Set by the fallback layer.
-        self.continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
-        self.continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+        #: What the fallback layer wants told: the completed answer, and how to continue a cut.
+        self.hooks = hooks or _NO_HOOKS
         #: The stream broke mid-answer and another target is continuing it.
         self.continued = False
 
@@ -182,6 +182,21 @@ class StreamWatch:
         """The answer began now (called once, when priming ends)."""
         self._first_token = self._clock.now()
 
+    def broke(self, exc: Exception) -> IncompleteStreamError:
+        """The transport failed mid-answer: end as interrupted, and the error to raise."""
+        self.end(Verdict.STREAM_INTERRUPTED)
+        reason, detail = _broken(exc)
+        error = self.error(reason, detail)
+        error.__cause__ = exc
+        return error
+
+    def truncated(self) -> None:
+        """At a clean end of the body: a success if the answer was finished, else raise."""
+        if not self.complete():
+            self.end(Verdict.STREAM_INTERRUPTED)
+            raise self.error("truncated", "the body ended before the answer was finished")
+        self.end(Verdict.SUCCESS)
+
     def hand_over(self) -> None:
         """This target broke mid-answer and another one continues: record the failure now."""
         self.continued = True
@@ -202,11 +217,11 @@ class StreamWatch:
             return
         self.ended = True
         self.outcome = outcome
-        if outcome is Verdict.SUCCESS and self.on_complete and not self.continued:
+        store = self.hooks.on_complete
+        if outcome is Verdict.SUCCESS and store is not None and not self.continued:
             answer = self._complete_answer()
             if answer is not None:
-                for hook in self.on_complete:
-                    hook(answer)
+                store(answer)
         self._settle()
 
     def _complete_answer(self) -> dict[str, Any] | None:
@@ -242,13 +257,6 @@ def _broken(exc: Exception) -> tuple[str, str]:
     return "cut", "the connection dropped mid-answer"
 
 
-def _before_first_chunk(exc: Exception, request: httpx2.Request) -> Exception:
-    """Map a transport failure before any chunk to the SDK's own exception, as the SDK would."""
-    if isinstance(exc, httpx2.TimeoutException):
-        return openai.APITimeoutError(request=request)
-    return openai.APIConnectionError(request=request)
-
-
 class SyncStreamGuard(httpx2.SyncByteStream):
     """Sits between the HTTP body and the SDK's ``Stream`` (threads)."""
 
@@ -279,7 +287,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
             watch.first_token()
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             self._raw.close()
-            raise _before_first_chunk(exc, self._request) from exc
+            raise _sdk.mapped_transport_error(exc, self._request) from exc
         except BaseException:
             self._raw.close()
             raise
@@ -300,18 +308,14 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                 watch.end(Verdict.STREAM_INTERRUPTED)
                 raise
             except (httpx2.TimeoutException, httpx2.TransportError) as exc:
-                reason, detail = _broken(exc)
-                more = watch.continue_sync(watch.partial_text) if watch.continue_sync is not None else None
+                go_on = watch.hooks.continue_sync
+                more = go_on(watch.partial_text) if go_on is not None else None
                 if more is None:
-                    watch.end(Verdict.STREAM_INTERRUPTED)
-                    raise watch.error(reason, detail) from exc
+                    raise watch.broke(exc) from exc
                 watch.hand_over()
                 self._continuations.append(more)
                 self._source = iter(more)
-        if not watch.complete():
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("truncated", "the body ended before the answer was finished")
-        watch.end(Verdict.SUCCESS)
+        watch.truncated()
 
     def close(self) -> None:
         self._watch.closed_early()
@@ -351,7 +355,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
             watch.first_token()
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             await self._raw.aclose()
-            raise _before_first_chunk(exc, self._request) from exc
+            raise _sdk.mapped_transport_error(exc, self._request) from exc
         except BaseException:
             await self._raw.aclose()
             raise
@@ -373,22 +377,14 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                 watch.end(Verdict.STREAM_INTERRUPTED)
                 raise
             except (httpx2.TimeoutException, httpx2.TransportError) as exc:
-                reason, detail = _broken(exc)
-                more = (
-                    await watch.continue_async(watch.partial_text)
-                    if watch.continue_async is not None
-                    else None
-                )
+                go_on = watch.hooks.continue_async
+                more = await go_on(watch.partial_text) if go_on is not None else None
                 if more is None:
-                    watch.end(Verdict.STREAM_INTERRUPTED)
-                    raise watch.error(reason, detail) from exc
+                    raise watch.broke(exc) from exc
                 watch.hand_over()
                 self._continuations.append(more)
                 self._source = aiter(more)
-        if not watch.complete():
-            watch.end(Verdict.STREAM_INTERRUPTED)
-            raise watch.error("truncated", "the body ended before the answer was finished")
-        watch.end(Verdict.SUCCESS)
+        watch.truncated()
 
     async def aclose(self) -> None:
         self._watch.closed_early()

@@ -9,44 +9,31 @@ exception type with an OpenAI error body.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-import httpx2
 import openai
 
-from .._classify import Verdict
-from ._call import AsyncHandler, Call, Handler
+from .. import _sdk
+from .._classify import TRAITS, Verdict, classify
+from ._call import AsyncHandler, Call, Handler, Outcome
 
 __all__ = ["AsyncChaos", "SyncChaos", "forced_error"]
-
-_STATUS: Mapping[Verdict, tuple[int, str | None]] = {
-    Verdict.SERVER_ERROR: (503, None),
-    Verdict.RATE_LIMITED: (429, "rate_limit_exceeded"),
-    Verdict.QUOTA_EXHAUSTED: (429, "insufficient_quota"),
-    Verdict.REQUEST_TIMEOUT: (408, None),
-    Verdict.CONFLICT: (409, None),
-    Verdict.CONTEXT_LENGTH_EXCEEDED: (400, "context_length_exceeded"),
-    Verdict.CONTENT_FILTERED: (400, "content_policy_violation"),
-    Verdict.CALLER_ERROR: (400, "invalid_request_error"),
-}
 
 
 def forced_error(call: Call, verdict: Verdict) -> Exception:
     """The SDK exception a real upstream failure with ``verdict`` would have produced."""
-    target = call.target
-    request = call.describe_request()
-    if verdict is Verdict.TIMEOUT:
-        return openai.APITimeoutError(request=request)
-    status, code = _STATUS.get(verdict, (None, None))
+    request = _sdk.describe_request(call.client, call.options)
+    forced = TRAITS[verdict].forced_as
+    status, code = forced if forced is not None else (None, None)
     if status is None:
+        if code == "timeout":
+            return openai.APITimeoutError(request=request)
         return openai.APIConnectionError(message="Connection error (forced failure).", request=request)
+    target = call.target
     name = target.name if target is not None else "?"
     body = {
         "error": {"message": f"forced {verdict} on '{name}'", "type": code or verdict.value, "code": code}
     }
-    response = httpx2.Response(status, json=body, request=request)
-    error: Exception = call.client._make_status_error_from_response(response)
-    return error
+    return _sdk.error_from_status(call.client, request, status, body)
 
 
 class _Forced:
@@ -55,35 +42,42 @@ class _Forced:
     def __init__(self, forced: Mapping[str, Verdict]) -> None:
         self._forced = dict(forced)
 
-    def verdict(self, call: Call) -> Verdict | None:
+    def outcome(self, call: Call) -> Outcome | None:
+        """The forced failure for the call's target or model, already judged; None: send."""
         target = call.target
         forced = self._forced
+        verdict = None
         if target is not None:
-            hit = forced.get(target.label) or forced.get(target.name)
-            if hit is not None:
-                return hit
-        return forced.get(call.model or "")
+            verdict = forced.get(target.label) or forced.get(target.name)
+        if verdict is None:
+            verdict = forced.get(call.model or "")
+        if verdict is None:
+            return None
+        error = forced_error(call, verdict)
+        return Outcome(error=error, judged=classify(error))
 
 
 class SyncChaos(_Forced):
-    """Raises the forced failure configured for the call's target or model (threads)."""
+    """Fails the call's target or model on purpose, as configured (threads)."""
 
     __slots__ = ()
 
-    def __call__(self, call: Call, next: Handler) -> Any:
-        verdict = self.verdict(call)
-        if verdict is not None:
-            raise forced_error(call, verdict)
-        return next(call)
+    def __call__(self, call: Call, next: Handler) -> Outcome:
+        forced = self.outcome(call)
+        if forced is not None:
+            return forced
+        outcome: Outcome = next(call)
+        return outcome
 
 
 class AsyncChaos(_Forced):
-    """Raises the forced failure configured for the call's target or model (asyncio tasks)."""
+    """Fails the call's target or model on purpose, as configured (asyncio tasks)."""
 
     __slots__ = ()
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
-        verdict = self.verdict(call)
-        if verdict is not None:
-            raise forced_error(call, verdict)
-        return await next(call)
+    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+        forced = self.outcome(call)
+        if forced is not None:
+            return forced
+        outcome: Outcome = await next(call)
+        return outcome

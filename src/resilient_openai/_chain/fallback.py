@@ -1,265 +1,318 @@
 """The fallback layer: when the primary cannot answer, walk the route until something does.
 
-Live rungs (another model, another provider) go through the inner chain, each with its own
-retry rules and breaker; local rungs (the cache, a canned text, a user function) answer at once,
-even after the deadline. The verdict of the failure decides whether to fall back at all
-(:func:`~resilient_openai._fallback.plan.next_move`). Every answer leaves with its provenance.
+The walk itself is one pure generator (:func:`~resilient_openai._fallback.plan.walk`); the two
+drivers below only carry out its moves. Live steps (another model, another provider) go through
+the inner chain, each with its own retry rules and breaker; local steps (the cache, a canned
+text, a user function) answer at once, even after the deadline. Every answer leaves with its
+provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from .._classify import Verdict, classify
+from .. import _sdk
+from .._classify import Verdict
 from .._errors import DeadlineExceededError, RequestRejectedError
-from .._fallback.plan import Move, is_live, next_move, route_for
-from .._policy import FallbackStep, Route
-from .._provenance import Source
-from ._call import AsyncHandler, Call, Handler
+from .._fallback.plan import PRIMARY, Send, Serve, Walk, route_for, walk
+from .._validate import oversized
+from ._call import AsyncHandler, Call, Handler, Outcome, StreamHooks
 
 if TYPE_CHECKING:
-    from .._engine import Engine
+    from .._fallback.deliver import Delivery, LocalAnswer
+    from .._fallback.targets import Targets
+    from .._policy import FallbackPolicy, FallbackStep, Route, ValidationPolicy
+    from .._runtime import FallbackFunction
 
-__all__ = ["AsyncFallback", "SyncFallback"]
+__all__ = ["AsyncFallback", "SyncFallback", "Walker"]
 
 _log = logging.getLogger(__name__)
 
-_PRIMARY = FallbackStep(kind="model")
 
+class Walker:
+    """What both drivers share: the route, the targets, delivery, and the walk's bookkeeping."""
 
-def _initial_rungs(call: Call, route: Route) -> list[FallbackStep]:
-    if call.oversized:
+    __slots__ = ("_continuation", "_functions", "_policy", "_targets", "_validation", "delivery")
+
+    def __init__(
+        self,
+        policy: FallbackPolicy,
+        validation: ValidationPolicy,
+        *,
+        targets: Targets,
+        delivery: Delivery,
+        functions: Mapping[str, FallbackFunction],
+    ) -> None:
+        self._policy = policy
+        self._validation = validation
+        self._targets = targets
+        self.delivery = delivery
+        self._functions = functions
+        self._continuation = policy.continuation
+
+    def start(self, call: Call) -> tuple[str | None, Walk]:
+        """The call's cache key, and the walk over its route."""
+        route = route_for(self._policy, call.requested_model)
+        return self.delivery.cache_key(call, route), walk(route, context_first=self._oversized(call, route))
+
+    def _oversized(self, call: Call, route: Route) -> bool:
+        """Whether the prompt is known to exceed the model's window (then the walk starts at the
+        route's larger-context model, or the call is refused when there is none)."""
+        if call.body is None or not oversized(self._validation, call.requested_model, call.body):
+            return False
         if route.context_model is None:
             raise RequestRejectedError(
                 f"the prompt is larger than {call.requested_model}'s context window",
                 rule="context_window", operation=call.operation, model=call.requested_model,
             )  # fmt: skip
-        return [FallbackStep(kind="model", model=route.context_model)]
-    return [_PRIMARY, *route.steps]
+        return True
+
+    def aim(self, call: Call, move: Send, key: str | None, continuation: StreamHooks | None) -> None:
+        """Point the call at the target of ``move``, with what its stream should report."""
+        call.target = self._targets.live(move.step, call.client, call.requested_model)
+        call.has_next = bool(move.later)
+        call.hooks = (
+            self.delivery.stream_hooks(call, key if move.step is PRIMARY else None, continuation)
+            if call.stream
+            else None
+        )
+
+    def give_up(self, call: Call, failure: Outcome | None) -> BaseException:
+        """Nothing answered: the telling failure, with its provenance."""
+        assert failure is not None
+        return self.delivery.give_up(call, failure)
+
+    def function(self, step: FallbackStep) -> FallbackFunction:
+        """The code a ``function`` step names."""
+        function = step.function
+        if callable(function):
+            return function
+        assert function is not None
+        return self._functions[function]
+
+    def continuation_call(self, call: Call, step: FallbackStep, partial: str) -> Call | None:
+        """A call asking ``step``'s target to continue ``partial``, if it declared it accepts a prefill.
+
+        A prefill is never sent to a target that did not declare ``accepts_prefill``.
+        """
+        if step.kind != "target" or call.operation != "chat.completions" or call.body is None:
+            return None
+        target = self._targets.live(step, call.client, call.requested_model)
+        if not target.accepts_prefill:
+            return None
+        messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
+        body = {**call.body, "messages": messages}
+        options = _sdk.with_body(call.options, body)
+        return dataclasses.replace(
+            call, body=body, options=options, target=target, has_next=False, hooks=None
+        )
+
+    def continued(self, call: Call, sub: Call, result: Any, outcome: Outcome) -> Any:
+        """The continuation answered: re-label the caller's stream, return its body to splice in."""
+        response = _sdk.response_of(outcome.result) if outcome.ok else None
+        target = sub.target
+        if response is None or target is None:
+            return None
+        self.delivery.continued(call, result, target.name, sub.model, Verdict.STREAM_INTERRUPTED)
+        return response.stream
+
+    def wants_continuation(self, call: Call, move: Send) -> bool:
+        """Whether a stream cut mid-answer on this move's target may be continued elsewhere."""
+        return self._continuation and call.stream and bool(move.later)
 
 
-def _telling(previous: BaseException | None, latest: BaseException) -> BaseException:
-    """The error worth raising if nothing answers: a real failure beats running out of time."""
-    if previous is not None and isinstance(latest, DeadlineExceededError):
+def _telling(previous: Outcome | None, latest: Outcome) -> Outcome:
+    """The failure worth raising if nothing answers: a real failure beats running out of time."""
+    if previous is not None and isinstance(latest.error, DeadlineExceededError):
         return previous
     return latest
 
 
-def _failure(call: Call, exc: BaseException) -> Verdict:
-    last = call.last_failure
-    return last.verdict if last is not None else classify(exc).verdict
-
-
-def _after_failure(
-    engine: Engine, call: Call, exc: BaseException, route: Route, rungs: list[FallbackStep], index: int
-) -> tuple[list[FallbackStep], Verdict]:
-    """The rungs left to try after a live failure (raises ``exc`` when nothing should be tried)."""
-    verdict = _failure(call, exc)
-    move = next_move(verdict, route)
-    if move is Move.RAISE:
-        raise engine.give_up(call, exc)
-    if move is Move.CONTEXT:
-        return [FallbackStep(kind="model", model=route.context_model)], verdict
-    if move is Move.CONTENT:
-        assert route.content_policy is not None
-        return [route.content_policy], verdict
-    return rungs[index + 1 :], verdict
-
-
 class SyncFallback:
-    """Walks a call's fallback route (threads)."""
+    """Drives the fallback walk (threads)."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_walker",)
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, walker: Walker) -> None:
+        self._walker = walker
 
     def __call__(self, call: Call, next: Handler) -> Any:
-        engine = self._engine
-        route = route_for(engine.policy.fallback, call.requested_model)
-        cache_key = engine.cache_key(call, route)
-        if cache_key is not None and engine.policy.cache.read_through:
-            hit = engine.cached(cache_key)
-            if hit is not None:
-                return engine.serve_sync(call, hit[0], Source.CACHE, hit[1], reason=None)
-        rungs = _initial_rungs(call, route)
-        error: BaseException | None = None
+        walker = self._walker
+        delivery = walker.delivery
+        key, moves = walker.start(call)
+        hit = delivery.read_through(key)
+        if hit is not None:
+            return delivery.serve_sync(call, hit, None)
+        failure: Outcome | None = None
         reason: Verdict | None = None
-        index = 0
-        while index < len(rungs):
-            step = rungs[index]
-            if is_live(step):
-                call.has_fallback = index + 1 < len(rungs)
-                call.last_failure = None
-                try:
-                    call.target = engine.live_target(call, step, primary=step is _PRIMARY)
-                    result = next(call)
-                except Exception as exc:
-                    error = _telling(error, exc)
-                    rungs, verdict = _after_failure(engine, call, exc, route, rungs, index)
-                    reason = reason or verdict
-                    index = 0
+        reply: Verdict | None = None
+        with contextlib.suppress(StopIteration):
+            while True:
+                move = moves.send(reply)
+                if isinstance(move, Serve):
+                    local = self._local(call, move, key)
+                    if local is not None:
+                        return delivery.serve_sync(call, local, move.reason)
+                    reply = None
                     continue
-                watch = call.stream_watch
-                if watch is not None and engine.policy.fallback.continuation:
-                    watch.continue_sync = _sync_continuation(engine, call, next, rungs[index + 1 :], result)
-                return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
-            local = engine.local_answer(call, step, cache_key, reason)
-            if local is not None:
-                answer, source, model = local
-                if source is Source.FUNCTION:
-                    text = _guarded(_run_sync, step, call, reason)
-                    answer = engine.function_answer(call, text) if text is not None else None
-                if answer is not None:
-                    return engine.serve_sync(call, answer, source, model, reason=reason)
-            index += 1
-        assert error is not None
-        failure = engine.give_up(call, error)
+                later = (
+                    _SyncContinuation(walker, call, next, move.later)
+                    if walker.wants_continuation(call, move)
+                    else None
+                )
+                walker.aim(call, move, key, later.hooks() if later is not None else None)
+                outcome: Outcome = next(call)
+                if outcome.ok:
+                    if later is not None:
+                        later.result = outcome.result
+                    return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
+                failure = _telling(failure, outcome)
+                reply = outcome.judged.verdict
+                reason = reason or reply
+        error = walker.give_up(call, failure)
         try:
-            raise failure
+            raise error
         finally:
-            del failure, error  # the traceback holds this frame: break the cycle for the GC
+            del error, failure  # the traceback holds this frame: break the cycle for the GC
+
+    def _local(self, call: Call, move: Serve, key: str | None) -> LocalAnswer | None:
+        walker = self._walker
+        if move.step.kind != "function":
+            return walker.delivery.local(call, move.step, key, move.reason)
+        if not walker.delivery.answers_text(call):
+            return None
+        try:
+            produced = walker.function(move.step)(dict(call.body or {}), str(move.reason))
+            if inspect.isawaitable(produced):
+                raise TypeError(
+                    "an async fallback function cannot answer a sync client; give a sync function"
+                )
+        except Exception:
+            _log.exception("fallback function %r failed; trying the next rung", move.step.function)
+            return None
+        return walker.delivery.from_function(call, str(produced))
 
 
 class AsyncFallback:
-    """Walks a call's fallback route (asyncio tasks)."""
+    """Drives the fallback walk (asyncio tasks)."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_walker",)
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, walker: Walker) -> None:
+        self._walker = walker
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Any:
-        engine = self._engine
-        route = route_for(engine.policy.fallback, call.requested_model)
-        cache_key = engine.cache_key(call, route)
-        if cache_key is not None and engine.policy.cache.read_through:
-            hit = engine.cached(cache_key)
-            if hit is not None:
-                return await engine.serve_async(call, hit[0], Source.CACHE, hit[1], reason=None)
-        rungs = _initial_rungs(call, route)
-        error: BaseException | None = None
+        walker = self._walker
+        delivery = walker.delivery
+        key, moves = walker.start(call)
+        hit = delivery.read_through(key)
+        if hit is not None:
+            return await delivery.serve_async(call, hit, None)
+        failure: Outcome | None = None
         reason: Verdict | None = None
-        index = 0
-        while index < len(rungs):
-            step = rungs[index]
-            if is_live(step):
-                call.has_fallback = index + 1 < len(rungs)
-                call.last_failure = None
-                try:
-                    call.target = engine.live_target(call, step, primary=step is _PRIMARY)
-                    result = await next(call)
-                except Exception as exc:
-                    error = _telling(error, exc)
-                    rungs, verdict = _after_failure(engine, call, exc, route, rungs, index)
-                    reason = reason or verdict
-                    index = 0
+        reply: Verdict | None = None
+        with contextlib.suppress(StopIteration):
+            while True:
+                move = moves.send(reply)
+                if isinstance(move, Serve):
+                    local = await self._local(call, move, key)
+                    if local is not None:
+                        return await delivery.serve_async(call, local, move.reason)
+                    reply = None
                     continue
-                watch = call.stream_watch
-                if watch is not None and engine.policy.fallback.continuation:
-                    watch.continue_async = _async_continuation(engine, call, next, rungs[index + 1 :], result)
-                return engine.delivered(call, result, step is _PRIMARY, cache_key, reason)
-            local = engine.local_answer(call, step, cache_key, reason)
-            if local is not None:
-                answer, source, model = local
-                if source is Source.FUNCTION:
-                    text = await _aguarded(step, call, reason)
-                    answer = engine.function_answer(call, text) if text is not None else None
-                if answer is not None:
-                    return await engine.serve_async(call, answer, source, model, reason=reason)
-            index += 1
-        assert error is not None
-        failure = engine.give_up(call, error)
+                later = (
+                    _AsyncContinuation(walker, call, next, move.later)
+                    if walker.wants_continuation(call, move)
+                    else None
+                )
+                walker.aim(call, move, key, later.hooks() if later is not None else None)
+                outcome: Outcome = await next(call)
+                if outcome.ok:
+                    if later is not None:
+                        later.result = outcome.result
+                    return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
+                failure = _telling(failure, outcome)
+                reply = outcome.judged.verdict
+                reason = reason or reply
+        error = walker.give_up(call, failure)
         try:
-            raise failure
+            raise error
         finally:
-            del failure, error  # the traceback holds this frame: break the cycle for the GC
+            del error, failure  # the traceback holds this frame: break the cycle for the GC
+
+    async def _local(self, call: Call, move: Serve, key: str | None) -> LocalAnswer | None:
+        walker = self._walker
+        if move.step.kind != "function":
+            return walker.delivery.local(call, move.step, key, move.reason)
+        if not walker.delivery.answers_text(call):
+            return None
+        try:
+            produced = walker.function(move.step)(dict(call.body or {}), str(move.reason))
+            if inspect.isawaitable(produced):
+                produced = await produced
+        except Exception:
+            _log.exception("fallback function %r failed; trying the next rung", move.step.function)
+            return None
+        return walker.delivery.from_function(call, str(produced))
 
 
-def _function(step: FallbackStep) -> Callable[..., Any]:
-    assert step.function is not None
-    return step.function
+class _SyncContinuation:
+    """Continues a stream cut mid-answer on a later target that declared it accepts a prefill."""
 
+    __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
-def _guarded(
-    run: Callable[[FallbackStep, Call, Verdict | None], str],
-    step: FallbackStep,
-    call: Call,
-    reason: Verdict | None,
-) -> str | None:
-    """The function's text, or None when it raised: a failing fallback is skipped, never raised."""
-    try:
-        return run(step, call, reason)
-    except Exception:
-        _log.exception("fallback function %r failed; trying the next rung", step.function)
-        return None
+    def __init__(self, walker: Walker, call: Call, next: Handler, later: tuple[FallbackStep, ...]) -> None:
+        self._walker = walker
+        self._call = call
+        self._next = next
+        self._later = later
+        #: The caller's stream, once the target answered: the continuation re-labels it.
+        self.result: Any = None
 
+    def hooks(self) -> StreamHooks:
+        return StreamHooks(continue_sync=self)
 
-async def _aguarded(step: FallbackStep, call: Call, reason: Verdict | None) -> str | None:
-    """The asyncio twin of :func:`_guarded`."""
-    try:
-        return await _run_async(step, call, reason)
-    except Exception:
-        _log.exception("fallback function %r failed; trying the next rung", step.function)
-        return None
-
-
-def _run_sync(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
-    produced = _function(step)(dict(call.body or {}), str(reason))
-    if inspect.isawaitable(produced):
-        raise TypeError("an async fallback function cannot answer a sync client; give a sync function")
-    return str(produced)
-
-
-async def _run_async(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
-    produced = _function(step)(dict(call.body or {}), str(reason))
-    if inspect.isawaitable(produced):
-        produced = await produced
-    return str(produced)
-
-
-def _sync_continuation(
-    engine: Engine, call: Call, next: Handler, later: list[FallbackStep], result: Any
-) -> Callable[[str], Iterable[bytes] | None]:
-    """Continue a stream cut mid-answer on the next target that declared it accepts a prefill."""
-
-    def go(partial: str) -> Iterable[bytes] | None:
-        for step in later:
-            sub = engine.continuation_call(call, step, partial)
+    def __call__(self, partial: str) -> Iterable[bytes] | None:
+        walker = self._walker
+        for step in self._later:
+            sub = walker.continuation_call(self._call, step, partial)
             if sub is None:
                 continue
-            try:
-                more = next(sub)
-            except Exception:
-                continue
-            body = engine.continued(call, sub, result, more)
+            body = walker.continued(self._call, sub, self.result, self._next(sub))
             if body is not None:
                 return cast("Iterable[bytes]", body)
         return None
 
-    return go
 
+class _AsyncContinuation:
+    """The asyncio twin of :class:`_SyncContinuation`."""
 
-def _async_continuation(
-    engine: Engine, call: Call, next: AsyncHandler, later: list[FallbackStep], result: Any
-) -> Callable[[str], Awaitable[AsyncIterable[bytes] | None]]:
-    """The asyncio twin of :func:`_sync_continuation`."""
+    __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
-    async def go(partial: str) -> AsyncIterable[bytes] | None:
-        for step in later:
-            sub = engine.continuation_call(call, step, partial)
+    def __init__(
+        self, walker: Walker, call: Call, next: AsyncHandler, later: tuple[FallbackStep, ...]
+    ) -> None:
+        self._walker = walker
+        self._call = call
+        self._next = next
+        self._later = later
+        self.result: Any = None
+
+    def hooks(self) -> StreamHooks:
+        return StreamHooks(continue_async=self)
+
+    async def __call__(self, partial: str) -> AsyncIterable[bytes] | None:
+        walker = self._walker
+        for step in self._later:
+            sub = walker.continuation_call(self._call, step, partial)
             if sub is None:
                 continue
-            try:
-                more = await next(sub)
-            except Exception:
-                continue
-            body = engine.continued(call, sub, result, more)
+            body = walker.continued(self._call, sub, self.result, await self._next(sub))
             if body is not None:
                 return cast("AsyncIterable[bytes]", body)
         return None
-
-    return go

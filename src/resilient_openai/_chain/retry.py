@@ -1,150 +1,149 @@
 """The retry layer: try the same target again while its rule, the server and the deadline allow.
 
-Exactly one retry layer exists: the SDK's own retries are switched off inside the chain.
+Exactly one retry layer exists: the SDK's own retries are switched off inside the chain. Below
+this layer every attempt comes back as an :class:`~resilient_openai._chain._call.Outcome`,
+classified once where it failed; this layer decides from it (:mod:`resilient_openai._backoff`)
+and hands the last outcome up to the fallback layer.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 from .._backoff import decide_open_circuit_wait, decide_retry
-from .._classify import Classification, classify
+from .._classify import Classification, Verdict
 from .._clock import Clock
 from .._errors import DeadlineExceededError
 from ..observe.events import AttemptFailed, EventBus, RetryScheduled
-from ._call import AsyncHandler, Call, Handler
+from ._call import AsyncHandler, Call, Handler, Outcome
 
-__all__ = ["AsyncRetry", "SyncRetry", "check_deadline"]
+__all__ = ["AsyncRetry", "SyncRetry"]
 
 _SHUT = frozenset({"open", "isolated"})
 #: The attempt-record verdict of an attempt refused because the call's deadline had passed.
 DEADLINE_REFUSED = "deadline_exceeded"
+_DEADLINE = Classification(Verdict.TIMEOUT)
 
 
-def check_deadline(call: Call, clock: Clock) -> None:
-    """Refuse to start an attempt once the call's deadline has passed.
+class _Judge:
+    """What both shells share: the deadline check and the decision after each attempt."""
 
-    Checked here, before the breaker is asked for a permit, so running out of time is never
-    counted against a target that was not even called.
-    """
-    if call.deadline - clock.now() <= 0:
+    __slots__ = ("_bus", "_clock", "_rand")
+
+    def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float]) -> None:
+        self._clock = clock
+        self._bus = bus
+        self._rand = rand
+
+    def refused(self, call: Call) -> Outcome | None:
+        """An attempt refused because the call's deadline has passed (None: go ahead).
+
+        Checked before the breaker is asked for a permit, so running out of time is never
+        counted against a target that was not even called.
+        """
+        if call.deadline - self._clock.now() > 0:
+            return None
         # Recorded like a rejection by an open circuit: refused, nothing was sent.
         call.record(DEADLINE_REFUSED, None, 0.0)
         target = call.target
         name = target.name if target is not None else None
-        raise DeadlineExceededError(
+        error = DeadlineExceededError(
             f"deadline passed before attempt {call.attempt} on '{name}'",
             breaker=name, attempts=len(call.attempts), operation=call.operation, model=call.model,
         )  # fmt: skip
+        return Outcome(error=error, judged=_DEADLINE)
 
-
-def _judge(
-    call: Call, exc: Exception, clock: Clock, bus: EventBus, rand: Callable[[], float], started: float
-) -> float | None:
-    """Record a failed attempt and return the wait before the next one, or None to give up."""
-    outcome: Classification = classify(exc, now_epoch=clock.wall())
-    now = clock.now()
-    call.last_failure = outcome
-    call.record(outcome.verdict.value, outcome.status, now - started)
-    target = call.target
-    assert target is not None
-    remaining = call.deadline - now
-    delay = decide_retry(
-        outcome, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=rand()
-    ).delay
-    breaker = target.breaker
-    if delay is not None and breaker is not None and breaker.state in _SHUT:
-        # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
-        delay = None
-    elif delay is None:
-        delay = decide_open_circuit_wait(
-            outcome, policy=target.retry, remaining=remaining, has_fallback=call.has_fallback
-        )
-        # Wait out an open circuit at most once per target: the probe after it decides.
-        if delay is not None and any(a.verdict == "circuit_open" for a in call.attempts[:-1]):
+    def wait(self, call: Call, outcome: Outcome, started: float, waited_open: bool) -> float | None:
+        """Record the attempt; the wait before the next one, or None when this outcome is final."""
+        clock = self._clock
+        now = clock.now()
+        judged = outcome.judged
+        call.record(judged.verdict.value, judged.status, now - started)
+        if outcome.ok:
+            return None
+        target = call.target
+        assert target is not None
+        remaining = call.deadline - now
+        delay = decide_retry(
+            judged, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=self._rand()
+        ).delay
+        breaker = target.breaker
+        if delay is not None and breaker is not None and breaker.state in _SHUT:
+            # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
             delay = None
-    if bus:
-        bus.emit(
-            AttemptFailed(
-                clock.wall(),
-                call.operation,
-                call.model,
-                target.name,
-                call.attempt,
-                outcome.verdict.value,
-                outcome.status,
+        elif delay is None and not waited_open:
+            # Wait out an open circuit at most once per target: the probe after it decides.
+            delay = decide_open_circuit_wait(
+                judged, policy=target.retry, remaining=remaining, has_fallback=call.has_next
             )
-        )
-        if delay is not None:
+        bus = self._bus
+        if bus:
+            wall = clock.wall()
+            verdict = judged.verdict.value
             bus.emit(
-                RetryScheduled(
-                    clock.wall(),
-                    call.operation,
-                    call.model,
-                    target.name,
-                    call.attempt,
-                    delay,
-                    outcome.verdict.value,
+                AttemptFailed(
+                    wall, call.operation, call.model, target.name, call.attempt, verdict, judged.status
                 )
             )
-    return delay
+            if delay is not None:
+                bus.emit(
+                    RetryScheduled(
+                        wall, call.operation, call.model, target.name, call.attempt, delay, verdict
+                    )
+                )
+        return delay
 
 
 class SyncRetry:
     """Retries one target in a thread, sleeping on the injected clock."""
 
-    __slots__ = ("_bus", "_clock", "_rand")
+    __slots__ = ("_clock", "_judge")
 
     def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float] = random.random) -> None:
         self._clock = clock
-        self._bus = bus
-        self._rand = rand
+        self._judge = _Judge(clock, bus, rand)
 
-    def __call__(self, call: Call, next: Handler) -> Any:
-        clock = self._clock
+    def __call__(self, call: Call, next: Handler) -> Outcome:
+        clock, judge = self._clock, self._judge
         call.attempt = 0
+        waited_open = False
         while True:
             call.attempt += 1
-            check_deadline(call, clock)
+            refused = judge.refused(call)
+            if refused is not None:
+                return refused
             started = clock.now()
-            try:
-                result = next(call)
-            except Exception as exc:
-                delay = _judge(call, exc, clock, self._bus, self._rand, started)
-                if delay is None:
-                    raise
-                clock.sleep(delay)
-                continue
-            call.record("success", None, clock.now() - started)
-            return result
+            outcome: Outcome = next(call)
+            delay = judge.wait(call, outcome, started, waited_open)
+            if delay is None:
+                return outcome
+            waited_open = waited_open or outcome.judged.verdict is Verdict.CIRCUIT_OPEN
+            clock.sleep(delay)
 
 
 class AsyncRetry:
     """Retries one target in a task, sleeping on the injected clock. Cancellation is never retried."""
 
-    __slots__ = ("_bus", "_clock", "_rand")
+    __slots__ = ("_clock", "_judge")
 
     def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float] = random.random) -> None:
         self._clock = clock
-        self._bus = bus
-        self._rand = rand
+        self._judge = _Judge(clock, bus, rand)
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
-        clock = self._clock
+    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+        clock, judge = self._clock, self._judge
         call.attempt = 0
+        waited_open = False
         while True:
             call.attempt += 1
-            check_deadline(call, clock)
+            refused = judge.refused(call)
+            if refused is not None:
+                return refused
             started = clock.now()
-            try:
-                result = await next(call)
-            except Exception as exc:
-                delay = _judge(call, exc, clock, self._bus, self._rand, started)
-                if delay is None:
-                    raise
-                await clock.asleep(delay)
-                continue
-            call.record("success", None, clock.now() - started)
-            return result
+            outcome: Outcome = await next(call)
+            delay = judge.wait(call, outcome, started, waited_open)
+            if delay is None:
+                return outcome
+            waited_open = waited_open or outcome.judged.verdict is Verdict.CIRCUIT_OPEN
+            await clock.asleep(delay)

@@ -1,7 +1,7 @@
 """The validation layer: refuse, before anything is sent, a request that cannot succeed.
 
-A prompt too large for the model's window goes to the route's larger-context model when one is
-configured (the fallback layer starts there); otherwise it is refused like any other mistake.
+A prompt too large for the model's window is the fallback walk's to judge: it starts at the
+route's larger-context model when one is configured, and refuses the call otherwise.
 """
 
 from __future__ import annotations
@@ -9,48 +9,37 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import RequestRejectedError
-from .._policy import ValidationPolicy
 from .._validate import check_request
 from ._call import AsyncHandler, Call, Handler
 
 __all__ = ["AsyncValidate", "SyncValidate"]
 
 
-def _check(call: Call, policy: ValidationPolicy) -> None:
+def _check(call: Call) -> None:
     body = call.body
     if body is None:
         return
-    problem = check_request(call.operation, body, policy)
-    if problem is None:
-        return
-    rule, message = problem
-    if rule == "context_window":
-        call.oversized = True
-        return
-    raise RequestRejectedError(message, rule=rule, operation=call.operation, model=call.requested_model)
+    problem = check_request(call.operation, body)
+    if problem is not None:
+        rule, message = problem
+        raise RequestRejectedError(message, rule=rule, operation=call.operation, model=call.requested_model)
 
 
 class SyncValidate:
     """Checks each request before the chain spends anything on it (threads)."""
 
-    __slots__ = ("_policy",)
-
-    def __init__(self, policy: ValidationPolicy) -> None:
-        self._policy = policy
+    __slots__ = ()
 
     def __call__(self, call: Call, next: Handler) -> Any:
-        _check(call, self._policy)
+        _check(call)
         return next(call)
 
 
 class AsyncValidate:
     """Checks each request before the chain spends anything on it (asyncio tasks)."""
 
-    __slots__ = ("_policy",)
-
-    def __init__(self, policy: ValidationPolicy) -> None:
-        self._policy = policy
+    __slots__ = ()
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Any:
-        _check(call, self._policy)
+        _check(call)
         return await next(call)

@@ -1,31 +1,48 @@
-"""Which fallback answers a failed call, decided from the verdict alone. Pure."""
+"""Which fallback answers a failed call: the walk over a route, decided from verdicts alone. Pure.
+
+:func:`walk` is one generator that both the sync and the asyncio fallback layer drive (the way
+httpx's ``auth_flow`` serves both clients): it yields :class:`Send` ("ask this live step; tell me
+the verdict if it failed") and :class:`Serve` ("answer from this local step if it can"), and
+returns when nothing is left to try. The drivers only do the I/O.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from enum import Enum
+from typing import NamedTuple
 
-from .._classify import Verdict
+from .._classify import Verdict, verdicts_where
 from .._policy import FallbackPolicy, FallbackStep, Route
 
-__all__ = ["Move", "is_live", "next_move", "route_for"]
+__all__ = ["PRIMARY", "Move", "Send", "Serve", "Walk", "is_live", "next_move", "route_for", "walk"]
 
 _EMPTY = Route()
+#: The step that stands for the caller's own target and model.
+PRIMARY = FallbackStep(kind="model")
 
 #: Outages: the target could not answer now, another one may.
-_OUTAGE = frozenset(
-    {
-        Verdict.RATE_LIMITED,
-        Verdict.QUOTA_EXHAUSTED,
-        Verdict.SERVER_ERROR,
-        Verdict.REQUEST_TIMEOUT,
-        Verdict.CONFLICT,
-        Verdict.CONNECTION_ERROR,
-        Verdict.TIMEOUT,
-        Verdict.CIRCUIT_OPEN,
-        Verdict.STREAM_INTERRUPTED,
-    }
-)
+_OUTAGE = verdicts_where("outage")
+
+
+class Send(NamedTuple):
+    """Ask a live step (``PRIMARY``, a model or a target); the driver sends back the failure's
+    verdict, or stops the walk when it answered. ``later``: the steps after it."""
+
+    step: FallbackStep
+    later: tuple[FallbackStep, ...]
+
+
+class Serve(NamedTuple):
+    """Answer from a local step (cache, canned, function) if it can; the driver sends back None
+    when it could not, or stops the walk when it answered. ``reason`` left the primary."""
+
+    step: FallbackStep
+    reason: Verdict | None
+
+
+#: What :func:`walk` is: yields moves, is sent verdicts (or None), returns when nothing answered.
+Walk = Generator[Send | Serve, Verdict | None, None]
 
 
 class Move(Enum):
@@ -66,3 +83,39 @@ def next_move(verdict: Verdict, route: Route) -> Move:
 def is_live(step: FallbackStep) -> bool:
     """A live step calls a model; the others (cache, canned, function) answer locally."""
     return step.kind in ("model", "target")
+
+
+def walk(route: Route, *, context_first: bool = False) -> Walk:
+    """The steps to try, in order, for a call on ``route``; see the module docs for the protocol.
+
+    ``context_first``: the prompt is known to exceed the model's window, so the walk starts at
+    the route's larger-context model (the caller checks that one exists). After a failure, the
+    verdict decides (:func:`next_move`): outages go on down the route, a context-length error
+    goes to ``context_model``, a content-filtered one to the ``content_policy`` step, and
+    anything else ends the walk (the failure is the answer).
+    """
+    steps: list[FallbackStep] = (
+        [FallbackStep(kind="model", model=route.context_model)] if context_first else [PRIMARY, *route.steps]
+    )
+    reason: Verdict | None = None
+    index = 0
+    while index < len(steps):
+        step = steps[index]
+        if not is_live(step):
+            yield Serve(step, reason)
+            index += 1
+            continue
+        verdict = yield Send(step, tuple(steps[index + 1 :]))
+        if verdict is None:
+            return
+        reason = reason or verdict
+        move = next_move(verdict, route)
+        if move is Move.RAISE:
+            return
+        if move is Move.CONTEXT:
+            steps, index = [FallbackStep(kind="model", model=route.context_model)], 0
+        elif move is Move.CONTENT:
+            assert route.content_policy is not None
+            steps, index = [route.content_policy], 0
+        else:
+            index += 1

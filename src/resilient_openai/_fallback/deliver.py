@@ -1,0 +1,264 @@
+"""Turning what answered into the caller's result: provenance, events, and the answer cache.
+
+The fallback layer owns one :class:`Delivery`. It stores good answers from the primary (for the
+``cache`` step and read-through), makes local answers (cached, canned, a function's text) into
+the SDK's own result types, and stamps every result and every final error with its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pydantic
+
+from .. import _sdk
+from .._provenance import Provenance, Source, attach
+from ..observe.events import CallCompleted, FallbackServed
+from .cache import CachedAnswer, ResponseCache
+from .keys import PROCESS_SECRET, request_key, scope_id
+from .serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
+
+if TYPE_CHECKING:
+    from .._chain._call import Call, Outcome, StreamHooks
+    from .._classify import Verdict
+    from .._clock import Clock
+    from .._policy import FallbackStep, Policy, Route
+    from ..observe.events import EventBus
+
+__all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
+
+#: Operations whose answers the cache can replay faithfully (as JSON and as a stream).
+CACHEABLE = frozenset({"chat.completions", "responses"})
+_LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBACK_CLIENT})
+
+
+class LocalAnswer(NamedTuple):
+    """An answer made without a model: its JSON object, who made it, and the model it names."""
+
+    answer: Mapping[str, Any]
+    source: Source
+    model: str | None
+
+
+def _uses_cache(route: Route) -> bool:
+    return any(step.kind == "cache" for step in route.steps) or (
+        route.content_policy is not None and route.content_policy.kind == "cache"
+    )
+
+
+class Delivery:
+    """Results and errors leave the chain through here, with their provenance."""
+
+    __slots__ = ("_bus", "_clock", "_read_through", "cache")
+
+    def __init__(self, policy: Policy, *, clock: Clock, bus: EventBus) -> None:
+        self._clock = clock
+        self._bus = bus
+        self._read_through = policy.cache.read_through
+        uses_cache = self._read_through or any(
+            _uses_cache(route) for route in policy.fallback.routes.values()
+        )
+        self.cache = ResponseCache(policy.cache, clock=clock) if policy.cache.enabled and uses_cache else None
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def cache_key(self, call: Call, route: Route) -> str | None:
+        """The cache key of this call when the cache may answer or store it, else None."""
+        if self.cache is None or call.body is None or call.operation not in CACHEABLE:
+            return None
+        if not self._read_through and not _uses_cache(route):
+            return None
+        tenant = _sdk.tenant(call.client)
+        if tenant is None:
+            return None
+        api_key, organization, project, base_url = tenant
+        scope = scope_id(
+            api_key=api_key,
+            organization=organization,
+            project=project,
+            base_url=base_url,
+            secret=PROCESS_SECRET,
+        )
+        return request_key(call.operation, call.body, scope)
+
+    def read_through(self, key: str | None) -> LocalAnswer | None:
+        """A cached answer served before any upstream is asked, when read-through is on."""
+        return self.cached(key) if self._read_through else None
+
+    def cached(self, key: str | None) -> LocalAnswer | None:
+        """The last good answer stored under ``key``, if any."""
+        if key is None or self.cache is None:
+            return None
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        return LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
+
+    def _store(self, call: Call, key: str, body: bytes, model: str | None) -> None:
+        assert self.cache is not None
+        self.cache.put(key, CachedAnswer(call.operation, model, body, self._clock.wall()))
+
+    def stream_hooks(
+        self, call: Call, key: str | None, continuation: StreamHooks | None
+    ) -> StreamHooks | None:
+        """What a live stream from the primary reports when it ends: the cache stores it."""
+        if not call.stream or (key is None and continuation is None):
+            return None
+        from .._chain._call import StreamHooks
+
+        store = None
+        if key is not None:
+            model = call.model
+
+            def store(answer: dict[str, Any]) -> None:
+                self._store(call, key, json.dumps(answer, separators=(",", ":")).encode(), model)
+
+        if continuation is None:
+            return StreamHooks(on_complete=store)
+        return StreamHooks(store, continuation.continue_sync, continuation.continue_async)
+
+    # -- local answers -----------------------------------------------------------------------
+
+    def local(
+        self, call: Call, step: FallbackStep, key: str | None, reason: Verdict | None
+    ) -> LocalAnswer | None:
+        """What a cache or canned step answers (None when it cannot: a miss, a non-text operation)."""
+        if step.kind == "cache":
+            return self.cached(key)
+        if step.kind == "canned":
+            text = (step.text or "").format(model=call.requested_model or "", reason=str(reason or ""))
+            answer = text_answer(call.operation, text, CANNED_MODEL)
+            return None if answer is None else LocalAnswer(answer, Source.CANNED, CANNED_MODEL)
+        return None
+
+    @staticmethod
+    def answers_text(call: Call) -> bool:
+        """Whether a function's text can answer this call's operation at all."""
+        return text_answer(call.operation, "", FUNCTION_MODEL) is not None
+
+    @staticmethod
+    def from_function(call: Call, text: str) -> LocalAnswer | None:
+        """The answer object for the text a user function returned."""
+        answer = text_answer(call.operation, text, FUNCTION_MODEL)
+        return None if answer is None else LocalAnswer(answer, Source.FUNCTION, FUNCTION_MODEL)
+
+    def serve_sync(self, call: Call, local: LocalAnswer, reason: Verdict | None) -> Any:
+        """Deliver a local answer as the SDK's own result type (threads)."""
+        result = _sdk.local_result_sync(
+            call.client, call.cast_to, call.options, answer=local.answer, wire=self._wire(call, local),
+            stream=call.stream, stream_cls=call.stream_cls,
+        )  # fmt: skip
+        self._finish(call, result, local.source, local.model, reason)
+        return result
+
+    async def serve_async(self, call: Call, local: LocalAnswer, reason: Verdict | None) -> Any:
+        """Deliver a local answer as the SDK's own result type (asyncio tasks)."""
+        result = await _sdk.local_result_async(
+            call.client, call.cast_to, call.options, answer=local.answer, wire=self._wire(call, local),
+            stream=call.stream, stream_cls=call.stream_cls,
+        )  # fmt: skip
+        self._finish(call, result, local.source, local.model, reason)
+        return result
+
+    @staticmethod
+    def _wire(call: Call, local: LocalAnswer) -> Any:
+        return lambda: answer_body(call.operation, local.answer, stream=call.stream, body=call.body)
+
+    # -- live answers and failures -------------------------------------------------------------
+
+    def live(
+        self, call: Call, outcome: Outcome, *, primary: bool, key: str | None, reason: Verdict | None
+    ) -> Any:
+        """A live target answered: maybe store it, record provenance, tell the listeners."""
+        result = outcome.result
+        if primary and key is not None and outcome.watch is None:
+            self._remember(call, result, key)
+        answered_by = getattr(result, "model", None)
+        if not isinstance(answered_by, str):
+            answered_by = call.model
+        target = call.target
+        assert target is not None
+        self._finish(call, result, target.source, answered_by, reason)
+        return result
+
+    def _remember(self, call: Call, result: Any, key: str) -> None:
+        if isinstance(result, pydantic.BaseModel) and getattr(result, "status", "completed") == "completed":
+            body = result.model_dump_json(exclude_unset=True).encode()
+            self._store(call, key, body, getattr(result, "model", None))
+
+    def continued(
+        self, call: Call, result: Any, target_name: str, model: str | None, reason: Verdict
+    ) -> None:
+        """A stream cut mid-answer is being finished by another target: say so on the result."""
+        attach(
+            result,
+            Provenance(
+                source=Source.FALLBACK_CLIENT, model=model, requested_model=call.requested_model,
+                target=target_name, reason=reason.value, attempts=tuple(call.attempts),
+            ),
+        )  # fmt: skip
+        if self._bus:
+            self._bus.emit(
+                FallbackServed(
+                    self._clock.wall(), call.operation, call.requested_model, model,
+                    Source.FALLBACK_CLIENT.value, reason.value,
+                )
+            )  # fmt: skip
+
+    def _finish(
+        self, call: Call, result: Any, source: Source, model: str | None, reason: Verdict | None
+    ) -> None:
+        target = call.target
+        record = Provenance(
+            source=source,
+            model=model,
+            requested_model=call.requested_model,
+            target=target.name if target is not None and source in _LIVE_SOURCES else None,
+            reason=reason.value if reason is not None else None,
+            attempts=tuple(call.attempts),
+        )
+        attach(result, record)
+        bus = self._bus
+        if bus:
+            clock = self._clock
+            if source is not Source.UPSTREAM:
+                reason_text = record.reason or ""
+                bus.emit(
+                    FallbackServed(
+                        clock.wall(), call.operation, call.requested_model, model, source.value, reason_text
+                    )
+                )
+            bus.emit(
+                CallCompleted(
+                    clock.wall(), call.operation, call.requested_model, source.value, "success",
+                    len(call.attempts), clock.now() - call.started, None, answered_by=model,
+                )
+            )  # fmt: skip
+
+    def give_up(self, call: Call, failure: Outcome) -> BaseException:
+        """Nothing answered: the failure is the answer, with its provenance attached."""
+        error = failure.error
+        assert error is not None
+        verdict = failure.judged.verdict
+        attach(
+            error,
+            Provenance(
+                source=None,
+                model=None,
+                requested_model=call.requested_model,
+                target=call.target.name if call.target is not None else None,
+                reason=verdict.value,
+                attempts=tuple(call.attempts),
+            ),
+        )
+        if self._bus:
+            clock = self._clock
+            self._bus.emit(
+                CallCompleted(
+                    clock.wall(), call.operation, call.requested_model, None, verdict.value,
+                    len(call.attempts), clock.now() - call.started, type(error).__name__,
+                )
+            )  # fmt: skip
+        return error

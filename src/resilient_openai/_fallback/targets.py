@@ -1,0 +1,130 @@
+"""Where a live step sends: the caller's client, another model on it, or another provider.
+
+The fallback layer owns one :class:`Targets`; it turns a route's step into a
+:class:`~resilient_openai._chain._call.LiveTarget` with its breaker, retry rules and time limits,
+building each fallback provider's client once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import openai
+
+from .._breaker import BreakerRegistry, default_key
+from .._chain._call import LiveTarget
+from .._provenance import Source
+
+if TYPE_CHECKING:
+    from .._policy import BreakerPolicy, FallbackStep, Policy
+    from .._runtime import Runtime
+
+__all__ = ["Targets"]
+
+#: Breaker names remembered per client; past this many models a name is computed each call.
+MAX_NAMES_PER_CLIENT = 1024
+
+
+class Targets:
+    """The live targets of one resilient client (and all its copies)."""
+
+    __slots__ = ("_breaker_key", "_breakers", "_clients", "_is_async", "_lock", "_policy", "_runtime")
+
+    def __init__(
+        self, policy: Policy, runtime: Runtime, breakers: BreakerRegistry, *, is_async: bool
+    ) -> None:
+        self._policy = policy
+        self._runtime = runtime
+        self._breakers = breakers
+        self._breaker_key = runtime.breaker_key or default_key
+        self._is_async = is_async
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def live(self, step: FallbackStep, caller: Any, requested_model: str | None) -> LiveTarget:
+        """The target ``step`` sends to, for a call made through ``caller`` for ``requested_model``."""
+        policy = self._policy
+        if step.kind == "target":
+            assert step.target is not None
+            target = policy.fallback.targets[step.target]
+            client = self._client(step.target)
+            model = target.model or requested_model
+            name = self._breaker_key(str(client.base_url), model)
+            return LiveTarget(
+                name=name,
+                label=target.name,
+                source=Source.FALLBACK_CLIENT,
+                send=client.request,
+                client=client,
+                retry=target.retry or policy.retry,
+                timeouts=policy.timeouts,
+                breaker=self._breaker(name, target.breaker),
+                model=model,
+                accepts_prefill=target.accepts_prefill,
+            )
+        primary = step.model is None
+        model = requested_model if primary else step.model
+        name = self._name_on(caller, model)
+        return LiveTarget(
+            name=name,
+            label="primary",
+            source=Source.UPSTREAM if primary else Source.FALLBACK_MODEL,
+            send=caller._resilient_send,
+            client=caller,
+            retry=policy.retry,
+            timeouts=policy.timeouts,
+            breaker=self._breaker(name, None),
+            model=None if primary else model,
+        )
+
+    def _client(self, name: str) -> Any:
+        client = self._clients.get(name)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                client = self._clients[name] = self._build(name)
+        return client
+
+    def _build(self, name: str) -> Any:
+        given = self._runtime.clients.get(name)
+        if given is not None:
+            return given.with_options(max_retries=0)
+        target = self._policy.fallback.targets[name]
+        factory = self._runtime.http_client
+        cls = openai.AsyncOpenAI if self._is_async else openai.OpenAI
+        # Never fall back on OPENAI_API_KEY: that would send the primary's key elsewhere.
+        return cls(
+            api_key=target.api_key() or "unused",
+            base_url=target.base_url,
+            organization=target.organization,
+            project=target.project,
+            max_retries=0,
+            http_client=factory(target) if factory is not None else None,
+        )
+
+    def _name_on(self, client: Any, model: str | None) -> str:
+        """The breaker name for ``model`` on ``client``, remembered per client instance.
+
+        Rebuilding it from ``str(base_url)`` on every call is measurable on the success path;
+        the memo is dropped if the client's base URL is ever reassigned, and bounded.
+        """
+        base = client._base_url
+        memo = client.__dict__.get("_resilience_names")
+        if memo is None or memo[0] is not base:
+            memo = (base, {})
+            client.__dict__["_resilience_names"] = memo
+        names: dict[str | None, str] = memo[1]
+        name = names.get(model)
+        if name is None:
+            name = self._breaker_key(str(base), model)
+            if len(names) < MAX_NAMES_PER_CLIENT:
+                names[model] = name
+        return name
+
+    def _breaker(self, name: str, override: BreakerPolicy | None) -> Any:
+        if not self._policy.breaker.enabled and override is None:
+            return None
+        return self._breakers.get(name, override)

@@ -1,0 +1,203 @@
+"""The one seam to what we do not own: every private touch of the openai SDK and of httpx2.
+
+Everything else in the library speaks in verdicts, outcomes and plain values; only this module
+knows the SDK's private methods (``_build_request``, ``_process_response``,
+``_process_response_data``, ``_make_status_error_from_response``), its request options object, the
+per-request timeout dict httpx2 keeps in request extensions, and how transport exceptions map to
+the SDK's own. An ``openai`` upgrade is read here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx2
+import openai
+import pydantic
+from openai._models import FinalRequestOptions
+
+__all__ = [
+    "caller_limit",
+    "describe_request",
+    "error_from_status",
+    "has_key_provider",
+    "local_result_async",
+    "local_result_sync",
+    "mapped_transport_error",
+    "prepare_attempt",
+    "read_limit",
+    "response_of",
+    "tenant",
+    "unreadable_error",
+    "with_body",
+]
+
+#: The SDK marks raw (``with_raw_response``) and streaming-response requests with this header.
+_RAW_HEADER = "X-Stainless-Raw-Response"
+_JSON_HEADERS = {"content-type": "application/json"}
+_SSE_HEADERS = {"content-type": "text/event-stream"}
+
+
+def caller_limit(options: FinalRequestOptions, client: Any) -> float | None:
+    """The read limit the caller set on the call (or else on its client), if any."""
+    per_call: object = options.timeout
+    chosen = per_call if isinstance(per_call, int | float | httpx2.Timeout) else client.timeout
+    if isinstance(chosen, httpx2.Timeout):
+        return chosen.read
+    if isinstance(chosen, int | float) and not isinstance(chosen, bool):
+        return float(chosen)
+    return None
+
+
+def prepare_attempt(
+    options: FinalRequestOptions, *, read: float, connect: float, body: Mapping[str, Any] | None
+) -> FinalRequestOptions:
+    """Set one attempt's time limits and body on ``options``, with the SDK's retries off.
+
+    The SDK builds a fresh options object for every call and copies it again inside
+    ``request()``, so the call's own copy is ours to adjust for each attempt.
+    """
+    options.timeout = httpx2.Timeout(read, connect=connect)
+    options.max_retries = 0
+    if body is not None:
+        options.json_data = body
+    return options
+
+
+def with_body(options: FinalRequestOptions, body: Mapping[str, Any]) -> FinalRequestOptions:
+    """A copy of ``options`` sending ``body`` instead (a continuation's prefilled request)."""
+    copied = options.model_copy()
+    copied.json_data = body
+    return copied
+
+
+def describe_request(client: Any, options: FinalRequestOptions) -> httpx2.Request:
+    """A request naming the call's method and URL, for errors made without an HTTP exchange."""
+    url = str(client.base_url) + options.url.lstrip("/")
+    return httpx2.Request(options.method.upper(), url)
+
+
+def tenant(client: Any) -> tuple[str, str | None, str | None, str] | None:
+    """(api key, organization, project, base URL) of ``client``; None when the key is resolved
+    per request by a provider, so there is no stable tenant to scope a cache by."""
+    if getattr(client, "_api_key_provider", None) is not None or not client.api_key:
+        return None
+    return client.api_key, client.organization, client.project, str(client.base_url)
+
+
+def has_key_provider(client: Any) -> bool:
+    """Whether ``client`` resolves its API key per request."""
+    return getattr(client, "_api_key_provider", None) is not None
+
+
+def response_of(result: Any) -> httpx2.Response | None:
+    """The HTTP response under a Stream, AsyncStream or raw-response wrapper."""
+    for name in ("response", "http_response"):
+        candidate = getattr(result, name, None)
+        if isinstance(candidate, httpx2.Response):
+            return candidate
+    return None
+
+
+def read_limit(response: httpx2.Response, seconds: float) -> None:
+    """From now on, each read of ``response``'s body waits at most ``seconds``.
+
+    httpx2 takes the body's read limit from the request's timeout dict when the body is first
+    read, after the headers: this is how a stream's idle limit replaces its first-token limit.
+    """
+    limits = response.request.extensions.get("timeout")
+    if isinstance(limits, dict):
+        limits["read"] = seconds
+
+
+def mapped_transport_error(exc: Exception, request: httpx2.Request) -> Exception:
+    """A transport failure as the SDK itself would raise it."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return openai.APITimeoutError(request=request)
+    return openai.APIConnectionError(request=request)
+
+
+def unreadable_error(request: httpx2.Request, exc: Exception) -> openai.APIError:
+    """A 200 whose body the SDK could not read: the server's fault, as an SDK error."""
+    return openai.APIError(f"the upstream's answer could not be read: {exc}", request, body=None)
+
+
+def error_from_status(
+    client: Any, request: httpx2.Request, status: int, body: Mapping[str, Any]
+) -> Exception:
+    """The SDK's own exception for an HTTP ``status`` answer carrying ``body``."""
+    response = httpx2.Response(status, json=body, request=request)
+    error: Exception = client._make_status_error_from_response(response)
+    return error
+
+
+def _is_plain(options: FinalRequestOptions, cast_to: Any, stream: bool) -> bool:
+    """A call whose result is the parsed model itself (no stream, no raw wrapper)."""
+    if stream or not inspect.isclass(cast_to) or not issubclass(cast_to, pydantic.BaseModel):
+        return False
+    headers = options.headers
+    return not (isinstance(headers, Mapping) and _RAW_HEADER in headers)
+
+
+def _plain_result(client: Any, cast_to: Any, options: FinalRequestOptions, answer: Mapping[str, Any]) -> Any:
+    """Build the SDK's model straight from ``answer``, as the SDK parses a JSON body.
+
+    The fast way for a local answer: no HTTP response is made up and no JSON is re-read.
+    """
+    request = httpx2.Request(options.method.upper(), "http://resilient-openai.local/")
+    response = httpx2.Response(200, headers=_JSON_HEADERS, request=request)
+    parsed = client._process_response_data(data=dict(answer), cast_to=cast_to, response=response)
+    post_parser = options.post_parser
+    if callable(post_parser):
+        parsed = post_parser(parsed)
+    return parsed
+
+
+def _synthetic(client: Any, options: FinalRequestOptions, content: bytes, stream: bool) -> httpx2.Response:
+    headers = _SSE_HEADERS if stream else _JSON_HEADERS
+    return httpx2.Response(200, headers=headers, content=content, request=client._build_request(options))
+
+
+def local_result_sync(
+    client: Any,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    *,
+    answer: Mapping[str, Any],
+    wire: Callable[[], bytes],
+    stream: bool,
+    stream_cls: Any,
+) -> Any:
+    """A locally made answer as the SDK's own result type (threads).
+
+    ``wire()`` gives the answer's bytes as the upstream would send them (JSON, or server-sent
+    events for a stream); it is only called for streams and raw-response wrappers, which read
+    bytes: a plain call gets its model built straight from ``answer``.
+    """
+    if _is_plain(options, cast_to, stream):
+        return _plain_result(client, cast_to, options, answer)
+    response = _synthetic(client, options, wire(), stream)
+    return client._process_response(
+        cast_to=cast_to, options=options, response=response, stream=stream, stream_cls=stream_cls
+    )
+
+
+async def local_result_async(
+    client: Any,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    *,
+    answer: Mapping[str, Any],
+    wire: Callable[[], bytes],
+    stream: bool,
+    stream_cls: Any,
+) -> Any:
+    """The asyncio twin of :func:`local_result_sync`."""
+    if _is_plain(options, cast_to, stream):
+        return _plain_result(client, cast_to, options, answer)
+    response = _synthetic(client, options, wire(), stream)
+    return await client._process_response(
+        cast_to=cast_to, options=options, response=response, stream=stream, stream_cls=stream_cls
+    )
