@@ -84,7 +84,7 @@ def tenant(client: Any) -> tuple[str, str | None, str | None, str] | None:
     per request by a provider, so there is no stable tenant to scope a cache by."""
     if getattr(client, "_api_key_provider", None) is not None or not client.api_key:
         return None
-    return client.api_key, client.organization, client.project, str(client.base_url)
+    return client.api_key, client.organization, client.project, str(client._base_url)
 
 
 def has_key_provider(client: Any) -> bool:

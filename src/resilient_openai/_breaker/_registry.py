@@ -74,6 +74,9 @@ class BreakerRegistry:
         # the recency order, which LRUCache keeps private.
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         self._lock = threading.Lock()
+        #: Bumped whenever a breaker is dropped: a holder of breakers taken from :meth:`get`
+        #: earlier (a memo of targets) must take them again when it changed.
+        self.epoch = 0
 
     def get(self, key: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
         """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
@@ -106,6 +109,7 @@ class BreakerRegistry:
                     break
         if victim is not None:
             del self._breakers[victim]
+            self.epoch += 1
 
     def _existing(self, key: str) -> CircuitBreaker:
         with self._lock:

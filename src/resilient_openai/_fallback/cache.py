@@ -88,6 +88,20 @@ def _validate(policy: CachePolicy) -> None:
         raise ConfigError(problems)
 
 
+class _Entries(TTLCache[str, CachedAnswer, float]):
+    """A TTL cache that counts the live answers it drops to stay within a bound.
+
+    cachetools calls :meth:`popitem` exactly when it evicts for size; expiry goes another way,
+    so an expired answer is never counted as an eviction.
+    """
+
+    evictions = 0
+
+    def popitem(self) -> tuple[str, CachedAnswer]:
+        self.evictions += 1
+        return super().popitem()
+
+
 class ResponseCache:
     """Last good answers by request key, bounded by age, entry count and bytes; thread-safe.
 
@@ -101,13 +115,10 @@ class ResponseCache:
         self._max_entries = policy.max_entries
         self._max_bytes = policy.max_bytes
         self._lock = threading.Lock()
-        self._entries: TTLCache[str, CachedAnswer, float] = TTLCache(
-            maxsize=max(policy.max_bytes, 0), ttl=policy.ttl, timer=clock.now, getsizeof=_size
-        )
+        self._entries = _Entries(maxsize=max(policy.max_bytes, 0), ttl=policy.ttl, timer=clock.now, getsizeof=_size)
         self._hits = 0
         self._misses = 0
         self._stores = 0
-        self._evictions = 0
         self._refused = 0
 
     def get(self, key: str) -> CachedAnswer | None:
@@ -137,14 +148,10 @@ class ResponseCache:
                 self._refused += 1
                 return False
             entries = self._entries
-            # Purge expired answers first, so the counts below only see live ones and an
-            # expiry is not mistaken for an eviction.
-            entries.expire()
-            others_before = len(entries) - (key in entries)
-            entries[key] = answer  # cachetools evicts LRU answers to fit the byte budget
-            while len(entries) > self._max_entries:
-                entries.popitem()  # never ``key``: it was just made the most recently used
-            self._evictions += others_before - (len(entries) - 1)
+            with entries.timer:  # one reading of the clock for the whole update
+                entries[key] = answer  # cachetools evicts LRU answers to fit the byte budget
+                while len(entries) > self._max_entries:
+                    entries.popitem()  # never ``key``: it was just made the most recently used
             self._stores += 1
         return True
 
@@ -163,6 +170,6 @@ class ResponseCache:
                 hits=self._hits,
                 misses=self._misses,
                 stores=self._stores,
-                evictions=self._evictions,
+                evictions=self._entries.evictions,
                 refused=self._refused,
             )

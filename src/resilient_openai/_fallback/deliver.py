@@ -48,18 +48,36 @@ def _uses_cache(route: Route) -> bool:
     )
 
 
+def _scope(client: Any) -> str | None:
+    """The tenant scope of ``client``'s cache entries, remembered per client instance while its
+    credentials and endpoint stay the same (None: no stable tenant to scope by)."""
+    tenant = _sdk.tenant(client)
+    if tenant is None:
+        return None
+    memo = client.__dict__.get("_resilience_scope")
+    if memo is not None and memo[0] == tenant:
+        scope: str = memo[1]
+        return scope
+    api_key, organization, project, base_url = tenant
+    scope = scope_id(
+        api_key=api_key, organization=organization, project=project, base_url=base_url, secret=PROCESS_SECRET
+    )
+    client.__dict__["_resilience_scope"] = (tenant, scope)
+    return scope
+
+
 class Delivery:
     """Results and errors leave the chain through here, with their provenance."""
 
-    __slots__ = ("_bus", "_clock", "_read_through", "cache")
+    __slots__ = ("_bus", "_caching_routes", "_clock", "_read_through", "cache")
 
     def __init__(self, policy: Policy, *, clock: Clock, bus: EventBus) -> None:
         self._clock = clock
         self._bus = bus
         self._read_through = policy.cache.read_through
-        uses_cache = self._read_through or any(
-            _uses_cache(route) for route in policy.fallback.routes.values()
-        )
+        #: The routes with a cache step, by identity (the policy is frozen and outlives us).
+        self._caching_routes = {id(route) for route in policy.fallback.routes.values() if _uses_cache(route)}
+        uses_cache = self._read_through or bool(self._caching_routes)
         self.cache = ResponseCache(policy.cache, clock=clock) if policy.cache.enabled and uses_cache else None
 
     # -- the cache ---------------------------------------------------------------------------
@@ -68,20 +86,10 @@ class Delivery:
         """The cache key of this call when the cache may answer or store it, else None."""
         if self.cache is None or call.body is None or call.operation not in CACHEABLE:
             return None
-        if not self._read_through and not _uses_cache(route):
+        if not self._read_through and id(route) not in self._caching_routes:
             return None
-        tenant = _sdk.tenant(call.client)
-        if tenant is None:
-            return None
-        api_key, organization, project, base_url = tenant
-        scope = scope_id(
-            api_key=api_key,
-            organization=organization,
-            project=project,
-            base_url=base_url,
-            secret=PROCESS_SECRET,
-        )
-        return request_key(call.operation, call.body, scope)
+        scope = _scope(call.client)
+        return None if scope is None else request_key(call.operation, call.body, scope)
 
     def read_through(self, key: str | None) -> LocalAnswer | None:
         """A cached answer served before any upstream is asked, when read-through is on."""
@@ -184,9 +192,13 @@ class Delivery:
         return result
 
     def _remember(self, call: Call, result: Any, key: str) -> None:
-        if isinstance(result, pydantic.BaseModel) and getattr(result, "status", "completed") == "completed":
-            body = result.model_dump_json(exclude_unset=True).encode()
-            self._store(call, key, body, getattr(result, "model", None))
+        if not isinstance(result, pydantic.BaseModel):
+            return
+        # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
+        if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
+            return
+        body = result.model_dump_json(exclude_unset=True).encode()
+        self._store(call, key, body, getattr(result, "model", None))
 
     def continued(
         self, call: Call, result: Any, target_name: str, model: str | None, reason: Verdict

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Targets"]
 
-#: Breaker names remembered per client; past this many models a name is computed each call.
-MAX_NAMES_PER_CLIENT = 1024
+#: Targets remembered per client; past this many models a target is built on each call.
+MAX_TARGETS_PER_CLIENT = 1024
 
 
 class Targets:
@@ -63,20 +63,42 @@ class Targets:
                 model=model,
                 accepts_prefill=target.accepts_prefill,
             )
-        primary = step.model is None
-        model = requested_model if primary else step.model
-        name = self._name_on(caller, model)
-        return LiveTarget(
-            name=name,
-            label="primary",
-            source=Source.UPSTREAM if primary else Source.FALLBACK_MODEL,
-            send=caller._resilient_send,
-            client=caller,
-            retry=policy.retry,
-            timeouts=policy.timeouts,
-            breaker=self._breaker(name, None),
-            model=None if primary else model,
-        )
+        return self._on_caller(caller, step.model, requested_model)
+
+    def _on_caller(self, caller: Any, step_model: str | None, requested_model: str | None) -> LiveTarget:
+        """The caller's own client asked for its model (``step_model`` None) or another one.
+
+        Remembered per client instance, model and kind: rebuilding the breaker name from
+        ``str(base_url)`` on every call is measurable on the success path. The memo is dropped
+        when the client's base URL is reassigned or the registry dropped a breaker, and bounded.
+        """
+        base = caller._base_url
+        memo = caller.__dict__.get("_resilience_targets")
+        breakers = self._breakers
+        if memo is None or memo[0] is not base or memo[1] != breakers.epoch:
+            memo = (base, breakers.epoch, {})
+            caller.__dict__["_resilience_targets"] = memo
+        known: dict[tuple[str | None, str | None], LiveTarget] = memo[2]
+        key = (step_model, requested_model)
+        live = known.get(key)
+        if live is None:
+            primary = step_model is None
+            model = requested_model if primary else step_model
+            name = self._breaker_key(str(base), model)
+            live = LiveTarget(
+                name=name,
+                label="primary",
+                source=Source.UPSTREAM if primary else Source.FALLBACK_MODEL,
+                send=caller._resilient_send,
+                client=caller,
+                retry=self._policy.retry,
+                timeouts=self._policy.timeouts,
+                breaker=self._breaker(name, None),
+                model=None if primary else model,
+            )
+            if len(known) < MAX_TARGETS_PER_CLIENT:
+                known[key] = live
+        return live
 
     def _client(self, name: str) -> Any:
         client = self._clients.get(name)
@@ -104,25 +126,6 @@ class Targets:
             max_retries=0,
             http_client=factory(target) if factory is not None else None,
         )
-
-    def _name_on(self, client: Any, model: str | None) -> str:
-        """The breaker name for ``model`` on ``client``, remembered per client instance.
-
-        Rebuilding it from ``str(base_url)`` on every call is measurable on the success path;
-        the memo is dropped if the client's base URL is ever reassigned, and bounded.
-        """
-        base = client._base_url
-        memo = client.__dict__.get("_resilience_names")
-        if memo is None or memo[0] is not base:
-            memo = (base, {})
-            client.__dict__["_resilience_names"] = memo
-        names: dict[str | None, str] = memo[1]
-        name = names.get(model)
-        if name is None:
-            name = self._breaker_key(str(base), model)
-            if len(names) < MAX_NAMES_PER_CLIENT:
-                names[model] = name
-        return name
 
     def _breaker(self, name: str, override: BreakerPolicy | None) -> Any:
         if not self._policy.breaker.enabled and override is None:
