@@ -137,6 +137,8 @@ def _is_plain(options: FinalRequestOptions, cast_to: Any, stream: bool) -> bool:
     """A call whose result is the parsed model itself (no stream, no raw wrapper)."""
     if stream or not inspect.isclass(cast_to) or not issubclass(cast_to, pydantic.BaseModel):
         return False
+    if hasattr(cast_to, "build"):  # the SDK's ModelBuilderProtocol: built from the response
+        return False
     headers = options.headers
     return not (isinstance(headers, Mapping) and _RAW_HEADER in headers)
 
@@ -144,11 +146,18 @@ def _is_plain(options: FinalRequestOptions, cast_to: Any, stream: bool) -> bool:
 def _plain_result(client: Any, cast_to: Any, options: FinalRequestOptions, answer: Mapping[str, Any]) -> Any:
     """Build the SDK's model straight from ``answer``, as the SDK parses a JSON body.
 
-    The fast way for a local answer: no HTTP response is made up and no JSON is re-read.
+    The fast way for a local answer: no HTTP response is made up and no JSON is re-read, and
+    pydantic's validator (compiled) builds the model an order of magnitude faster than the SDK's
+    lenient ``construct``. An answer it refuses (a cached upstream answer of an odd shape) takes
+    the SDK's own lenient path.
     """
-    request = httpx2.Request(options.method.upper(), "http://resilient-openai.local/")
-    response = httpx2.Response(200, headers=_JSON_HEADERS, request=request)
-    parsed = client._process_response_data(data=dict(answer), cast_to=cast_to, response=response)
+    parsed: Any
+    try:
+        parsed = cast_to.model_validate(answer)
+    except pydantic.ValidationError:
+        request = httpx2.Request(options.method.upper(), "http://resilient-openai.local/")
+        response = httpx2.Response(200, headers=_JSON_HEADERS, request=request)
+        parsed = client._process_response_data(data=dict(answer), cast_to=cast_to, response=response)
     post_parser = options.post_parser
     if callable(post_parser):
         parsed = post_parser(parsed)
