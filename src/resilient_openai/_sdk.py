@@ -19,6 +19,8 @@ import pydantic
 from openai._models import FinalRequestOptions
 
 __all__ = [
+    "Options",
+    "base_url",
     "caller_limit",
     "describe_request",
     "error_from_status",
@@ -34,6 +36,8 @@ __all__ = [
     "with_body",
 ]
 
+#: The SDK's per-request options (method, url, body, headers, timeout, post-parser).
+Options = FinalRequestOptions
 #: The SDK marks raw (``with_raw_response``) and streaming-response requests with this header.
 _RAW_HEADER = "X-Stainless-Raw-Response"
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -77,6 +81,12 @@ def describe_request(client: Any, options: FinalRequestOptions) -> httpx2.Reques
     """A request naming the call's method and URL, for errors made without an HTTP exchange."""
     url = str(client.base_url) + options.url.lstrip("/")
     return httpx2.Request(options.method.upper(), url)
+
+
+def base_url(client: Any) -> Any:
+    """``client``'s base URL object, without the string conversion (its identity changes only
+    when the base URL is reassigned, which is what memos keyed on it need to know)."""
+    return client._base_url
 
 
 def tenant(client: Any) -> tuple[str, str | None, str | None, str] | None:

@@ -11,10 +11,9 @@ from .._classify import Classification, Verdict
 from .._provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
-    from openai._models import FinalRequestOptions
-
     from .._breaker import CircuitBreaker
     from .._policy import RetryPolicy, Timeouts
+    from .._sdk import Options
     from ._stream import StreamWatch
 
 __all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "Outcome", "StreamHooks"]
@@ -87,7 +86,7 @@ class Call:
     requested_model: str | None
     body: Mapping[str, Any] | None
     cast_to: Any
-    options: FinalRequestOptions
+    options: Options
     stream: bool
     stream_cls: Any
     client: Any

@@ -115,7 +115,9 @@ class ResponseCache:
         self._max_entries = policy.max_entries
         self._max_bytes = policy.max_bytes
         self._lock = threading.Lock()
-        self._entries = _Entries(maxsize=max(policy.max_bytes, 0), ttl=policy.ttl, timer=clock.now, getsizeof=_size)
+        self._entries = _Entries(
+            maxsize=max(policy.max_bytes, 0), ttl=policy.ttl, timer=clock.now, getsizeof=_size
+        )
         self._hits = 0
         self._misses = 0
         self._stores = 0

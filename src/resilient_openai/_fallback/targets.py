@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
+from .. import _sdk
 from .._breaker import BreakerRegistry, default_key
 from .._chain._call import LiveTarget
 from .._provenance import Source
@@ -72,7 +73,7 @@ class Targets:
         ``str(base_url)`` on every call is measurable on the success path. The memo is dropped
         when the client's base URL is reassigned or the registry dropped a breaker, and bounded.
         """
-        base = caller._base_url
+        base = _sdk.base_url(caller)
         memo = caller.__dict__.get("_resilience_targets")
         breakers = self._breakers
         if memo is None or memo[0] is not base or memo[1] != breakers.epoch:
