@@ -26,12 +26,12 @@ from ._chain.terminal import async_terminal, sync_terminal
 from ._chain.validate import AsyncValidate, SyncValidate
 from ._classify import Verdict, classify
 from ._clock import Clock
-from ._errors import ConfigError
 from ._fallback.cache import CachedAnswer, ResponseCache
 from ._fallback.keys import PROCESS_SECRET, request_key, scope_id
 from ._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, synthetic_response, text_answer
 from ._policy import FallbackStep, Policy, Route
 from ._provenance import Provenance, Source, attach
+from ._runtime import Runtime
 from .observe.events import CallCompleted, EventBus, FallbackServed
 
 __all__ = ["Engine", "operation_of"]
@@ -66,13 +66,14 @@ def operation_of(url: str) -> str:
 class Engine:
     """Policy, breakers, cache and the chain for one resilient client (and all its copies)."""
 
-    def __init__(self, policy: Policy, *, is_async: bool) -> None:
+    def __init__(self, policy: Policy, runtime: Runtime, *, is_async: bool) -> None:
         self.policy = policy
-        self.clock: Clock = policy.clock
-        self.bus = EventBus(policy.listeners)
+        self.runtime = runtime
+        self.clock: Clock = runtime.clock
+        self.bus = EventBus(runtime.listeners)
         self.is_async = is_async
         self.breakers = BreakerRegistry(policy.breaker, clock=self.clock, bus=self.bus)
-        self._breaker_key = policy.breaker_key or default_key
+        self._breaker_key = runtime.breaker_key or default_key
         uses_cache = policy.cache.read_through or any(
             step.kind == "cache"
             for route in policy.fallback.routes.values()
@@ -82,7 +83,6 @@ class Engine:
             ResponseCache(policy.cache, clock=self.clock) if policy.cache.enabled and uses_cache else None
         )
         self._target_clients: dict[str, Any] = {}
-        self._check_targets()
         forced = policy.fallback.forced_failures
         if is_async:
             async_layers: list[Any] = [AsyncFallback(self), AsyncRetry(self.clock, self.bus)]
@@ -127,27 +127,17 @@ class Engine:
 
     # -- targets -----------------------------------------------------------------------------
 
-    def _check_targets(self) -> None:
-        problems = []
-        for name, target in self.policy.fallback.targets.items():
-            client = target.client
-            if client is None:
-                continue
-            if self.is_async != _is_async_client(client):
-                want = "openai.AsyncOpenAI" if self.is_async else "openai.OpenAI"
-                problems.append(f"fallback.targets.{name}.client: must be an {want} like the primary client")
-        if problems:
-            raise ConfigError(problems)
-
     def _target_client(self, name: str) -> Any:
         client = self._target_clients.get(name)
         if client is None:
             import openai
 
             target = self.policy.fallback.targets[name]
-            if target.client is not None:
-                client = target.client.with_options(max_retries=0)
+            given = self.runtime.clients.get(name)
+            if given is not None:
+                client = given.with_options(max_retries=0)
             else:
+                factory = self.runtime.http_client
                 cls = openai.AsyncOpenAI if self.is_async else openai.OpenAI
                 # Never fall back on OPENAI_API_KEY: that would send the primary's key elsewhere.
                 client = cls(
@@ -156,6 +146,7 @@ class Engine:
                     organization=target.organization,
                     project=target.project,
                     max_retries=0,
+                    http_client=factory(target) if factory is not None else None,
                 )
             client = self._target_clients.setdefault(name, client)
         return client
@@ -433,9 +424,3 @@ def _route_uses_cache(route: Route) -> bool:
     return any(step.kind == "cache" for step in route.steps) or (
         route.content_policy is not None and route.content_policy.kind == "cache"
     )
-
-
-def _is_async_client(client: Any) -> bool:
-    import openai
-
-    return isinstance(client, openai.AsyncOpenAI)

@@ -22,12 +22,13 @@ from ._call import AsyncHandler, Call, Handler
 
 if TYPE_CHECKING:
     from .._engine import Engine
+    from .._runtime import FallbackFunction
 
 __all__ = ["AsyncFallback", "SyncFallback"]
 
 _log = logging.getLogger(__name__)
 
-_PRIMARY = FallbackStep(kind="model")
+_PRIMARY = FallbackStep.model_construct(kind="model")  # the caller's own model: a sentinel, never validated
 
 
 def _initial_rungs(call: Call, route: Route) -> list[FallbackStep]:
@@ -111,7 +112,7 @@ class SyncFallback:
             if local is not None:
                 answer, source, model = local
                 if source is Source.FUNCTION:
-                    text = _guarded(_run_sync, step, call, reason)
+                    text = _guarded(_run_sync, engine.runtime.functions[step.function or ""], call, reason)
                     answer = engine.function_answer(call, text) if text is not None else None
                 if answer is not None:
                     return engine.serve_sync(call, answer, source, model, reason=reason)
@@ -166,7 +167,7 @@ class AsyncFallback:
             if local is not None:
                 answer, source, model = local
                 if source is Source.FUNCTION:
-                    text = await _aguarded(step, call, reason)
+                    text = await _aguarded(engine.runtime.functions[step.function or ""], call, reason)
                     answer = engine.function_answer(call, text) if text is not None else None
                 if answer is not None:
                     return await engine.serve_async(call, answer, source, model, reason=reason)
@@ -179,43 +180,38 @@ class AsyncFallback:
             del failure, error  # the traceback holds this frame: break the cycle for the GC
 
 
-def _function(step: FallbackStep) -> Callable[..., Any]:
-    assert step.function is not None
-    return step.function
-
-
 def _guarded(
-    run: Callable[[FallbackStep, Call, Verdict | None], str],
-    step: FallbackStep,
+    run: Callable[[FallbackFunction, Call, Verdict | None], str],
+    function: FallbackFunction,
     call: Call,
     reason: Verdict | None,
 ) -> str | None:
     """The function's text, or None when it raised: a failing fallback is skipped, never raised."""
     try:
-        return run(step, call, reason)
+        return run(function, call, reason)
     except Exception:
-        _log.exception("fallback function %r failed; trying the next rung", step.function)
+        _log.exception("fallback function %r failed; trying the next rung", function)
         return None
 
 
-async def _aguarded(step: FallbackStep, call: Call, reason: Verdict | None) -> str | None:
+async def _aguarded(function: FallbackFunction, call: Call, reason: Verdict | None) -> str | None:
     """The asyncio twin of :func:`_guarded`."""
     try:
-        return await _run_async(step, call, reason)
+        return await _run_async(function, call, reason)
     except Exception:
-        _log.exception("fallback function %r failed; trying the next rung", step.function)
+        _log.exception("fallback function %r failed; trying the next rung", function)
         return None
 
 
-def _run_sync(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
-    produced = _function(step)(dict(call.body or {}), str(reason))
+def _run_sync(function: FallbackFunction, call: Call, reason: Verdict | None) -> str:
+    produced = function(dict(call.body or {}), str(reason))
     if inspect.isawaitable(produced):
         raise TypeError("an async fallback function cannot answer a sync client; give a sync function")
     return str(produced)
 
 
-async def _run_async(step: FallbackStep, call: Call, reason: Verdict | None) -> str:
-    produced = _function(step)(dict(call.body or {}), str(reason))
+async def _run_async(function: FallbackFunction, call: Call, reason: Verdict | None) -> str:
+    produced = function(dict(call.body or {}), str(reason))
     if inspect.isawaitable(produced):
         produced = await produced
     return str(produced)
