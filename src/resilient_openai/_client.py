@@ -19,7 +19,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import path_of, show
 from ._engine import Engine
 from ._errors import ConfigError
-from ._policy import FallbackStep, Policy
+from ._policy import Policy
 from ._runtime import FallbackFunction, HttpClientFactory, Runtime
 
 if TYPE_CHECKING:
@@ -157,15 +157,10 @@ def _functions(policy: Policy, functions: Mapping[str, Any], problems: list[str]
     ]
     given = ", ".join(sorted(functions)) or "none"
     for key, route in policy.fallback.routes.items():
-        steps: list[tuple[tuple[str | int, ...], FallbackStep]] = [
-            (("steps", index), step) for index, step in enumerate(route.steps)
-        ]
-        if route.content_policy is not None:
-            steps.append((("content_policy",), route.content_policy))
         problems += [
             f"{path_of(('fallback', 'routes', key, *at, 'function'))}: no function {show(step.function)} "
             f"was passed as resilient(..., functions={{...}}); given: {given}"
-            for at, step in steps
+            for at, step in route.located_steps()
             if step.kind == "function" and step.function not in functions
         ]
 

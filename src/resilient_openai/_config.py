@@ -44,10 +44,11 @@ if TYPE_CHECKING:
 
     from pydantic_core import ErrorDetails
 
-__all__ = ["Problems", "load_file", "validated"]
+__all__ = ["Loc", "Problems", "load_file", "path_of", "show", "validated"]
 
 _T = TypeVar("_T")
-_Loc = tuple[str | int, ...]
+#: A key path as pydantic gives it: field names, mapping keys and list indices.
+Loc = tuple[str | int, ...]
 
 _SUFFIXES: Final = (".toml", ".yaml", ".yml")
 SECRET_MESSAGE: Final = (
@@ -73,7 +74,7 @@ _nested: ContextVar[bool] = ContextVar("resilient_openai_nested_validation", def
 class Problems(ValueError):
     """Mistakes a model's own cross-field checks found, each at a path below the model."""
 
-    def __init__(self, found: Sequence[tuple[_Loc, str]]) -> None:
+    def __init__(self, found: Sequence[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(message for _, message in found))
         self.found = tuple(found)
 
@@ -159,7 +160,7 @@ def validated(root: type[pydantic.BaseModel], validate: Callable[[], _T]) -> _T:
     raise ConfigError(problems)
 
 
-def path_of(loc: _Loc) -> str:
+def path_of(loc: Loc) -> str:
     """``('fallback', 'routes', '*', 'steps', 1)`` -> ``fallback.routes."*".steps[1]``."""
     path = ""
     for part in loc:
@@ -193,7 +194,7 @@ def show(value: object, key: str | int | None = None) -> str:
     return f"a {type(value).__name__} (not shown)"
 
 
-def _message(root: type[pydantic.BaseModel], loc: _Loc, error: ErrorDetails) -> str:
+def _message(root: type[pydantic.BaseModel], loc: Loc, error: ErrorDetails) -> str:
     """What is wrong at ``loc``, and what is allowed, from one pydantic error."""
     kind = error["type"]
     key = loc[-1] if loc else None
@@ -221,7 +222,7 @@ def _message(root: type[pydantic.BaseModel], loc: _Loc, error: ErrorDetails) -> 
     return f"must be {described}, got {got}{finite}"
 
 
-def _unknown(root: type[pydantic.BaseModel], loc: _Loc) -> str:
+def _unknown(root: type[pydantic.BaseModel], loc: Loc) -> str:
     """An unknown key: what it should be instead (never its value), with a did-you-mean."""
     key = str(loc[-1])
     if key == "api_key":
@@ -252,7 +253,7 @@ def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
             return annotation, metadata
 
 
-def _annotation_at(root: type[pydantic.BaseModel], loc: _Loc) -> tuple[Any, list[Any]] | None:
+def _annotation_at(root: type[pydantic.BaseModel], loc: Loc) -> tuple[Any, list[Any]] | None:
     """The annotation (and its constraints) of the value at ``loc`` below ``root``."""
     annotation: Any = root
     metadata: list[Any] = []
@@ -290,7 +291,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _describe(root: type[pydantic.BaseModel], loc: _Loc, *, upper: bool) -> str | None:
+def _describe(root: type[pydantic.BaseModel], loc: Loc, *, upper: bool) -> str | None:
     """What a scalar at ``loc`` may be: its type and the bound that matters (``upper``: the top)."""
     found = _annotation_at(root, loc)
     if found is None:
@@ -314,7 +315,7 @@ def _describe(root: type[pydantic.BaseModel], loc: _Loc, *, upper: bool) -> str 
     return what
 
 
-def _allowed_values(root: type[pydantic.BaseModel], loc: _Loc) -> str | None:
+def _allowed_values(root: type[pydantic.BaseModel], loc: Loc) -> str | None:
     """The allowed values of a required ``Literal`` field, as ``'a', 'b'``."""
     found = _annotation_at(root, loc)
     if found is None or typing.get_origin(found[0]) is not typing.Literal:

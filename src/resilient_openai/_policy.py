@@ -33,7 +33,7 @@ import pydantic
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, field_serializer
 
 from ._classify import Verdict
-from ._config import SECRET_MESSAGE, Problems, load_file, path_of, show, validated
+from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, validated
 from ._errors import ConfigError
 
 __all__ = [
@@ -401,7 +401,7 @@ class FallbackStep(_Model):
     def _fields_of_kind(self) -> FallbackStep:
         needed = _STEP_FIELD[self.kind]
         allowed = ", ".join(["kind"] if needed is None else ["kind", needed])
-        found: list[tuple[tuple[str | int, ...], str]] = [
+        found: list[tuple[Loc, str]] = [
             ((key,), f"not used by a {self.kind!r} step; allowed: {allowed}")
             for key in _STEP_FIELD.values()
             if key is not None and key != needed and getattr(self, key) is not None
@@ -423,6 +423,15 @@ class Route(_Model):
     context_model: Name | None = None
     #: What answers a content-filtered request, if anything (default: the filter error).
     content_policy: FallbackStep | None = None
+
+    def located_steps(self) -> list[tuple[Loc, FallbackStep]]:
+        """Every step with its key path below the route: ``steps[i]``, then ``content_policy``."""
+        located: list[tuple[Loc, FallbackStep]] = [
+            (("steps", index), step) for index, step in enumerate(self.steps)
+        ]
+        if self.content_policy is not None:
+            located.append((("content_policy",), self.content_policy))
+        return located
 
     @pydantic.model_validator(mode="after")
     def _nothing_after_canned(self) -> Route:
@@ -450,20 +459,18 @@ class FallbackPolicy(_Model):
 
     @pydantic.model_validator(mode="after")
     def _routes_fit_targets(self) -> FallbackPolicy:
-        found: list[tuple[tuple[str | int, ...], str]] = [
+        found: list[tuple[Loc, str]] = [
             (("targets", key, "name"), f"must equal its table key in fallback.targets, {key!r}")
             for key, target in self.targets.items()
             if target.name != key
         ]
         for key, route in self.routes.items():
-            where: tuple[str | int, ...] = ("routes", key)
+            where: Loc = ("routes", key)
             if route.context_model == key:
                 message = f"is the route's own model {key!r}; name a model with a larger context window"
                 found.append(((*where, "context_model"), message))
-            steps = [((*where, "steps", index), step) for index, step in enumerate(route.steps)]
-            if route.content_policy is not None:
-                steps.append(((*where, "content_policy"), route.content_policy))
-            for at, step in steps:
+            for below, step in route.located_steps():
+                at = (*where, *below)
                 if step.kind == "model" and step.model == key:
                     message = f"is the route's own model {key!r}; a fallback must go elsewhere"
                     message += " (retries are set in retry)"
@@ -528,7 +535,7 @@ class Policy(_Model):
 # --------------------------------------------------------------------------------------------
 
 
-def _string_keys(data: Any, loc: tuple[str | int, ...], found: list[str]) -> None:
+def _string_keys(data: Any, loc: Loc, found: list[str]) -> None:
     """Report every mapping key in ``data`` that is not a string (YAML allows ``1:``)."""
     if isinstance(data, Mapping):
         for key, value in data.items():
