@@ -541,3 +541,9 @@ def test_resilient_runs_a_valid_code_policy_with_its_collaborators() -> None:
     assert reply.choices[0].message.content
     assert upstream.count() == 1
     assert events
+
+
+def test_model_validate_reports_like_the_constructor() -> None:
+    """pydantic's own entry point raises the same ConfigError lines, with full paths."""
+    problems = problems_of(lambda: Policy.model_validate({"breaker": {"fail_max": 0}}))
+    assert problems == ("breaker.fail_max: must be an integer >= 1, got 0",)

@@ -26,7 +26,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
@@ -131,6 +131,11 @@ class _Model(pydantic.BaseModel):
 
     def __init__(self, /, **data: Any) -> None:
         validated(type(self), lambda: super(_Model, self).__init__(**data))
+
+    @classmethod
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """Validate ``obj`` (a dict, or an instance); a mistake is a ConfigError, as in ``__init__``."""
+        return validated(cls, lambda: super(_Model, cls).model_validate(obj, **options))
 
 
 def _ordered(model: _M, pairs: list[tuple[str, str]], why: str) -> _M:
@@ -333,7 +338,8 @@ class Target(_Model):
     passed as ``resilient(..., clients={name: client})``.
     """
 
-    name: Key
+    #: Its key in ``fallback.targets`` (a file never writes it, so a dump leaves it out too).
+    name: Key = Field(exclude=True)
     base_url: Annotated[str, pydantic.Strict(), AfterValidator(_http_url)] | None = None
     api_key_env: Annotated[str, pydantic.Strict(), AfterValidator(_set_variable)] | None = None
     organization: Name | None = None
@@ -521,8 +527,7 @@ class Policy(_Model):
         As in a file: ``retry.rules`` merge over the default rules, a target's own ``retry`` /
         ``breaker`` start from the top-level sections, and a target's name is its table key.
         """
-        prepared = _file_data(data)
-        return validated(cls, lambda: cls.model_validate(prepared))
+        return cls.model_validate(_file_data(data))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Policy:
@@ -553,7 +558,7 @@ def _section(model: Callable[..., pydantic.BaseModel], data: Any) -> dict[str, A
     if not isinstance(data, Mapping):
         return {}
     try:
-        validated(Policy, lambda: model(**data))
+        model(**data)
     except ConfigError:
         return {}
     return dict(data)
