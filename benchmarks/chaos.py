@@ -167,16 +167,16 @@ PALETTE_SIZE = 1024
 # -- the policy -----------------------------------------------------------------------------------
 
 
-def chaos_policy(listeners: Sequence[Callable[[Any], None]] = ()) -> Policy:
+def chaos_policy() -> Policy:
     """The policy under test: short retries, short breaks, a backup model, the cache, a canned answer."""
     rule = RetryRule(attempts=3, base=0.005, cap=0.04, jitter=0.25)
 
     def route(backup: str) -> Route:
         return Route(
             steps=(
-                FallbackStep("model", model=backup),
-                FallbackStep("cache"),
-                FallbackStep("canned", text="{model} is unavailable ({reason})."),
+                FallbackStep(kind="model", model=backup),
+                FallbackStep(kind="cache"),
+                FallbackStep(kind="canned", text="{model} is unavailable ({reason})."),
             )
         )
 
@@ -196,7 +196,6 @@ def chaos_policy(listeners: Sequence[Callable[[Any], None]] = ()) -> Policy:
         ),
         fallback=FallbackPolicy(routes={STREAM_MODEL: route(STREAM_BACKUP), JSON_MODEL: route(JSON_BACKUP)}),
         cache=CachePolicy(max_entries=256),
-        listeners=tuple(listeners),
     )
 
 
@@ -737,7 +736,9 @@ class _Side:
         self.deck.top_up(low=DECK_FULL)
         self.tally = _Tally()
         self.registry = CollectorRegistry()
-        self.policy = chaos_policy([PrometheusListener(self.registry)])
+        self.policy = chaos_policy()
+        #: The side's metrics listener, passed to ``resilient()`` with the policy.
+        self.listeners = (PrometheusListener(self.registry),)
         self.stats = [_Stats() for _ in range(workers)]
         self.upstream_counts: Counter[str] = Counter()
         self.harness_errors: list[str] = []
@@ -905,7 +906,7 @@ def _run_loop(
     async def main() -> None:
         http = httpx2.AsyncClient(transport=_AsyncTallyTransport(side.upstream.async_transport(), side.tally))
         raw = openai.AsyncOpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
-        side.client = resilient(raw, side.policy)
+        side.client = resilient(raw, side.policy, listeners=side.listeners)
         gate.bind()
         done = asyncio.Event()
         watcher = asyncio.create_task(_watch_lag(lag, done))
@@ -1121,7 +1122,7 @@ def run(
     async_side = _Side("async", tasks, seed, extra_faults=extra_faults)
     http = httpx2.Client(transport=_TallyTransport(sync_side.upstream.transport(), sync_side.tally))
     raw = openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
-    sync_side.client = resilient(raw, sync_side.policy)
+    sync_side.client = resilient(raw, sync_side.policy, listeners=sync_side.listeners)
     gate = _Gate(callers=threads + tasks)
     ready = threading.Event()
     lag = _LoopLag()

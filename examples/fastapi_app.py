@@ -36,7 +36,7 @@ import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -74,8 +74,8 @@ BUILT_IN_POLICY = Policy(
         routes={
             "*": Route(
                 steps=(
-                    FallbackStep("cache"),
-                    FallbackStep("canned", text="The assistant is unavailable right now ({reason})."),
+                    FallbackStep(kind="cache"),
+                    FallbackStep(kind="canned", text="The assistant is unavailable right now ({reason})."),
                 )
             )
         }
@@ -121,13 +121,13 @@ class _Service:
     registry: CollectorRegistry
 
 
-def _policy(given: Policy | str | os.PathLike[str] | None, listener: PrometheusListener) -> Policy:
-    """The policy given, else the file :data:`POLICY_ENV` names, else the built-in one; plus ``listener``."""
+def _policy(given: Policy | str | os.PathLike[str] | None) -> Policy:
+    """The policy given, else the file :data:`POLICY_ENV` names, else the built-in one."""
     if given is None:
         given = os.environ.get(POLICY_ENV) or BUILT_IN_POLICY
     if isinstance(given, Policy):
-        return replace(given, listeners=(*given.listeners, listener))
-    return Policy.from_file(Path(given), listeners=(listener,))
+        return given
+    return Policy.from_file(Path(given))
 
 
 def _error_status(error: Exception) -> tuple[int, dict[str, str]]:
@@ -160,10 +160,11 @@ def create_app(
         uninstall = install_redaction()  # first: nothing may log a key before it is in place
         try:
             registry = CollectorRegistry()
-            chosen = _policy(policy, PrometheusListener(registry))  # a bad file fails start-up here
+            chosen = _policy(policy)  # a bad file fails start-up here
             http_client = httpx2.AsyncClient(transport=transport) if transport is not None else None
             raw = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, http_client=http_client)
-            service = _Service(resilient(raw, chosen), registry)
+            client = resilient(raw, chosen, listeners=(PrometheusListener(registry),))
+            service = _Service(client, registry)
             try:
                 yield
             finally:

@@ -4,7 +4,7 @@ same scenario through the sync and the async client shells."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,14 @@ class Harness:
             api_key=api_key, base_url=base_url, http_client=httpx2.Client(transport=self.upstream.transport())
         )
 
-    def client(self, policy: Policy | None = None, **raw: Any) -> Any:
-        """A resilient client on the fake upstream; the policy defaults to one on the fake clock."""
-        return resilient(self.raw(**raw), policy or Policy(clock=self.clock))
+    def client(
+        self, policy: Policy | None = None, *, runtime: Mapping[str, Any] | None = None, **raw: Any
+    ) -> Any:
+        """A resilient client on the fake upstream and the fake clock.
+
+        ``runtime`` adds keyword arguments of ``resilient()`` (listeners, clients, functions...).
+        """
+        return resilient(self.raw(**raw), policy, **{"clock": self.clock, **(runtime or {})})
 
     def run(self, work: Callable[[], Any]) -> Any:
         """Call ``work()``; for the async flavour it returns a coroutine, which is run to the end."""

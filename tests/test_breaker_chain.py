@@ -20,7 +20,7 @@ NO_RETRY = RetryPolicy(rules={})
 
 
 def _policy(harness: Harness, **breaker: Any) -> Policy:
-    return Policy(clock=harness.clock, retry=NO_RETRY, breaker=BreakerPolicy(**breaker))
+    return Policy(retry=NO_RETRY, breaker=BreakerPolicy(**breaker))
 
 
 def _fail(harness: Harness, client: Any, times: int) -> None:
@@ -85,7 +85,7 @@ def test_half_open_probe_closes_the_circuit(harness: Harness) -> None:
 def test_retry_stops_at_an_open_circuit(harness: Harness) -> None:
     """The breaker sees every attempt: once it opens mid-retry, the retries stop."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    policy = Policy(clock=harness.clock, breaker=BreakerPolicy(fail_max=2, break_duration=300))
+    policy = Policy(breaker=BreakerPolicy(fail_max=2, break_duration=300))
     client = harness.client(policy)
     with pytest.raises(openai.InternalServerError):
         harness.chat(client)

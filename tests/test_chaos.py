@@ -74,9 +74,10 @@ def test_the_faults_reached_the_callers(result: chaos.ChaosResult) -> None:
 def test_an_attempt_refused_for_the_deadline_is_not_recorded_as_sent(harness: Harness) -> None:
     """A fallback rung reached after the deadline sends nothing, and its provenance says so."""
     harness.upstream.set_default("gpt-A", Fault.silence())
-    route = Route(steps=(FallbackStep("model", model="gpt-B"), FallbackStep("canned", text="sorry")))
+    route = Route(
+        steps=(FallbackStep(kind="model", model="gpt-B"), FallbackStep(kind="canned", text="sorry"))
+    )
     policy = Policy(
-        clock=harness.clock,
         retry=RetryPolicy(rules={}),
         # The primary's silence lasts the whole budget: the backup is reached with none left.
         timeouts=Timeouts(total=2.0, attempt=2.0, connect=1.0, first_token=2.0, stream_idle=2.0),

@@ -10,13 +10,11 @@ import tomllib
 from pathlib import Path
 
 import httpx2
-import openai
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from resilient_openai import FallbackPolicy, FallbackStep, Policy, Route, Target, Timeouts
-from resilient_openai._config import describe_policy, load_file, policy_from_dict
 from resilient_openai._demo import (
     DEMO_FALLBACK_MODEL,
     DEMO_MODEL,
@@ -118,18 +116,17 @@ def test_demo_counts_a_foreign_exception_as_a_bug() -> None:
     def explode(request: httpx2.Request) -> httpx2.Response:
         raise RuntimeError("custom transport exploded")
 
-    broken = openai.OpenAI(
-        api_key="sk-broken", base_url="http://broken.test/v1",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(explode)),
-    )  # fmt: skip
     policy = Policy(
         timeouts=Timeouts(total=1.0, attempt=0.5, connect=0.5, first_token=0.5, stream_idle=0.5),
         fallback=FallbackPolicy(
             routes={DEMO_MODEL: Route(steps=(FallbackStep(kind="target", target="broken"),))},
-            targets={"broken": Target(name="broken", client=broken)},
+            targets={"broken": Target(name="broken", base_url="http://broken.test/v1")},
         ),
     )
-    config = DemoConfig(phases=parse_scenario("storm:0.3"), rate=20.0, concurrency=2, policy=policy)
+    config = DemoConfig(
+        phases=parse_scenario("storm:0.3"), rate=20.0, concurrency=2, policy=policy,
+        http_client=lambda target: httpx2.Client(transport=httpx2.MockTransport(explode)),
+    )  # fmt: skip
     out = io.StringIO()
     code = _run_demo(Console(file=out, width=150), config, live=False, png=None)
     assert code == 1
@@ -204,8 +201,8 @@ def test_percentile_nearest_rank() -> None:
 def test_policy_toml_round_trips() -> None:
     """The TOML that check-config prints loads back into the same policy."""
     policy = demo_policy(DEMO_MODEL, DEMO_FALLBACK_MODEL)
-    text = policy_toml(describe_policy(policy))
-    assert policy_from_dict(tomllib.loads(text)) == policy
+    text = policy_toml(policy.model_dump(mode="json"))
+    assert Policy.from_dict(tomllib.loads(text)) == policy
 
 
 # -- the commands ---------------------------------------------------------------------------------
@@ -245,16 +242,16 @@ def test_check_config_prints_the_effective_policy(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-test-azure")
     result = CliRunner().invoke(build_app(), ["check-config", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    assert policy_from_dict(tomllib.loads(result.stdout)) == policy_from_dict(load_file(EXAMPLE))
+    assert Policy.from_dict(tomllib.loads(result.stdout)) == Policy.from_file(EXAMPLE)
     assert "sk-test-azure" not in result.output
 
 
 def test_check_config_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--json prints describe_policy's data as JSON."""
+    """--json prints the policy's model_dump as JSON."""
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sk-test-azure")
     result = CliRunner().invoke(build_app(), ["check-config", "--json", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == describe_policy(policy_from_dict(load_file(EXAMPLE)))
+    assert json.loads(result.stdout) == Policy.from_file(EXAMPLE).model_dump(mode="json")
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:
@@ -268,6 +265,7 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
     assert lines[0].startswith("timeouts.total:")
     assert lines[1].startswith("breaker.mode:")
     assert lines[2].startswith("breaker.fali_max:")
+    assert "sometimes" in lines[1]
     assert "fail_max" in lines[2]
 
 
@@ -277,6 +275,19 @@ def test_check_config_names_a_missing_key_variable(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(build_app(), ["check-config", str(EXAMPLE)])
     assert result.exit_code == 2
     assert "fallback.targets.azure.api_key_env" in result.stdout
+
+
+def test_check_config_never_echoes_a_key_pasted_as_the_variable_name(tmp_path: Path) -> None:
+    """A key pasted into api_key_env (it looks like a variable name, none is set) is never printed."""
+    pasted = "a3f9c2e4b7d1806f5e2c9a4b3d7f1e08"
+    path = tmp_path / "pasted.toml"
+    path.write_text(
+        f'[fallback.targets.azure]\nbase_url = "https://azure.test/v1"\napi_key_env = "{pasted}"\n'
+    )
+    result = CliRunner().invoke(build_app(), ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert result.stdout.startswith("fallback.targets.azure.api_key_env: ")
+    assert pasted not in result.output
 
 
 def test_main_without_the_cli_extra(

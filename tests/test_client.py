@@ -110,7 +110,7 @@ def test_persistent_503_is_bounded_by_the_rule(harness: Harness) -> None:
     """Persistent 503: exactly the rule's attempts, then the SDK's InternalServerError."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
     rules = {**RetryPolicy().rules, Verdict.SERVER_ERROR: RetryRule(attempts=4, base=0.5, cap=8, jitter=0)}
-    policy = Policy(clock=harness.clock, retry=RetryPolicy(rules=rules))
+    policy = Policy(retry=RetryPolicy(rules=rules))
     with pytest.raises(openai.InternalServerError):
         harness.chat(harness.client(policy))
     assert harness.upstream.count() == 4
@@ -137,9 +137,7 @@ def test_retry_after_beyond_cap_gives_up_now(harness: Harness) -> None:
 def test_silent_upstream_ends_within_the_deadline(harness: Harness) -> None:
     """A silent upstream: the call ends within the total deadline, not attempts x timeout."""
     harness.upstream.set_default("gpt-A", Fault.silence())
-    policy = Policy(
-        clock=harness.clock, timeouts=Timeouts(total=25.0, attempt=10.0, first_token=10.0, stream_idle=10.0)
-    )
+    policy = Policy(timeouts=Timeouts(total=25.0, attempt=10.0, first_token=10.0, stream_idle=10.0))
     start = harness.clock.now()
     with pytest.raises(openai.APITimeoutError):
         harness.chat(harness.client(policy))
@@ -172,7 +170,7 @@ def test_stream_failure_before_first_chunk_is_retried(harness: Harness) -> None:
 def test_stream_stall_after_delivery_is_typed(harness: Harness) -> None:
     """A stall longer than the idle limit mid-stream ends it with reason 'stalled'."""
     harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, stall_after=5, stall=60.0))
-    policy = Policy(clock=harness.clock, timeouts=Timeouts(stream_idle=10.0))
+    policy = Policy(timeouts=Timeouts(stream_idle=10.0))
     _, chunks, error = harness.stream_chat(harness.client(policy))
     assert isinstance(error, IncompleteStreamError)
     assert error.reason == "stalled"

@@ -1,19 +1,19 @@
-"""Policy files: every mistake named once, secrets never echoed, and describe_policy round-trips."""
+"""Policy files: every mistake named once, secrets never echoed, and the dumped policy round-trips."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_openai._classify import Verdict
-from resilient_openai._config import describe_policy, load_file, policy_from_dict
+from resilient_openai._config import load_file
 from resilient_openai._errors import ConfigError
 from resilient_openai._policy import (
     RETRYABLE_VERDICTS,
@@ -42,10 +42,10 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MISSING_ENV, raising=False)
 
 
-def problems_of(data: Any, **overrides: Any) -> tuple[str, ...]:
+def problems_of(data: Any) -> tuple[str, ...]:
     """The problems ConfigError lists for ``data``."""
     with pytest.raises(ConfigError) as info:
-        policy_from_dict(data, **overrides)
+        Policy.from_dict(data)
     return info.value.problems
 
 
@@ -61,26 +61,6 @@ def with_steps(*steps: Any, route: str = "gpt-4o") -> dict[str, Any]:
     return data
 
 
-class StubClock:
-    """A clock that satisfies the Clock protocol and never moves."""
-
-    def now(self) -> float:
-        return 0.0
-
-    def wall(self) -> float:
-        return 0.0
-
-    def sleep(self, seconds: float) -> None:
-        pass
-
-    async def asleep(self, seconds: float) -> None:
-        pass
-
-
-def _listener(event: object) -> None:
-    """A listener that ignores every event."""
-
-
 # (data, the key path the one problem must name, a fragment of what it must say)
 ONE_MISTAKE: list[Any] = [
     # top level
@@ -94,7 +74,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         {"retry": {"rules": {"server_errr": {}}}},
         "retry.rules.server_errr",
-        "unknown verdict; allowed: conflict, connection_error, rate_limited, request_timeout",
+        "unknown verdict 'server_errr'; allowed: conflict, connection_error, rate_limited, request_timeout",
         id="rule-unknown-verdict",
     ),
     pytest.param(
@@ -275,7 +255,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         {"breaker": {"failure_verdicts": "server_error"}},
         "breaker.failure_verdicts",
-        "must be a list of verdict names",
+        "must be a list, got 'server_error'",
         id="verdicts-str",
     ),
     pytest.param(
@@ -317,7 +297,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         with_target(api_key_env=MISSING_ENV),
         "fallback.targets.azure.api_key_env",
-        f"environment variable {MISSING_ENV} is not set",
+        "names an environment variable that is not set",
         id="env-missing",
     ),
     pytest.param(with_target(client="x"), "fallback.targets.azure.client", "code-only", id="target-client"),
@@ -370,9 +350,15 @@ ONE_MISTAKE: list[Any] = [
     ),
     pytest.param(
         with_steps({"kind": "function"}),
-        "fallback.routes.gpt-4o.steps[0].kind",
-        "code-only",
-        id="step-function",
+        "fallback.routes.gpt-4o.steps[0].function",
+        "required for a 'function' step",
+        id="step-function-without-its-name",
+    ),
+    pytest.param(
+        with_steps({"kind": "function", "function": ""}),
+        "fallback.routes.gpt-4o.steps[0].function",
+        "must be a non-empty string",
+        id="step-function-empty-name",
     ),
     pytest.param(
         with_steps({"kind": "retry"}),
@@ -407,7 +393,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         with_steps({"kind": "cache", "colour": "red"}),
         "fallback.routes.gpt-4o.steps[0].colour",
-        "unknown key; allowed: kind",
+        "unknown key; allowed: function, kind, model, target, text",
         id="step-unknown-key",
     ),
     pytest.param(
@@ -431,13 +417,13 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         with_steps({"kind": "canned", "text": "down"}, {"kind": "cache"}),
         "fallback.routes.gpt-4o.steps[1]",
-        "unreachable: fallback.routes.gpt-4o.steps[0] is a canned reply",
+        "unreachable: steps[0] is a canned reply",
         id="step-after-canned",
     ),
     pytest.param(
         {"fallback": {"routes": {"gpt-4o": {"steps": {"kind": "cache"}}}}},
         "fallback.routes.gpt-4o.steps",
-        "must be a list of step tables",
+        "must be a list",
         id="steps-not-list",
     ),
     pytest.param(
@@ -448,8 +434,8 @@ ONE_MISTAKE: list[Any] = [
     ),
     pytest.param(
         {"fallback": {"routes": {"gpt-4.1": {"content_policy": {"kind": "function"}}}}},
-        'fallback.routes."gpt-4.1".content_policy.kind',
-        "code-only",
+        'fallback.routes."gpt-4.1".content_policy.function',
+        "required for a 'function' step",
         id="content-policy-function-quoted-key",
     ),
     pytest.param(
@@ -462,6 +448,14 @@ ONE_MISTAKE: list[Any] = [
     pytest.param({"cache": {"max_entries": 0}}, "cache.max_entries", "integer >= 1", id="cache-entries"),
     pytest.param({"cache": {"max_bytes": 1.5}}, "cache.max_bytes", "integer >= 1", id="cache-bytes"),
     pytest.param({"cache": {"ttl": 0}}, "cache.ttl", "number > 0", id="cache-ttl"),
+    pytest.param(
+        {"timeouts": {"connect": 1e10}},
+        "timeouts.connect",
+        "must be a number <= 3600, got 10000000000.0",
+        id="connect-huge",
+    ),
+    pytest.param({"timeouts": {"total": 86401}}, "timeouts.total", "<= 86400", id="total-above-a-day"),
+    pytest.param({"breaker": {"fail_max": 10**7}}, "breaker.fail_max", "<= 1000000", id="count-huge"),
     pytest.param(
         {"cache": {"read_through": 0}}, "cache.read_through", "true or false", id="cache-read-through"
     ),
@@ -500,23 +494,23 @@ def test_several_mistakes_give_one_line_each() -> None:
         "breaker": {"fail_max": 0, "mode": "ratoi"},
     }
     with pytest.raises(ConfigError) as info:
-        policy_from_dict(data)
+        Policy.from_dict(data)
     paths = [problem.split(":")[0] for problem in info.value.problems]
-    assert paths == ["retry.rules.server_errr", "timeouts.attempt", "breaker.fail_max", "breaker.mode"]
+    assert paths == ["retry.rules.server_errr", "timeouts.attempt", "breaker.mode", "breaker.fail_max"]
     assert str(info.value).count("\n  - ") == 4
 
 
 def test_empty_dict_is_the_default_policy() -> None:
     """An empty file means Policy()."""
-    assert policy_from_dict({}) == Policy()
+    assert Policy.from_dict({}) == Policy()
 
 
 def test_partial_rule_keeps_other_rules_and_fields() -> None:
     """Setting one field of one rule leaves every other rule and field at its default."""
-    policy = policy_from_dict({"retry": {"rules": {"rate_limited": {"attempts": 5}}}})
+    policy = Policy.from_dict({"retry": {"rules": {"rate_limited": {"attempts": 5}}}})
     assert policy.retry.rules[Verdict.RATE_LIMITED] == RetryRule(attempts=5)
     assert set(policy.retry.rules) == RETRYABLE_VERDICTS
-    assert dataclasses.replace(policy.retry, rules=RetryPolicy().rules) == RetryPolicy()
+    assert policy.retry.model_copy(update={"rules": RetryPolicy().rules}) == RetryPolicy()
 
 
 def test_target_sections_start_from_the_top_level_ones() -> None:
@@ -535,7 +529,7 @@ def test_target_sections_start_from_the_top_level_ones() -> None:
             }
         },
     }
-    targets = policy_from_dict(data).fallback.targets
+    targets = Policy.from_dict(data).fallback.targets
     azure_retry = targets["azure"].retry
     azure_breaker = targets["azure"].breaker
     assert azure_retry is not None
@@ -548,7 +542,7 @@ def test_target_sections_start_from_the_top_level_ones() -> None:
 
 def test_null_is_a_value_not_an_absence() -> None:
     """An explicit None is accepted where the field allows None, and refused where it does not."""
-    policy = policy_from_dict({"breaker": {"slow_call_threshold": None}})
+    policy = Policy.from_dict({"breaker": {"slow_call_threshold": None}})
     assert policy.breaker.slow_call_threshold is None
     assert problems_of({"breaker": {"fail_max": None}}) == (
         "breaker.fail_max: must be an integer >= 1, got None",
@@ -558,7 +552,7 @@ def test_null_is_a_value_not_an_absence() -> None:
 def test_literal_api_key_is_refused_without_echoing_it() -> None:
     """A key in the file is an error that never repeats the key."""
     with pytest.raises(ConfigError) as info:
-        policy_from_dict(with_target(api_key=SECRET))
+        Policy.from_dict(with_target(api_key=SECRET))
     assert info.value.problems == (
         "fallback.targets.azure.api_key: secrets never in the file; "
         "use api_key_env (the name of an environment variable holding the key)",
@@ -574,6 +568,11 @@ def test_literal_api_key_is_refused_without_echoing_it() -> None:
             {"api_key_env": SECRET}, "fallback.targets.azure.api_key_env", id="key-pasted-as-env-name"
         ),
         pytest.param(
+            {"api_key_env": "a3f9c2e4b7d1806f5e2c9a4b3d7f1e08"},
+            "fallback.targets.azure.api_key_env",
+            id="hex-key-pasted-as-env-name",
+        ),
+        pytest.param(
             {"base_url": f"https://user:{SECRET}@example.com"},
             "fallback.targets.azure.base_url",
             id="url-credentials",
@@ -582,43 +581,34 @@ def test_literal_api_key_is_refused_without_echoing_it() -> None:
 )
 def test_secret_in_the_wrong_place_is_not_echoed(fields: dict[str, Any], path: str) -> None:
     """A key pasted where a name or URL belongs is reported without printing it."""
-    problems = problems_of(with_target(**fields))
-    assert len(problems) == 1
-    assert problems[0].startswith(f"{path}: ")
-    assert SECRET not in problems[0]
+    with pytest.raises(ConfigError) as info:
+        Policy.from_dict(with_target(**fields))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}: ")
+    for value in fields.values():
+        assert value not in str(info.value)
+        assert value not in repr(info.value)
 
 
-def test_empty_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key variable that is set but empty is an error naming the variable."""
+def test_empty_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key variable that is set but empty is an error on api_key_env."""
     monkeypatch.setenv(MISSING_ENV, "")
     (problem,) = problems_of(with_target(api_key_env=MISSING_ENV))
-    assert f"environment variable {MISSING_ENV} is set but empty" in problem
+    assert problem.startswith(
+        "fallback.targets.azure.api_key_env: names an environment variable that is set but empty"
+    )
 
 
-def test_describe_shows_the_variable_name_never_the_key() -> None:
-    """describe_policy lists api_key_env by name; the key's value appears nowhere."""
-    described = describe_policy(policy_from_dict(with_target()))
-    assert described["fallback"]["targets"]["azure"]["api_key_env"] == KEY_ENV
-    assert SECRET not in json.dumps(described)
+def test_dump_shows_the_variable_name_never_the_key() -> None:
+    """The dumped policy lists api_key_env by name; the key's value appears nowhere."""
+    dumped = Policy.from_dict(with_target()).model_dump(mode="json")
+    assert dumped["fallback"]["targets"]["azure"]["api_key_env"] == KEY_ENV
+    assert SECRET not in json.dumps(dumped)
 
 
-def test_overrides_set_code_only_fields() -> None:
-    """clock and listeners come in as overrides; listeners become a tuple."""
-    clock = StubClock()
-    policy = policy_from_dict({}, clock=clock, listeners=[_listener])
-    assert policy.clock is clock
-    assert policy.listeners == (_listener,)
-
-
-def test_bad_overrides_are_reported_with_the_data_problems() -> None:
-    """An unknown override, a non-clock and a non-callable listener join the file's problems."""
-    problems = problems_of({"cache": {"ttl": 0}}, retry=RetryPolicy(), clock=object(), listeners=[1])
-    assert [problem.split(":")[0] for problem in problems] == [
-        "cache.ttl",
-        "override retry",
-        "override clock",
-        "override listeners[0]",
-    ]
+def test_keys_that_are_not_strings_are_named() -> None:
+    """A YAML key such as ``1:`` is reported with its place, not raised as a TypeError."""
+    assert problems_of({"breaker": {1: 2}}) == ("breaker: keys must be non-empty strings, got 1",)
 
 
 def test_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -631,7 +621,7 @@ def test_example_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert policy.fallback.targets["azure"].api_key_env == "AZURE_OPENAI_API_KEY"
     assert policy.fallback.routes["*"].steps[-1].kind == "canned"
     assert policy.retry.rules[Verdict.RATE_LIMITED].attempts == 5
-    assert policy_from_dict(json.loads(json.dumps(describe_policy(policy)))) == policy
+    assert Policy.from_dict(json.loads(json.dumps(policy.model_dump(mode="json")))) == policy
 
 
 def test_example_file_names_the_missing_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -640,7 +630,9 @@ def test_example_file_names_the_missing_key_variable(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError) as info:
         Policy.from_file(EXAMPLE)
     (problem,) = info.value.problems
-    assert problem.startswith("fallback.targets.azure.api_key_env: environment variable AZURE_OPENAI_API_KEY")
+    assert problem.startswith(
+        "fallback.targets.azure.api_key_env: names an environment variable that is not set"
+    )
 
 
 TOML_TEXT = f"""
@@ -758,60 +750,38 @@ def test_unusable_file_is_named(tmp_path: Path, name: str, content: bytes | None
     assert fragment in problem
 
 
-def test_describe_is_plain_data_covering_every_field() -> None:
-    """describe_policy(Policy()) is JSON and has one key per dataclass field in every section."""
-    described = describe_policy(Policy())
-    assert json.loads(json.dumps(described)) == described
-    for key, cls in [
+def test_dump_is_plain_data_covering_every_field() -> None:
+    """Policy().model_dump(mode="json") is JSON and has one key per field in every section."""
+    dumped = Policy().model_dump(mode="json")
+    assert json.loads(json.dumps(dumped)) == dumped
+    sections: list[tuple[str, type[pydantic.BaseModel]]] = [
         ("retry", RetryPolicy),
         ("timeouts", Timeouts),
         ("breaker", BreakerPolicy),
         ("cache", CachePolicy),
         ("validation", ValidationPolicy),
-    ]:
-        assert set(described[key]) == {field.name for field in dataclasses.fields(cls)}, key
-    rule = described["retry"]["rules"]["timeout"]
-    assert set(rule) == {field.name for field in dataclasses.fields(RetryRule)}
-    assert described["clock"] == "<code>"
-    assert described["listeners"] == []
+    ]
+    for key, cls in sections:
+        assert set(dumped[key]) == set(cls.model_fields), key
+    assert set(dumped["retry"]["rules"]["timeout"]) == set(RetryRule.model_fields)
+    assert dumped["breaker"]["failure_verdicts"] == sorted(dumped["breaker"]["failure_verdicts"])
 
 
-def test_describe_marks_code_only_objects() -> None:
-    """Clock, listeners, clients and function steps show as "<code>"."""
-    policy = dataclasses.replace(
-        policy_from_dict(with_target()),
-        clock=StubClock(),
-        listeners=(_listener,),
-    )
-    fallback = dataclasses.replace(
-        policy.fallback,
-        targets={"azure": dataclasses.replace(policy.fallback.targets["azure"], client=object())},  # type: ignore[arg-type]
-        routes={"*": Route(steps=(FallbackStep(kind="function", function=lambda body, reason: "x"),))},
-    )
-    described = describe_policy(dataclasses.replace(policy, fallback=fallback))
-    assert described["clock"] == "<code>"
-    assert described["listeners"] == ["<code>"]
-    assert described["fallback"]["targets"]["azure"]["client"] == "<code>"
-    assert described["fallback"]["routes"]["*"]["steps"] == [{"kind": "function", "function": "<code>"}]
-
-
-def test_round_trip_with_code_only_fields_passed_back() -> None:
-    """Feeding describe_policy's output back, with clock and listeners as overrides, rebuilds the policy."""
-    policy = dataclasses.replace(
-        policy_from_dict(
-            with_steps({"kind": "target", "target": "azure"}, {"kind": "canned", "text": "{model} is down"})
-            | {"breaker": {"slow_call_threshold": 12.5}}
-        ),
-        clock=StubClock(),
-        listeners=(_listener,),
-    )
-    described = describe_policy(policy)
-    assert policy_from_dict(described, clock=policy.clock, listeners=policy.listeners) == policy
+def test_round_trip_with_targets_and_function_steps() -> None:
+    """Feeding the dumped policy back, function steps (by name) and targets included, rebuilds it."""
+    data = with_steps(
+        {"kind": "target", "target": "azure"},
+        {"kind": "function", "function": "apologise"},
+        {"kind": "canned", "text": "{model} is down"},
+    ) | {"breaker": {"slow_call_threshold": 12.5}}
+    policy = Policy.from_dict(data)
+    assert policy.fallback.routes["gpt-4o"].steps[1] == FallbackStep(kind="function", function="apologise")
+    assert Policy.from_dict(policy.model_dump(mode="json")) == policy
 
 
 def _ordered(count: int) -> st.SearchStrategy[list[float]]:
     """``count`` positive finite floats in ascending order."""
-    value = st.floats(min_value=0.001, max_value=1e6, allow_nan=False, allow_infinity=False)
+    value = st.floats(min_value=0.001, max_value=3600.0, allow_nan=False, allow_infinity=False)
     return st.lists(value, min_size=count, max_size=count).map(sorted)
 
 
@@ -832,7 +802,7 @@ def test_describe_round_trips_numeric_fields(
     fail_max: int,
     windows: dict[str, int],
 ) -> None:
-    """For valid numbers, policy_from_dict(describe_policy(p)) == p."""
+    """For valid numbers, Policy.from_dict(p.model_dump(mode="json")) == p."""
     connect, attempt, total = limits
     attempts, (base, cap), jitter = rule
     policy = Policy(
@@ -844,9 +814,12 @@ def test_describe_round_trips_numeric_fields(
             stream_idle=total * inner[1],
         ),
         retry=RetryPolicy(
-            rules={**RetryPolicy().rules, Verdict.TIMEOUT: RetryRule(attempts, base, cap, jitter)},
+            rules={
+                **RetryPolicy().rules,
+                Verdict.TIMEOUT: RetryRule(attempts=attempts, base=base, cap=cap, jitter=jitter),
+            },
         ),
         breaker=BreakerPolicy(mode="ratio", failure_ratio=ratio, fail_max=fail_max),
         validation=ValidationPolicy(context_windows=windows),
     )
-    assert policy_from_dict(json.loads(json.dumps(describe_policy(policy)))) == policy
+    assert Policy.from_dict(json.loads(json.dumps(policy.model_dump(mode="json")))) == policy

@@ -47,7 +47,7 @@ def _sse_client(pieces: list[bytes], clock: FakeClock, **policy: Any) -> openai.
 
     raw = openai.OpenAI(api_key="sk-x", base_url="http://mock.test/v1",
                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))  # fmt: skip
-    return resilient(raw, Policy(clock=clock, retry=RetryPolicy(rules={}), **policy))
+    return resilient(raw, Policy(retry=RetryPolicy(rules={}), **policy), clock=clock)
 
 
 def _read(client: openai.OpenAI) -> tuple[list[Any], BaseException | None]:
@@ -100,10 +100,8 @@ def test_failed_responses_stream_is_not_a_success(clock: FakeClock) -> None:
 
 def test_callable_keys_never_share_cache_entries(harness: Harness) -> None:
     """Clients whose key comes from a provider are not cached at all: no tenant to scope by."""
-    route = Route(steps=(FallbackStep("cache"), FallbackStep("canned", text="canned")))
-    policy = Policy(
-        clock=harness.clock, retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route})
-    )
+    route = Route(steps=(FallbackStep(kind="cache"), FallbackStep(kind="canned", text="canned")))
+    policy = Policy(retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route}))
     base = harness.client(policy)
     if harness.is_async:
 
@@ -130,9 +128,8 @@ def test_callable_keys_never_share_cache_entries(harness: Harness) -> None:
 def test_deadline_is_not_a_failure_of_an_untried_target(harness: Harness) -> None:
     """Running out of time before a fallback model is tried does not count against its breaker."""
     harness.upstream.set_default("gpt-A", Fault.silence())
-    route = Route(steps=(FallbackStep("model", model="gpt-B"), FallbackStep("canned", text="late")))
+    route = Route(steps=(FallbackStep(kind="model", model="gpt-B"), FallbackStep(kind="canned", text="late")))
     policy = Policy(
-        clock=harness.clock,
         timeouts=Timeouts(total=30.0, attempt=30.0, first_token=30.0, stream_idle=20.0),
         fallback=FallbackPolicy(routes={"gpt-A": route}),
     )
@@ -147,9 +144,7 @@ def test_deadline_is_not_a_failure_of_an_untried_target(harness: Harness) -> Non
 def test_client_timeout_is_honoured(harness: Harness) -> None:
     """A shorter timeout set on the client (with_options) is respected by every attempt."""
     harness.upstream.set_default("gpt-A", Fault.delay(10.0))
-    client = harness.client(Policy(clock=harness.clock, retry=RetryPolicy(rules={}))).with_options(
-        timeout=2.0
-    )
+    client = harness.client(Policy(retry=RetryPolicy(rules={}))).with_options(timeout=2.0)
     start = harness.clock.now()
     with pytest.raises(openai.APITimeoutError):
         harness.chat(client)

@@ -34,7 +34,7 @@ def _policy(harness: Harness, *steps: FallbackStep, **kwargs: Any) -> Policy:
     route = Route(steps=steps)
     kwargs.setdefault("retry", RetryPolicy(rules={}))
     kwargs.setdefault("breaker", BreakerPolicy(fail_max=1, break_duration=60))
-    return Policy(clock=harness.clock, fallback=FallbackPolicy(routes={"gpt-A": route}), **kwargs)
+    return Policy(fallback=FallbackPolicy(routes={"gpt-A": route}), **kwargs)
 
 
 def _ask(harness: Harness, client: Any, prompt: str, **kwargs: Any) -> Any:
@@ -43,7 +43,9 @@ def _ask(harness: Harness, client: Any, prompt: str, **kwargs: Any) -> Any:
 
 def test_open_breaker_answers_from_cache_then_canned(harness: Harness) -> None:
     """Breaker open on gpt-A: a cached prompt is served from the cache, another gets the canned text."""
-    client = harness.client(_policy(harness, FallbackStep("cache"), FallbackStep("canned", text=CANNED)))
+    client = harness.client(
+        _policy(harness, FallbackStep(kind="cache"), FallbackStep(kind="canned", text=CANNED))
+    )
     first = _ask(harness, client, "P")
     harness.upstream.set_default("gpt-A", Fault.status(503))
     opened = _ask(harness, client, "Q")  # fails, opens the breaker, canned
@@ -67,7 +69,7 @@ def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -
     """Primary 503: the fallback model answers, and model and usage are the fallback's."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
     harness.upstream.set_default("gpt-B", Fault.ok(text="from b", tokens=2))
-    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy())
+    policy = _policy(harness, FallbackStep(kind="model", model="gpt-B"), retry=RetryPolicy())
     result = _ask(harness, harness.client(policy), "P")
     assert result.model == "gpt-B"
     assert result.choices[0].message.content == "from b"
@@ -84,7 +86,10 @@ def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
     """With the breaker out of the way, the primary gets exactly its rule's attempts first."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
     policy = _policy(
-        harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy(), breaker=BreakerPolicy(fail_max=50)
+        harness,
+        FallbackStep(kind="model", model="gpt-B"),
+        retry=RetryPolicy(),
+        breaker=BreakerPolicy(fail_max=50),
     )
     result = _ask(harness, harness.client(policy), "P")
     assert harness.upstream.count(model="gpt-A") == 3
@@ -100,11 +105,11 @@ def test_fallback_client_on_another_provider(harness: Harness) -> None:
     )
     harness.upstream.set_default("gpt-A", Fault.status(503))
     fallback = FallbackPolicy(
-        routes={"gpt-A": Route(steps=(FallbackStep("target", target="azure"),))},
-        targets={"azure": Target(name="azure", client=target_client)},
+        routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="azure"),))},
+        targets={"azure": Target(name="azure")},
     )
-    policy = Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback)
-    result = _ask(harness, harness.client(policy), "P")
+    policy = Policy(retry=RetryPolicy(rules={}), fallback=fallback)
+    result = _ask(harness, harness.client(policy, runtime={"clients": {"azure": target_client}}), "P")
     assert result.choices[0].message.content == "from azure"
     record = provenance(result)
     assert record is not None
@@ -112,11 +117,41 @@ def test_fallback_client_on_another_provider(harness: Harness) -> None:
     assert other.count() == 1
 
 
+def test_target_from_base_url_sends_through_the_http_client_factory(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target made from base_url and api_key_env answers through the client http_client(target) builds."""
+    monkeypatch.setenv("RO_TEST_BACKUP_KEY", "sk-backup-key")
+    other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Fault.ok(text="from backup"))
+    built: list[str] = []
+
+    def http_client(target: Target) -> Any:
+        built.append(target.name)
+        if harness.is_async:
+            return httpx2.AsyncClient(transport=other.async_transport())
+        return httpx2.Client(transport=other.transport())
+
+    harness.upstream.set_default("gpt-A", Fault.status(503))
+    backup = Target(name="backup", base_url="http://backup.test/v1", api_key_env="RO_TEST_BACKUP_KEY")
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="backup"),))},
+        targets={"backup": backup},
+    )
+    policy = Policy(retry=RetryPolicy(rules={}), fallback=fallback)
+    result = _ask(harness, harness.client(policy, runtime={"http_client": http_client}), "P")
+    assert result.choices[0].message.content == "from backup"
+    assert provenance(result).source == "fallback_client"  # type: ignore[union-attr]
+    assert built == ["backup"]
+    [sent] = other.requests
+    assert sent.headers["authorization"] == "Bearer sk-backup-key"
+
+
 def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> None:
     """stream=True with the primary down: the caller reads a complete stream from the fallback."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
     harness.upstream.set_default("gpt-B", Fault.stream(text="alpha beta gamma"))
-    client = harness.client(_policy(harness, FallbackStep("model", model="gpt-B")))
+    client = harness.client(_policy(harness, FallbackStep(kind="model", model="gpt-B")))
     stream, chunks, error = harness.stream_chat(client)
     assert error is None
     assert text_of(chunks) == "alpha beta gamma"
@@ -126,7 +161,7 @@ def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> N
 def test_streaming_caller_gets_a_synthesized_canned_stream(harness: Harness) -> None:
     """A canned answer to a streaming caller arrives as the SDK's chunk type."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text="plain answer here")))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text="plain answer here")))
     stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
     assert error is None
     assert isinstance(chunks[0], openai.types.chat.ChatCompletionChunk)
@@ -137,7 +172,7 @@ def test_streaming_caller_gets_a_synthesized_canned_stream(harness: Harness) -> 
 def test_cache_replays_a_streamed_answer_as_a_stream(harness: Harness) -> None:
     """A completed streamed answer is cached and replayed as a stream when the primary is down."""
     harness.upstream.set_default("gpt-A", Fault.stream(text="one two three"))
-    client = harness.client(_policy(harness, FallbackStep("cache")))
+    client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     _, first, _ = harness.stream_chat(client)
     harness.upstream.set_default("gpt-A", Fault.status(503))
     stream, replay, error = harness.stream_chat(client)
@@ -153,8 +188,8 @@ def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> 
     client = harness.client(
         _policy(
             harness,
-            FallbackStep("cache"),
-            FallbackStep("canned", text="canned"),
+            FallbackStep(kind="cache"),
+            FallbackStep(kind="canned", text="canned"),
             breaker=BreakerPolicy(enabled=False),
         )
     )
@@ -172,7 +207,7 @@ def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> 
 def test_caller_errors_do_not_fall_back(harness: Harness) -> None:
     """A 400 is the caller's mistake: it propagates, no fallback answers it."""
     harness.upstream.set_default("gpt-A", Fault.status(400))
-    client = harness.client(_policy(harness, FallbackStep("canned", text="x")))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text="x")))
     with pytest.raises(openai.BadRequestError):
         _ask(harness, client, "P")
 
@@ -181,8 +216,8 @@ def test_context_length_goes_to_the_larger_model(harness: Harness) -> None:
     """context_length_exceeded goes to the route's larger-context model."""
     harness.upstream.set_default("gpt-A", Fault.status(400, code_str="context_length_exceeded"))
     harness.upstream.set_default("gpt-A-long", Fault.ok(text="long answer"))
-    route = Route(steps=(FallbackStep("canned", text="x"),), context_model="gpt-A-long")
-    policy = Policy(clock=harness.clock, fallback=FallbackPolicy(routes={"gpt-A": route}))
+    route = Route(steps=(FallbackStep(kind="canned", text="x"),), context_model="gpt-A-long")
+    policy = Policy(fallback=FallbackPolicy(routes={"gpt-A": route}))
     result = _ask(harness, harness.client(policy), "P")
     assert result.model == "gpt-A-long"
     assert provenance(result).reason == "context_length_exceeded"  # type: ignore[union-attr]
@@ -192,7 +227,7 @@ def test_quota_moves_on_at_once(harness: Harness) -> None:
     """Quota exhaustion is not retried: the next target answers straight away."""
     harness.upstream.set_default("gpt-A", Fault.status(429, code_str="insufficient_quota"))
     harness.upstream.set_default("gpt-B", Fault.ok(text="b"))
-    policy = _policy(harness, FallbackStep("model", model="gpt-B"), retry=RetryPolicy())
+    policy = _policy(harness, FallbackStep(kind="model", model="gpt-B"), retry=RetryPolicy())
     result = _ask(harness, harness.client(policy), "P")
     assert result.model == "gpt-B"
     assert harness.upstream.count(model="gpt-A") == 1
@@ -202,10 +237,10 @@ def test_quota_moves_on_at_once(harness: Harness) -> None:
 def test_forced_failure_exercises_the_fallback(harness: Harness) -> None:
     """The chaos switch fails the primary on purpose; nothing reaches the upstream for it."""
     fallback = FallbackPolicy(
-        routes={"gpt-A": Route(steps=(FallbackStep("canned", text="forced"),))},
+        routes={"gpt-A": Route(steps=(FallbackStep(kind="canned", text="forced"),))},
         forced_failures={"gpt-A": Verdict.SERVER_ERROR},
     )
-    client = harness.client(Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback))
+    client = harness.client(Policy(retry=RetryPolicy(rules={}), fallback=fallback))
     result = _ask(harness, client, "P")
     assert result.choices[0].message.content == "forced"
     assert harness.upstream.count() == 0
@@ -218,7 +253,8 @@ def test_function_fallback(harness: Harness) -> None:
     def answer(body: Any, reason: str) -> str:
         return f"{len(body['messages'])} message(s), {reason}"
 
-    client = harness.client(_policy(harness, FallbackStep("function", function=answer)))
+    policy = _policy(harness, FallbackStep(kind="function", function="answer"))
+    client = harness.client(policy, runtime={"functions": {"answer": answer}})
     result = _ask(harness, client, "P")
     assert result.choices[0].message.content == "1 message(s), server_error"
     assert provenance(result).source == "function"  # type: ignore[union-attr]
@@ -227,7 +263,7 @@ def test_function_fallback(harness: Harness) -> None:
 def test_no_fallback_left_raises_the_last_error(harness: Harness) -> None:
     """When every rung fails the caller gets the last real failure, with provenance."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("cache")))
+    client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     with pytest.raises(openai.InternalServerError) as caught:
         _ask(harness, client, "never cached")
     with pytest.raises(CircuitOpenError):
@@ -246,13 +282,11 @@ def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     clock = FakeClock()
     upstream = FakeUpstream(clock=clock)
     upstream.set_default("gpt-A", Fault.ok(text="tenant one's answer"))
-    route = Route(steps=(FallbackStep("cache"), FallbackStep("canned", text="canned")))
-    policy = Policy(
-        clock=clock, retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route})
-    )
+    route = Route(steps=(FallbackStep(kind="cache"), FallbackStep(kind="canned", text="canned")))
+    policy = Policy(retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route}))
     raw = openai.OpenAI(api_key=f"sk-{keys[0]}", base_url="http://fake.test/v1",
                         http_client=httpx2.Client(transport=upstream.transport()))  # fmt: skip
-    first = resilient(raw, policy)
+    first = resilient(raw, policy, clock=clock)
     second = first.with_options(api_key=f"sk-{keys[1]}")
     messages: Any = [{"role": "user", "content": "P"}]
     first.chat.completions.create(model="gpt-A", messages=messages)
@@ -263,16 +297,17 @@ def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     assert mine.choices[0].message.content == "tenant one's answer"
 
 
-def _continuation_policy(harness: Harness, other: FakeUpstream, *, accepts_prefill: bool) -> Policy:
+def _continuation_client(harness: Harness, other: FakeUpstream, *, accepts_prefill: bool) -> Any:
     backup = Harness(harness.flavour, other, harness.clock).raw(
         api_key="sk-b", base_url="http://backup.test/v1"
     )
     fallback = FallbackPolicy(
-        routes={"gpt-A": Route(steps=(FallbackStep("target", target="backup"),))},
-        targets={"backup": Target(name="backup", client=backup, accepts_prefill=accepts_prefill)},
+        routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="backup"),))},
+        targets={"backup": Target(name="backup", accepts_prefill=accepts_prefill)},
         continuation=True,
     )
-    return Policy(clock=harness.clock, retry=RetryPolicy(rules={}), fallback=fallback)
+    policy = Policy(retry=RetryPolicy(rules={}), fallback=fallback)
+    return harness.client(policy, runtime={"clients": {"backup": backup}})
 
 
 def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
@@ -282,7 +317,7 @@ def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
     harness.upstream.set_default(
         "gpt-A", Fault.stream(text="one two three four five six seven eight", cut_after=6)
     )
-    client = harness.client(_continuation_policy(harness, other, accepts_prefill=True))
+    client = _continuation_client(harness, other, accepts_prefill=True)
     stream, chunks, error = harness.stream_chat(client)
     assert error is None
     assert text_of(chunks) == "one two three four five six seven eight"
@@ -299,7 +334,7 @@ def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> Non
     """Without accepts_prefill the cut stream raises the typed error; no prefill is sent."""
     other = FakeUpstream(clock=harness.clock)
     harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, cut_after=6))
-    client = harness.client(_continuation_policy(harness, other, accepts_prefill=False))
+    client = _continuation_client(harness, other, accepts_prefill=False)
     _, chunks, error = harness.stream_chat(client)
     assert error is not None
     assert len(text_of(chunks).split()) == 6
@@ -313,7 +348,8 @@ def test_failing_function_is_skipped(harness: Harness) -> None:
     def broken(body: Any, reason: str) -> str:
         raise RuntimeError("bug in user code")
 
-    client = harness.client(
-        _policy(harness, FallbackStep("function", function=broken), FallbackStep("canned", text="canned"))
+    policy = _policy(
+        harness, FallbackStep(kind="function", function="broken"), FallbackStep(kind="canned", text="canned")
     )
+    client = harness.client(policy, runtime={"functions": {"broken": broken}})
     assert _ask(harness, client, "P").choices[0].message.content == "canned"

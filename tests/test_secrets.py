@@ -55,21 +55,21 @@ def test_sentinel_key_is_nowhere(redaction: None, caplog: pytest.LogCaptureFixtu
         api_key=OTHER, base_url="http://other.test/v1", http_client=httpx2.Client(transport=other.transport())
     )
     fallback = FallbackPolicy(
-        routes={"gpt-A": Route(steps=(FallbackStep("target", target="backup"), FallbackStep("cache")))},
-        targets={"backup": Target(name="backup", client=target_client)},
+        routes={
+            "gpt-A": Route(steps=(FallbackStep(kind="target", target="backup"), FallbackStep(kind="cache")))
+        },
+        targets={"backup": Target(name="backup")},
     )
-    policy = Policy(
-        clock=clock,
-        breaker=BreakerPolicy(fail_max=2),
-        fallback=fallback,
-        listeners=(events.append, LoggingListener(), PrometheusListener(registry)),
-    )
+    policy = Policy(breaker=BreakerPolicy(fail_max=2), fallback=fallback)
     raw = openai.OpenAI(
         api_key=SENTINEL,
         base_url="http://fake.test/v1",
         http_client=httpx2.Client(transport=upstream.transport()),
     )
-    client = resilient(raw, policy)
+    client = resilient(
+        raw, policy, clock=clock, clients={"backup": target_client},
+        listeners=(events.append, LoggingListener(), PrometheusListener(registry)),
+    )  # fmt: skip
     errors: list[BaseException] = []
     for _ in range(3):
         with pytest.raises(openai.OpenAIError) as caught:

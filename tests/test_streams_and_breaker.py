@@ -14,9 +14,7 @@ from .conftest import Harness
 
 
 def _client(harness: Harness) -> Any:
-    policy = Policy(
-        clock=harness.clock, retry=RetryPolicy(rules={}), breaker=BreakerPolicy(fail_max=1, break_duration=30)
-    )
+    policy = Policy(retry=RetryPolicy(rules={}), breaker=BreakerPolicy(fail_max=1, break_duration=30))
     return harness.client(policy)
 
 
@@ -92,7 +90,6 @@ def test_manual_isolate_and_close(harness: Harness) -> None:
 def test_slow_first_token_trips_slow_call_breaker(harness: Harness) -> None:
     """Slow-call tripping judges a stream by its time to first token, not its total length."""
     policy = Policy(
-        clock=harness.clock,
         retry=RetryPolicy(rules={}),
         breaker=BreakerPolicy(
             mode="ratio", min_calls=2, failure_ratio=1.0, slow_call_threshold=5.0, slow_call_ratio=0.5,

@@ -45,7 +45,6 @@ def test_oversized_prompt_goes_to_the_larger_model(harness: Harness) -> None:
     """A prompt estimated past the window is sent straight to the route's larger-context model."""
     harness.upstream.set_default("gpt-long", Fault.ok(text="long"))
     policy = Policy(
-        clock=harness.clock,
         validation=ValidationPolicy(context_windows={"gpt-A": 10}),
         fallback=FallbackPolicy(routes={"gpt-A": Route(context_model="gpt-long")}),
     )
@@ -57,7 +56,7 @@ def test_oversized_prompt_goes_to_the_larger_model(harness: Harness) -> None:
 
 def test_oversized_prompt_without_a_larger_model_is_refused(harness: Harness) -> None:
     """Without a larger-context model the oversized prompt is refused before sending."""
-    policy = Policy(clock=harness.clock, validation=ValidationPolicy(context_windows={"gpt-": 10}))
+    policy = Policy(validation=ValidationPolicy(context_windows={"gpt-": 10}))
     with pytest.raises(RequestRejectedError) as caught:
         harness.chat(harness.client(policy), messages=[{"role": "user", "content": "x" * 400}])
     assert caught.value.rule == "context_window"
@@ -67,7 +66,7 @@ def test_oversized_prompt_without_a_larger_model_is_refused(harness: Harness) ->
 def test_validation_can_be_switched_off(harness: Harness) -> None:
     """With validation off, the upstream judges the request itself."""
     harness.upstream.set_default("gpt-A", Fault.status(400))
-    policy = Policy(clock=harness.clock, validation=ValidationPolicy(enabled=False))
+    policy = Policy(validation=ValidationPolicy(enabled=False))
     with pytest.raises(Exception, match="400"):
         harness.chat(harness.client(policy), temperature=3.5)
     assert harness.upstream.count() == 1

@@ -10,15 +10,20 @@ the SDK's single ``request`` method — which is where the chain sits. Copies ma
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
 
 import openai
 
 from ._chain import Chain
+from ._clock import SYSTEM_CLOCK, Clock
+from ._config import path_of, show
 from ._errors import ConfigError
 from ._policy import Policy
-from ._runtime import Runtime
+from ._runtime import FallbackFunction, HttpClientFactory, Runtime
+
+if TYPE_CHECKING:
+    from .observe.events import Listener
 
 __all__ = ["resilient"]
 
@@ -83,47 +88,176 @@ def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
     return type(f"Resilient{base.__name__}", (base,), namespace)
 
 
-def _coerce(policy: PolicyLike) -> Policy:
-    """The policy to build the Engine from, checked exactly once, before any request.
-
-    Data and files are checked by their loader; a policy object (or the default) here, with the
-    same rules and messages.
-    """
-    from ._config import check_policy
-
+def _coerce(policy: object) -> Policy:
+    """The policy to build the chain from: given, loaded from data or a file, or the default."""
+    if isinstance(policy, Policy):
+        return policy
+    if policy is None:
+        return Policy()
     if isinstance(policy, Mapping):
         return Policy.from_dict(policy)
-    if policy is not None and not isinstance(policy, Policy):
+    if isinstance(policy, str | os.PathLike):
         return Policy.from_file(policy)
-    resolved = Policy() if policy is None else policy
-    check_policy(resolved)
-    return resolved
+    raise ConfigError(
+        [f"policy: must be a Policy, a dict of settings or a path to a file, got {show(policy, 'policy')}"]
+    )
 
 
-def _check_clients(runtime: Runtime, *, is_async: bool) -> None:
-    """Every given target client is of the primary client's flavour."""
-    want = openai.AsyncOpenAI if is_async else openai.OpenAI
-    problems = [
-        f"fallback.targets.{name}.client: must be an openai.{want.__name__} like the primary client"
-        for name, client in runtime.clients.items()
-        if not isinstance(client, want)
+def _listeners(listeners: object, problems: list[str]) -> tuple[Listener, ...]:
+    """``listeners`` as a tuple of callables (a problem line for each that is not one)."""
+    if isinstance(listeners, str | bytes | Mapping) or not isinstance(listeners, Iterable):
+        problems.append(f"listeners: must be an iterable of callables, got {show(listeners, 'listeners')}")
+        return ()
+    given = tuple(listeners)
+    problems += [
+        f"listeners[{index}]: must be callable, got {show(listener, 'listeners')}"
+        for index, listener in enumerate(given)
+        if not callable(listener)
     ]
+    return given
+
+
+def _clients(policy: Policy, clients: Mapping[str, Any], is_async: bool, problems: list[str]) -> None:
+    """Every ready client names a target, matches the wrapped client's flavour, and is needed."""
+    targets = policy.fallback.targets
+    defined = ", ".join(sorted(targets)) or "none"
+    want = openai.AsyncOpenAI if is_async else openai.OpenAI
+    for name, client in clients.items():
+        where = f"clients[{name!r}]"
+        target = targets.get(name)
+        if target is None:
+            problems.append(f"{where}: names no target in fallback.targets; defined targets: {defined}")
+        elif not isinstance(client, want):
+            problems.append(
+                f"{where}: must be an openai.{want.__name__} like the wrapped client, "
+                f"got a {type(client).__name__}"
+            )
+        elif dead := [key for key in ("base_url", "api_key_env") if getattr(target, key) is not None]:
+            shown = " and ".join(dead)
+            problems.append(
+                f"{where}: ambiguous: fallback.targets.{name} also sets {shown}, which only build a client "
+                f"when none is given; give either the client or {shown}"
+            )
+    problems += [
+        f"{path_of(('fallback', 'targets', name))}: needs a base_url, or a ready client passed as "
+        f"resilient(..., clients={{{name!r}: client}})"
+        for name, target in targets.items()
+        if target.base_url is None and name not in clients
+    ]
+
+
+def _functions(policy: Policy, functions: Mapping[str, Any], problems: list[str]) -> None:
+    """Every ``function`` step names a callable passed in ``functions``."""
+    problems += [
+        f"functions[{name!r}]: must be callable as function(request_body, reason), got {show(function)}"
+        for name, function in functions.items()
+        if not callable(function)
+    ]
+    given = ", ".join(sorted(functions)) or "none"
+    for key, route in policy.fallback.routes.items():
+        problems += [
+            f"{path_of(('fallback', 'routes', key, *at, 'function'))}: no function {show(step.function)} "
+            f"was passed as resilient(..., functions={{...}}); given: {given}"
+            for at, step in route.located_steps()
+            if step.kind == "function" and step.function not in functions
+        ]
+
+
+def _runtime(
+    policy: Policy,
+    is_async: bool,
+    *,
+    clock: object,
+    listeners: object,
+    clients: object,
+    functions: object,
+    breaker_key: object,
+    http_client: object,
+) -> Runtime:
+    """The collaborators, each checked against the policy once; ConfigError lists every mistake."""
+    problems: list[str] = []
+    if clock is not None and not isinstance(clock, Clock):
+        problems.append(f"clock: must be a Clock (now, wall, sleep, asleep), got {show(clock, 'clock')}")
+    given_listeners = _listeners(listeners, problems)
+    for key, value in (("clients", clients), ("functions", functions)):
+        if value is not None and not isinstance(value, Mapping):
+            problems.append(f"{key}: must be a dict by name, got {show(value, key)}")
+    given_clients = clients if isinstance(clients, Mapping) else {}
+    given_functions = functions if isinstance(functions, Mapping) else {}
+    _clients(policy, given_clients, is_async, problems)
+    _functions(policy, given_functions, problems)
+    for key, value, use in (
+        ("breaker_key", breaker_key, "breaker_key(base_url, model)"),
+        ("http_client", http_client, "http_client(target)"),
+    ):
+        if value is not None and not callable(value):
+            problems.append(f"{key}: must be None or callable as {use}, got {show(value, key)}")
     if problems:
         raise ConfigError(problems)
+    return Runtime(
+        clock=cast("Clock", clock) if clock is not None else SYSTEM_CLOCK,
+        listeners=given_listeners,
+        clients=dict(given_clients),
+        functions=dict(given_functions),
+        breaker_key=cast("Callable[[str, str | None], str] | None", breaker_key),
+        http_client=cast("HttpClientFactory | None", http_client),
+    )
 
 
 @overload
-def resilient(client: openai.OpenAI, policy: PolicyLike = None) -> openai.OpenAI: ...
+def resilient(
+    client: openai.OpenAI,
+    policy: PolicyLike = None,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    clients: Mapping[str, openai.OpenAI] | None = None,
+    functions: Mapping[str, FallbackFunction] | None = None,
+    breaker_key: Callable[[str, str | None], str] | None = None,
+    http_client: HttpClientFactory | None = None,
+) -> openai.OpenAI: ...
 @overload
-def resilient(client: openai.AsyncOpenAI, policy: PolicyLike = None) -> openai.AsyncOpenAI: ...
-def resilient(client: ClientT, policy: PolicyLike = None) -> ClientT:
+def resilient(
+    client: openai.AsyncOpenAI,
+    policy: PolicyLike = None,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    clients: Mapping[str, openai.AsyncOpenAI] | None = None,
+    functions: Mapping[str, FallbackFunction] | None = None,
+    breaker_key: Callable[[str, str | None], str] | None = None,
+    http_client: HttpClientFactory | None = None,
+) -> openai.AsyncOpenAI: ...
+def resilient(
+    client: ClientT,
+    policy: PolicyLike = None,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    clients: Mapping[str, Any] | None = None,
+    functions: Mapping[str, FallbackFunction] | None = None,
+    breaker_key: Callable[[str, str | None], str] | None = None,
+    http_client: HttpClientFactory | None = None,
+) -> ClientT:
     """Put the resilience chain in front of ``client``; returns a client of the same class.
 
     ``policy`` is a :class:`Policy`, a plain dict (as in a config file), a path to a TOML/YAML
-    file, or None for production defaults. The given client is not changed; the returned one
-    shares its connection pool and has the SDK's own retries switched off (``max_retries=0``),
-    so exactly one retry layer exists. Invalid policies raise
-    :class:`~resilient_openai.ConfigError` here, before any call is made.
+    file, or None for production defaults. The rest is code, which a policy cannot hold:
+
+    * ``clock``: the time source for backoff, deadlines, breakers and the cache (default: the
+      system's; tests pass ``resilient_openai.testing.FakeClock``).
+    * ``listeners``: callables that receive every event (see :mod:`resilient_openai.observe`).
+    * ``clients``: ready clients for fallback targets, by target name, of the same flavour
+      (sync or async) as ``client``; a target without one is built from its ``base_url``.
+    * ``functions``: the code behind ``function`` steps, by the name the step gives.
+    * ``breaker_key``: names the breaker for ``(base_url, model)`` (default: one per pair).
+    * ``http_client``: ``http_client(target)`` builds the HTTP client of each target made from
+      ``base_url`` (default: the SDK's own).
+
+    The given client is not changed; the returned one shares its connection pool and has the
+    SDK's own retries switched off (``max_retries=0``), so exactly one retry layer exists. An
+    invalid policy or collaborator raises :class:`~resilient_openai.ConfigError` here, listing
+    every mistake, before any call is made.
     """
     resolved = _coerce(policy)
     base: type[Any] | None = getattr(type(client), "_resilience_base", None)
@@ -136,13 +270,10 @@ def resilient(client: ClientT, policy: PolicyLike = None) -> ClientT:
             f"resilient() takes an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}"
         )
     is_async = isinstance(client, openai.AsyncOpenAI)
-    runtime = Runtime(
-        clock=resolved.clock,
-        listeners=resolved.listeners,
-        breaker_key=resolved.breaker_key,
-        clients={name: t.client for name, t in resolved.fallback.targets.items() if t.client is not None},
-    )
-    _check_clients(runtime, is_async=is_async)
+    runtime = _runtime(
+        resolved, is_async, clock=clock, listeners=listeners, clients=clients, functions=functions,
+        breaker_key=breaker_key, http_client=http_client,
+    )  # fmt: skip
     chain = Chain.build(resolved, runtime, is_async=is_async)
     cls = _shell_class(base, _AsyncShell if is_async else _SyncShell, chain)
     wrapped = client.copy(max_retries=0)

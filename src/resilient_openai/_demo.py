@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import random
 import threading
@@ -34,6 +33,7 @@ from ._fallback.plan import route_for
 from ._health import health
 from ._policy import Policy
 from ._provenance import provenance
+from ._runtime import HttpClientFactory
 from .observe.events import BreakerStateChanged, Event
 from .testing import FakeUpstream, Fault
 
@@ -193,7 +193,6 @@ def demo_policy(
     total: float = 3.0,
     break_duration: float = 3.0,
     fail_max: int = 5,
-    listeners: Sequence[Callable[[Event], None]] = (),
 ) -> Policy:
     """The policy the demo uses when none is given: short limits, a quick breaker, a full route.
 
@@ -233,7 +232,7 @@ def demo_policy(
         "fallback": {"routes": {model: {"steps": steps}}},
         "cache": {"ttl": 600.0},
     }
-    return Policy.from_dict(data, listeners=tuple(listeners))
+    return Policy.from_dict(data)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -424,6 +423,8 @@ class DemoConfig:
     rate: float = 20.0
     use_async: bool = False
     policy: Policy | None = None
+    #: Builds the HTTP client of each fallback target made from ``base_url`` (see ``resilient()``).
+    http_client: HttpClientFactory | None = None
     base_url: str | None = None
     model: str = DEMO_MODEL
     api_key: str = DEMO_API_KEY
@@ -484,9 +485,7 @@ class DemoRun:
 
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
-        base = config.policy or demo_policy(config.model, DEMO_FALLBACK_MODEL if config.fake else None)
-        # Our listener goes last: the user's own listeners see the events first, unchanged.
-        self.policy = dataclasses.replace(base, listeners=(*base.listeners, self._on_event))
+        self.policy = config.policy or demo_policy(config.model, DEMO_FALLBACK_MODEL if config.fake else None)
         self._route_models = tuple(
             step.model
             for step in route_for(self.policy.fallback, config.model).steps
@@ -625,7 +624,12 @@ class DemoRun:
     def _drive_sync(self, base_url: str, pacer: _Pacer) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        client = resilient(openai.OpenAI(base_url=base_url, api_key=self.config.api_key), self.policy)
+        client = resilient(
+            openai.OpenAI(base_url=base_url, api_key=self.config.api_key),
+            self.policy,
+            listeners=(self._on_event,),
+            http_client=self.config.http_client,
+        )
         self._client = client
         try:
             with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="demo-worker") as pool:
@@ -655,7 +659,12 @@ class DemoRun:
                 self._answered(start, result)
 
     async def _drive_async(self, base_url: str, pacer: _Pacer) -> None:
-        client = resilient(openai.AsyncOpenAI(base_url=base_url, api_key=self.config.api_key), self.policy)
+        client = resilient(
+            openai.AsyncOpenAI(base_url=base_url, api_key=self.config.api_key),
+            self.policy,
+            listeners=(self._on_event,),
+            http_client=self.config.http_client,
+        )
         self._client = client
         try:
             async with asyncio.TaskGroup() as group:

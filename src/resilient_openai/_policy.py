@@ -1,26 +1,40 @@
 """What the chain should do: retry rules, timeouts, breakers, fallbacks, cache, validation.
 
-A :class:`Policy` is a tree of frozen dataclasses. Build it in code, or load it with
-:meth:`Policy.from_dict` / :meth:`Policy.from_file` (TOML; YAML with the ``yaml`` extra), which
-check every key once, at start-up, and raise :class:`~resilient_openai.ConfigError` naming each
-mistake. The hot path never re-validates.
+A :class:`Policy` is a tree of frozen pydantic models, so an invalid policy cannot exist: types
+are strict (``5.0`` is no count, ``1`` no boolean), numbers finite and within sane ranges, extra
+keys refused, and cross-field rules checked where one setting would make another one dead:
+
+* ``timeouts.connect <= attempt`` and ``attempt``, ``first_token``, ``stream_idle <= total``: a
+  longer inner limit could never fire.
+* ``retry.rules.<v>.base <= cap`` and ``breaker.break_duration <= break_max``: the cap would
+  override the first value every time.
+* A fallback step after a ``canned`` step is unreachable (a canned reply always answers), and a
+  ``model`` step or ``context_model`` naming the route's own model is a retry in disguise.
+* ``breaker.failure_verdicts`` may not list outcomes that say nothing about the target's health.
+
+Build it in code, or load it with :meth:`Policy.from_dict` / :meth:`Policy.from_file` (TOML;
+YAML with the ``yaml`` extra). Either way a mistake raises one
+:class:`~resilient_openai.ConfigError` listing every problem (see :mod:`._config` for the
+message format). Code — clock, listeners, clients, fallback functions — is no part of a policy:
+it goes to :func:`~resilient_openai.resilient` as keyword arguments.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+import re
+import string
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
+from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, field_serializer
 
 from ._classify import Verdict
-from ._clock import SYSTEM_CLOCK, Clock
-
-if TYPE_CHECKING:
-    import openai
-
-    from .observe.events import Listener
+from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, validated
+from ._errors import ConfigError
 
 __all__ = [
     "BreakerPolicy",
@@ -36,6 +50,8 @@ __all__ = [
     "ValidationPolicy",
 ]
 
+_M = TypeVar("_M", bound="_Model")
+
 #: Verdicts a retry rule may be given for. The rest (caller errors, quota, context length,
 #: content filter, cancellation, open circuit, unexpected) are never retried.
 RETRYABLE_VERDICTS = frozenset(
@@ -49,43 +65,145 @@ RETRYABLE_VERDICTS = frozenset(
         Verdict.STREAM_INTERRUPTED,
     }
 )
+#: Verdicts that may count as breaker failures: not those that say nothing about a target's health.
+_BREAKER_FAILURES: Final = frozenset(Verdict) - {
+    Verdict.SUCCESS,
+    Verdict.CANCELLED,
+    Verdict.CIRCUIT_OPEN,
+    Verdict.CALLER_ERROR,
+    Verdict.CONTEXT_LENGTH_EXCEEDED,
+    Verdict.CONTENT_FILTERED,
+}
+#: Verdicts ``fallback.forced_failures`` may fake.
+_FORCEABLE: Final = frozenset(Verdict) - {Verdict.SUCCESS}
+
+_DAY: Final = 86_400.0
+_MAX_COUNT: Final = 1_000_000
+
+# Scalars: strict (no bool for a number, no 5.0 for a count), finite (model config), bounded.
+Seconds = Annotated[float, pydantic.Strict(), Field(gt=0, le=_DAY)]
+Wait = Annotated[float, pydantic.Strict(), Field(ge=0, le=_DAY)]
+Count = Annotated[int, pydantic.Strict(), Field(ge=1, le=_MAX_COUNT)]
+Ratio = Annotated[float, pydantic.Strict(), Field(gt=0, le=1)]
+Fraction = Annotated[float, pydantic.Strict(), Field(ge=0, le=1)]
+Tokens = Annotated[int, pydantic.Strict(), Field(ge=1, le=100_000_000)]
+Bytes = Annotated[int, pydantic.Strict(), Field(ge=1, le=2**36)]
 
 
-@dataclass(frozen=True, slots=True)
-class RetryRule:
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+Name = Annotated[str, pydantic.Strict(), AfterValidator(_non_blank)]
+Key = Annotated[str, pydantic.Strict(), Field(min_length=1)]
+
+
+def _verdict(allowed: frozenset[Verdict], why: str) -> BeforeValidator:
+    """A verdict given by name (or as a Verdict) that must be one of ``allowed``."""
+    names = ", ".join(sorted(verdict.value for verdict in allowed))
+
+    def check(value: Any) -> Verdict:
+        try:
+            verdict = Verdict(value)
+        except ValueError:
+            raise ValueError(f"unknown verdict {show(value)}; allowed: {names}") from None
+        if verdict not in allowed:
+            raise ValueError(f"{verdict.value!r} {why}; allowed: {names}")
+        return verdict
+
+    return BeforeValidator(check)
+
+
+RetryableVerdict = Annotated[
+    Verdict,
+    _verdict(RETRYABLE_VERDICTS, "is never retried (retrying cannot change it)"),
+]
+BreakerVerdict = Annotated[Verdict, _verdict(_BREAKER_FAILURES, "says nothing about the target's health")]
+ForceableVerdict = Annotated[Verdict, _verdict(_FORCEABLE, "is not a failure")]
+
+
+class _Model(pydantic.BaseModel):
+    """Frozen, strict, closed: built once and valid, or a ConfigError naming every mistake."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        validated(type(self), lambda: super(_Model, self).__init__(**data))
+
+    @classmethod
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """Validate ``obj`` (a dict, or an instance); a mistake is a ConfigError, as in ``__init__``."""
+        return validated(cls, lambda: super(_Model, cls).model_validate(obj, **options))
+
+
+def _ordered(model: _M, pairs: list[tuple[str, str]], why: str) -> _M:
+    """Refuse every ``low <= high`` pair ``model`` breaks, blamed on the key that was set.
+
+    The blame goes to the key the caller set (the higher one when both were); a pair left at
+    its defaults cannot break.
+    """
+    given = model.model_fields_set
+    needs: dict[str, list[str]] = {}
+    for low, high in pairs:
+        low_value, high_value = getattr(model, low), getattr(model, high)
+        if low_value is None or high_value is None or low_value <= high_value:
+            continue
+        if high in given:
+            needs.setdefault(high, []).append(f">= {low} ({low_value!r})")
+        else:
+            needs.setdefault(low, []).append(f"<= {high} ({high_value!r})")
+    if needs:
+        raise Problems(
+            [
+                ((key,), f"must be {' and '.join(parts)}, got {getattr(model, key)!r} ({why})")
+                for key, parts in needs.items()
+            ]
+        )
+    return model
+
+
+class RetryRule(_Model):
     """How one verdict is retried: total ``attempts`` (>= 1) and exponential backoff.
 
     The n-th retry waits ``min(base * 2**(n-1), cap)``, reduced by a random fraction of up to
     ``jitter`` (the SDK's own shape: 0.5 s doubling to 8 s, minus up to 25 %).
     """
 
-    attempts: int = 3
-    base: float = 0.5
-    cap: float = 8.0
-    jitter: float = 0.25
+    attempts: Count = 3
+    base: Wait = 0.5
+    cap: Wait = 8.0
+    jitter: Fraction = 0.25
+
+    @pydantic.model_validator(mode="after")
+    def _base_within_cap(self) -> RetryRule:
+        return _ordered(self, [("base", "cap")], "cap is the longest wait")
 
 
 def _default_rules() -> Mapping[Verdict, RetryRule]:
-    return {verdict: RetryRule() for verdict in RETRYABLE_VERDICTS}
+    return {verdict: RetryRule() for verdict in sorted(RETRYABLE_VERDICTS)}
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(_Model):
     """Per-verdict retry rules, plus how far to trust the server's own advice."""
 
-    rules: Mapping[Verdict, RetryRule] = field(default_factory=_default_rules)
+    rules: Mapping[RetryableVerdict, RetryRule] = Field(default_factory=_default_rules)
     #: A server-requested wait longer than this (seconds) means "give up on this target now".
-    max_retry_after: float = 120.0
+    max_retry_after: Wait = 120.0
     #: Obey ``x-should-retry: true|false`` from the upstream.
-    honor_should_retry: bool = True
+    honor_should_retry: StrictBool = True
     #: With no fallback left, wait out an open circuit once when its ``retry_after`` is at most
     #: this many seconds (and fits the deadline); longer breaks are answered at once with
     #: :class:`~resilient_openai.CircuitOpenError`. 0 never waits.
-    max_open_wait: float = 8.0
+    max_open_wait: Wait = 8.0
+
+    @field_serializer("rules")
+    def _rules_by_name(self, rules: Mapping[Verdict, RetryRule]) -> dict[str, RetryRule]:
+        return {verdict.value: rules[verdict] for verdict in sorted(rules)}
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class Timeouts(_Model):
     """Time limits, in seconds.
 
     ``total`` bounds one call end to end, fallbacks included. ``attempt`` bounds every wait on
@@ -93,11 +211,21 @@ class Timeouts:
     wait for the response and ``stream_idle`` every later wait between events.
     """
 
-    total: float = 60.0
-    attempt: float = 30.0
-    connect: float = 5.0
-    first_token: float = 30.0
-    stream_idle: float = 20.0
+    total: Seconds = 60.0
+    attempt: Seconds = 30.0
+    connect: Annotated[float, pydantic.Strict(), Field(gt=0, le=3600)] = 5.0
+    first_token: Seconds = 30.0
+    stream_idle: Seconds = 20.0
+
+    @pydantic.model_validator(mode="after")
+    def _inner_within_outer(self) -> Timeouts:
+        pairs = [
+            ("connect", "attempt"),
+            ("attempt", "total"),
+            ("first_token", "total"),
+            ("stream_idle", "total"),
+        ]
+        return _ordered(self, pairs, "a limit longer than the one bounding it could never fire")
 
 
 BreakerMode = Literal["consecutive", "ratio"]
@@ -115,60 +243,113 @@ def _default_failure_verdicts() -> frozenset[Verdict]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
+def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
+    if not verdicts:
+        raise ValueError("must name at least one verdict (to turn the breaker off, set enabled = false)")
+    return verdicts
+
+
+class BreakerPolicy(_Model):
     """When a target's circuit opens, how long it stays open, and how it closes again."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     mode: BreakerMode = "consecutive"
     #: consecutive mode: this many failures in a row open the circuit.
-    fail_max: int = 5
+    fail_max: Count = 5
     #: ratio mode: open when failures / calls >= failure_ratio over the last ``window`` seconds,
     #: once at least ``min_calls`` calls were recorded in it.
-    failure_ratio: float = 0.5
-    window: float = 30.0
-    min_calls: int = 10
+    failure_ratio: Ratio = 0.5
+    window: Seconds = 30.0
+    min_calls: Count = 10
     #: Slow-call tripping (off when None): open when the share of calls slower than
     #: ``slow_call_threshold`` seconds reaches ``slow_call_ratio`` (with ``min_calls``).
-    slow_call_threshold: float | None = None
-    slow_call_ratio: float = 1.0
+    slow_call_threshold: Seconds | None = None
+    slow_call_ratio: Ratio = 1.0
     #: First open period; each reopening multiplies it by ``break_multiplier`` up to ``break_max``.
-    break_duration: float = 30.0
-    break_multiplier: float = 2.0
-    break_max: float = 300.0
+    break_duration: Seconds = 30.0
+    break_multiplier: Annotated[float, pydantic.Strict(), Field(ge=1, le=1000)] = 2.0
+    break_max: Seconds = 300.0
     #: Half-open: at most this many probes in flight; this many successes close the circuit.
-    half_open_probes: int = 1
-    close_after: int = 1
+    half_open_probes: Count = 1
+    close_after: Count = 1
     #: A probe that has not reported after this many seconds frees its slot.
-    probe_lease: float = 60.0
+    probe_lease: Seconds = 60.0
     #: Verdicts that count as failures. Everything else that is not a success is ignored.
-    failure_verdicts: frozenset[Verdict] = field(default_factory=_default_failure_verdicts)
+    failure_verdicts: Annotated[frozenset[BreakerVerdict], AfterValidator(_some_verdict)] = Field(
+        default_factory=_default_failure_verdicts
+    )
     #: Quota exhaustion opens the target's circuit for this long (0 disables).
-    quota_break: float = 600.0
+    quota_break: Wait = 600.0
     #: Most breakers kept (least recently used are dropped when closed).
-    max_breakers: int = 1024
+    max_breakers: Count = 1024
+
+    @field_serializer("failure_verdicts")
+    def _sorted_verdicts(self, verdicts: frozenset[Verdict]) -> list[str]:
+        return sorted(verdict.value for verdict in verdicts)
+
+    @pydantic.model_validator(mode="after")
+    def _break_within_max(self) -> BreakerPolicy:
+        return _ordered(self, [("break_duration", "break_max")], "break_max caps every open period")
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host; one carrying credentials is refused without echoing it."""
+    try:
+        parts = urlsplit(value)
+        has_credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise ValueError("must be an http(s) URL such as 'https://example.com/v1'") from None
+    if has_credentials:
+        raise ValueError(f"must not carry credentials (not shown); {SECRET_MESSAGE}")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL such as 'https://example.com/v1'")
+    return value
+
+
+def _set_variable(value: str) -> str:
+    """The name of an environment variable that is set now; neither name nor value is shown.
+
+    Someone may have pasted the key itself here, so the message describes it without printing it.
+    """
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            "must be the name of an environment variable (letters, digits, _), "
+            "got a string that is not one (not shown, in case it is a key)"
+        )
+    current = os.environ.get(value)
+    if current is None:
+        raise ValueError(
+            "names an environment variable that is not set (this target's API key is read from it; "
+            "the name is not shown, in case it is a key)"
+        )
+    if not current.strip():
+        raise ValueError("names an environment variable that is set but empty (this target's API key)")
+    return value
+
+
+class Target(_Model):
     """Another client to fall back to: a provider, region, or local OpenAI-compatible server.
 
-    In a file, the key comes from the environment variable named by ``api_key_env`` (a file
-    never holds secrets). In code, pass a ready ``client`` instead.
+    Built from ``base_url``, with the key read from the environment variable named by
+    ``api_key_env`` (a policy never holds secrets) — or, with neither, from the ready client
+    passed as ``resilient(..., clients={name: client})``.
     """
 
-    name: str
-    base_url: str | None = None
-    api_key_env: str | None = None
-    organization: str | None = None
-    project: str | None = None
+    #: Its key in ``fallback.targets`` (a file never writes it, so a dump leaves it out too).
+    name: Key = Field(exclude=True)
+    base_url: Annotated[str, pydantic.Strict(), AfterValidator(_http_url)] | None = None
+    api_key_env: Annotated[str, pydantic.Strict(), AfterValidator(_set_variable)] | None = None
+    organization: Name | None = None
+    project: Name | None = None
     #: Model to ask there (None: the caller's model).
-    model: str | None = None
+    model: Name | None = None
     #: The target accepts a trailing assistant message as a prefill to continue from.
-    accepts_prefill: bool = False
+    accepts_prefill: StrictBool = False
     retry: RetryPolicy | None = None
     breaker: BreakerPolicy | None = None
-    client: openai.OpenAI | openai.AsyncOpenAI | None = None
 
     def api_key(self) -> str | None:
         """The key from ``api_key_env``, read now (None when no variable is named)."""
@@ -176,97 +357,247 @@ class Target:
 
 
 FallbackKind = Literal["model", "target", "cache", "canned", "function"]
+#: The one field each kind of step needs, besides ``kind`` (none for ``cache``).
+_STEP_FIELD: Final[Mapping[str, str | None]] = {
+    "model": "model",
+    "target": "target",
+    "cache": None,
+    "canned": "text",
+    "function": "function",
+}
+_TEMPLATE_FIELDS: Final = ("model", "reason")
 
 
-@dataclass(frozen=True, slots=True)
-class FallbackStep:
+def _template(text: str) -> str | None:
+    """What is wrong with a canned reply's ``str.format`` template, or None."""
+    allowed = " and ".join("{" + name + "}" for name in _TEMPLATE_FIELDS)
+    try:
+        used = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        return f"not a valid template ({exc}); write {{{{ and }}}} for literal braces"
+    others = sorted({field for field in used if field not in _TEMPLATE_FIELDS})
+    if others:
+        shown = ", ".join("{" + field + "}" for field in others)
+        return f"may only use {allowed}, got {shown}; write {{{{ and }}}} for literal braces"
+    try:  # The reply is formatted with two strings at run time: conversions and specs must fit them.
+        text.format(model="model", reason="reason")
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        return f"cannot be formatted with {allowed} ({exc})"
+    return None
+
+
+class FallbackStep(_Model):
     """One rung of a fallback chain.
 
     ``model``: ask ``model`` on the same client. ``target``: ask the :class:`Target` named
     ``target``. ``cache``: the last good answer to the same request. ``canned``: ``text``, a
-    ``str.format`` template that may use ``{model}`` and ``{reason}``. ``function``: call
-    ``function(request_body, reason)``; it returns the answer text (sync or async).
+    ``str.format`` template that may use ``{model}`` and ``{reason}``. ``function``: call the
+    function passed as ``resilient(..., functions={name: function})`` under the name
+    ``function``, as ``function(request_body, reason)``; it returns the answer text (sync or
+    async).
     """
 
     kind: FallbackKind
-    model: str | None = None
-    target: str | None = None
-    text: str | None = None
-    function: Callable[[Mapping[str, Any], str], str | Awaitable[str]] | None = None
+    model: Name | None = None
+    target: Name | None = None
+    text: Name | None = None
+    function: Name | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _fields_of_kind(self) -> FallbackStep:
+        needed = _STEP_FIELD[self.kind]
+        allowed = ", ".join(["kind"] if needed is None else ["kind", needed])
+        found: list[tuple[Loc, str]] = [
+            ((key,), f"not used by a {self.kind!r} step; allowed: {allowed}")
+            for key in _STEP_FIELD.values()
+            if key is not None and key != needed and getattr(self, key) is not None
+        ]
+        if needed is not None and getattr(self, needed) is None:
+            found.append(((needed,), f"required for a {self.kind!r} step"))
+        elif self.kind == "canned" and self.text is not None and (wrong := _template(self.text)):
+            found.append((("text",), wrong))
+        if found:
+            raise Problems(found)
+        return self
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(_Model):
     """The fallback chain for the models a route matches (a model name, or ``"*"``)."""
 
     steps: tuple[FallbackStep, ...] = ()
     #: Where ``context_length_exceeded`` goes (a model with a larger window), if anywhere.
-    context_model: str | None = None
+    context_model: Name | None = None
     #: What answers a content-filtered request, if anything (default: the filter error).
     content_policy: FallbackStep | None = None
 
+    def located_steps(self) -> list[tuple[Loc, FallbackStep]]:
+        """Every step with its key path below the route: ``steps[i]``, then ``content_policy``."""
+        located: list[tuple[Loc, FallbackStep]] = [
+            (("steps", index), step) for index, step in enumerate(self.steps)
+        ]
+        if self.content_policy is not None:
+            located.append((("content_policy",), self.content_policy))
+        return located
 
-@dataclass(frozen=True, slots=True)
-class FallbackPolicy:
+    @pydantic.model_validator(mode="after")
+    def _nothing_after_canned(self) -> Route:
+        kinds = [step.kind for step in self.steps]
+        if "canned" in kinds[:-1]:
+            first = kinds.index("canned")
+            raise Problems(
+                [
+                    (("steps", index), f"unreachable: steps[{first}] is a canned reply, which always answers")
+                    for index in range(first + 1, len(kinds))
+                ]
+            )
+        return self
+
+
+class FallbackPolicy(_Model):
     """Fallback routes by model name (``"*"`` matches any), alternate targets, continuation."""
 
-    routes: Mapping[str, Route] = field(default_factory=dict)
-    targets: Mapping[str, Target] = field(default_factory=dict)
+    routes: Mapping[Key, Route] = Field(default_factory=dict)
+    targets: Mapping[Key, Target] = Field(default_factory=dict)
     #: Continue a stream cut mid-answer on the next target that accepts a prefill.
-    continuation: bool = False
+    continuation: StrictBool = False
     #: Make these models / target names fail on purpose, with this verdict (chaos switch).
-    forced_failures: Mapping[str, Verdict] = field(default_factory=dict)
+    forced_failures: Mapping[Key, ForceableVerdict] = Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="after")
+    def _routes_fit_targets(self) -> FallbackPolicy:
+        found: list[tuple[Loc, str]] = [
+            (("targets", key, "name"), f"must equal its table key in fallback.targets, {key!r}")
+            for key, target in self.targets.items()
+            if target.name != key
+        ]
+        for key, route in self.routes.items():
+            where: Loc = ("routes", key)
+            if route.context_model == key:
+                message = f"is the route's own model {key!r}; name a model with a larger context window"
+                found.append(((*where, "context_model"), message))
+            for below, step in route.located_steps():
+                at = (*where, *below)
+                if step.kind == "model" and step.model == key:
+                    message = f"is the route's own model {key!r}; a fallback must go elsewhere"
+                    message += " (retries are set in retry)"
+                    found.append(((*at, "model"), message))
+                if step.kind == "target" and step.target not in self.targets:
+                    defined = ", ".join(sorted(self.targets)) or "none"
+                    found.append(
+                        ((*at, "target"), f"unknown target {show(step.target)}; defined targets: {defined}")
+                    )
+        if found:
+            raise Problems(found)
+        return self
 
 
-@dataclass(frozen=True, slots=True)
-class CachePolicy:
+class CachePolicy(_Model):
     """The response cache: bounded by entries and bytes, with a TTL, scoped per tenant."""
 
-    enabled: bool = True
-    max_entries: int = 1024
-    max_bytes: int = 16 * 1024 * 1024
-    ttl: float = 3600.0
+    enabled: StrictBool = True
+    max_entries: Count = 1024
+    max_bytes: Bytes = 16 * 1024 * 1024
+    ttl: Seconds = 3600.0
     #: Serve a hit before calling the upstream at all (off: the cache only answers outages).
-    read_through: bool = False
+    read_through: StrictBool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ValidationPolicy:
+class ValidationPolicy(_Model):
     """Checks made before sending, so a request that cannot succeed never reaches a breaker."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     #: Context windows in tokens, by model name (prefix match), for the prompt-size estimate.
-    context_windows: Mapping[str, int] = field(default_factory=dict)
+    context_windows: Mapping[Key, Tokens] = Field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Everything the chain needs. ``Policy()`` is a sensible production default."""
+class Policy(_Model):
+    """Everything the chain needs, as data a file can hold. ``Policy()`` is a sensible default."""
 
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
-    fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
-    cache: CachePolicy = field(default_factory=CachePolicy)
-    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
-    clock: Clock = SYSTEM_CLOCK
-    listeners: tuple[Listener, ...] = ()
-    #: Names the breaker for (base_url, model); default ``breaker.default_key``: one per pair.
-    breaker_key: Callable[[str, str | None], str] | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    fallback: FallbackPolicy = Field(default_factory=FallbackPolicy)
+    cache: CachePolicy = Field(default_factory=CachePolicy)
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> Policy:
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         """Build and validate a policy from plain data (as read from TOML/YAML/JSON).
 
-        ``overrides`` sets code-only fields such as ``clock`` or ``listeners``.
+        As in a file: ``retry.rules`` merge over the default rules, a target's own ``retry`` /
+        ``breaker`` start from the top-level sections, and a target's name is its table key.
         """
-        from ._config import policy_from_dict
-
-        return policy_from_dict(data, **overrides)
+        return cls.model_validate(_file_data(data))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> Policy:
+    def from_file(cls, path: str | os.PathLike[str]) -> Policy:
         """Load ``path`` (``.toml``; ``.yaml``/``.yml`` with the ``yaml`` extra) and validate it."""
-        from ._config import load_file
+        return cls.from_dict(load_file(Path(path)))
 
-        return cls.from_dict(load_file(Path(path)), **overrides)
+
+# --------------------------------------------------------------------------------------------
+# A file's merge rules, applied to its data before the models see it
+# --------------------------------------------------------------------------------------------
+
+
+def _string_keys(data: Any, loc: Loc, found: list[str]) -> None:
+    """Report every mapping key in ``data`` that is not a string (YAML allows ``1:``)."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if isinstance(key, str):
+                _string_keys(value, (*loc, key), found)
+            else:
+                found.append(f"{path_of(loc)}: keys must be non-empty strings, got {show(key)}")
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            _string_keys(item, (*loc, index), found)
+
+
+def _section(model: Callable[..., pydantic.BaseModel], data: Any) -> dict[str, Any]:
+    """The keys a top-level section sets, when it is valid (else nothing: it is reported there)."""
+    if not isinstance(data, Mapping):
+        return {}
+    try:
+        model(**data)
+    except ConfigError:
+        return {}
+    return dict(data)
+
+
+def _rules(base: Mapping[str, Any], data: Mapping[str, Any]) -> Any:
+    """``data``'s retry section with its rules merged over ``base`` rules, when both are tables."""
+    rules = data.get("rules", {})
+    return {**data, "rules": {**base, **rules}} if isinstance(rules, Mapping) else data
+
+
+def _file_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` with a file's merge rules applied; keys that are no strings raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"(top level): must be a table of sections, got {show(data)}"])
+    found: list[str] = []
+    _string_keys(data, (), found)
+    if found:
+        raise ConfigError(found)
+    prepared = dict(data)
+    default_rules: dict[str, Any] = {verdict.value: {} for verdict in sorted(RETRYABLE_VERDICTS)}
+    retry = prepared.get("retry")
+    if isinstance(retry, Mapping):
+        prepared["retry"] = _rules(default_rules, retry)
+    top_retry = _section(RetryPolicy, prepared.get("retry"))
+    top_breaker = _section(BreakerPolicy, prepared.get("breaker"))
+    fallback = prepared.get("fallback")
+    targets = fallback.get("targets") if isinstance(fallback, Mapping) else None
+    if isinstance(fallback, Mapping) and isinstance(targets, Mapping):
+        merged: dict[str, Any] = {}
+        for name, target in targets.items():
+            if isinstance(target, Mapping):
+                target = {"name": name, **target}
+                own_retry, own_breaker = target.get("retry"), target.get("breaker")
+                if isinstance(own_retry, Mapping):
+                    start = {**top_retry, **own_retry}
+                    target["retry"] = _rules(top_retry.get("rules", default_rules), start)
+                if isinstance(own_breaker, Mapping):
+                    target["breaker"] = {**top_breaker, **own_breaker}
+            merged[name] = target
+        prepared["fallback"] = {**fallback, "targets": merged}
+    return prepared

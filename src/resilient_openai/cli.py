@@ -123,7 +123,7 @@ def _toml_table(data: Mapping[str, Any], path: tuple[str, ...], lines: list[str]
 
 
 def policy_toml(description: Mapping[str, Any]) -> str:
-    """``describe_policy`` output as TOML; unset (None) values show as comments.
+    """A policy's ``model_dump(mode="json")`` as TOML; unset (None) values show as comments.
 
     Loading the text back with ``Policy.from_dict(tomllib.loads(text))`` gives the same policy.
     """
@@ -499,7 +499,6 @@ def build_app() -> "typer.Typer":
         ] = True,
     ) -> None:
         """Play a scripted outage against a fake upstream under load, and watch the chain absorb it."""
-        from ._config import load_file
         from ._errors import ConfigError
         from ._policy import Policy
 
@@ -532,7 +531,7 @@ def build_app() -> "typer.Typer":
         loaded: Policy | None = None
         if policy is not None:
             try:
-                loaded = Policy.from_dict(load_file(policy))
+                loaded = Policy.from_file(policy)
             except ConfigError as exc:
                 for problem in exc.problems:
                     err.print(problem, markup=False)
@@ -564,11 +563,11 @@ def build_app() -> "typer.Typer":
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
     ) -> None:
         """Validate a policy file: print the effective policy, or every problem (exit code 2)."""
-        from ._config import describe_policy, load_file, policy_from_dict
         from ._errors import ConfigError
+        from ._policy import Policy
 
         try:
-            description = describe_policy(policy_from_dict(load_file(file)))
+            description = Policy.from_file(file).model_dump(mode="json")
         except ConfigError as exc:
             for problem in exc.problems:
                 typer.echo(problem)

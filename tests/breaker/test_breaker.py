@@ -296,7 +296,7 @@ def test_a_successful_probe_closes_and_a_failed_one_reopens() -> None:
 
 def test_racing_failures_are_counted_exactly() -> None:
     """16 threads x 500 failures: the count is exactly 8000."""
-    breaker = _breaker(fail_max=10**9)
+    breaker = _breaker(fail_max=10**6)
     barrier = threading.Barrier(16)
 
     def hammer() -> None:

@@ -208,7 +208,10 @@ def test_outcome_of_under_the_default_policy(verdict: Verdict | None, expected: 
 
 @pytest.mark.parametrize(
     ("failure_verdicts", "expected"),
-    [(frozenset(), Outcome.IGNORED), (frozenset({Verdict.QUOTA_EXHAUSTED}), Outcome.FAILURE)],
+    [
+        (frozenset({Verdict.SERVER_ERROR}), Outcome.IGNORED),
+        (frozenset({Verdict.QUOTA_EXHAUSTED}), Outcome.FAILURE),
+    ],
 )
 def test_quota_without_a_quota_break_is_an_ordinary_verdict(
     failure_verdicts: frozenset[Verdict], expected: Outcome

@@ -88,12 +88,8 @@ class Walker:
         return self.delivery.give_up(call, failure)
 
     def function(self, step: FallbackStep) -> FallbackFunction:
-        """The code a ``function`` step names."""
-        function = step.function
-        if callable(function):
-            return function
-        assert function is not None
-        return self._functions[function]
+        """The code a ``function`` step names (checked to exist when the client was made)."""
+        return self._functions[step.function or ""]
 
     def continuation_call(self, call: Call, step: FallbackStep, partial: str) -> Call | None:
         """A call asking ``step``'s target to continue ``partial``, if it declared it accepts a prefill.

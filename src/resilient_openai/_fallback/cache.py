@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from .._errors import ConfigError
-
 if TYPE_CHECKING:
     from .._clock import Clock
     from .._policy import CachePolicy
@@ -75,19 +73,6 @@ def _size(answer: CachedAnswer) -> int:
     return len(answer.body)
 
 
-def _validate(policy: CachePolicy) -> None:
-    """Reject a policy under which the cache could hold nothing, naming each key."""
-    problems = []
-    if policy.max_entries < 1:
-        problems.append(f"cache.max_entries must be >= 1 (got {policy.max_entries!r})")
-    if policy.max_bytes < 1:
-        problems.append(f"cache.max_bytes must be >= 1 (got {policy.max_bytes!r})")
-    if not policy.ttl > 0:
-        problems.append(f"cache.ttl must be > 0 seconds (got {policy.ttl!r})")
-    if problems:
-        raise ConfigError(problems)
-
-
 class _Entries(TTLCache[str, CachedAnswer, float]):
     """A TTL cache that counts the live answers it drops to stay within a bound.
 
@@ -109,8 +94,6 @@ class ResponseCache:
     """
 
     def __init__(self, policy: CachePolicy, *, clock: Clock) -> None:
-        if policy.enabled:
-            _validate(policy)
         self._enabled = policy.enabled
         self._max_entries = policy.max_entries
         self._max_bytes = policy.max_bytes

@@ -18,8 +18,9 @@ from .._policy import FallbackPolicy, FallbackStep, Route
 __all__ = ["PRIMARY", "Move", "Send", "Serve", "Walk", "is_live", "next_move", "route_for", "walk"]
 
 _EMPTY = Route()
-#: The step that stands for the caller's own target and model.
-PRIMARY = FallbackStep(kind="model")
+#: The step that stands for the caller's own target and model: a sentinel, never validated
+#: (a model step in a policy must name its model).
+PRIMARY = FallbackStep.model_construct(kind="model")
 
 #: Outages: the target could not answer now, another one may.
 _OUTAGE = verdicts_where("outage")
