@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import pydantic
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, field_serializer
 
-from ._classify import Verdict
+from ._classify import Verdict, verdicts_where
 from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, validated
 from ._errors import ConfigError
 
@@ -52,30 +52,13 @@ __all__ = [
 
 _M = TypeVar("_M", bound="_Model")
 
-#: Verdicts a retry rule may be given for. The rest (caller errors, quota, context length,
-#: content filter, cancellation, open circuit, unexpected) are never retried.
-RETRYABLE_VERDICTS = frozenset(
-    {
-        Verdict.RATE_LIMITED,
-        Verdict.SERVER_ERROR,
-        Verdict.REQUEST_TIMEOUT,
-        Verdict.CONFLICT,
-        Verdict.CONNECTION_ERROR,
-        Verdict.TIMEOUT,
-        Verdict.STREAM_INTERRUPTED,
-    }
-)
+#: The verdicts' traits come from one table (:data:`resilient_openai._classify.TRAITS`).
+#: Verdicts a retry rule may be given for; the rest are never retried.
+RETRYABLE_VERDICTS = verdicts_where("retryable")
 #: Verdicts that may count as breaker failures: not those that say nothing about a target's health.
-_BREAKER_FAILURES: Final = frozenset(Verdict) - {
-    Verdict.SUCCESS,
-    Verdict.CANCELLED,
-    Verdict.CIRCUIT_OPEN,
-    Verdict.CALLER_ERROR,
-    Verdict.CONTEXT_LENGTH_EXCEEDED,
-    Verdict.CONTENT_FILTERED,
-}
+_BREAKER_FAILURES: Final = verdicts_where("may_trip")
 #: Verdicts ``fallback.forced_failures`` may fake.
-_FORCEABLE: Final = frozenset(Verdict) - {Verdict.SUCCESS}
+_FORCEABLE: Final = verdicts_where("forced_as")
 
 _DAY: Final = 86_400.0
 _MAX_COUNT: Final = 1_000_000
@@ -232,15 +215,7 @@ BreakerMode = Literal["consecutive", "ratio"]
 
 
 def _default_failure_verdicts() -> frozenset[Verdict]:
-    return frozenset(
-        {
-            Verdict.SERVER_ERROR,
-            Verdict.CONNECTION_ERROR,
-            Verdict.TIMEOUT,
-            Verdict.REQUEST_TIMEOUT,
-            Verdict.STREAM_INTERRUPTED,
-        }
-    )
+    return verdicts_where("breaker_failure")
 
 
 def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
