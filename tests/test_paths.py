@@ -35,7 +35,7 @@ def _policy(harness: Harness, *steps: FallbackStep, **parts: Any) -> Policy:
     """The one place this file builds a policy: a route for ``gpt-A`` and no retries by default."""
     parts.setdefault("retry", RetryPolicy(rules={}))
     parts.setdefault("fallback", FallbackPolicy(routes={"gpt-A": Route(steps=steps)}))
-    return Policy(clock=harness.clock, **parts)
+    return Policy(**parts)
 
 
 def _source(result: object) -> str | None:
@@ -99,7 +99,7 @@ def test_read_through_hit_answers_without_reaching_the_upstream(harness: Harness
     harness.upstream.script("gpt-A", [Fault.ok("first answer")])
     harness.upstream.set_default("gpt-A", Fault.ok("a later, different answer"))
     client = harness.client(
-        _policy(harness, FallbackStep("cache"), cache=CachePolicy(read_through=True)),
+        _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
     first = harness.chat(client)
     assert _source(first) == "upstream"
@@ -115,7 +115,7 @@ def test_read_through_hit_is_not_served_to_another_tenant(harness: Harness) -> N
     """The same request under another API key goes to the upstream, not to the first key's entry."""
     harness.upstream.script("gpt-A", [Fault.ok("tenant one's answer"), Fault.ok("tenant two's answer")])
     client = harness.client(
-        _policy(harness, FallbackStep("cache"), cache=CachePolicy(read_through=True)),
+        _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
     harness.chat(client)
     assert _source(harness.chat(client)) == "cache"  # the entry exists for the first tenant
@@ -132,7 +132,7 @@ def test_read_through_hit_is_served_to_a_streaming_caller(harness: Harness) -> N
     """A read-through entry stored by a plain call answers a later stream=True call as chunks."""
     harness.upstream.set_default("gpt-A", Fault.ok("stored plain answer"))
     client = harness.client(
-        _policy(harness, FallbackStep("cache"), cache=CachePolicy(read_through=True)),
+        _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
     harness.chat(client)
     stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
@@ -148,7 +148,7 @@ def test_read_through_entry_expires_after_its_ttl(harness: Harness) -> None:
     """Once the cache TTL has passed, the same request goes to the upstream again."""
     harness.upstream.script("gpt-A", [Fault.ok("old answer"), Fault.ok("new answer")])
     client = harness.client(
-        _policy(harness, FallbackStep("cache"), cache=CachePolicy(read_through=True, ttl=60.0)),
+        _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True, ttl=60.0)),
     )
     harness.chat(client)
     harness.clock.advance(59.0)
@@ -166,7 +166,7 @@ def test_read_through_entry_expires_after_its_ttl(harness: Harness) -> None:
 def test_responses_canned_answer_is_a_response(harness: Harness) -> None:
     """Primary down: responses.create returns a Response whose output text is the canned text."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     result = _respond(harness, client)
     assert isinstance(result, Response)
     assert result.output_text == CANNED
@@ -181,7 +181,7 @@ def test_responses_canned_answer_is_a_response(harness: Harness) -> None:
 def test_responses_canned_answer_streams_as_sdk_events(harness: Harness) -> None:
     """Primary down, stream=True: the canned text arrives as the SDK's typed Responses events."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     stream, events = _stream_responses(harness, client)
     _assert_sdk_events(events)
     assert _delta_text(events) == CANNED
@@ -192,7 +192,7 @@ def test_responses_canned_answer_streams_as_sdk_events(harness: Harness) -> None
 def test_responses_cached_answer_replays_as_a_stream(harness: Harness) -> None:
     """A Responses answer cached from a plain call is replayed as a stream while the primary is down."""
     harness.upstream.set_default("gpt-A", Fault.ok("remembered words here"))
-    client = harness.client(_policy(harness, FallbackStep("cache")))
+    client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     first = _respond(harness, client)
     assert first.output_text == "remembered words here"
     harness.upstream.set_default("gpt-A", Fault.status(503))
@@ -209,7 +209,7 @@ def test_responses_cached_answer_replays_as_a_stream(harness: Harness) -> None:
 def test_chat_canned_stream_assembles_and_reports_usage(harness: Harness) -> None:
     """Outage, chat stream with include_usage: the chunks spell the canned text and end with usage."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
     assert error is None
     assert all(isinstance(chunk, ChatCompletionChunk) for chunk in chunks)
@@ -225,7 +225,7 @@ def test_chat_canned_stream_assembles_and_reports_usage(harness: Harness) -> Non
 def test_raw_response_from_a_canned_fallback_parses_to_a_completion(harness: Harness) -> None:
     """with_raw_response during an outage: ``.parse()`` gives a ChatCompletion with the canned text."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     raw = harness.run(
         lambda: client.chat.completions.with_raw_response.create(
             model="gpt-A", messages=[{"role": "user", "content": "hello"}]
@@ -241,7 +241,7 @@ def test_raw_response_from_a_canned_fallback_parses_to_a_completion(harness: Har
 def test_streaming_response_from_a_canned_fallback_parses_to_a_completion(harness: Harness) -> None:
     """with_streaming_response during an outage: the body parses to a ChatCompletion, canned text."""
     harness.upstream.set_default("gpt-A", Fault.status(503))
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     create = client.chat.completions.with_streaming_response.create
     request: dict[str, Any] = {"model": "gpt-A", "messages": [{"role": "user", "content": "hello"}]}
     if harness.is_async:
@@ -265,7 +265,7 @@ def test_streaming_response_from_a_canned_fallback_parses_to_a_completion(harnes
 
 def test_isolated_circuit_is_answered_canned_without_a_request(harness: Harness) -> None:
     """An operator isolates the primary's breaker: the canned answer is served, nothing is sent."""
-    client = harness.client(_policy(harness, FallbackStep("canned", text=CANNED)))
+    client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     assert _source(harness.chat(client)) == "upstream"  # makes the breaker exist
     names = [snapshot["name"] for snapshot in health(client)["breakers"]]
     assert len(names) == 1
