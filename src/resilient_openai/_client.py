@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
 
 import openai
 
+from . import _sdk
 from ._chain import Chain
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import path_of, show
@@ -73,6 +74,12 @@ class _AsyncShell:
         return self._resilience_base.copy(self, **kwargs)
 
 
+def _decoder(self: Any) -> _sdk.EventDecoder:
+    """The SSE decoder a stream of this client reads with: guarded streams' events come
+    decoded once, by the guard, and are not parsed again."""
+    return _sdk.EventDecoder()
+
+
 def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
     namespace: dict[str, Any] = {
         "__module__": __name__,
@@ -84,6 +91,7 @@ def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
         "_resilient_send": shell._resilient_send,
         "copy": shell.copy,
         "with_options": shell.copy,
+        "_make_sse_decoder": _decoder,
     }
     return type(f"Resilient{base.__name__}", (base,), namespace)
 

@@ -10,15 +10,20 @@ the SDK's own. An ``openai`` upgrade is read here.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, cast
 
 import httpx2
 import openai
 import pydantic
 from openai._models import FinalRequestOptions
+from openai._streaming import ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "DecodedEvent",
+    "EventChunk",
+    "EventDecoder",
     "Options",
     "base_url",
     "caller_limit",
@@ -141,6 +146,78 @@ def error_from_status(
     response = httpx2.Response(status, json=body, request=request)
     error: Exception = client._make_status_error_from_response(response)
     return error
+
+
+class DecodedEvent(ServerSentEvent):
+    """A server-sent event the stream guard already decoded: the SDK reads its JSON from here
+    instead of parsing the data again."""
+
+    __slots__ = ("_json",)
+
+    def __init__(
+        self, *, event: str | None, data: str, id: str | None, retry: int | None, value: Any
+    ) -> None:
+        super().__init__(event=event, data=data, id=id, retry=retry)
+        self._json = value
+
+    def json(self) -> Any:
+        return self._json
+
+
+class EventChunk(bytes):
+    """Bytes of whole server-sent events that also carry the events, decoded once.
+
+    A guarded stream yields these; httpx2 passes the very object through an uncompressed
+    body, so the decoder below hands the SDK the events without reading the bytes again. Any
+    other reader sees plain, well-formed SSE bytes.
+    """
+
+    events: tuple[DecodedEvent, ...]
+
+    def __new__(cls, raw: bytes, events: tuple[DecodedEvent, ...]) -> EventChunk:
+        chunk = super().__new__(cls, raw)
+        chunk.events = events
+        return chunk
+
+
+class EventDecoder(SSEDecoder):
+    """The SDK's SSE decoder, short-cut for a guarded stream's already decoded events.
+
+    The resilient client's ``_make_sse_decoder`` returns this. A stream whose first chunk is an
+    :class:`EventChunk` is read event by event; any other stream (a compressed body, a local
+    answer) is decoded by the SDK as usual.
+    """
+
+    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
+        chunks = iter(iterator)
+        for first in chunks:
+            if not isinstance(first, EventChunk):
+                yield from super().iter_bytes(itertools.chain((first,), chunks))
+                return
+            yield from first.events
+            for chunk in chunks:
+                yield from cast("EventChunk", chunk).events
+            return
+
+    async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+        chunks = aiter(iterator)
+        async for first in chunks:
+            if not isinstance(first, EventChunk):
+                async for event in super().aiter_bytes(_prepend(first, chunks)):
+                    yield event
+                return
+            for event in first.events:
+                yield event
+            async for chunk in chunks:
+                for event in cast("EventChunk", chunk).events:
+                    yield event
+            return
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _is_plain(options: FinalRequestOptions, cast_to: Any, stream: bool) -> bool:

@@ -91,7 +91,12 @@ class StreamWatch:
         return str(self._assembler.text)
 
     def feed(self, data: bytes) -> bytes:
-        """Take raw bytes, return the bytes of the complete, well-formed events among them."""
+        """Take raw bytes; return the complete, well-formed events among them.
+
+        The result is an :class:`~resilient_openai._sdk.EventChunk`: the events' bytes, carrying
+        the events already decoded, so the SDK does not parse them again (empty bytes when no
+        event is complete yet).
+        """
         buffer = self._buffer + data
         # A CRLF may be split between two reads: hold a trailing CR back until its LF arrives.
         held = b"\r" if buffer.endswith(b"\r") else b""
@@ -99,35 +104,61 @@ class StreamWatch:
             buffer = buffer[:-1]
         *blocks, rest = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
         self._buffer = rest + held
-        if not blocks:
+        kept: list[bytes] = []
+        events: list[_sdk.DecodedEvent] = []
+        for block in blocks:
+            event = self._decode(block)
+            if event is not None:
+                kept.append(block)
+                events.append(event)
+        if not events:
             return b""
-        kept = [block for block in blocks if self._keep(block)]
-        return b"".join(block + b"\n\n" for block in kept)
+        return _sdk.EventChunk(b"\n\n".join(kept) + b"\n\n", tuple(events))
 
-    def _keep(self, block: bytes) -> bool:
-        data_lines = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    def _decode(self, block: bytes) -> _sdk.DecodedEvent | None:
+        """One event block, decoded as the SDK would (None: a comment, or skipped as malformed)."""
+        name = ident = retry = None
+        data_lines: list[bytes] = []
+        for line in block.split(b"\n"):
+            field, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                data_lines.append(value)
+            elif field == b"event":
+                name = value.decode("utf-8", "replace") or None
+            elif field == b"id" and b"\0" not in value:
+                ident = value.decode("utf-8", "replace")
+            elif field == b"retry" and value.isdigit():
+                retry = int(value)
         if not data_lines:
-            return True  # a comment or keep-alive: harmless, pass it on
-        data = b"\n".join(data_lines)
-        if data.startswith(b"[DONE]"):
+            return None  # a comment or keep-alive: nothing for the reader
+        raw = b"\n".join(data_lines)
+        data = raw.decode("utf-8", "replace")
+        if raw.startswith(b"[DONE]"):
             self.done_seen = True
-            return True
+            return _sdk.DecodedEvent(event=name, data=data, id=ident, retry=retry, value=None)
         try:
-            event = json.loads(data)
+            value = json.loads(raw)
         except ValueError:
-            return self._malformed()
+            self._malformed()
+            return None
         self._malformed_run = 0
-        if isinstance(event, dict):
-            began = self.started
-            if event.get("error"):
-                self._upstream_error(began, _error_message(event), event["error"])
-            # An event the SDK accepts but we cannot account for costs us only the bookkeeping.
-            with contextlib.suppress(Exception):
-                self._assembler.feed(event)
-            if getattr(self._assembler, "outcome", None) == "failed":
-                self._upstream_error(began, "the response failed", event.get("response"))
+        if isinstance(value, dict):
+            self._account(value)
         self.delivered += 1
-        return True
+        return _sdk.DecodedEvent(event=name, data=data, id=ident, retry=retry, value=value)
+
+    def _account(self, event: dict[str, Any]) -> None:
+        """Feed the answer's assembler; an error reported inside the stream raises."""
+        began = self.started
+        if event.get("error"):
+            self._upstream_error(began, _error_message(event), event["error"])
+        # An event the SDK accepts but we cannot account for costs us only the bookkeeping.
+        with contextlib.suppress(Exception):
+            self._assembler.feed(event)
+        if getattr(self._assembler, "outcome", None) == "failed":
+            self._upstream_error(began, "the response failed", event.get("response"))
 
     def _upstream_error(self, began: bool, message: str, body: object) -> None:
         """The upstream reported an error inside the stream: retryable before the answer
@@ -136,14 +167,13 @@ class StreamWatch:
             raise openai.APIError(message, self._request, body=body)
         raise self.error("upstream_error", message)
 
-    def _malformed(self) -> bool:
+    def _malformed(self) -> None:
         self.skipped += 1
         self._malformed_run += 1
         if self._bus:
             self._bus.emit(StreamEventSkipped(self._clock.wall(), self.operation, self.model, self.breaker))
         if self._malformed_run >= MAX_MALFORMED_IN_A_ROW:
             raise self.error("unreadable", f"{self._malformed_run} malformed events in a row")
-        return False
 
     def check_deadline(self) -> None:
         """Raise when the call's total deadline has passed while the stream was still running."""
