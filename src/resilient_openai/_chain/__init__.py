@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import _sdk
 from .._breaker import BreakerRegistry
-from .._fallback.deliver import Delivery
-from .._fallback.targets import Targets
 from ..observe.events import EventBus
 from ._call import Call
+from ._delivery import Delivery
+from ._targets import Targets
 from .attempt import AsyncAttempt, SyncAttempt
 from .breaker import AsyncBreakerGate, SyncBreakerGate
 from .chaos import AsyncChaos, SyncChaos

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     from .._breaker import CircuitBreaker
     from .._policy import RetryPolicy, Timeouts
     from .._sdk import Options
-    from ._stream import StreamWatch
+    from ._stream import StreamHooks, StreamWatch
 
-__all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "Outcome", "StreamHooks"]
+__all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "Outcome"]
 
 SendFn = Callable[..., Any]
 _SUCCESS = Classification(Verdict.SUCCESS)
@@ -60,17 +60,6 @@ class Outcome:
     def ok(self) -> bool:
         """The attempt produced a result."""
         return self.error is None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamHooks:
-    """What the fallback layer wants told about a live stream, given before it is sent."""
-
-    #: Called with the assembled answer when the stream completes (the cache stores it).
-    on_complete: Callable[[dict[str, Any]], None] | None = None
-    #: Given the partial text of a stream cut mid-answer, another target's bytes continuing it.
-    continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
-    continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -24,12 +25,24 @@ from .._clock import Clock
 from .._errors import IncompleteStreamError
 from .._fallback.assemble import assembler_for
 from ..observe.events import EventBus, StreamEventSkipped
-from ._call import StreamHooks
 
-__all__ = ["AsyncStreamGuard", "StreamWatch", "SyncStreamGuard"]
+__all__ = ["AsyncStreamGuard", "StreamHooks", "StreamWatch", "SyncStreamGuard"]
 
 #: This many malformed events in a row make a stream unreadable.
 MAX_MALFORMED_IN_A_ROW = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHooks:
+    """What the fallback layer wants told about a live stream, given before it is sent."""
+
+    #: Called with the assembled answer when the stream completes (the cache stores it).
+    on_complete: Callable[[dict[str, Any]], None] | None = None
+    #: Given the partial text of a stream cut mid-answer, another target's bytes continuing it.
+    continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
+    continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+
+
 _NO_HOOKS = StreamHooks()
 #: Operations whose streams say when they are complete (finish_reason / response.completed).
 _SELF_TERMINATING = frozenset({"chat.completions", "responses"})

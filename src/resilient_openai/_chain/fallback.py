@@ -21,13 +21,14 @@ from .._classify import Verdict
 from .._errors import DeadlineExceededError, RequestRejectedError
 from .._fallback.plan import PRIMARY, Send, Serve, Walk, route_for, walk
 from .._validate import oversized
-from ._call import AsyncHandler, Call, Handler, Outcome, StreamHooks
+from ._call import AsyncHandler, Call, Handler, Outcome
+from ._stream import StreamHooks
 
 if TYPE_CHECKING:
-    from .._fallback.deliver import Delivery, LocalAnswer
-    from .._fallback.targets import Targets
     from .._policy import FallbackPolicy, FallbackStep, Route, ValidationPolicy
     from .._runtime import FallbackFunction
+    from ._delivery import Delivery, LocalAnswer
+    from ._targets import Targets
 
 __all__ = ["AsyncFallback", "SyncFallback", "Walker"]
 

@@ -14,8 +14,8 @@ import openai
 
 from .. import _sdk
 from .._breaker import BreakerRegistry, default_key
-from .._chain._call import LiveTarget
 from .._provenance import Source
+from ._call import LiveTarget
 
 if TYPE_CHECKING:
     from .._policy import BreakerPolicy, FallbackStep, Policy

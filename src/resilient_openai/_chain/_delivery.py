@@ -14,18 +14,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pydantic
 
 from .. import _sdk
+from .._fallback.cache import CachedAnswer, ResponseCache
+from .._fallback.keys import PROCESS_SECRET, request_key, scope_id
+from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
 from .._provenance import Provenance, Source, attach
 from ..observe.events import CallCompleted, FallbackServed
-from .cache import CachedAnswer, ResponseCache
-from .keys import PROCESS_SECRET, request_key, scope_id
-from .serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
+from ._stream import StreamHooks
 
 if TYPE_CHECKING:
-    from .._chain._call import Call, Outcome, StreamHooks
     from .._classify import Verdict
     from .._clock import Clock
     from .._policy import FallbackStep, Policy, Route
     from ..observe.events import EventBus
+    from ._call import Call, Outcome
 
 __all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
 
@@ -114,7 +115,6 @@ class Delivery:
         """What a live stream from the primary reports when it ends: the cache stores it."""
         if not call.stream or (key is None and continuation is None):
             return None
-        from .._chain._call import StreamHooks
 
         store = None
         if key is not None:
