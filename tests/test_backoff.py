@@ -82,12 +82,19 @@ def test_should_retry_false_is_obeyed() -> None:
     assert _decide(Classification(Verdict.SERVER_ERROR, should_retry=False)) is None
 
 
+def test_an_open_circuit_is_never_waited_out_by_default() -> None:
+    """By default an open circuit answers at once: waiting is opt-in (``max_open_wait``)."""
+    short = Classification(Verdict.CIRCUIT_OPEN, retry_after=0.5)
+    assert decide_open_circuit_wait(short, policy=RetryPolicy(), remaining=60.0, has_fallback=False) is None
+
+
 def test_open_circuit_wait_only_without_fallback_and_when_short() -> None:
-    """An open circuit is waited out only with no fallback left, for a short wait that fits."""
+    """Opted in, an open circuit is waited out only with no fallback left, for a short wait that fits."""
     short = Classification(Verdict.CIRCUIT_OPEN, retry_after=2.0)
     long = Classification(Verdict.CIRCUIT_OPEN, retry_after=30.0)
     wait = decide_open_circuit_wait
-    assert wait(short, policy=POLICY, remaining=60.0, has_fallback=False) == 2.0
-    assert wait(short, policy=POLICY, remaining=60.0, has_fallback=True) is None
-    assert wait(short, policy=POLICY, remaining=1.0, has_fallback=False) is None
-    assert wait(long, policy=POLICY, remaining=60.0, has_fallback=False) is None
+    opted = RetryPolicy(max_open_wait=8.0)
+    assert wait(short, policy=opted, remaining=60.0, has_fallback=False) == 2.0
+    assert wait(short, policy=opted, remaining=60.0, has_fallback=True) is None
+    assert wait(short, policy=opted, remaining=1.0, has_fallback=False) is None
+    assert wait(long, policy=opted, remaining=60.0, has_fallback=False) is None

@@ -240,9 +240,9 @@ ONE_MISTAKE: list[Any] = [
         id="break-multiplier",
     ),
     pytest.param(
-        {"breaker": {"break_max": 10}},
+        {"breaker": {"break_max": 4}},
         "breaker.break_max",
-        "must be >= break_duration (30.0), got 10.0",
+        "must be >= break_duration (5.0), got 4.0",
         id="break-max-below-duration",
     ),
     pytest.param(

@@ -100,9 +100,9 @@ ONE_MISTAKE: list[Any] = [
         id="failure-verdict-success",
     ),
     pytest.param(
-        lambda: BreakerPolicy(break_duration=600.0),
-        "break_duration",
-        "must be <= break_max (300.0)",
+        lambda: BreakerPolicy(break_duration=600.0, break_max=300.0),
+        "break_max",
+        "must be >= break_duration (600.0)",
         id="break-duration-over-max",
     ),
     pytest.param(lambda: Timeouts(total=-1.0), "total", "must be a number > 0, got -1.0", id="total-neg"),

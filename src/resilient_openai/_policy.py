@@ -176,10 +176,11 @@ class RetryPolicy(_Model):
     max_retry_after: Wait = 120.0
     #: Obey ``x-should-retry: true|false`` from the upstream.
     honor_should_retry: StrictBool = True
-    #: With no fallback left, wait out an open circuit once when its ``retry_after`` is at most
-    #: this many seconds (and fits the deadline); longer breaks are answered at once with
-    #: :class:`~resilient_openai.CircuitOpenError`. 0 never waits.
-    max_open_wait: Wait = 8.0
+    #: Opt-in: with no fallback left, wait out an open circuit once when its ``retry_after`` is at
+    #: most this many seconds (and fits the deadline). 0 (the default) never waits: an open
+    #: circuit answers at once with :class:`~resilient_openai.CircuitOpenError`, freeing the
+    #: caller's thread and connection exactly when the upstream is failing.
+    max_open_wait: Wait = 0.0
 
     @field_serializer("rules")
     def _rules_by_name(self, rules: Mapping[Verdict, RetryRule]) -> dict[str, RetryRule]:
@@ -241,9 +242,13 @@ class BreakerPolicy(_Model):
     slow_call_threshold: Seconds | None = None
     slow_call_ratio: Ratio = 1.0
     #: First open period; each reopening multiplies it by ``break_multiplier`` up to ``break_max``.
-    break_duration: Seconds = 30.0
+    #: ``break_max`` (default 20 s, or ``break_duration`` when that is set longer) is also the
+    #: recovery bound: once the upstream is healthy again, the next call
+    #: after at most ``break_max`` seconds is the probe that closes the circuit. A server's
+    #: Retry-After may lengthen a break, never past it.
+    break_duration: Seconds = 5.0
     break_multiplier: Annotated[float, pydantic.Strict(), Field(ge=1, le=1000)] = 2.0
-    break_max: Seconds = 300.0
+    break_max: Seconds = 20.0
     #: Half-open: at most this many probes in flight; this many successes close the circuit.
     half_open_probes: Count = 1
     close_after: Count = 1
@@ -264,6 +269,9 @@ class BreakerPolicy(_Model):
 
     @pydantic.model_validator(mode="after")
     def _break_within_max(self) -> BreakerPolicy:
+        if "break_max" not in self.model_fields_set and self.break_duration > self.break_max:
+            # A longer first break given alone raises the (default) cap with it.
+            object.__setattr__(self, "break_max", self.break_duration)
         return _ordered(self, [("break_duration", "break_max")], "break_max caps every open period")
 
 

@@ -26,7 +26,12 @@ OK = Verdict.SUCCESS
 def _breaker(
     clock: FakeClock | None = None, bus: EventBus | None = None, name: str = "api.test/v1:m", **policy: Any
 ) -> CircuitBreaker:
-    return CircuitBreaker(name, BreakerPolicy(**policy), clock=clock or FakeClock(), bus=bus or EventBus())
+    return CircuitBreaker(name, _mechanics(**policy), clock=clock or FakeClock(), bus=bus or EventBus())
+
+
+def _mechanics(**policy: Any) -> BreakerPolicy:
+    """A policy for testing the mechanics: the 30 s first break, growing to 300 s, unless given."""
+    return BreakerPolicy(**{"break_duration": 30.0, "break_max": 300.0, **policy})
 
 
 def _call(breaker: CircuitBreaker, verdict: Verdict, **kwargs: Any) -> None:

@@ -41,7 +41,8 @@ class Driver:
     """A state machine plus its own notion of time, so tests read like a timeline."""
 
     def __init__(self, **policy: Any) -> None:
-        self.policy = BreakerPolicy(**policy)
+        # The mechanics are tested with a 30 s first break growing to 300 s, unless given.
+        self.policy = BreakerPolicy(**{"break_duration": 30.0, "break_max": 300.0, **policy})
         self.storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self.now = T0
         self.machine = BreakerState(self.policy, self.storage, now=self.now, wall=self.wall)
@@ -247,13 +248,15 @@ def test_break_grows_geometrically_up_to_the_cap(reopenings: int, expected: floa
         (0.0, 0.0),
         (math.nan, 0.0),
         (45.5, 45.5),
-        (7_200.0, 7_200.0),
-        (math.inf, 600.0),
+        (300.0, 300.0),
+        (7_200.0, 300.0),
+        (86_400.0, 300.0),
+        (math.inf, 300.0),
     ],
 )
 def test_honoured_retry_after(retry_after: float | None, expected: float) -> None:
-    """Absent or unreadable is 0, finite is honoured in full, infinite is the longest policy break."""
-    assert honoured_retry_after(BreakerPolicy(break_max=300.0, quota_break=600.0), retry_after) == expected
+    """Absent or unreadable is 0; a server may lengthen a break up to the cap, never past it."""
+    assert honoured_retry_after(retry_after, 300.0) == expected
 
 
 # -- consecutive mode ---------------------------------------------------------------------------
@@ -435,6 +438,13 @@ def test_a_longer_retry_after_is_honoured() -> None:
     assert driver.machine.retry_after(driver.now) == 90.0
 
 
+def test_a_retry_after_never_holds_the_circuit_past_break_max() -> None:
+    """``Retry-After: 86400`` lengthens the break only up to ``break_max``."""
+    driver = Driver(fail_max=1, break_duration=10.0, break_max=60.0)
+    driver.call(FAIL, retry_after=86_400.0)
+    assert driver.machine.retry_after(driver.now) == 60.0
+
+
 def test_a_shorter_retry_after_does_not_shorten_the_break() -> None:
     """The break is at least ``break_duration``."""
     driver = Driver(fail_max=1, break_duration=30.0)
@@ -442,9 +452,10 @@ def test_a_shorter_retry_after_does_not_shorten_the_break() -> None:
     assert driver.machine.retry_after(driver.now) == 30.0
 
 
-@pytest.mark.parametrize(("retry_after", "expected"), [(None, 600.0), (60.0, 600.0), (3_600.0, 3_600.0)])
+@pytest.mark.parametrize(("retry_after", "expected"), [(None, 600.0), (60.0, 600.0), (3_600.0, 600.0)])
 def test_quota_opens_at_once_for_the_quota_break(retry_after: float | None, expected: float) -> None:
-    """One quota exhaustion opens for ``max(quota_break, retry_after)``, ignoring ``fail_max``."""
+    """One quota exhaustion opens for ``quota_break``, ignoring ``fail_max``; a Retry-After never
+    keeps the target out longer than the policy's own break."""
     driver = Driver(fail_max=5, quota_break=600.0)
     driver.call(Verdict.QUOTA_EXHAUSTED, retry_after=retry_after)
     assert driver.state == OPEN

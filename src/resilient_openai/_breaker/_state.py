@@ -128,19 +128,16 @@ def break_for(policy: BreakerPolicy, reopenings: int) -> float:
     return min(grown, policy.break_max)
 
 
-def honoured_retry_after(policy: BreakerPolicy, retry_after: float | None) -> float:
+def honoured_retry_after(retry_after: float | None, cap: float) -> float:
     """The part of a server's Retry-After the breaker obeys: 0 when absent or unreadable.
 
-    A finite wait is honoured in full, however long (a quota that resets at midnight is an honest
-    answer). An infinite one, which is what an overflowing header parses to, is read as "the
-    longest break this policy imposes" (``break_max`` or ``quota_break``), so a garbled header
-    cannot isolate a target that only an operator should isolate.
+    A server may lengthen a break but never past ``cap`` (``break_max``; ``quota_break`` for a
+    quota break): the policy says how long a target may be kept out at most, and a garbled or
+    hostile header (``Retry-After: 86400``, an overflow) cannot keep it out for longer.
     """
     if retry_after is None or not retry_after > 0:  # None, negative, zero or NaN
         return 0.0
-    if math.isinf(retry_after):
-        return max(policy.break_max, policy.quota_break)
-    return retry_after
+    return min(retry_after, cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +400,8 @@ class BreakerState:
         self, now: float, wall: float, reason: str, retry_after: float | None, error: BaseException | None
     ) -> None:
         reopenings = self.reopen_count + 1 if self._storage.state == HALF_OPEN else self.reopen_count
-        length = max(break_for(self.policy, reopenings), honoured_retry_after(self.policy, retry_after))
+        policy = self.policy
+        length = max(break_for(policy, reopenings), honoured_retry_after(retry_after, policy.break_max))
         self._move(OPEN, reason, length)
         self.reopen_count = reopenings
         self._start_break(now, wall, length, error)
@@ -412,9 +410,9 @@ class BreakerState:
         self, now: float, wall: float, retry_after: float | None, error: BaseException | None
     ) -> None:
         # Quota does not come back by itself in seconds: skip the failure threshold and the
-        # growth schedule and open for the quota break (or the server's longer Retry-After).
+        # growth schedule and open for the quota break.
         reopenings = self.reopen_count + 1 if self._storage.state == HALF_OPEN else self.reopen_count
-        length = max(self.policy.quota_break, honoured_retry_after(self.policy, retry_after))
+        length = self.policy.quota_break
         self._move(OPEN, "quota exhausted", length)
         self.reopen_count = reopenings
         self._start_break(now, wall, length, error)
