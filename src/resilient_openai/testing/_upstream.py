@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx2
 
 from .. import _shapes
+from . import _shapes as fake_shapes
 from ._clock import FakeClock
 
 if TYPE_CHECKING:
@@ -626,7 +627,7 @@ class FakeUpstream:
             code, "server_error" if code >= 500 else "invalid_request_error"
         )
         message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
-        body = _shapes.error_body(message, type=error_type, code=fault.error_code)
+        body = fake_shapes.error_body(message, type=error_type, code=fault.error_code)
         return _json_reply(code, body, fault.headers)
 
     def _answer(self, call: _Call, fault: Fault) -> Reply:
@@ -634,26 +635,26 @@ class FakeUpstream:
         endpoint = _endpoint(call.method, call.path)
         if endpoint is None:
             message = f"Invalid URL ({call.method} {call.path})"
-            return _json_reply(404, _shapes.error_body(message, type="invalid_request_error"))
+            return _json_reply(404, fake_shapes.error_body(message, type="invalid_request_error"))
         if endpoint == "models":
             with self._lock:
                 names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
             ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
-            return _json_reply(200, _shapes.model_list(ids, created=call.created))
+            return _json_reply(200, fake_shapes.model_list(ids, created=call.created))
         if call.body is None:
             message = "We could not parse the JSON body of your request. (fake upstream)"
-            return _json_reply(400, _shapes.error_body(message, type="invalid_request_error"))
+            return _json_reply(400, fake_shapes.error_body(message, type="invalid_request_error"))
         model = fault.model or call.model or "fake-model"
         if endpoint == "embeddings":
             dims = call.body.get("dimensions")
-            payload = _shapes.embeddings(
+            payload = fake_shapes.embeddings(
                 _embedding_inputs(call.body.get("input", "")),
                 model,
                 encoding_format="base64" if call.body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
             return _json_answer(payload, fault)
-        text = fault.text if fault.text is not None else _shapes.placeholder_text(fault.tokens)
+        text = fault.text if fault.text is not None else fake_shapes.placeholder_text(fault.tokens)
         prompt_tokens = _shapes.count_tokens(_prompt_text(call.body))
         if endpoint == "chat":
             return _chat_answer(call, call.body, fault, model, text, prompt_tokens)
