@@ -111,7 +111,18 @@ from resilient_openai import (
     resilient,
 )
 from resilient_openai.observe.prometheus import BREAKER_STATE_VALUES, PrometheusListener
-from resilient_openai.testing import FakeUpstream, Fault
+from resilient_openai.testing import (
+    Cut,
+    Delay,
+    FakeUpstream,
+    Fault,
+    Malformed,
+    Ok,
+    Reset,
+    Silence,
+    Stall,
+    Status,
+)
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
@@ -211,46 +222,46 @@ def _tokens(rng: random.Random) -> int:
 
 def _stream_cut(rng: random.Random) -> Fault:
     tokens = _tokens(rng)
-    return Fault.stream(tokens=tokens, cut_after=rng.randint(0, tokens))
+    return Cut(rng.randint(0, tokens), tokens=tokens)
 
 
 def _stream_stall(rng: random.Random) -> Fault:
     tokens = _tokens(rng)
     # 20 ms stays under the 50 ms idle limit (a slow but healthy stream); 100 ms stalls out.
-    return Fault.stream(tokens=tokens, stall_after=rng.randint(0, tokens), stall=rng.choice((0.02, 0.1)))
+    return Stall(rng.randint(0, tokens), rng.choice((0.02, 0.1)), tokens=tokens)
 
 
 def _malformed_event(rng: random.Random) -> Fault:
     tokens = _tokens(rng)
-    return Fault.stream(tokens=tokens, malformed_at=rng.randrange(tokens))
+    return Malformed(rng.randrange(tokens), tokens=tokens)
 
 
 def _retry_after_ms(rng: random.Random) -> Fault:
-    return Fault.status(429, headers={"retry-after-ms": str(rng.randint(5, 40))})
+    return Status(429, headers={"retry-after-ms": str(rng.randint(5, 40))})
 
 
 def _retry_after(rng: random.Random) -> Fault:
-    return Fault.status(429, headers={"retry-after": f"{rng.uniform(0.005, 0.04):.3f}"})
+    return Status(429, headers={"retry-after": f"{rng.uniform(0.005, 0.04):.3f}"})
 
 
 def _quota(rng: random.Random) -> Fault:
-    return Fault.status(429, code_str="insufficient_quota", type="insufficient_quota")
+    return Status(429, code_str="insufficient_quota", type="insufficient_quota")
 
 
 #: (name, weight, maker) for faults that make sense on any request.
 COMMON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("ok", 40, lambda rng: Fault.ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.03))),
-    ("slow", 5, lambda rng: Fault.delay(rng.uniform(0.01, 0.04), Fault.ok(tokens=_tokens(rng)))),
-    ("too slow", 2, lambda rng: Fault.delay(0.15)),
-    ("5xx", 8, lambda rng: Fault.status(rng.choice((500, 502, 503, 504)))),
-    ("429", 4, lambda rng: Fault.status(429)),
+    ("ok", 40, lambda rng: Ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.03))),
+    ("slow", 5, lambda rng: Delay(rng.uniform(0.01, 0.04), Ok(tokens=_tokens(rng)))),
+    ("too slow", 2, lambda rng: Delay(0.15)),
+    ("5xx", 8, lambda rng: Status(rng.choice((500, 502, 503, 504)))),
+    ("429", 4, lambda rng: Status(429)),
     ("429 retry-after-ms", 2, _retry_after_ms),
     ("429 retry-after", 2, _retry_after),
-    ("429 retry-after too long", 1, lambda rng: Fault.status(429, headers={"retry-after": "5"})),
+    ("429 retry-after too long", 1, lambda rng: Status(429, headers={"retry-after": "5"})),
     ("429 insufficient_quota", 1, _quota),
-    ("reset", 4, lambda rng: Fault.reset()),
-    ("silence", 2, lambda rng: Fault.silence()),
-    ("400", 1, lambda rng: Fault.status(400)),
+    ("reset", 4, lambda rng: Reset()),
+    ("silence", 2, lambda rng: Silence()),
+    ("400", 1, lambda rng: Status(400)),
 )
 
 #: Faults of a streamed body.
@@ -258,19 +269,19 @@ STREAM_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
     ("stream cut", 4, _stream_cut),
     ("stream stall", 3, _stream_stall),
     ("malformed event", 3, _malformed_event),
-    ("no [DONE]", 2, lambda rng: Fault.stream(tokens=_tokens(rng), done=False)),
+    ("no [DONE]", 2, lambda rng: Ok(tokens=_tokens(rng), done=False)),
 )
 
 #: Faults of a JSON body: cut halfway, or late (within, then beyond, the attempt timeout).
 JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("body cut", 3, lambda rng: Fault.stream(cut_after=0)),
-    ("body stall", 3, lambda rng: Fault.stream(stall_after=0, stall=rng.choice((0.02, 0.15)))),
+    ("body cut", 3, lambda rng: Cut(0)),
+    ("body stall", 3, lambda rng: Stall(0, rng.choice((0.02, 0.15)))),
 )
 
 #: Opt-in (``extra_faults``): a truncated JSON body on a non-streaming answer, which the chain
 #: does not handle today (see :data:`EXTRA_FAULT_ISSUES`).
 EXTRA_JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("malformed body", 2, lambda rng: Fault.stream(malformed_at=0)),
+    ("malformed body", 2, lambda rng: Malformed(0)),
 )
 
 

@@ -42,7 +42,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeUpstream, Fault
+from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from ._common import BACKUP_MODEL, MODEL, loopback_client, markdown_table, percentile, server_fixes
 from ._handrolled import HandRolled
@@ -207,11 +207,11 @@ def _switch(upstreams: dict[str, FakeUpstream], config: OutageConfig, timeline: 
     """Start, then end, the outage of the primary model on every upstream."""
     timeline.sleep_until(config.outage_start)
     for upstream in upstreams.values():
-        upstream.set_default(MODEL, Fault.status(503))
+        upstream.set_default(MODEL, Status(503))
     timeline.outage[0] = timeline.since()
     timeline.sleep_until(config.outage_end)
     for upstream in upstreams.values():
-        upstream.set_default(MODEL, Fault.ok())
+        upstream.set_default(MODEL, Ok())
     timeline.outage[1] = timeline.since()
 
 

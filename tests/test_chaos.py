@@ -24,7 +24,7 @@ from resilient_openai import (
     Timeouts,
     provenance,
 )
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Silence
 
 from .conftest import Harness
 
@@ -73,7 +73,7 @@ def test_the_faults_reached_the_callers(result: chaos.ChaosResult) -> None:
 
 def test_an_attempt_refused_for_the_deadline_is_not_recorded_as_sent(harness: Harness) -> None:
     """A fallback rung reached after the deadline sends nothing, and its provenance says so."""
-    harness.upstream.set_default("gpt-A", Fault.silence())
+    harness.upstream.set_default("gpt-A", Silence())
     route = Route(steps=(FallbackStep("model", model="gpt-B"), FallbackStep("canned", text="sorry")))
     policy = Policy(
         clock=harness.clock,

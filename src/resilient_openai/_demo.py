@@ -35,7 +35,7 @@ from ._health import health
 from ._policy import Policy
 from ._provenance import provenance
 from .observe.events import BreakerStateChanged, Event
-from .testing import FakeUpstream, Fault
+from .testing import Delay, FakeUpstream, Fault, Ok, Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -168,12 +168,12 @@ def phase_faults(kind: str, fraction: float, *, slow_delay: float, rng: random.R
     """
     primary_latency = 0.015 + min(rng.expovariate(1 / 0.03), 0.4)
     fallback_latency = 0.008 + min(rng.expovariate(1 / 0.015), 0.2)
-    fallback_ok = Fault.ok(latency=fallback_latency)
+    fallback_ok = Ok(latency=fallback_latency)
     if kind == "storm":
-        return Fault.status(503), fallback_ok if fraction < 0.5 else Fault.status(503)
+        return Status(503), fallback_ok if fraction < 0.5 else Status(503)
     if kind == "slow":
-        return Fault.delay(slow_delay, then=Fault.ok()), fallback_ok
-    return Fault.ok(latency=primary_latency), fallback_ok
+        return Delay(slow_delay, then=Ok()), fallback_ok
+    return Ok(latency=primary_latency), fallback_ok
 
 
 def slow_delay_for(policy: Policy) -> float:
