@@ -2,9 +2,10 @@
 
 :class:`DemoRun` serves the fake upstream on a loopback socket (or points at a real endpoint),
 sends chat completions at a steady rate through one resilient client, from threads or asyncio
-tasks driven by the shared load driver (:mod:`resilient_openai.testing._load`), and switches the fake's faults as the scenario's phases go by. Every call
-becomes a :class:`CallRecord` (when, which phase, who answered, how long, which error) and every
-breaker transition a :class:`BreakerChange`; :class:`DemoResult` sums them up per phase.
+tasks driven by the shared load driver (:mod:`resilient_openai.testing._load`), and switches
+the fake's faults as the scenario's phases go by. Every call becomes a :class:`CallRecord`
+(when, which phase, who answered, how long, which error) and every breaker transition a
+:class:`BreakerChange`; :class:`DemoResult` sums them up per phase.
 
 Nothing here draws or prints, and nothing needs typer, rich or matplotlib: the CLI renders what
 this produces, and tests run it headless.
