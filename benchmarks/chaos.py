@@ -2,14 +2,15 @@
 
 For ``--seconds`` (default 60), 16 threads share one resilient ``OpenAI`` client and 200 asyncio
 tasks share one resilient ``AsyncOpenAI`` client, at the same time, in one process, on the real
-clock. Each client talks to its own :class:`~resilient_openai.testing.FakeUpstream` in process.
-Every request the fake receives takes the next fault from a deck drawn with a seeded RNG: healthy
-answers, 5xx, 429 with and without ``Retry-After`` (short, and longer than the policy accepts),
-429 ``insufficient_quota``, connection resets, silences (ended by the attempt timeout), slow
-answers, stream cuts, stalls (shorter and longer than the idle limit), malformed events,
-streams without ``[DONE]``, JSON bodies cut or late, and a few 400s. Half the calls stream. The
-policy is scaled down to match (a 0.5 s call budget, 0.1 s attempts, 0.1 s breaks) and routes
-every primary model to a second model on the same fake, then the cache, then a canned answer.
+clock, both driven by the shared load driver (:mod:`resilient_openai.testing._load`). Each client
+talks to its own :class:`~resilient_openai.testing.FakeUpstream` in process. Every request the
+fake receives takes the next fault from a deck drawn with a seeded RNG: healthy answers, 5xx, 429
+with and without ``Retry-After`` (short, and longer than the policy accepts), 429
+``insufficient_quota``, connection resets, silences (ended by the attempt timeout), slow answers,
+stream cuts, stalls (shorter and longer than the idle limit), malformed events, streams without
+``[DONE]``, JSON bodies cut or late, and a few 400s. Half the calls stream. The policy is scaled
+down to match (a 0.5 s call budget, 0.1 s attempts, 0.1 s breaks) and routes every primary
+model to a second model on the same fake, then the cache, then a canned answer.
 
 Streaming and non-streaming calls ask different models (``chaos-stream`` and ``chaos-json``, each
 with its own backup model), because a fake's fault queue belongs to a model: stream-body faults
@@ -18,13 +19,13 @@ unless asked for (``--extra-faults``): see :data:`EXTRA_FAULT_ISSUES`.
 
 Each caller thinks a random while between calls: the async path costs a few milliseconds of CPU
 per call, and 216 callers calling back to back would keep the one GIL busy for longer than a
-call's budget, so the deadline check would measure CPU starvation, not the library. The summary
-reports how many calls were in flight at once.
+call's budget, so the deadline check would measure CPU starvation, not the library.
 
-The run is cut into epochs. At the end of each, new calls are held back until none is in flight
-and every caller is parked (a quiescent point), and the fakes' request logs are harvested and
-cleared. At a quiescent point every call that was started has ended, so the counts below are
-exact, not approximate.
+Every call carries its id in the :data:`CALL_HEADER` header; the fake records it with each
+request. As soon as a call ends, its caller takes that call's requests from the fake and checks
+the call against them: no waiting for the whole run to be still. Counters that only exist
+globally (the Prometheus metrics, the breakers' gauge) are compared once, at the end, when the
+driver has returned and no call is in flight.
 
 What is checked (each is one line of the output; any violation makes ``main`` exit 1):
 
@@ -37,16 +38,14 @@ What is checked (each is one line of the output; any violation makes ``main`` ex
     provenance names its source.
 ``deadline``
     No call lasts longer than ``timeouts.total`` plus :data:`DEADLINE_SLACK` of wall time,
-    measured by the caller around the whole call (a stream until its last chunk or its error).
+    measured by the driver around the whole call (a stream until its last chunk or its error).
 ``unrecorded requests``
-    Per call and per model, the requests the fake received carrying the call's id header are
-    never more than the call's provenance attempts on that model whose verdict is not
-    ``circuit_open``: nothing reaches the upstream without an attempt record.
-``attempts = upstream``
-    Per model, the sum over all calls of the provenance attempts that reached a target (every
-    verdict but ``circuit_open``: a rejected attempt sends nothing; no call here is refused by
-    validation, which records no attempt) equals ``upstream.count(model)``, summed over the
-    epochs. Together with the line above, this says every recorded attempt was really sent.
+    Per call and model, the requests the fake received carrying the call's id are never more
+    than the call's provenance attempts on that model that were sent (every verdict but
+    ``circuit_open`` and ``deadline_exceeded``, which send nothing).
+``unsent attempts``
+    Per call and model, those attempts are never more than the requests: with the line above,
+    every attempt recorded as sent was sent, exactly once.
 ``breaker rejections``
     Per breaker, Prometheus ``rejections_total`` (one per ``CallRejected`` event) equals the
     number of ``circuit_open`` attempt records naming that breaker.
@@ -54,17 +53,14 @@ What is checked (each is one line of the output; any violation makes ``main`` ex
     ``calls_total`` by source equals the calls whose provenance has that source (errors: no
     source); ``fallbacks_total`` equals the answers not from the primary upstream;
     ``retries_total`` equals the sum over calls and targets of (attempts on the target - 1).
-``unsent attempts``
-    Every attempt recorded but never sent (the difference above) is a ``timeout`` record, the
-    one known way it happens (:data:`KNOWN_ISSUES`).
 ``breaker gauge``
     At the end, the ``breaker_state`` gauge of each breaker shows the breaker's real state.
 ``memory``
-    The heap traced by tracemalloc grows by less than :data:`MEMORY_BOUND` from the quiescent
-    point two thirds in to the last one (see :class:`Memory`).
+    The heap traced by tracemalloc grows by less than :data:`MEMORY_BOUND` over the last third of
+    the run (see :class:`Memory`).
 
 A last line checks the harness itself: every request took a scripted fault (the deck never ran
-dry, so no request got the fake's default healthy answer) and was seen in front of the fake.
+dry, so no request got the fake's default healthy answer) and belonged to a call.
 
 Run ``python -m benchmarks.chaos [--seconds 60]``. From the benchmark runner: ``result =
 chaos.run(seconds=...)``, then ``chaos.report(result)`` is a Markdown section and ``result.ok``
@@ -75,22 +71,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import json
 import random
 import sys
 import threading
 import time
 import traceback
 import tracemalloc
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletion
 from prometheus_client import CollectorRegistry
 
 from resilient_openai import (
@@ -118,14 +113,16 @@ from resilient_openai.testing import (
     Fault,
     Malformed,
     Ok,
+    RecordedRequest,
     Reset,
     Silence,
     Stall,
     Status,
 )
+from resilient_openai.testing._load import Call, Load, Outcome, percentile
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = [
     "DEADLINE_SLACK",
@@ -135,6 +132,7 @@ __all__ = [
     "ChaosResult",
     "Check",
     "chaos_policy",
+    "lines",
     "main",
     "report",
     "run",
@@ -148,7 +146,7 @@ JSON_MODEL = "chaos-json"
 JSON_BACKUP = "chaos-json-backup"
 STREAM_MODELS = (STREAM_MODEL, STREAM_BACKUP)
 JSON_MODELS = (JSON_MODEL, JSON_BACKUP)
-#: The header carrying a call's id to the upstream, so its requests can be matched to the call.
+#: The header carrying a call's id to the upstream, which records it with each of the call's requests.
 CALL_HEADER = "x-chaos-call"
 #: Distinct prompts: the cache holds one answer for each, per primary model, and serves many hits.
 PROMPTS = tuple(f"chaos prompt {n}: say something short." for n in range(8))
@@ -168,7 +166,7 @@ KNOWN_ISSUES: Mapping[str, str] = {}
 #: What the opt-in extra faults break today (not in the default mix, so no check fails on them).
 EXTRA_FAULT_ISSUES: Mapping[str, str] = {}
 
-# Scripted faults per model: refilled to DECK_FULL whenever a caller finds fewer than DECK_LOW.
+# Scripted faults per model: refilled to DECK_FULL before a call that finds fewer than DECK_LOW.
 # A call makes at most 6 requests, and at most 216 calls are in flight between two refills.
 DECK_FULL = 3000
 DECK_LOW = 1500
@@ -302,8 +300,7 @@ def palette(
 class _Deck:
     """Keeps every chaos model's fault queue on one fake upstream from running dry (thread-safe).
 
-    It mirrors each queue's fault names, so that at a quiescent point it can tell which faults
-    the requests since the last one took (the fake takes them first in, first out).
+    It names each fault it scripts, so a recorded request's fault tells which kind answered it.
     """
 
     def __init__(self, upstream: FakeUpstream, seed: str, *, extra: bool = False) -> None:
@@ -313,333 +310,53 @@ class _Deck:
         stream = palette((*COMMON_FAULTS, *STREAM_FAULTS), rng)
         plain = palette((*COMMON_FAULTS, *JSON_FAULTS, *(EXTRA_JSON_FAULTS if extra else ())), rng)
         self._palettes = {**dict.fromkeys(STREAM_MODELS, stream), **dict.fromkeys(JSON_MODELS, plain)}
-        self._queued: dict[str, deque[str]] = {model: deque() for model in self._palettes}
+        # By identity: the fake records the very instance it took from the queue.
+        self._names = {id(fault): name for name, fault in (*stream, *plain)}
         self._lock = threading.Lock()
-        self.scripted: Counter[str] = Counter()
-        #: Faults the upstream has taken, by name, as of the last :meth:`account`.
-        self.served: Counter[str] = Counter()
 
-    def top_up(self, *, low: int = DECK_LOW) -> None:
-        """Refill every queue holding fewer than ``low`` faults back to :data:`DECK_FULL`."""
-        upstream = self._upstream
+    def top_up(self) -> None:
+        """Refill every queue holding fewer than :data:`DECK_LOW` faults back to :data:`DECK_FULL`."""
         for model, choices in self._palettes.items():
-            if upstream.pending(model) >= low:
+            if self._upstream.pending(model) >= DECK_LOW:
                 continue
             with self._lock:
-                missing = DECK_FULL - upstream.pending(model)
-                if missing <= 0:
-                    continue
-                drawn = [choices[self._rng.randrange(len(choices))] for _ in range(missing)]
-                self.scripted[model] += missing
-                self._queued[model].extend(name for name, _ in drawn)
-                upstream.script(model, [fault for _, fault in drawn])
+                missing = DECK_FULL - self._upstream.pending(model)
+                drawn = [choices[self._rng.randrange(len(choices))][1] for _ in range(max(missing, 0))]
+                self._upstream.script(model, drawn)
 
-    def account(self) -> None:
-        """At a quiescent point: count the faults taken since the last one into :attr:`served`."""
-        with self._lock:
-            for model, names in self._queued.items():
-                for _ in range(len(names) - self._upstream.pending(model)):
-                    self.served[names.popleft()] += 1
-
-    def consumed(self, model: str) -> int:
-        """Faults taken from ``model``'s queue so far."""
-        return self.scripted[model] - self._upstream.pending(model)
+    def name(self, fault: Fault | None) -> str | None:
+        """The name of a fault this deck scripted; None for any other (the fake's default)."""
+        return self._names.get(id(fault))
 
 
-# -- matching requests to calls -------------------------------------------------------------------
+# -- one side: a client, its fake, and every call checked as it ends -------------------------------
 
-
-class _Tally:
-    """Requests seen in front of the fake, by call id and model (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_call: dict[str, Counter[str]] = {}
-        self.total: Counter[str] = Counter()
-
-    def add(self, request: httpx2.Request) -> None:
-        call = request.headers.get(CALL_HEADER, "")
-        try:
-            model = str(json.loads(request.content).get("model"))
-        except (ValueError, AttributeError):
-            model = "?"
-        with self._lock:
-            self._by_call.setdefault(call, Counter())[model] += 1
-            self.total[model] += 1
-
-    def pop(self, call: str) -> Counter[str]:
-        """The requests of ``call`` by model, forgotten here."""
-        with self._lock:
-            return self._by_call.pop(call, Counter())
-
-
-class _TallyTransport(httpx2.BaseTransport):
-    """Counts each request, then hands it to the fake upstream's own transport."""
-
-    def __init__(self, inner: httpx2.BaseTransport, tally: _Tally) -> None:
-        self._inner = inner
-        self._tally = tally
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        request.read()
-        self._tally.add(request)
-        return self._inner.handle_request(request)
-
-
-class _AsyncTallyTransport(httpx2.AsyncBaseTransport):
-    """The asyncio twin of :class:`_TallyTransport`."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, tally: _Tally) -> None:
-        self._inner = inner
-        self._tally = tally
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        await request.aread()
-        self._tally.add(request)
-        return await self._inner.handle_async_request(request)
-
-
-# -- quiescent points and pacing ------------------------------------------------------------------
-
-
-class _Gate:
-    """Quiescent points: :meth:`pause` returns once no call is in flight and every caller is parked.
-
-    Callers think between calls (:meth:`think`), then :meth:`enter` to make one and :meth:`leave`
-    after it. A pause wakes the thinkers, and every caller parks at the gate until :meth:`resume`
-    (a thinker then thinks on until its pause is over), so at each quiescent point all callers are
-    in the same state. Threads block on a condition; tasks wait on events of their own loop, so a
-    paused gate costs the loop nothing. :attr:`pace` multiplies every think time; after
-    :meth:`finish`, ``enter`` returns False.
-    """
-
-    def __init__(self, callers: int) -> None:
-        self._cond = threading.Condition()
-        self._active: Counter[str] = Counter()
-        self._callers = callers
-        self._parked = 0
-        self._closed = False
-        self._over = False
-        self._wake = threading.Event()  # set while paused or over: thinkers stop thinking
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake_async: asyncio.Event | None = None
-        self._open_async: asyncio.Event | None = None
-        self.pace = 1.0
-
-    def bind(self) -> None:
-        """Attach the running event loop, whose tasks also call (call from inside that loop)."""
-        self._loop = asyncio.get_running_loop()
-        self._wake_async, self._open_async = asyncio.Event(), asyncio.Event()
-        self._open_async.set()
-
-    def quit(self) -> None:
-        """A caller stops for good (the run is over, or it failed)."""
-        with self._cond:
-            self._callers -= 1
-            self._cond.notify_all()
-
-    # -- threads ----------------------------------------------------------------------------------
-
-    def think(self, mean: float, rng: random.Random) -> None:
-        """Pause between calls for uniform [0, 2 x mean] x :attr:`pace` seconds, parking at pauses."""
-        until = time.monotonic() + rng.uniform(0.0, 2.0 * mean) * self.pace
-        while (left := until - time.monotonic()) > 0 and self._wake.wait(left):
-            with self._cond:
-                if not self._park_locked():
-                    return
-
-    def enter(self, side: str) -> bool:
-        """Count one call in (parking first while paused); False once the run is over."""
-        with self._cond:
-            if not self._park_locked():
-                return False
-            self._active[side] += 1
-            return True
-
-    def _park_locked(self) -> bool:
-        self._parked += 1
-        self._cond.notify_all()
-        while self._closed and not self._over:
-            self._cond.wait()
-        self._parked -= 1
-        return not self._over
-
-    # -- tasks ------------------------------------------------------------------------------------
-
-    async def think_async(self, mean: float, rng: random.Random) -> None:
-        """The asyncio twin of :meth:`think`."""
-        assert self._wake_async is not None
-        until = time.monotonic() + rng.uniform(0.0, 2.0 * mean) * self.pace
-        while (left := until - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(left):
-                    await self._wake_async.wait()
-            except TimeoutError:
-                return
-            if not await self._park_async():
-                return
-            await asyncio.sleep(0)  # the loop may not have run the resume's callbacks yet
-
-    async def enter_async(self, side: str) -> bool:
-        """The asyncio twin of :meth:`enter`."""
-        while True:
-            with self._cond:
-                if self._over:
-                    return False
-                if not self._closed:
-                    self._active[side] += 1
-                    return True
-            if not await self._park_async():
-                return False
-
-    async def _park_async(self) -> bool:
-        assert self._open_async is not None
-        with self._cond:
-            self._parked += 1
-            self._cond.notify_all()
-        try:
-            while True:
-                with self._cond:
-                    if self._over or not self._closed:
-                        return not self._over
-                await self._open_async.wait()
-                await asyncio.sleep(0)  # the pause's clear() may still be on its way
-        finally:
-            with self._cond:
-                self._parked -= 1
-
-    # -- both -------------------------------------------------------------------------------------
-
-    def leave(self, side: str) -> None:
-        with self._cond:
-            self._active[side] -= 1
-            self._cond.notify_all()
-
-    def in_flight(self) -> Counter[str]:
-        """Calls in flight now, by side."""
-        with self._cond:
-            return +self._active
-
-    def pause(self, *, timeout: float = 30.0) -> bool:
-        """Hold callers back until every call has ended and every caller is parked (False: timed out)."""
-        with self._cond:
-            self._closed = True
-        self._wake.set()
-        self._signal(wake=True, open_=False)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._active.total() or self._parked < self._callers:
-                if not self._cond.wait(max(deadline - time.monotonic(), 0.0)):
-                    return False
-        # A task counts as parked as soon as it reaches the gate, possibly before the loop has run
-        # the callbacks closing it: let the loop go round until they have, so that the tasks are
-        # all suspended on the closed gate (the same state at every quiescent point).
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError, TimeoutError):
-                asyncio.run_coroutine_threadsafe(_go_round(3), self._loop).result(timeout)
-        return True
-
-    def resume(self) -> None:
-        with self._cond:
-            self._closed = False
-            self._wake.clear()
-            self._cond.notify_all()
-        self._signal(wake=False, open_=True)
-
-    def finish(self) -> None:
-        """End the run: every caller leaves (call while paused)."""
-        with self._cond:
-            self._over = True
-            self._cond.notify_all()
-        self._wake.set()
-        self._signal(wake=True, open_=True)
-
-    def _signal(self, *, wake: bool, open_: bool) -> None:
-        loop, wake_event, open_event = self._loop, self._wake_async, self._open_async
-        if loop is None or wake_event is None or open_event is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(wake_event.set if wake else wake_event.clear)
-            loop.call_soon_threadsafe(open_event.set if open_ else open_event.clear)
-
-
-async def _go_round(times: int) -> None:
-    """Let the event loop run everything ready, ``times`` over."""
-    for _ in range(times):
-        await asyncio.sleep(0)
-
-
-# -- per-call accounting (pure) -------------------------------------------------------------------
-
-_BUCKET = 0.005  # duration histogram resolution, seconds
-_BUCKETS = 2000  # up to 10 s; longer calls land in the last bucket
 _EXAMPLES = 3
+_LIMIT = TIMEOUTS.total + DEADLINE_SLACK
 
 
 @dataclass
-class _Stats:
-    """What one worker saw. Bounded: counters, a fixed histogram and a few example strings."""
+class _Tally:
+    """What one side's calls showed, call by call. Bounded but for one duration per call."""
 
     calls: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     sources: Counter[str] = field(default_factory=Counter)
-    durations: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
-    slowest: float = 0.0
-    over_deadline: int = 0
-    escaped: int = 0
-    incomplete_answers: int = 0
-    no_provenance: int = 0
-    unrecorded: int = 0
-    unexplained_phantoms: int = 0
-    claimed: Counter[str] = field(default_factory=Counter)
-    received: Counter[str] = field(default_factory=Counter)
-    phantoms: Counter[str] = field(default_factory=Counter)
+    durations: list[float] = field(default_factory=list)
+    requests: int = 0
+    sent: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    #: Violations by check name, and a few examples of each.
+    problems: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def example(self, kind: str, text: str) -> None:
-        bucket = self.examples.setdefault(kind, [])
-        if len(bucket) < _EXAMPLES:
-            bucket.append(text)
-
-    def merge(self, other: _Stats) -> None:
-        """Add ``other``'s counts into this one."""
-        self.calls += other.calls
-        for name in ("outcomes", "sources", "claimed", "received", "phantoms", "rejections"):
-            getattr(self, name).update(getattr(other, name))
-        self.durations = [a + b for a, b in zip(self.durations, other.durations, strict=True)]
-        self.slowest = max(self.slowest, other.slowest)
-        for name in (
-            "over_deadline", "escaped", "incomplete_answers", "no_provenance", "unrecorded",
-            "unexplained_phantoms", "retries",
-        ):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for kind, texts in other.examples.items():
-            for text in texts:
-                self.example(kind, text)
-
-    def percentile(self, fraction: float) -> float:
-        """The ``fraction`` quantile of call durations, to the histogram's resolution."""
-        rank = max(1, round(fraction * self.calls))
-        seen = 0
-        for index, count in enumerate(self.durations):
-            seen += count
-            if seen >= rank:
-                return (index + 1) * _BUCKET
-        return _BUCKETS * _BUCKET
-
-
-@dataclass(frozen=True, slots=True)
-class _Ending:
-    """How one call ended, as the caller saw it."""
-
-    call: str
-    stream: bool
-    elapsed: float
-    answer: object | None  # the ChatCompletion or the Stream, when create() returned one
-    complete: bool  # an answer read to its end, with a finish_reason
-    error: BaseException | None
+    def problem(self, check: str, example: str) -> None:
+        self.problems[check] += 1
+        kept = self.examples.setdefault(check, [])
+        if len(kept) < _EXAMPLES:
+            kept.append(example)
 
 
 def _label(error: BaseException) -> str:
@@ -647,80 +364,6 @@ def _label(error: BaseException) -> str:
     if isinstance(error, IncompleteStreamError):
         return f"{name}/{error.reason}"
     return name
-
-
-def settle(stats: _Stats, ending: _Ending, received: Counter[str], limit: float) -> None:
-    """Account for one finished call: outcome, duration, and its attempts against its requests."""
-    stats.calls += 1
-    elapsed = ending.elapsed
-    stats.durations[min(int(elapsed / _BUCKET), _BUCKETS - 1)] += 1
-    stats.slowest = max(stats.slowest, elapsed)
-    error = ending.error
-    where = ending.answer if ending.answer is not None else error
-    record: Provenance | None = provenance(where) if where is not None else None
-    kind = "stream" if ending.stream else "json"
-    if elapsed > limit:
-        stats.over_deadline += 1
-        stats.example("deadline", f"{kind} call {ending.call} took {elapsed:.3f}s: {_story(record, error)}")
-    if error is None:
-        stats.outcomes[f"answer:{record.source if record else '?'}"] += 1
-        if not ending.complete:
-            stats.incomplete_answers += 1
-            stats.example("incomplete", f"{kind} call {ending.call} ended without a finish_reason")
-    elif isinstance(error, openai.OpenAIError):
-        stats.outcomes[f"error:{_label(error)}"] += 1
-    else:
-        stats.escaped += 1
-        stats.outcomes[f"escaped:{type(error).__module__}.{type(error).__qualname__}"] += 1
-        trace = "".join(traceback.format_exception(error, limit=-3)).strip().replace("\n", " | ")
-        stats.example("escaped", f"{kind} call {ending.call}: {trace}")
-    if record is None:
-        stats.no_provenance += 1
-        stats.example(
-            "provenance", f"{kind} call {ending.call}: nothing to read it from ({_story(None, error)})"
-        )
-        stats.unrecorded += sum(received.values())
-        stats.received.update(received)
-        return
-    if error is None and record.source is None:
-        stats.no_provenance += 1
-        stats.example("provenance", f"{kind} call {ending.call}: an answer whose provenance has no source")
-    stats.sources[record.source or ""] += 1
-    _match_attempts(stats, ending, record, received)
-
-
-def _match_attempts(stats: _Stats, ending: _Ending, record: Provenance, received: Counter[str]) -> None:
-    """Compare the call's attempt records with the requests the upstream received for it."""
-    claimed: Counter[str] = Counter()
-    timeouts: Counter[str] = Counter()
-    per_target: Counter[str] = Counter()
-    for attempt in record.attempts:
-        per_target[attempt.target] += 1
-        if attempt.verdict == "circuit_open":
-            stats.rejections[attempt.target] += 1
-            continue
-        if attempt.verdict == "deadline_exceeded":  # refused before sending, like a rejection
-            continue
-        claimed[attempt.model or ""] += 1
-        if attempt.verdict == "timeout":
-            timeouts[attempt.model or ""] += 1
-    stats.retries += sum(count - 1 for count in per_target.values())
-    stats.claimed.update(claimed)
-    stats.received.update(received)
-    for model in claimed.keys() | received.keys():
-        sent, seen = claimed[model], received[model]
-        if seen > sent:
-            stats.unrecorded += seen - sent
-            stats.example("unrecorded", f"call {ending.call}: {seen} request(s) to {model}, {sent} recorded")
-        elif sent > seen:
-            # Attempts recorded but never sent. The one known way: the attempt layer refusing an
-            # attempt whose call is already past its deadline, recorded as a 'timeout'.
-            stats.phantoms[model] += sent - seen
-            if sent - seen > timeouts[model]:
-                stats.unexplained_phantoms += sent - seen - timeouts[model]
-                stats.example("phantom", f"call {ending.call}: {sent} attempts on {model}, {seen} sent")
-            else:
-                stats.example("phantom", f"call {ending.call} on {model}: {_attempts(record)}")
 
 
 def _attempts(record: Provenance) -> str:
@@ -734,205 +377,151 @@ def _story(record: Provenance | None, error: BaseException | None) -> str:
     return f"{head} from {record.source}, attempts: {_attempts(record)}"
 
 
-# -- the two sides --------------------------------------------------------------------------------
-
-
-class _Side:
-    """One client flavour under chaos: its fake upstream, fault deck, tally, metrics and stats."""
-
-    def __init__(self, name: str, workers: int, seed: int, *, extra_faults: bool = False) -> None:
-        self.name = name
-        self.seed = seed
-        self.upstream = FakeUpstream(clock=SYSTEM_CLOCK)
-        self.deck = _Deck(self.upstream, f"{seed}:{name}", extra=extra_faults)
-        self.deck.top_up(low=DECK_FULL)
-        self.tally = _Tally()
-        self.registry = CollectorRegistry()
-        self.policy = chaos_policy([PrometheusListener(self.registry)])
-        self.stats = [_Stats() for _ in range(workers)]
-        self.upstream_counts: Counter[str] = Counter()
-        self.harness_errors: list[str] = []
-        self.client: Any = None
-
-    def harvest(self) -> None:
-        """At a quiescent point: add up the fake's log by model, clear it, refill the decks."""
-        for model in (*STREAM_MODELS, *JSON_MODELS):
-            self.upstream_counts[model] += self.upstream.count(model=model)
-        total = self.upstream.count()
-        if total != sum(self.upstream.count(model=m) for m in (*STREAM_MODELS, *JSON_MODELS)):
-            self.harness_errors.append(f"{self.name}: the fake received requests for other models")
-        self.upstream.reset_counts()
-        self.deck.account()
-        self.deck.top_up(low=DECK_FULL)
-
-    def rng(self, worker: int) -> random.Random:
-        return random.Random(f"{self.seed}:{self.name}:{worker}")
-
-    def total_stats(self) -> _Stats:
-        total = _Stats()
-        for stats in self.stats:
-            total.merge(stats)
-        return total
-
-
-def _request(rng: random.Random) -> tuple[bool, str, list[ChatCompletionMessageParam]]:
+def _request(seed: int, call: str) -> tuple[bool, str, list[ChatCompletionMessageParam]]:
+    """Whether the call streams, its model and its prompt: drawn from its id, so always the same."""
+    rng = random.Random(f"{seed}:{call}")
     stream = rng.random() < STREAM_SHARE
     prompt = PROMPTS[rng.randrange(len(PROMPTS))]
     return stream, STREAM_MODEL if stream else JSON_MODEL, [{"role": "user", "content": prompt}]
 
 
-def _complete(answer: ChatCompletion) -> bool:
+def _complete(answer: object) -> bool:
+    """Whether a non-streamed answer is a whole chat completion, finished, with text."""
     return (
-        bool(answer.choices)
+        isinstance(answer, ChatCompletion)
+        and bool(answer.choices)
         and answer.choices[0].finish_reason is not None
         and isinstance(answer.choices[0].message.content, str)
     )
 
 
-def _sync_call(client: openai.OpenAI, rng: random.Random, call: str) -> _Ending:
-    stream, model, messages = _request(rng)
-    headers = {CALL_HEADER: call}
-    answer: object | None = None
-    complete = False
-    error: BaseException | None = None
-    started = time.monotonic()
-    try:
-        if stream:
+class _Side:
+    """One client flavour under chaos: its fake upstream, fault deck, metrics, and the call checks."""
+
+    def __init__(self, name: str, seed: int, *, extra_faults: bool = False) -> None:
+        self.name = name
+        self.seed = seed
+        self.upstream = FakeUpstream(clock=SYSTEM_CLOCK)
+        self.deck = _Deck(self.upstream, f"{seed}:{name}", extra=extra_faults)
+        self.registry = CollectorRegistry()
+        self.policy = chaos_policy([PrometheusListener(self.registry)])
+        self.tally = _Tally()
+        self.peak = 0
+        self._lock = threading.Lock()
+        #: Streams of the calls in flight by call id (an error raised while reading one carries no
+        #: provenance: the stream does), and those read to a chunk carrying a finish_reason.
+        self._streams: dict[str, object] = {}
+        self._finished: set[str] = set()
+
+    def sync_call(self, client: openai.OpenAI) -> Callable[[Call], object]:
+        """One chaos call through ``client``, for the driver's threads."""
+
+        def call(handed: Call) -> object:
+            self.deck.top_up()
+            stream, model, messages = _request(self.seed, handed.id)
+            headers = {CALL_HEADER: handed.id}
+            if not stream:
+                return client.chat.completions.create(model=model, messages=messages, extra_headers=headers)
             chunks = client.chat.completions.create(
                 model=model, messages=messages, stream=True, extra_headers=headers
             )
-            answer = chunks
+            self._streams[handed.id] = chunks
             with chunks:
-                for chunk in chunks:
-                    if chunk.choices and chunk.choices[0].finish_reason is not None:
-                        complete = True
-        else:
-            result = client.chat.completions.create(model=model, messages=messages, extra_headers=headers)
-            answer = result
-            complete = _complete(result)
-    except Exception as exc:
-        error = exc
-    return _Ending(call, stream, time.monotonic() - started, answer, complete, error)
+                if [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]:
+                    self._finished.add(handed.id)
+            return chunks
 
+        return call
 
-async def _async_call(client: openai.AsyncOpenAI, rng: random.Random, call: str) -> _Ending:
-    stream, model, messages = _request(rng)
-    headers = {CALL_HEADER: call}
-    answer: object | None = None
-    complete = False
-    error: BaseException | None = None
-    started = time.monotonic()
-    try:
-        if stream:
+    def async_call(self, client: openai.AsyncOpenAI) -> Callable[[Call], Awaitable[object]]:
+        """The asyncio twin of :meth:`sync_call`, for the driver's tasks."""
+
+        async def call(handed: Call) -> object:
+            self.deck.top_up()
+            stream, model, messages = _request(self.seed, handed.id)
+            headers = {CALL_HEADER: handed.id}
+            if not stream:
+                return await client.chat.completions.create(
+                    model=model, messages=messages, extra_headers=headers
+                )
             chunks = await client.chat.completions.create(
                 model=model, messages=messages, stream=True, extra_headers=headers
             )
-            answer = chunks
+            self._streams[handed.id] = chunks
             async with chunks:
-                async for chunk in chunks:
-                    if chunk.choices and chunk.choices[0].finish_reason is not None:
-                        complete = True
-        else:
-            result = await client.chat.completions.create(
-                model=model, messages=messages, extra_headers=headers
-            )
-            answer = result
-            complete = _complete(result)
-    except Exception as exc:
-        error = exc
-    return _Ending(call, stream, time.monotonic() - started, answer, complete, error)
+                if [c async for c in chunks if c.choices and c.choices[0].finish_reason is not None]:
+                    self._finished.add(handed.id)
+            return chunks
 
+        return call
 
-_LIMIT = TIMEOUTS.total + DEADLINE_SLACK
+    def settle(self, outcome: Outcome) -> None:
+        """Check one call as soon as it ends, against the requests the fake saw with its id."""
+        call = outcome.call.id
+        requests = self.upstream.take(CALL_HEADER, call)
+        stream, _, _ = _request(self.seed, call)
+        kind = "stream" if stream else "json"
+        record, error, result = outcome.provenance, outcome.error, outcome.result
+        with self._lock:
+            streamed = self._streams.pop(call, None)
+            finished = call in self._finished
+            self._finished.discard(call)
+            record = record or provenance(streamed)
+            tally = self.tally
+            tally.calls += 1
+            tally.durations.append(outcome.latency)
+            if outcome.latency > _LIMIT:
+                tally.problem(
+                    "deadline", f"{kind} call {call} took {outcome.latency:.3f}s: {_story(record, error)}"
+                )
+            if error is None:
+                tally.outcomes[f"answer:{record.source if record else '?'}"] += 1
+                if not (finished if stream else _complete(result)):
+                    tally.problem("outcomes", f"{kind} call {call} ended without a finish_reason")
+            elif isinstance(error, openai.OpenAIError):
+                tally.outcomes[f"error:{_label(error)}"] += 1
+            else:
+                tally.outcomes[f"escaped:{type(error).__module__}.{type(error).__qualname__}"] += 1
+                trace = "".join(traceback.format_exception(error, limit=-3)).strip().replace("\n", " | ")
+                tally.problem("outcomes", f"{kind} call {call}: {trace}")
+            for request in requests:
+                tally.faults[self.deck.name(request.fault) or "(none scripted)"] += 1
+                if self.deck.name(request.fault) is None:
+                    tally.problem("harness", f"a request of call {call} took no scripted fault")
+            tally.requests += len(requests)
+            if record is None or (error is None and record.source is None):
+                what = (
+                    "nothing to read it from"
+                    if record is None
+                    else "an answer whose provenance has no source"
+                )
+                tally.problem("provenance", f"{kind} call {call}: {what} ({_story(record, error)})")
+            if record is not None:
+                tally.sources[record.source or ""] += 1
+            self._match_locked(call, record, requests)
 
-
-def _thread_worker(side: _Side, index: int, gate: _Gate, think: float) -> None:
-    rng = side.rng(index)
-    stats = side.stats[index]
-    serial = 0
-    try:
-        while True:
-            gate.think(think, rng)  # first, so that callers start staggered
-            if not gate.enter(side.name):
-                return
-            try:
-                side.deck.top_up()
-                serial += 1
-                call = f"t{index}.{serial}"
-                ending = _sync_call(side.client, rng, call)
-                settle(stats, ending, side.tally.pop(call), _LIMIT)
-                del ending  # let the answer go before the next quiescent point
-            finally:
-                gate.leave(side.name)
-    except BaseException as exc:  # a harness bug: report it rather than lose it with the thread
-        side.harness_errors.append(f"{side.name} worker {index}: {exc!r}")
-    finally:
-        gate.quit()
-
-
-async def _task_worker(side: _Side, index: int, gate: _Gate, think: float) -> None:
-    rng = side.rng(index)
-    stats = side.stats[index]
-    serial = 0
-    try:
-        while True:
-            await gate.think_async(think, rng)
-            if not await gate.enter_async(side.name):
-                return
-            try:
-                side.deck.top_up()
-                serial += 1
-                call = f"a{index}.{serial}"
-                ending = await _async_call(side.client, rng, call)
-                settle(stats, ending, side.tally.pop(call), _LIMIT)
-                del ending
-            finally:
-                gate.leave(side.name)
-    except Exception as exc:
-        side.harness_errors.append(f"{side.name} task {index}: {exc!r}")
-    finally:
-        gate.quit()
-
-
-@dataclass
-class _LoopLag:
-    """How late the event loop ran a 10 ms timer: how long a ready task may wait for its turn."""
-
-    worst: float = 0.0
-
-
-async def _watch_lag(lag: _LoopLag, done: asyncio.Event) -> None:
-    while not done.is_set():
-        started = time.monotonic()
-        await asyncio.sleep(0.01)
-        lag.worst = max(lag.worst, time.monotonic() - started - 0.01)
-
-
-def _run_loop(
-    side: _Side, tasks: int, think: float, gate: _Gate, ready: threading.Event, lag: _LoopLag
-) -> None:
-    """The async side, on its own thread: one client, ``tasks`` callers and a lag watcher."""
-
-    async def main() -> None:
-        http = httpx2.AsyncClient(transport=_AsyncTallyTransport(side.upstream.async_transport(), side.tally))
-        raw = openai.AsyncOpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
-        side.client = resilient(raw, side.policy)
-        gate.bind()
-        done = asyncio.Event()
-        watcher = asyncio.create_task(_watch_lag(lag, done))
-        ready.set()
-        try:
-            await asyncio.gather(*(_task_worker(side, i, gate, think) for i in range(tasks)))
-        finally:
-            done.set()
-            await watcher
-            await side.client.close()
-
-    try:
-        asyncio.run(main())
-    except BaseException as exc:
-        side.harness_errors.append(f"{side.name} event loop: {exc!r}")
-        ready.set()
+    def _match_locked(self, call: str, record: Provenance | None, requests: list[RecordedRequest]) -> None:
+        """Compare the call's attempt records with the requests the fake received for it."""
+        tally = self.tally
+        sent: Counter[str] = Counter()
+        per_target: Counter[str] = Counter()
+        for attempt in record.attempts if record is not None else ():
+            per_target[attempt.target] += 1
+            if attempt.verdict == "circuit_open":
+                tally.rejections[attempt.target] += 1
+            elif attempt.verdict != "deadline_exceeded":  # refused before sending, like a rejection
+                sent[attempt.model or ""] += 1
+        tally.retries += sum(count - 1 for count in per_target.values())
+        tally.sent += sum(sent.values())
+        seen = Counter(request.model or "" for request in requests)
+        story = _attempts(record) if record is not None else "no provenance"
+        for model in sent.keys() | seen.keys():
+            if seen[model] > sent[model]:
+                tally.problem(
+                    "unrecorded requests", f"call {call}: {seen[model]} request(s) to {model}; {story}"
+                )
+            elif sent[model] > seen[model]:
+                tally.problem("unsent attempts", f"call {call}: {seen[model]} request(s) to {model}; {story}")
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -955,32 +544,28 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class SideResult:
-    """One client flavour's totals."""
+    """One client flavour's totals, its metrics and breaker states at the end."""
 
     name: str
     workers: int
-    stats: _Stats
-    upstream: Mapping[str, int]
-    tally: Mapping[str, int]
-    consumed: Mapping[str, int]
+    stats: _Tally
+    peak: int
     metrics: Mapping[str, Mapping[tuple[str, ...], float]]
     breaker_states: Mapping[str, str]
-    in_flight_mean: float
-    in_flight_max: int
-    harness_errors: tuple[str, ...]
+    stray_requests: int
 
 
 @dataclass(frozen=True, slots=True)
 class Memory:
     """What tracemalloc saw over the last third of the run.
 
-    Tracing starts one epoch before the quiescent point two thirds in (so that state the chain
-    keeps replacing, such as cached answers and breaker causes, is traced by then); ``growth`` is
-    the traced heap at the last quiescent point minus the one at that point, both after a full
-    collection, leaving out what the fake upstream and this harness allocate (the fault queues,
-    the request log, the counters here). Every breaker is reset just before both measurements:
-    an open one keeps the failure that opened it, traceback and all, and how many are open at a
-    given moment is chance.
+    The run is three driver runs back to back on the same clients; between two, no call is in
+    flight. Tracing starts with the second, short one (so that state the chain keeps replacing,
+    such as cached answers and breaker causes, is traced by its end); ``growth`` is the traced
+    heap after the third minus the one after the second, both after a full collection, leaving
+    out what the fake upstream and this harness allocate. Every breaker is reset just before both
+    measurements: an open one keeps the failure that opened it, traceback and all, and how many
+    are open at a given moment is chance.
     """
 
     growth: int
@@ -997,7 +582,6 @@ class ChaosResult:
     sides: tuple[SideResult, ...]
     memory: Memory
     loop_lag: float
-    faults: Mapping[str, int]
     checks: tuple[Check, ...]
 
     @property
@@ -1013,10 +597,12 @@ class ChaosResult:
     @property
     def outcomes(self) -> Counter[str]:
         """Calls by outcome (``answer:<source>``, ``error:<type>``, ``escaped:<type>``), both sides."""
-        total: Counter[str] = Counter()
-        for side in self.sides:
-            total.update(side.stats.outcomes)
-        return total
+        return sum((side.stats.outcomes for side in self.sides), Counter())
+
+    @property
+    def faults(self) -> Counter[str]:
+        """Requests by the name of the fault that answered them, both sides."""
+        return sum((side.stats.faults for side in self.sides), Counter())
 
 
 def _metric(registry: CollectorRegistry, name: str, labels: Sequence[str]) -> dict[tuple[str, ...], float]:
@@ -1031,64 +617,23 @@ def _metric(registry: CollectorRegistry, name: str, labels: Sequence[str]) -> di
 
 
 _NS = "resilient_openai_"
-
-
-@dataclass(frozen=True, slots=True)
-class _Breakers:
-    """One client's metrics and breaker states, read at the last quiescent point."""
-
-    metrics: Mapping[str, Mapping[tuple[str, ...], float]]
-    states: Mapping[str, str]
-
-
-def _read_breakers(side: _Side) -> _Breakers:
-    metrics = {
-        "calls": _metric(side.registry, f"{_NS}calls_total", ["source"]),
-        "fallbacks": _metric(side.registry, f"{_NS}fallbacks_total", []),
-        "retries": _metric(side.registry, f"{_NS}retries_total", []),
-        "rejections": _metric(side.registry, f"{_NS}rejections_total", ["breaker"]),
-        "breaker_state": _metric(side.registry, f"{_NS}breaker_state", ["breaker"]),
-    }
-    return _Breakers(metrics, {breaker.name: breaker.state for breaker in breakers(side.client)})
-
-
-def _forget_failures(side: _Side) -> None:
-    """Reset every breaker, at both memory checkpoints (see :class:`Memory`)."""
-    for breaker in breakers(side.client):
-        breaker.reset()
-
-
-def _side_result(side: _Side, workers: int, in_flight: Sequence[int], seen: _Breakers) -> SideResult:
-    models = (*STREAM_MODELS, *JSON_MODELS)
-    return SideResult(
-        name=side.name,
-        workers=workers,
-        stats=side.total_stats(),
-        upstream=dict(side.upstream_counts),
-        tally=dict(side.tally.total),
-        consumed={model: side.deck.consumed(model) for model in models},
-        metrics=seen.metrics,
-        breaker_states=seen.states,
-        in_flight_mean=sum(in_flight) / max(len(in_flight), 1),
-        in_flight_max=max(in_flight, default=0),
-        harness_errors=tuple(side.harness_errors),
-    )
-
-
-#: Think times are multiplied by this from a little before tracemalloc starts to the end: tracing
-#: every allocation makes a call about 5 to 10 times as expensive, and the same offered load would
-#: starve the event loop.
+#: Think times are multiplied by this while tracemalloc runs: tracing every allocation makes a
+#: call about 5 to 10 times as expensive, and the same offered load would starve the event loop.
 TRACE_PACE = 10.0
 #: Allocations made by these files are the harness's, not the library's.
 _HARNESS_FILES = ("*/resilient_openai/testing/*", __file__, tracemalloc.__file__)
 
 
-def _heap() -> dict[str, int]:
-    """Traced bytes now by allocation site, leaving out the harness's own (see :data:`_HARNESS_FILES`).
+def _heap(clients: Iterable[object]) -> dict[str, int]:
+    """Traced bytes by allocation site once every breaker is reset and garbage collected.
 
-    Only these totals are kept, never the snapshot: its millions of trace tuples would make the
-    next full garbage collection stall the run.
+    The harness's own allocations are left out (see :data:`_HARNESS_FILES`); only these totals
+    are kept, never the snapshot, whose millions of trace tuples would stall the next collection.
     """
+    for client in clients:
+        for breaker in breakers(client):
+            breaker.reset()
+    gc.collect()
     snapshot = tracemalloc.take_snapshot().filter_traces(
         [tracemalloc.Filter(False, pattern) for pattern in _HARNESS_FILES]
     )
@@ -1105,6 +650,41 @@ def _growth(before: Mapping[str, int], after: Mapping[str, int]) -> tuple[int, t
     return sum(diff.values()), tuple(f"{size / 1024:+.1f} KiB at {site}" for site, size in top if size > 0)
 
 
+@dataclass
+class _Loop:
+    """The event loop's thread for one stretch, and how late it ran a 10 ms timer at worst."""
+
+    lag: float = 0.0
+    errors: list[BaseException] = field(default_factory=list)
+
+    def run(self, load: Load, call: Callable[[Call], Awaitable[object]], tasks: int) -> threading.Thread:
+        """Start ``tasks`` callers on a new loop in a new thread, with a lag watcher."""
+
+        async def main() -> None:
+            watcher = asyncio.create_task(self._watch())
+            try:
+                await load.run_tasks(call, tasks)
+            finally:
+                watcher.cancel()
+
+        def target() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # re-raised by run() in the main thread
+                self.errors.append(exc)
+                load.stop()
+
+        thread = threading.Thread(target=target, name="chaos-loop", daemon=True)
+        thread.start()
+        return thread
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            self.lag = max(self.lag, time.monotonic() - started - 0.01)
+
+
 def run(
     *,
     seconds: float = 60.0,
@@ -1113,7 +693,6 @@ def run(
     think_threads: float = 0.06,
     think_tasks: float = 2.0,
     seed: int = 1,
-    epochs: int | None = None,
     extra_faults: bool = False,
 ) -> ChaosResult:
     """Run the chaos for ``seconds`` and check every invariant (see the module docs).
@@ -1121,177 +700,128 @@ def run(
     Each thread pauses a random 0 to 2 x ``think_threads`` seconds between calls, each task 0 to
     2 x ``think_tasks``: the async path costs a few milliseconds of CPU per call, and 200 tasks
     calling back to back would keep the one event loop busy for longer than the call budget, so
-    the deadline check would measure CPU starvation instead of the library. ``epochs``
-    quiescent points (default one per 5 s, at least 3, rounded up to a multiple of 3) split
-    the run. ``extra_faults`` adds :data:`EXTRA_JSON_FAULTS` to the mix.
+    the deadline check would measure CPU starvation instead of the library. ``extra_faults`` adds
+    :data:`EXTRA_JSON_FAULTS` to the mix.
     """
-    epochs = epochs or max(3, round(seconds / 5))
-    epochs += -epochs % 3  # a multiple of 3, so a quiescent point falls two thirds in
-    baseline = epochs * 2 // 3  # the quiescent point two thirds in
-    sync_side = _Side("sync", threads, seed, extra_faults=extra_faults)
-    async_side = _Side("async", tasks, seed, extra_faults=extra_faults)
-    http = httpx2.Client(transport=_TallyTransport(sync_side.upstream.transport(), sync_side.tally))
-    raw = openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=http)
-    sync_side.client = resilient(raw, sync_side.policy)
-    gate = _Gate(callers=threads + tasks)
-    ready = threading.Event()
-    lag = _LoopLag()
-    loop_thread = threading.Thread(
-        target=_run_loop,
-        args=(async_side, tasks, think_tasks, gate, ready, lag),
-        name="chaos-loop",
-        daemon=True,
+    sync_side = _Side("sync", seed, extra_faults=extra_faults)
+    async_side = _Side("async", seed, extra_faults=extra_faults)
+    sync_client = resilient(
+        openai.OpenAI(
+            api_key=API_KEY,
+            base_url=BASE_URL,
+            max_retries=0,
+            http_client=httpx2.Client(transport=sync_side.upstream.transport()),
+        ),
+        sync_side.policy,
     )
-    loop_thread.start()
-    ready.wait()
-    pool = [
-        threading.Thread(
-            target=_thread_worker, args=(sync_side, i, gate, think_threads), name=f"chaos-{i}", daemon=True
+    async_client = resilient(
+        openai.AsyncOpenAI(
+            api_key=API_KEY,
+            base_url=BASE_URL,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=async_side.upstream.async_transport()),
+        ),
+        async_side.policy,
+    )
+    loop = _Loop()
+    clients = (sync_client, async_client)
+
+    def stretch(index: int, length: float, pace: float) -> None:
+        """Drive both sides for ``length`` seconds; returns once every call has ended."""
+        sync_load, async_load = (
+            Load(
+                duration=length,
+                think=think,
+                seed=f"{seed}:{side.name}:{index}",
+                on_outcome=side.settle,
+                keep=False,
+            )
+            for side, think in ((sync_side, think_threads), (async_side, think_tasks))
         )
-        for i in range(threads)
-    ]
+        sync_load.pace = async_load.pace = pace
+        loop_thread = loop.run(async_load, async_side.async_call(async_client), tasks)
+        sync_load.run_threads(sync_side.sync_call(sync_client), threads)
+        loop_thread.join()
+        if loop.errors:
+            raise loop.errors[0]
+        sync_side.peak = max(sync_side.peak, sync_load.peak)
+        async_side.peak = max(async_side.peak, async_load.peak)
+
+    # Three stretches back to back: untraced, a short traced warm-up, then the traced last third.
+    warm = min(seconds / 12, 3.0)
     started = time.monotonic()
-    for thread in pool:
-        thread.start()
-    in_flight: dict[str, list[int]] = {"sync": [], "async": []}
-    heaps: list[dict[str, int]] = []
-    seen: dict[str, _Breakers] = {}
-    calls_at_baseline = 0
-    # Callers slow down a little before tracing starts (those thinking finish their old pause
-    # first), and tracing starts a little before the baseline (so that what the chain keeps
-    # replacing is traced by then).
-    pace_at = started + seconds * baseline / epochs - min(seconds / 6, 6.0)
-    trace_at = started + seconds * baseline / epochs - min(seconds / 12, 3.0)
     try:
-        for epoch in range(1, epochs + 1):
-            until = started + seconds * epoch / epochs
-            while (now := time.monotonic()) < until:
-                if now >= pace_at:
-                    gate.pace = TRACE_PACE
-                if now >= trace_at and not tracemalloc.is_tracing():
-                    tracemalloc.start()
-                time.sleep(min(until - now, 0.05))
-                now_in_flight = gate.in_flight()
-                for name, samples in in_flight.items():
-                    samples.append(now_in_flight[name])
-            if not gate.pause():
-                sync_side.harness_errors.append(f"no quiescent point within 30 s at epoch {epoch}")
-            for side in (sync_side, async_side):
-                side.harvest()
-            if epoch == epochs:
-                seen = {side.name: _read_breakers(side) for side in (sync_side, async_side)}
-            if epoch >= baseline:
-                for side in (sync_side, async_side):
-                    _forget_failures(side)
-                gc.collect()
-                heaps.append(_heap())
-            if epoch == baseline:
-                calls_at_baseline = sum(s.calls for side in (sync_side, async_side) for s in side.stats)
-            if epoch < epochs:
-                gate.resume()
+        stretch(0, seconds * 2 / 3 - warm, 1.0)
+        tracemalloc.start()
+        stretch(1, warm, TRACE_PACE)
+        baseline, calls_at_baseline = _heap(clients), sync_side.tally.calls + async_side.tally.calls
+        stretch(2, seconds / 3, TRACE_PACE)
         elapsed = time.monotonic() - started
+        # Read before _heap resets the breakers.
+        sides = (
+            SideResult(
+                sync_side.name, threads, sync_side.tally, sync_side.peak, *_end_state(sync_side, sync_client)
+            ),
+            SideResult(
+                async_side.name,
+                tasks,
+                async_side.tally,
+                async_side.peak,
+                *_end_state(async_side, async_client),
+            ),
+        )
+        growth, top = _growth(baseline, _heap(clients))
     finally:
         tracemalloc.stop()
-        gate.finish()
-        for thread in pool:
-            thread.join()
-        loop_thread.join()
-    sides = (
-        _side_result(sync_side, threads, in_flight["sync"], seen["sync"]),
-        _side_result(async_side, tasks, in_flight["async"], seen["async"]),
-    )
-    sync_side.client.close()
-    growth, top = _growth(heaps[0], heaps[-1])
+        sync_client.close()
+        asyncio.run(async_client.close())
     memory = Memory(growth, top, sum(side.stats.calls for side in sides) - calls_at_baseline)
-    checks = tuple(_checks(sides, memory))
-    faults = sync_side.deck.served + async_side.deck.served
-    return ChaosResult(elapsed, seed, sides, memory, lag.worst, dict(faults), checks)
+    return ChaosResult(elapsed, seed, sides, memory, loop.lag, tuple(_checks(sides, memory)))
+
+
+def _end_state(
+    side: _Side, client: object
+) -> tuple[Mapping[str, Mapping[tuple[str, ...], float]], Mapping[str, str], int]:
+    """One side's metrics, breaker states and requests no call took, once every call has ended."""
+    metrics = {
+        "calls": _metric(side.registry, f"{_NS}calls_total", ["source"]),
+        "fallbacks": _metric(side.registry, f"{_NS}fallbacks_total", []),
+        "retries": _metric(side.registry, f"{_NS}retries_total", []),
+        "rejections": _metric(side.registry, f"{_NS}rejections_total", ["breaker"]),
+        "breaker_state": _metric(side.registry, f"{_NS}breaker_state", ["breaker"]),
+    }
+    return metrics, {breaker.name: breaker.state for breaker in breakers(client)}, side.upstream.count()
 
 
 # -- the checks (pure) ----------------------------------------------------------------------------
 
+#: The checks made call by call, and what their detail line says.
+_PER_CALL = {
+    "outcomes": "calls ended with something other than a complete answer or an openai.OpenAIError",
+    "provenance": "answers or errors without a provenance (or an answer without a source)",
+    "deadline": f"calls over {TIMEOUTS.total:g} s total + {DEADLINE_SLACK:g} s slack",
+    "unrecorded requests": "calls whose requests to a model outnumber their attempts recorded as sent",
+    "unsent attempts": "calls whose attempts recorded as sent to a model outnumber their requests",
+}
+
 
 def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
-    stats = _Stats()
-    for side in sides:
-        stats.merge(side.stats)
-    examples = stats.examples
-    checks = [
-        Check(
-            "outcomes",
-            stats.escaped == 0 and stats.incomplete_answers == 0,
-            f"{stats.calls} calls: {stats.escaped} ended with a non-OpenAIError exception, "
-            f"{stats.incomplete_answers} answers ended without a finish_reason",
-            tuple(examples.get("escaped", []) + examples.get("incomplete", [])),
-        ),
-        Check(
-            "provenance",
-            stats.no_provenance == 0,
-            f"{stats.no_provenance} answers or errors without a provenance (or an answer without a source)",
-            tuple(examples.get("provenance", [])),
-        ),
-        Check(
-            "deadline",
-            stats.over_deadline == 0,
-            f"slowest call {stats.slowest:.3f} s, p99 {stats.percentile(0.99):.3f} s; "
-            f"{stats.over_deadline} over {TIMEOUTS.total:g} s total + {DEADLINE_SLACK:g} s slack",
-            tuple(examples.get("deadline", [])),
-        ),
-        Check(
-            "unrecorded requests",
-            stats.unrecorded == 0,
-            f"{stats.unrecorded} requests reached the upstream with no attempt record in their call's "
-            "provenance",
-            tuple(examples.get("unrecorded", [])),
-        ),
-    ]
-    counted = []
-    equal = True
-    for side in sides:
-        for model in (*STREAM_MODELS, *JSON_MODELS):
-            claimed, upstream = side.stats.claimed[model], side.upstream.get(model, 0)
-            equal = equal and claimed == upstream
-            counted.append(f"{side.name} {model}: {claimed} attempts / {upstream} requests")
-    phantoms = sum(stats.phantoms.values())
-    detail = (
-        f"{sum(stats.claimed.values())} attempts that reached a target, "
-        f"{sum(s.upstream.get(m, 0) for s in sides for m in s.upstream)} requests upstream; "
-        f"{phantoms} attempts recorded but never sent"
-    )
-    checks.append(Check("attempts = upstream", equal, detail, (*counted, *examples.get("phantom", []))))
-    checks.append(
-        Check(
-            "unsent attempts",
-            stats.unexplained_phantoms == 0,
-            f"{stats.unexplained_phantoms} attempts recorded but never sent are not 'timeout' records "
-            "(the one known way an attempt is recorded unsent)",
-            tuple(examples.get("phantom", [])) if stats.unexplained_phantoms else (),
-        )
-    )
-    rejected_ok = True
-    rejected_total = 0
-    for side in sides:
-        metric = {key[0]: value for key, value in side.metrics["rejections"].items()}
-        for name in side.stats.rejections.keys() | metric.keys():
-            rejected_total += side.stats.rejections[name]
-            rejected_ok = rejected_ok and metric.get(name, 0.0) == side.stats.rejections[name]
-    checks.append(
-        Check(
-            "breaker rejections",
-            rejected_ok,
-            f"{rejected_total} circuit_open attempt records; rejections_total "
-            + ("agrees for every breaker" if rejected_ok else "disagrees"),
-            tuple(
-                f"{side.name}: metric {dict(side.metrics['rejections'])} vs records "
-                f"{dict(side.stats.rejections)}"
-                for side in sides
+    problems: Counter[str] = sum((side.stats.problems for side in sides), Counter())
+    examples = {name: [e for side in sides for e in side.stats.examples.get(name, [])] for name in problems}
+    durations = [d for side in sides for d in side.stats.durations]
+    calls = sum(side.stats.calls for side in sides)
+    checks = []
+    for name, what in _PER_CALL.items():
+        detail = f"{problems[name]} of {calls} {what}"
+        if name == "deadline":
+            detail += (
+                f"; slowest {max(durations, default=0.0):.3f} s, p99 {percentile(durations, 99, 0.0):.3f} s"
             )
-            if not rejected_ok
-            else (),
-        )
-    )
-    checks.append(_metrics_check(sides))
-    checks.append(_gauge_check(sides))
+        if name == "unsent attempts":
+            sent, requests = (sum(getattr(side.stats, n) for side in sides) for n in ("sent", "requests"))
+            detail += f"; {sent} attempts recorded as sent, {requests} requests"
+        checks.append(Check(name, not problems[name], detail, tuple(examples.get(name, ()))))
+    checks += [_rejections_check(sides), _metrics_check(sides), _gauge_check(sides)]
     checks.append(
         Check(
             "memory",
@@ -1301,25 +831,36 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
             memory.top,
         )
     )
-    dry = [
-        f"{side.name} {model}: {side.consumed[model]} faults taken, {side.upstream.get(model, 0)} requests"
-        for side in sides
-        for model in side.consumed
-        if side.consumed[model] != side.upstream.get(model, 0)
-        or side.tally.get(model, 0) != side.upstream.get(model, 0)
+    stray = [
+        f"{side.name}: {side.stray_requests} requests no call took" for side in sides if side.stray_requests
     ]
-    errors = [error for side in sides for error in side.harness_errors]
+    harness = [*examples.get("harness", []), *stray]
     checks.append(
         Check(
             "harness",
-            not dry and not errors,
-            "every request took a scripted fault and was seen by the tally"
-            if not dry and not errors
-            else "the harness itself misbehaved",
-            tuple(dry + errors),
+            not harness,
+            "every request took a scripted fault and belonged to a call"
+            if not harness
+            else "the harness misbehaved",
+            tuple(harness),
         )
     )
     return checks
+
+
+def _rejections_check(sides: Sequence[SideResult]) -> Check:
+    problems = []
+    for side in sides:
+        metric = {key[0]: value for key, value in side.metrics["rejections"].items()}
+        for name in side.stats.rejections.keys() | metric.keys():
+            if metric.get(name, 0.0) != side.stats.rejections[name]:
+                records = side.stats.rejections[name]
+                problems.append(f"{side.name} {name}: metric {metric.get(name, 0.0):g}, records {records}")
+    total = sum(sum(side.stats.rejections.values()) for side in sides)
+    detail = f"{total} circuit_open attempt records; rejections_total " + (
+        "disagrees" if problems else "agrees for every breaker"
+    )
+    return Check("breaker rejections", not problems, detail, tuple(problems))
 
 
 def _metrics_check(sides: Sequence[SideResult]) -> Check:
@@ -1381,18 +922,19 @@ def _summary(result: ChaosResult) -> list[str]:
     for side in result.sides:
         stats = side.stats
         outcomes = ", ".join(f"{name} {count}" for name, count in stats.outcomes.most_common())
+        p50, p99 = (percentile(stats.durations, q, 0.0) * 1000 for q in (50, 99))
         out.append(
             f"{side.name}: {stats.calls} calls ({stats.calls / max(result.seconds, 1e-9):.0f}/s, "
-            f"{side.in_flight_mean:.1f} in flight on average, {side.in_flight_max} at most), "
-            f"{sum(side.upstream.values())} requests upstream, p50 {stats.percentile(0.5) * 1000:.0f} ms, "
-            f"p99 {stats.percentile(0.99) * 1000:.0f} ms; {outcomes}"
+            f"{side.peak} in flight at most), {stats.requests} requests upstream, p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms; {outcomes}"
         )
     out.append(
         f"memory: {result.memory.growth / 1024:+.1f} KiB over the last third "
         f"({result.memory.calls} calls); event-loop lag up to {result.loop_lag * 1000:.0f} ms"
     )
-    faults = sorted(result.faults.items(), key=lambda item: -item[1])
-    out.append("faults served: " + ", ".join(f"{name} {count}" for name, count in faults))
+    out.append(
+        "faults served: " + ", ".join(f"{name} {count}" for name, count in result.faults.most_common())
+    )
     return out
 
 

@@ -25,6 +25,7 @@ from resilient_openai import (
     provenance,
 )
 from resilient_openai.testing import Silence
+from resilient_openai.testing._load import Call, Outcome
 
 from .conftest import Harness
 
@@ -69,6 +70,13 @@ def test_the_faults_reached_the_callers(result: chaos.ChaosResult) -> None:
     assert outcomes["answer:fallback_model"] > 0
     assert sum(n for name, n in outcomes.items() if name.startswith("error:IncompleteStreamError")) > 0
     assert sum(sum(side.stats.rejections.values()) for side in result.sides) > 0
+
+
+def test_a_call_that_breaks_its_promises_fails_its_checks() -> None:
+    """A call checked by its id: an escaped exception, no provenance and a blown deadline all count."""
+    side = chaos._Side("sync", seed=1)
+    side.settle(Outcome(Call("t0.1", 0, 0.0), 0.0, 1.0, None, RuntimeError("boom"), None))
+    assert side.tally.problems == {"outcomes": 1, "provenance": 1, "deadline": 1}
 
 
 def test_an_attempt_refused_for_the_deadline_is_not_recorded_as_sent(harness: Harness) -> None:

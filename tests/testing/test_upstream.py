@@ -715,6 +715,19 @@ def test_public_api_is_small_and_sorted() -> None:
     assert all(hasattr(testing, name) for name in testing.__all__)
 
 
+def test_take_removes_the_requests_of_one_call(upstream: FakeUpstream) -> None:
+    """take() hands back the requests carrying one id header, with the fault that answered each."""
+    upstream.script("m", [Status(503), Ok("fine")])
+    for call in ("c1", "c2"):
+        SyncShell(upstream).call(
+            "chat.completions.create", model="m", messages=MESSAGES, extra_headers={"X-Call": call}
+        )
+    taken = upstream.take("x-call", "c1")
+    assert [r.fault for r in taken] == [Status(503)]
+    assert [r.headers["x-call"] for r in upstream.requests] == ["c2"]
+    assert upstream.take("x-call", "c1") == []
+
+
 def test_models_can_be_declared_up_front() -> None:
     """``models=`` lists models before any request names them."""
     upstream = FakeUpstream(models=["declared"])

@@ -204,7 +204,10 @@ class Load:
         return random.Random(f"{self._seed}:{kind}{index}")
 
     def _pause(self, rng: random.Random) -> float:
-        return rng.uniform(0.0, 2.0 * self._think) * self.pace if self._think else 0.0
+        """A caller's think time before its next call, cut short where the load's duration ends."""
+        if not self._think:
+            return 0.0
+        return min(rng.uniform(0.0, 2.0 * self._think) * self.pace, max(self._duration - self.elapsed(), 0.0))
 
     def _take(self, call_id: str) -> Call | None:
         """The next call, or None when the load is over."""

@@ -257,7 +257,8 @@ class RecordedRequest:
 
     ``model`` is the body's ``"model"`` (``None`` when there is none); ``headers`` has lower-cased
     names and keeps every header (``repr`` masks credentials); ``at`` is the clock's ``now()``;
-    ``request_id`` is the ``x-request-id`` the answer carries (or would have carried).
+    ``request_id`` is the ``x-request-id`` the answer carries (or would have carried); ``fault``
+    the fault that answered it (the very instance scripted or set as default).
     """
 
     method: str
@@ -268,6 +269,7 @@ class RecordedRequest:
     headers: dict[str, str]
     at: float
     request_id: str = ""
+    fault: Fault | None = None
 
     def __repr__(self) -> str:
         """Like the dataclass repr, with credential header values masked."""
@@ -277,7 +279,7 @@ class RecordedRequest:
         return (
             f"RecordedRequest(method={self.method!r}, path={self.path!r}, model={self.model!r}, "
             f"stream={self.stream!r}, json={self.json!r}, headers={headers!r}, at={self.at!r}, "
-            f"request_id={self.request_id!r})"
+            f"request_id={self.request_id!r}, fault={self.fault!r})"
         )
 
 
@@ -533,6 +535,19 @@ class FakeUpstream:
                 if (model is None or r.model == model) and (path is None or r.path.endswith(path))
             )
 
+    def take(self, header: str, value: str) -> list[RecordedRequest]:
+        """Remove and return the recorded requests whose ``header`` is ``value``, oldest first.
+
+        For a harness that tags each call with an id header and checks every call by its own
+        requests as soon as it ends, while the log stays as short as the calls in flight.
+        """
+        name = header.lower()
+        with self._lock:
+            taken = [r for r in self._requests if r.headers.get(name) == value]
+            if taken:
+                self._requests = [r for r in self._requests if r.headers.get(name) != value]
+            return taken
+
     def reset_counts(self) -> None:
         """Forget the recorded requests (scripts and defaults are kept)."""
         with self._lock:
@@ -589,6 +604,7 @@ class FakeUpstream:
                     headers={k.lower(): v for k, v in headers.items()},
                     at=self._clock.now(),
                     request_id=request_id,
+                    fault=fault,
                 )
             )
         call = _Call(method, path, body, model, stream, request_id, serial, int(self._clock.wall()))
