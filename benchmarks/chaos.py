@@ -1,70 +1,41 @@
 """Question 6: does the chain keep its promises under sustained random faults and real concurrency?
 
 For ``--seconds`` (default 60), 16 threads share one resilient ``OpenAI`` client and 200 asyncio
-tasks share one resilient ``AsyncOpenAI`` client, at the same time, in one process, on the real
-clock, both driven by the shared load driver (:mod:`resilient_openai.testing._load`). Each client
-talks to its own :class:`~resilient_openai.testing.FakeUpstream` in process. Every request the
-fake receives takes the next fault from a deck drawn with a seeded RNG: healthy answers, 5xx, 429
-with and without ``Retry-After`` (short, and longer than the policy accepts), 429
-``insufficient_quota``, connection resets, silences (ended by the attempt timeout), slow answers,
-stream cuts, stalls (shorter and longer than the idle limit), malformed events, streams without
-``[DONE]``, JSON bodies cut or late, and a few 400s. Half the calls stream. The policy is scaled
-down to match (a 0.5 s call budget, 0.1 s attempts, 0.1 s breaks) and routes every primary
-model to a second model on the same fake, then the cache, then a canned answer.
+tasks share one resilient ``AsyncOpenAI`` client, at once, in one process, on the real clock,
+driven by the shared load driver (:mod:`resilient_openai.testing._load`). Each client talks to its
+own :class:`~resilient_openai.testing.FakeUpstream` in process, whose every request draws a fault
+from a seeded :class:`~resilient_openai.testing.OneOf` mix (:data:`COMMON_FAULTS`,
+:data:`STREAM_FAULTS`, :data:`JSON_FAULTS`). Half
+the calls stream, on their own models, so that stream-body faults land on streams. The policy is
+scaled down to match (a 0.5 s call budget, 0.1 s attempts, 0.1 s breaks) and routes every
+primary model to a backup model, then the cache, then a canned answer. Callers think a random
+while between calls, so that the one GIL is not what the deadline check measures.
 
-Streaming and non-streaming calls ask different models (``chaos-stream`` and ``chaos-json``, each
-with its own backup model), because a fake's fault queue belongs to a model: stream-body faults
-then always land on streams. A truncated JSON body on a non-streaming call is left out of the mix
-unless asked for (``--extra-faults``): see :data:`EXTRA_FAULT_ISSUES`.
-
-Each caller thinks a random while between calls: the async path costs a few milliseconds of CPU
-per call, and 216 callers calling back to back would keep the one GIL busy for longer than a
-call's budget, so the deadline check would measure CPU starvation, not the library.
-
-Every call carries its id in the :data:`CALL_HEADER` header; the fake records it with each
+Every call carries its id in the :data:`CALL_HEADER` header, which the fake records with each
 request. As soon as a call ends, its caller takes that call's requests from the fake and checks
-the call against them: no waiting for the whole run to be still. Counters that only exist
-globally (the Prometheus metrics, the breakers' gauge) are compared once, at the end, when the
-driver has returned and no call is in flight.
+the call against them. Counters that exist only globally (Prometheus metrics, breaker gauges)
+are compared once at the end, when the driver has returned and no call is in flight.
 
-What is checked (each is one line of the output; any violation makes ``main`` exit 1):
+The checks (one output line each; any violation makes ``main`` exit 1):
 
-``outcomes``
-    Every call ends with an answer (a complete JSON answer, or a stream read to a chunk carrying
-    a ``finish_reason``) or an ``openai.OpenAIError`` (the SDK's own, or one of ours from
-    ``resilient_openai._errors``). Nothing else escapes.
-``provenance``
-    Every answer, stream and error the chain returned carries a provenance, and every answer's
-    provenance names its source.
-``deadline``
-    No call lasts longer than ``timeouts.total`` plus :data:`DEADLINE_SLACK` of wall time,
-    measured by the driver around the whole call (a stream until its last chunk or its error).
-``unrecorded requests``
-    Per call and model, the requests the fake received carrying the call's id are never more
-    than the call's provenance attempts on that model that were sent (every verdict but
-    ``circuit_open`` and ``deadline_exceeded``, which send nothing).
-``unsent attempts``
-    Per call and model, those attempts are never more than the requests: with the line above,
-    every attempt recorded as sent was sent, exactly once.
-``breaker rejections``
-    Per breaker, Prometheus ``rejections_total`` (one per ``CallRejected`` event) equals the
-    number of ``circuit_open`` attempt records naming that breaker.
-``metrics``
-    ``calls_total`` by source equals the calls whose provenance has that source (errors: no
-    source); ``fallbacks_total`` equals the answers not from the primary upstream;
-    ``retries_total`` equals the sum over calls and targets of (attempts on the target - 1).
-``breaker gauge``
-    At the end, the ``breaker_state`` gauge of each breaker shows the breaker's real state.
-``memory``
-    The heap traced by tracemalloc grows by less than :data:`MEMORY_BOUND` over the last third of
-    the run (see :class:`Memory`).
+- ``outcomes``: every call ends with a complete answer (a stream read to a ``finish_reason``) or
+  an ``openai.OpenAIError``; nothing else escapes.
+- ``provenance``: every answer, stream and error carries a provenance; every answer's names its
+  source.
+- ``deadline``: no call lasts longer than ``timeouts.total`` + :data:`DEADLINE_SLACK`, measured
+  around the whole call (a stream until its last chunk or its error).
+- ``unrecorded requests`` / ``unsent attempts``: per call and model, the requests the fake saw
+  with the call's id equal the call's attempts recorded as sent (every verdict but
+  ``circuit_open`` and ``deadline_exceeded``, which send nothing).
+- ``breaker rejections``: per breaker, ``rejections_total`` equals its ``circuit_open`` records.
+- ``metrics``: ``calls_total`` by source, ``fallbacks_total`` and ``retries_total`` (attempts per
+  call and target beyond the first) agree with the calls' provenance.
+- ``breaker gauge``: at the end, each breaker's ``breaker_state`` gauge shows its real state.
+- ``harness``: every request took a fault of the mix (none the fake's default) and had a call.
+- ``memory``: the traced heap grows less than :data:`MEMORY_BOUND` over the last third.
 
-A last line checks the harness itself: every request took a scripted fault (the deck never ran
-dry, so no request got the fake's default healthy answer) and belonged to a call.
-
-Run ``python -m benchmarks.chaos [--seconds 60]``. From the benchmark runner: ``result =
-chaos.run(seconds=...)``, then ``chaos.report(result)`` is a Markdown section and ``result.ok``
-says whether every check held.
+Run ``python -m benchmarks.chaos [--seconds 60]``, or ``result = chaos.run(seconds=...)``, then
+``chaos.report(result)`` (Markdown) and ``result.ok``.
 """
 
 from __future__ import annotations
@@ -81,7 +52,7 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx2
 import openai
@@ -113,6 +84,7 @@ from resilient_openai.testing import (
     Fault,
     Malformed,
     Ok,
+    OneOf,
     RecordedRequest,
     Reset,
     Silence,
@@ -166,11 +138,8 @@ KNOWN_ISSUES: Mapping[str, str] = {}
 #: What the opt-in extra faults break today (not in the default mix, so no check fails on them).
 EXTRA_FAULT_ISSUES: Mapping[str, str] = {}
 
-# Scripted faults per model: refilled to DECK_FULL before a call that finds fewer than DECK_LOW.
-# A call makes at most 6 requests, and at most 216 calls are in flight between two refills.
-DECK_FULL = 3000
-DECK_LOW = 1500
-PALETTE_SIZE = 1024
+#: How many faults each model's mix draws from.
+MIX_SIZE = 1024
 
 
 # -- the policy -----------------------------------------------------------------------------------
@@ -209,124 +178,68 @@ def chaos_policy(listeners: Sequence[Callable[[Any], None]] = ()) -> Policy:
     )
 
 
-# -- the fault deck -------------------------------------------------------------------------------
+# -- the fault mix --------------------------------------------------------------------------------
 
-FaultMaker = Callable[[random.Random], Fault]
-
-
-def _tokens(rng: random.Random) -> int:
-    return rng.randint(3, 10)
-
-
-def _stream_cut(rng: random.Random) -> Fault:
-    tokens = _tokens(rng)
-    return Cut(rng.randint(0, tokens), tokens=tokens)
-
-
-def _stream_stall(rng: random.Random) -> Fault:
-    tokens = _tokens(rng)
-    # 20 ms stays under the 50 ms idle limit (a slow but healthy stream); 100 ms stalls out.
-    return Stall(rng.randint(0, tokens), rng.choice((0.02, 0.1)), tokens=tokens)
-
-
-def _malformed_event(rng: random.Random) -> Fault:
-    tokens = _tokens(rng)
-    return Malformed(rng.randrange(tokens), tokens=tokens)
-
-
-def _retry_after_ms(rng: random.Random) -> Fault:
-    return Status(429, headers={"retry-after-ms": str(rng.randint(5, 40))})
-
-
-def _retry_after(rng: random.Random) -> Fault:
-    return Status(429, headers={"retry-after": f"{rng.uniform(0.005, 0.04):.3f}"})
-
-
-def _quota(rng: random.Random) -> Fault:
-    return Status(429, code_str="insufficient_quota", type="insufficient_quota")
-
+FaultMaker = Callable[[random.Random, int], Fault]
+"""Draws one fault with an RNG, given a random token count for the answer."""
 
 #: (name, weight, maker) for faults that make sense on any request.
 COMMON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("ok", 40, lambda rng: Ok(tokens=_tokens(rng), latency=rng.uniform(0.0, 0.03))),
-    ("slow", 5, lambda rng: Delay(rng.uniform(0.01, 0.04), Ok(tokens=_tokens(rng)))),
-    ("too slow", 2, lambda rng: Delay(0.15)),
-    ("5xx", 8, lambda rng: Status(rng.choice((500, 502, 503, 504)))),
-    ("429", 4, lambda rng: Status(429)),
-    ("429 retry-after-ms", 2, _retry_after_ms),
-    ("429 retry-after", 2, _retry_after),
-    ("429 retry-after too long", 1, lambda rng: Status(429, headers={"retry-after": "5"})),
-    ("429 insufficient_quota", 1, _quota),
-    ("reset", 4, lambda rng: Reset()),
-    ("silence", 2, lambda rng: Silence()),
-    ("400", 1, lambda rng: Status(400)),
+    ("ok", 40, lambda r, n: Ok(tokens=n, latency=r.uniform(0.0, 0.03))),
+    ("slow", 5, lambda r, n: Delay(r.uniform(0.01, 0.04), Ok(tokens=n))),
+    ("too slow", 2, lambda r, n: Delay(0.15)),
+    ("5xx", 8, lambda r, n: Status(r.choice((500, 502, 503, 504)))),
+    ("429", 4, lambda r, n: Status(429)),
+    ("429 retry-after-ms", 2, lambda r, n: Status(429, headers={"retry-after-ms": f"{r.randint(5, 40)}"})),
+    (
+        "429 retry-after",
+        2,
+        lambda r, n: Status(429, headers={"retry-after": f"{r.uniform(0.005, 0.04):.3f}"}),
+    ),
+    ("429 retry-after too long", 1, lambda r, n: Status(429, headers={"retry-after": "5"})),
+    (
+        "429 insufficient_quota",
+        1,
+        lambda r, n: Status(429, code_str="insufficient_quota", type="insufficient_quota"),
+    ),
+    ("reset", 4, lambda r, n: Reset()),
+    ("silence", 2, lambda r, n: Silence()),
+    ("400", 1, lambda r, n: Status(400)),
 )
 
-#: Faults of a streamed body.
+#: Faults of a streamed body. A 20 ms stall stays under the 50 ms idle limit; 100 ms stalls out.
 STREAM_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("stream cut", 4, _stream_cut),
-    ("stream stall", 3, _stream_stall),
-    ("malformed event", 3, _malformed_event),
-    ("no [DONE]", 2, lambda rng: Ok(tokens=_tokens(rng), done=False)),
+    ("stream cut", 4, lambda r, n: Cut(r.randint(0, n), tokens=n)),
+    ("stream stall", 3, lambda r, n: Stall(r.randint(0, n), r.choice((0.02, 0.1)), tokens=n)),
+    ("malformed event", 3, lambda r, n: Malformed(r.randrange(n), tokens=n)),
+    ("no [DONE]", 2, lambda r, n: Ok(tokens=n, done=False)),
 )
 
 #: Faults of a JSON body: cut halfway, or late (within, then beyond, the attempt timeout).
 JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("body cut", 3, lambda rng: Cut(0)),
-    ("body stall", 3, lambda rng: Stall(0, rng.choice((0.02, 0.15)))),
+    ("body cut", 3, lambda r, n: Cut(0)),
+    ("body stall", 3, lambda r, n: Stall(0, r.choice((0.02, 0.15)))),
 )
 
 #: Opt-in (``extra_faults``): a truncated JSON body on a non-streaming answer, which the chain
 #: does not handle today (see :data:`EXTRA_FAULT_ISSUES`).
 EXTRA_JSON_FAULTS: tuple[tuple[str, int, FaultMaker], ...] = (
-    ("malformed body", 2, lambda rng: Malformed(0)),
+    ("malformed body", 2, lambda r, n: Malformed(0)),
 )
 
 
-def palette(
-    kinds: Iterable[tuple[str, int, FaultMaker]], rng: random.Random, size: int = PALETTE_SIZE
-) -> list[tuple[str, Fault]]:
-    """``size`` named faults drawn by weight from ``kinds``; the deck then picks among them.
+def mix(kinds: Iterable[tuple[str, int, FaultMaker]], seed: str) -> tuple[OneOf, dict[int, str]]:
+    """A seeded :class:`OneOf` of :data:`MIX_SIZE` faults drawn by weight, and their names by identity.
 
-    Faults are immutable, so a fixed palette keeps the queued faults' memory constant.
+    Faults are immutable, so a fixed mix keeps the faults' memory constant; the fake records the
+    very instance each request drew, so its name is found by ``id``.
     """
+    rng = random.Random(f"{seed}:mix")
     table = list(kinds)
-    names = [name for name, _, _ in table]
     makers = {name: maker for name, _, maker in table}
-    drawn = rng.choices(names, weights=[weight for _, weight, _ in table], k=size)
-    return [(name, makers[name](rng)) for name in drawn]
-
-
-class _Deck:
-    """Keeps every chaos model's fault queue on one fake upstream from running dry (thread-safe).
-
-    It names each fault it scripts, so a recorded request's fault tells which kind answered it.
-    """
-
-    def __init__(self, upstream: FakeUpstream, seed: str, *, extra: bool = False) -> None:
-        rng = random.Random(f"{seed}:palette")
-        self._upstream = upstream
-        self._rng = random.Random(f"{seed}:draws")
-        stream = palette((*COMMON_FAULTS, *STREAM_FAULTS), rng)
-        plain = palette((*COMMON_FAULTS, *JSON_FAULTS, *(EXTRA_JSON_FAULTS if extra else ())), rng)
-        self._palettes = {**dict.fromkeys(STREAM_MODELS, stream), **dict.fromkeys(JSON_MODELS, plain)}
-        # By identity: the fake records the very instance it took from the queue.
-        self._names = {id(fault): name for name, fault in (*stream, *plain)}
-        self._lock = threading.Lock()
-
-    def top_up(self) -> None:
-        """Refill every queue holding fewer than :data:`DECK_LOW` faults back to :data:`DECK_FULL`."""
-        for model, choices in self._palettes.items():
-            if self._upstream.pending(model) >= DECK_LOW:
-                continue
-            with self._lock:
-                missing = DECK_FULL - self._upstream.pending(model)
-                drawn = [choices[self._rng.randrange(len(choices))][1] for _ in range(max(missing, 0))]
-                self._upstream.script(model, drawn)
-
-    def name(self, fault: Fault | None) -> str | None:
-        """The name of a fault this deck scripted; None for any other (the fake's default)."""
-        return self._names.get(id(fault))
+    names = rng.choices(list(makers), weights=[weight for _, weight, _ in table], k=MIX_SIZE)
+    faults = [(name, makers[name](rng, rng.randint(3, 10))) for name in names]
+    return OneOf(tuple(fault for _, fault in faults), seed=f"{seed}:draws"), {id(f): n for n, f in faults}
 
 
 # -- one side: a client, its fake, and every call checked as it ends -------------------------------
@@ -361,20 +274,18 @@ class _Tally:
 
 def _label(error: BaseException) -> str:
     name = type(error).__name__
-    if isinstance(error, IncompleteStreamError):
-        return f"{name}/{error.reason}"
-    return name
-
-
-def _attempts(record: Provenance) -> str:
-    return ", ".join(f"{a.model}#{a.attempt} {a.verdict} {a.duration * 1000:.0f}ms" for a in record.attempts)
+    return f"{name}/{error.reason}" if isinstance(error, IncompleteStreamError) else name
 
 
 def _story(record: Provenance | None, error: BaseException | None) -> str:
+    """A call's ending and attempts, for an example line."""
     head = f"error {_label(error)}" if error is not None else "answer"
     if record is None:
-        return head
-    return f"{head} from {record.source}, attempts: {_attempts(record)}"
+        return f"{head}, no provenance"
+    attempts = ", ".join(
+        f"{a.model}#{a.attempt} {a.verdict} {a.duration * 1000:.0f}ms" for a in record.attempts
+    )
+    return f"{head} from {record.source}, attempts: {attempts}"
 
 
 def _request(seed: int, call: str) -> tuple[bool, str, list[ChatCompletionMessageParam]]:
@@ -387,26 +298,38 @@ def _request(seed: int, call: str) -> tuple[bool, str, list[ChatCompletionMessag
 
 def _complete(answer: object) -> bool:
     """Whether a non-streamed answer is a whole chat completion, finished, with text."""
+    choices = answer.choices if isinstance(answer, ChatCompletion) else []
     return (
-        isinstance(answer, ChatCompletion)
-        and bool(answer.choices)
-        and answer.choices[0].finish_reason is not None
-        and isinstance(answer.choices[0].message.content, str)
+        bool(choices) and choices[0].finish_reason is not None and isinstance(choices[0].message.content, str)
     )
 
 
+class _Create(TypedDict):
+    """The arguments of one chaos call to ``chat.completions.create`` (but ``stream``)."""
+
+    model: str
+    messages: list[ChatCompletionMessageParam]
+    extra_headers: dict[str, str]
+
+
 class _Side:
-    """One client flavour under chaos: its fake upstream, fault deck, metrics, and the call checks."""
+    """One client flavour under chaos: its fake upstream, fault mix, metrics, and the call checks."""
 
     def __init__(self, name: str, seed: int, *, extra_faults: bool = False) -> None:
         self.name = name
         self.seed = seed
         self.upstream = FakeUpstream(clock=SYSTEM_CLOCK)
-        self.deck = _Deck(self.upstream, f"{seed}:{name}", extra=extra_faults)
+        json_faults = (*JSON_FAULTS, *(EXTRA_JSON_FAULTS if extra_faults else ()))
+        stream, stream_names = mix((*COMMON_FAULTS, *STREAM_FAULTS), f"{seed}:{name}:stream")
+        plain, plain_names = mix((*COMMON_FAULTS, *json_faults), f"{seed}:{name}:json")
+        for model in STREAM_MODELS:
+            self.upstream.set_default(model, stream)
+        for model in JSON_MODELS:
+            self.upstream.set_default(model, plain)
+        self._fault_names = stream_names | plain_names
         self.registry = CollectorRegistry()
         self.policy = chaos_policy([PrometheusListener(self.registry)])
         self.tally = _Tally()
-        self.peak = 0
         self._lock = threading.Lock()
         #: Streams of the calls in flight by call id (an error raised while reading one carries no
         #: provenance: the stream does), and those read to a chunk carrying a finish_reason.
@@ -417,15 +340,10 @@ class _Side:
         """One chaos call through ``client``, for the driver's threads."""
 
         def call(handed: Call) -> object:
-            self.deck.top_up()
-            stream, model, messages = _request(self.seed, handed.id)
-            headers = {CALL_HEADER: handed.id}
+            stream, request = self._begin(handed)
             if not stream:
-                return client.chat.completions.create(model=model, messages=messages, extra_headers=headers)
-            chunks = client.chat.completions.create(
-                model=model, messages=messages, stream=True, extra_headers=headers
-            )
-            self._streams[handed.id] = chunks
+                return client.chat.completions.create(**request)
+            chunks = self._streams[handed.id] = client.chat.completions.create(**request, stream=True)
             with chunks:
                 if [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]:
                     self._finished.add(handed.id)
@@ -437,23 +355,21 @@ class _Side:
         """The asyncio twin of :meth:`sync_call`, for the driver's tasks."""
 
         async def call(handed: Call) -> object:
-            self.deck.top_up()
-            stream, model, messages = _request(self.seed, handed.id)
-            headers = {CALL_HEADER: handed.id}
+            stream, request = self._begin(handed)
             if not stream:
-                return await client.chat.completions.create(
-                    model=model, messages=messages, extra_headers=headers
-                )
-            chunks = await client.chat.completions.create(
-                model=model, messages=messages, stream=True, extra_headers=headers
-            )
-            self._streams[handed.id] = chunks
+                return await client.chat.completions.create(**request)
+            chunks = self._streams[handed.id] = await client.chat.completions.create(**request, stream=True)
             async with chunks:
                 if [c async for c in chunks if c.choices and c.choices[0].finish_reason is not None]:
                     self._finished.add(handed.id)
             return chunks
 
         return call
+
+    def _begin(self, handed: Call) -> tuple[bool, _Create]:
+        """Whether the call streams, and its arguments (its id in a header)."""
+        stream, model, messages = _request(self.seed, handed.id)
+        return stream, {"model": model, "messages": messages, "extra_headers": {CALL_HEADER: handed.id}}
 
     def settle(self, outcome: Outcome) -> None:
         """Check one call as soon as it ends, against the requests the fake saw with its id."""
@@ -485,20 +401,57 @@ class _Side:
                 trace = "".join(traceback.format_exception(error, limit=-3)).strip().replace("\n", " | ")
                 tally.problem("outcomes", f"{kind} call {call}: {trace}")
             for request in requests:
-                tally.faults[self.deck.name(request.fault) or "(none scripted)"] += 1
-                if self.deck.name(request.fault) is None:
-                    tally.problem("harness", f"a request of call {call} took no scripted fault")
+                name = self._fault_names.get(id(request.fault))
+                tally.faults[name or "(not in the mix)"] += 1
+                if name is None:
+                    tally.problem("harness", f"a request of call {call} took a fault not in the mix")
             tally.requests += len(requests)
             if record is None or (error is None and record.source is None):
-                what = (
-                    "nothing to read it from"
-                    if record is None
-                    else "an answer whose provenance has no source"
-                )
-                tally.problem("provenance", f"{kind} call {call}: {what} ({_story(record, error)})")
+                tally.problem("provenance", f"{kind} call {call}: {_story(record, error)}, no source")
             if record is not None:
                 tally.sources[record.source or ""] += 1
             self._match_locked(call, record, requests)
+
+    def finish(self, client: Any) -> None:
+        """At the end, with no call in flight: the global counters against the calls' records."""
+        tally = self.tally
+
+        def expect(check: str, what: str, shown: float, expected: float) -> None:
+            if shown != expected:
+                tally.problem(check, f"{self.name}: {what} = {shown:g}, expected {expected:g}")
+
+        rejected = self._metric("rejections_total", "breaker")
+        for name in rejected.keys() | tally.rejections.keys():
+            expect(
+                "breaker rejections",
+                f"rejections_total {name}",
+                rejected.get(name, 0.0),
+                tally.rejections[name],
+            )
+        calls = self._metric("calls_total", "source")
+        for source in calls.keys() | tally.sources.keys():
+            expect(
+                "metrics", f"calls_total {source or 'error'}", calls.get(source, 0.0), tally.sources[source]
+            )
+        served = sum(n for source, n in tally.sources.items() if source not in ("", "upstream"))
+        expect("metrics", "fallbacks_total", sum(self._metric("fallbacks_total").values()), served)
+        expect("metrics", "retries_total", sum(self._metric("retries_total").values()), tally.retries)
+        gauge = self._metric("breaker_state", "breaker")
+        for b in breakers(client):  # a gauge that never moved has no sample: it reads as closed
+            shown = gauge.get(b.name, 0.0)
+            expect(
+                "breaker gauge", f"breaker_state {b.name} ({b.state})", shown, BREAKER_STATE_VALUES[b.state]
+            )
+        expect("harness", "requests no call took", self.upstream.count(), 0)
+
+    def _metric(self, name: str, label: str = "") -> dict[str, float]:
+        """The samples of ``resilient_openai_<name>`` by the value of ``label``."""
+        found: dict[str, float] = {}
+        for sample in (sample for family in self.registry.collect() for sample in family.samples):
+            if sample.name == f"resilient_openai_{name}":
+                key = sample.labels.get(label, "")
+                found[key] = found.get(key, 0.0) + sample.value
+        return found
 
     def _match_locked(self, call: str, record: Provenance | None, requests: list[RecordedRequest]) -> None:
         """Compare the call's attempt records with the requests the fake received for it."""
@@ -514,7 +467,7 @@ class _Side:
         tally.retries += sum(count - 1 for count in per_target.values())
         tally.sent += sum(sent.values())
         seen = Counter(request.model or "" for request in requests)
-        story = _attempts(record) if record is not None else "no provenance"
+        story = _story(record, None)
         for model in sent.keys() | seen.keys():
             if seen[model] > sent[model]:
                 tally.problem(
@@ -544,15 +497,11 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class SideResult:
-    """One client flavour's totals, its metrics and breaker states at the end."""
+    """One client flavour's callers and what its calls showed."""
 
     name: str
     workers: int
     stats: _Tally
-    peak: int
-    metrics: Mapping[str, Mapping[tuple[str, ...], float]]
-    breaker_states: Mapping[str, str]
-    stray_requests: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,6 +530,7 @@ class ChaosResult:
     seed: int
     sides: tuple[SideResult, ...]
     memory: Memory
+    peak: int
     loop_lag: float
     checks: tuple[Check, ...]
 
@@ -605,18 +555,6 @@ class ChaosResult:
         return sum((side.stats.faults for side in self.sides), Counter())
 
 
-def _metric(registry: CollectorRegistry, name: str, labels: Sequence[str]) -> dict[tuple[str, ...], float]:
-    """The samples of one metric from ``registry``, by the values of ``labels``."""
-    found: dict[tuple[str, ...], float] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == name:
-                key = tuple(sample.labels.get(label, "") for label in labels)
-                found[key] = found.get(key, 0.0) + sample.value
-    return found
-
-
-_NS = "resilient_openai_"
 #: Think times are multiplied by this while tracemalloc runs: tracing every allocation makes a
 #: call about 5 to 10 times as expensive, and the same offered load would starve the event loop.
 TRACE_PACE = 10.0
@@ -650,41 +588,6 @@ def _growth(before: Mapping[str, int], after: Mapping[str, int]) -> tuple[int, t
     return sum(diff.values()), tuple(f"{size / 1024:+.1f} KiB at {site}" for site, size in top if size > 0)
 
 
-@dataclass
-class _Loop:
-    """The event loop's thread for one stretch, and how late it ran a 10 ms timer at worst."""
-
-    lag: float = 0.0
-    errors: list[BaseException] = field(default_factory=list)
-
-    def run(self, load: Load, call: Callable[[Call], Awaitable[object]], tasks: int) -> threading.Thread:
-        """Start ``tasks`` callers on a new loop in a new thread, with a lag watcher."""
-
-        async def main() -> None:
-            watcher = asyncio.create_task(self._watch())
-            try:
-                await load.run_tasks(call, tasks)
-            finally:
-                watcher.cancel()
-
-        def target() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as exc:  # re-raised by run() in the main thread
-                self.errors.append(exc)
-                load.stop()
-
-        thread = threading.Thread(target=target, name="chaos-loop", daemon=True)
-        thread.start()
-        return thread
-
-    async def _watch(self) -> None:
-        while True:
-            started = time.monotonic()
-            await asyncio.sleep(0.01)
-            self.lag = max(self.lag, time.monotonic() - started - 0.01)
-
-
 def run(
     *,
     seconds: float = 60.0,
@@ -703,211 +606,84 @@ def run(
     the deadline check would measure CPU starvation instead of the library. ``extra_faults`` adds
     :data:`EXTRA_JSON_FAULTS` to the mix.
     """
-    sync_side = _Side("sync", seed, extra_faults=extra_faults)
-    async_side = _Side("async", seed, extra_faults=extra_faults)
-    sync_client = resilient(
-        openai.OpenAI(
-            api_key=API_KEY,
-            base_url=BASE_URL,
-            max_retries=0,
-            http_client=httpx2.Client(transport=sync_side.upstream.transport()),
-        ),
-        sync_side.policy,
-    )
-    async_client = resilient(
-        openai.AsyncOpenAI(
-            api_key=API_KEY,
-            base_url=BASE_URL,
-            max_retries=0,
-            http_client=httpx2.AsyncClient(transport=async_side.upstream.async_transport()),
-        ),
-        async_side.policy,
-    )
-    loop = _Loop()
+    sync_side, async_side = (_Side(name, seed, extra_faults=extra_faults) for name in ("sync", "async"))
+    sync_http = httpx2.Client(transport=sync_side.upstream.transport())
+    async_http = httpx2.AsyncClient(transport=async_side.upstream.async_transport())
+    raw = openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=sync_http)
+    araw = openai.AsyncOpenAI(api_key=API_KEY, base_url=BASE_URL, max_retries=0, http_client=async_http)
+    sync_client, async_client = resilient(raw, sync_side.policy), resilient(araw, async_side.policy)
+    sync_call, async_call = sync_side.sync_call(sync_client), async_side.async_call(async_client)
     clients = (sync_client, async_client)
+    loads: list[Load] = []
 
-    def stretch(index: int, length: float, pace: float) -> None:
+    def stretch(length: float, pace: float) -> None:
         """Drive both sides for ``length`` seconds; returns once every call has ended."""
-        sync_load, async_load = (
-            Load(
-                duration=length,
-                think=think,
-                seed=f"{seed}:{side.name}:{index}",
-                on_outcome=side.settle,
-                keep=False,
-            )
-            for side, think in ((sync_side, think_threads), (async_side, think_tasks))
-        )
-        sync_load.pace = async_load.pace = pace
-        loop_thread = loop.run(async_load, async_side.async_call(async_client), tasks)
-        sync_load.run_threads(sync_side.sync_call(sync_client), threads)
-        loop_thread.join()
-        if loop.errors:
-            raise loop.errors[0]
-        sync_side.peak = max(sync_side.peak, sync_load.peak)
-        async_side.peak = max(async_side.peak, async_load.peak)
+        load = Load(duration=length, seed=f"{seed}:{len(loads)}", on_outcome=settle, keep=False)
+        load.pace = pace
+        load.run(sync_call, threads, async_call, tasks, think=think_threads, task_think=think_tasks)
+        loads.append(load)
+
+    def settle(outcome: Outcome) -> None:
+        (sync_side if outcome.call.id.startswith("t") else async_side).settle(outcome)
 
     # Three stretches back to back: untraced, a short traced warm-up, then the traced last third.
     warm = min(seconds / 12, 3.0)
     started = time.monotonic()
     try:
-        stretch(0, seconds * 2 / 3 - warm, 1.0)
+        stretch(seconds * 2 / 3 - warm, 1.0)
         tracemalloc.start()
-        stretch(1, warm, TRACE_PACE)
+        stretch(warm, TRACE_PACE)
         baseline, calls_at_baseline = _heap(clients), sync_side.tally.calls + async_side.tally.calls
-        stretch(2, seconds / 3, TRACE_PACE)
+        stretch(seconds / 3, TRACE_PACE)
         elapsed = time.monotonic() - started
-        # Read before _heap resets the breakers.
-        sides = (
-            SideResult(
-                sync_side.name, threads, sync_side.tally, sync_side.peak, *_end_state(sync_side, sync_client)
-            ),
-            SideResult(
-                async_side.name,
-                tasks,
-                async_side.tally,
-                async_side.peak,
-                *_end_state(async_side, async_client),
-            ),
-        )
+        sync_side.finish(sync_client)  # before _heap resets the breakers
+        async_side.finish(async_client)
         growth, top = _growth(baseline, _heap(clients))
     finally:
         tracemalloc.stop()
         sync_client.close()
         asyncio.run(async_client.close())
+    sides = (SideResult("sync", threads, sync_side.tally), SideResult("async", tasks, async_side.tally))
     memory = Memory(growth, top, sum(side.stats.calls for side in sides) - calls_at_baseline)
-    return ChaosResult(elapsed, seed, sides, memory, loop.lag, tuple(_checks(sides, memory)))
-
-
-def _end_state(
-    side: _Side, client: object
-) -> tuple[Mapping[str, Mapping[tuple[str, ...], float]], Mapping[str, str], int]:
-    """One side's metrics, breaker states and requests no call took, once every call has ended."""
-    metrics = {
-        "calls": _metric(side.registry, f"{_NS}calls_total", ["source"]),
-        "fallbacks": _metric(side.registry, f"{_NS}fallbacks_total", []),
-        "retries": _metric(side.registry, f"{_NS}retries_total", []),
-        "rejections": _metric(side.registry, f"{_NS}rejections_total", ["breaker"]),
-        "breaker_state": _metric(side.registry, f"{_NS}breaker_state", ["breaker"]),
-    }
-    return metrics, {breaker.name: breaker.state for breaker in breakers(client)}, side.upstream.count()
+    peak, lag = max(load.peak for load in loads), max(load.loop_lag for load in loads)
+    return ChaosResult(elapsed, seed, sides, memory, peak, lag, tuple(_checks(sides, memory)))
 
 
 # -- the checks (pure) ----------------------------------------------------------------------------
 
-#: The checks made call by call, and what their detail line says.
-_PER_CALL = {
+#: Every check but memory, and how its detail line names a violation.
+_CHECKS = {
     "outcomes": "calls ended with something other than a complete answer or an openai.OpenAIError",
     "provenance": "answers or errors without a provenance (or an answer without a source)",
     "deadline": f"calls over {TIMEOUTS.total:g} s total + {DEADLINE_SLACK:g} s slack",
     "unrecorded requests": "calls whose requests to a model outnumber their attempts recorded as sent",
     "unsent attempts": "calls whose attempts recorded as sent to a model outnumber their requests",
+    "breaker rejections": "breakers whose rejections_total differs from their circuit_open records",
+    "metrics": "disagreements of calls_total, fallbacks_total or retries_total with provenance",
+    "breaker gauge": "breakers whose breaker_state gauge differs from their real state",
+    "harness": "requests that took a fault not in the mix or belonged to no call",
 }
 
 
 def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
     problems: Counter[str] = sum((side.stats.problems for side in sides), Counter())
-    examples = {name: [e for side in sides for e in side.stats.examples.get(name, [])] for name in problems}
     durations = [d for side in sides for d in side.stats.durations]
-    calls = sum(side.stats.calls for side in sides)
+    sent, requests = (sum(getattr(side.stats, n) for side in sides) for n in ("sent", "requests"))
+    slowest, p99 = max(durations, default=0.0), percentile(durations, 99, 0.0)
+    rejected = sum(sum(side.stats.rejections.values()) for side in sides)
+    extra = {
+        "deadline": f"slowest {slowest:.3f} s, p99 {p99:.3f} s",
+        "unsent attempts": f"{sent} attempts recorded as sent, {requests} requests",
+        "breaker rejections": f"{rejected} circuit_open records",
+    }
     checks = []
-    for name, what in _PER_CALL.items():
-        detail = f"{problems[name]} of {calls} {what}"
-        if name == "deadline":
-            detail += (
-                f"; slowest {max(durations, default=0.0):.3f} s, p99 {percentile(durations, 99, 0.0):.3f} s"
-            )
-        if name == "unsent attempts":
-            sent, requests = (sum(getattr(side.stats, n) for side in sides) for n in ("sent", "requests"))
-            detail += f"; {sent} attempts recorded as sent, {requests} requests"
-        checks.append(Check(name, not problems[name], detail, tuple(examples.get(name, ()))))
-    checks += [_rejections_check(sides), _metrics_check(sides), _gauge_check(sides)]
-    checks.append(
-        Check(
-            "memory",
-            memory.growth < MEMORY_BOUND,
-            f"the heap grew {memory.growth / 1024:+.1f} KiB over the last third's {memory.calls} calls "
-            f"(bound {MEMORY_BOUND // 1024} KiB)",
-            memory.top,
-        )
-    )
-    stray = [
-        f"{side.name}: {side.stray_requests} requests no call took" for side in sides if side.stray_requests
-    ]
-    harness = [*examples.get("harness", []), *stray]
-    checks.append(
-        Check(
-            "harness",
-            not harness,
-            "every request took a scripted fault and belonged to a call"
-            if not harness
-            else "the harness misbehaved",
-            tuple(harness),
-        )
-    )
-    return checks
-
-
-def _rejections_check(sides: Sequence[SideResult]) -> Check:
-    problems = []
-    for side in sides:
-        metric = {key[0]: value for key, value in side.metrics["rejections"].items()}
-        for name in side.stats.rejections.keys() | metric.keys():
-            if metric.get(name, 0.0) != side.stats.rejections[name]:
-                records = side.stats.rejections[name]
-                problems.append(f"{side.name} {name}: metric {metric.get(name, 0.0):g}, records {records}")
-    total = sum(sum(side.stats.rejections.values()) for side in sides)
-    detail = f"{total} circuit_open attempt records; rejections_total " + (
-        "disagrees" if problems else "agrees for every breaker"
-    )
-    return Check("breaker rejections", not problems, detail, tuple(problems))
-
-
-def _metrics_check(sides: Sequence[SideResult]) -> Check:
-    problems = []
-    for side in sides:
-        stats, metrics = side.stats, side.metrics
-        calls = {key[0]: value for key, value in metrics["calls"].items()}
-        for source in calls.keys() | stats.sources.keys():
-            if calls.get(source, 0.0) != stats.sources[source]:
-                problems.append(
-                    f"{side.name}: calls_total{{source={source!r}}} = {calls.get(source, 0.0):g}, "
-                    f"provenance says {stats.sources[source]}"
-                )
-        fallbacks = sum(metrics["fallbacks"].values())
-        served = sum(n for source, n in stats.sources.items() if source not in ("", "upstream"))
-        if fallbacks != served:
-            problems.append(f"{side.name}: fallbacks_total = {fallbacks:g}, provenance says {served}")
-        retries = sum(metrics["retries"].values())
-        if retries != stats.retries:
-            problems.append(f"{side.name}: retries_total = {retries:g}, attempt records say {stats.retries}")
-    return Check(
-        "metrics",
-        not problems,
-        "calls_total, fallbacks_total and retries_total agree with provenance"
-        if not problems
-        else f"{len(problems)} disagreements",
-        tuple(problems),
-    )
-
-
-def _gauge_check(sides: Sequence[SideResult]) -> Check:
-    problems = []
-    for side in sides:
-        gauge = {key[0]: value for key, value in side.metrics["breaker_state"].items()}
-        for name, state in side.breaker_states.items():
-            shown = gauge.get(name, 0.0)  # never moved: no sample yet, which reads as closed
-            if shown != BREAKER_STATE_VALUES[state]:
-                problems.append(f"{side.name} {name}: gauge {shown:g}, breaker {state}")
-    count = sum(len(side.breaker_states) for side in sides)
-    return Check(
-        "breaker gauge",
-        not problems,
-        f"breaker_state shows the real state of all {count} breakers"
-        if not problems
-        else f"{len(problems)} of {count} breakers shown in the wrong state",
-        tuple(problems),
-    )
+    for name, what in _CHECKS.items():
+        examples = tuple(example for side in sides for example in side.stats.examples.get(name, []))
+        detail = f"{problems[name]} {what}" + (f"; {extra[name]}" if name in extra else "")
+        checks.append(Check(name, not problems[name], detail, examples))
+    growth = f"the heap grew {memory.growth / 1024:+.1f} KiB over the last third's {memory.calls} calls"
+    bound = f"(bound {MEMORY_BOUND // 1024} KiB)"
+    return [*checks, Check("memory", memory.growth < MEMORY_BOUND, f"{growth} {bound}", memory.top)]
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -924,13 +700,14 @@ def _summary(result: ChaosResult) -> list[str]:
         outcomes = ", ".join(f"{name} {count}" for name, count in stats.outcomes.most_common())
         p50, p99 = (percentile(stats.durations, q, 0.0) * 1000 for q in (50, 99))
         out.append(
-            f"{side.name}: {stats.calls} calls ({stats.calls / max(result.seconds, 1e-9):.0f}/s, "
-            f"{side.peak} in flight at most), {stats.requests} requests upstream, p50 {p50:.0f} ms, "
+            f"{side.name}: {stats.calls} calls ({stats.calls / max(result.seconds, 1e-9):.0f}/s), "
+            f"{stats.requests} requests upstream, p50 {p50:.0f} ms, "
             f"p99 {p99:.0f} ms; {outcomes}"
         )
     out.append(
         f"memory: {result.memory.growth / 1024:+.1f} KiB over the last third "
-        f"({result.memory.calls} calls); event-loop lag up to {result.loop_lag * 1000:.0f} ms"
+        f"({result.memory.calls} calls); {result.peak} calls in flight at most; "
+        f"event-loop lag up to {result.loop_lag * 1000:.0f} ms"
     )
     out.append(
         "faults served: " + ", ".join(f"{name} {count}" for name, count in result.faults.most_common())
@@ -981,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
     parser.add_argument("--threads", type=int, default=16, help="threads on the sync client (default 16)")
     parser.add_argument("--tasks", type=int, default=200, help="tasks on the async client (default 200)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the fault deck and the callers")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault mix and the callers")
     parser.add_argument(
         "--extra-faults",
         action="store_true",

@@ -27,6 +27,7 @@ from resilient_openai.testing import (
     Hold,
     Malformed,
     Ok,
+    OneOf,
     RecordedRequest,
     Reset,
     Silence,
@@ -710,9 +711,34 @@ def test_public_api_is_small_and_sorted() -> None:
     import resilient_openai.testing as testing
 
     assert testing.__all__ == sorted(testing.__all__)
-    faults = ["Cut", "Delay", "Garbage", "Hold", "Malformed", "Ok", "Reset", "Silence", "Stall", "Status"]
+    faults = [
+        "Cut",
+        "Delay",
+        "Garbage",
+        "Hold",
+        "Malformed",
+        "Ok",
+        "OneOf",
+        "Reset",
+        "Silence",
+        "Stall",
+        "Status",
+    ]
     assert testing.__all__ == sorted(["FakeClock", "FakeUpstream", "Fault", "RecordedRequest", *faults])
     assert all(hasattr(testing, name) for name in testing.__all__)
+
+
+def test_one_of_draws_a_fault_per_request_and_records_it(upstream: FakeUpstream) -> None:
+    """OneOf answers each request with one of its faults, seeded, and the record names the one drawn."""
+    mix = OneOf((Ok("a"), Status(503)), seed=3)
+    upstream.set_default("m", mix)
+    for _ in range(20):
+        SyncShell(upstream).call("chat.completions.create", model="m", messages=MESSAGES)
+    drawn = [r.fault for r in upstream.requests]
+    assert set(map(repr, drawn)) == {"Ok(text='a')", "Status(503)"}
+    assert all(any(fault is choice for choice in mix.faults) for fault in drawn)
+    again = OneOf((Ok("a"), Status(503)), seed=3)
+    assert [repr(again.draw()) for _ in range(20)] == list(map(repr, drawn))
 
 
 def test_take_removes_the_requests_of_one_call(upstream: FakeUpstream) -> None:

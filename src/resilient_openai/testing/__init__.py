@@ -3,7 +3,7 @@
 :class:`FakeUpstream` stands in for the OpenAI API (in process, or on a loopback socket) and
 answers each request as scripted with fault values (:data:`Fault` is their union: :class:`Ok`,
 :class:`Status`, :class:`Garbage`, :class:`Delay`, :class:`Hold`, :class:`Reset`,
-:class:`Silence`, :class:`Cut`, :class:`Stall`, :class:`Malformed`); :class:`FakeClock` makes
+:class:`Silence`, :class:`Cut`, :class:`Stall`, :class:`Malformed`, :class:`OneOf`); :class:`FakeClock` makes
 every wait, the fake's and the library's, instant and observable. Use both in your own tests::
 
     upstream = FakeUpstream()
@@ -20,6 +20,7 @@ from ._upstream import (
     Hold,
     Malformed,
     Ok,
+    OneOf,
     RecordedRequest,
     Reset,
     Silence,
@@ -37,6 +38,7 @@ __all__ = [
     "Hold",
     "Malformed",
     "Ok",
+    "OneOf",
     "RecordedRequest",
     "Reset",
     "Silence",

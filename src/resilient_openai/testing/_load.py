@@ -2,7 +2,7 @@
 
 The demo, the outage benchmark and the chaos run all drive traffic through :class:`Load`. It
 hands out calls to its callers, paced by a shared ``rate`` (a late caller starts at once, with
-no catch-up burst) or back to back with a random ``think`` pause, until a ``duration`` or a
+no catch-up burst) or back to back with a random pause (``think``), until a ``duration`` or a
 ``count`` is reached or :meth:`Load.stop` is called. The user's function makes one call for a
 :class:`Call` (its id can travel to the upstream in a header, so each request can be matched to
 its call) and every call ends as an :class:`Outcome`: when, what it returned or raised, and its
@@ -64,9 +64,9 @@ class Load:
     """Hands calls out to callers and records how each ended (thread-safe, and safe across a loop).
 
     ``rate`` (calls per second, shared by every caller) places call *n* at ``offset + n / rate``
-    seconds, or at once when a caller is late; without a rate, calls start back to back. ``think``
-    makes each caller pause a random 0 to 2 x ``think`` seconds before each call (scaled by
-    :attr:`pace`). No call is handed out at or after ``duration`` seconds, nor past ``count``
+    seconds, or at once when a caller is late; without a rate, calls start back to back. The run
+    methods' ``think`` makes each caller pause a random 0 to 2 x ``think`` seconds before each
+    call (scaled by :attr:`pace`). No call is handed out at or after ``duration`` seconds, nor past ``count``
     calls. ``on_outcome`` runs in the caller right after each call (an exception it raises ends
     the run and is raised from :meth:`run_threads` / :meth:`run_tasks`); ``keep=False`` keeps no
     outcome, for runs too long to hold them all. Time is ``time.monotonic`` from construction.
@@ -79,7 +79,6 @@ class Load:
         offset: float = 0.0,
         duration: float | None = None,
         count: int | None = None,
-        think: float = 0.0,
         seed: object = 0,
         on_outcome: Callable[[Outcome], None] | None = None,
         keep: bool = True,
@@ -90,7 +89,6 @@ class Load:
         self._next_due = offset
         self._duration = math.inf if duration is None else duration
         self._count = count
-        self._think = think
         self._seed = seed
         self._on_outcome = on_outcome
         self._keep = keep
@@ -101,6 +99,8 @@ class Load:
         self._ended = 0
         #: The most calls in flight at once so far.
         self.peak = 0
+        #: How late the event loop of :meth:`run` ran a 10 ms timer at worst, in seconds.
+        self.loop_lag = 0.0
         #: Multiplies every think pause from now on (a run may slow its callers down).
         self.pace = 1.0
         #: The run's origin on ``time.monotonic``.
@@ -129,7 +129,54 @@ class Load:
 
     # -- the two kinds of callers ---------------------------------------------------------------
 
-    def run_threads(self, call: Callable[[Call], object], threads: int) -> None:
+    def run(
+        self,
+        call: Callable[[Call], object],
+        threads: int,
+        acall: Callable[[Call], Awaitable[object]],
+        tasks: int,
+        *,
+        think: float = 0.0,
+        task_think: float = 0.0,
+    ) -> None:
+        """Run ``threads`` callers of ``call`` and, at the same time, ``tasks`` callers of ``acall``.
+
+        ``think`` is the threads' mean pause before each call, ``task_think`` the tasks'.
+        The tasks run on a new event loop in a thread of their own; :attr:`loop_lag` records how
+        late that loop ran a 10 ms timer at worst (how long a ready task may wait for its turn).
+        """
+        failures: list[BaseException] = []
+
+        async def main() -> None:
+            watcher = asyncio.create_task(self._watch_lag())
+            try:
+                await self.run_tasks(acall, tasks, think=task_think)
+            finally:
+                watcher.cancel()
+
+        def loop() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # raised below, in the caller's thread
+                failures.append(exc)
+                self.stop()
+
+        loop_thread = threading.Thread(target=loop, name="load-loop", daemon=True)
+        loop_thread.start()
+        try:
+            self.run_threads(call, threads, think=think)
+        finally:
+            loop_thread.join()
+        if failures:
+            raise failures[0]
+
+    async def _watch_lag(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            self.loop_lag = max(self.loop_lag, time.monotonic() - started - 0.01)
+
+    def run_threads(self, call: Callable[[Call], object], threads: int, *, think: float = 0.0) -> None:
         """Run ``threads`` callers of ``call`` on threads until the load is over; re-raise a crash."""
         failures: list[BaseException] = []
 
@@ -138,7 +185,7 @@ class Load:
                 rng = self._rng("t", index)
                 serial = 0
                 while True:
-                    if self._stopped.wait(self._pause(rng)):
+                    if self._stopped.wait(self._pause(rng, think)):
                         return
                     serial += 1
                     handed = self._take(f"t{index}.{serial}")
@@ -167,14 +214,16 @@ class Load:
         if failures:
             raise failures[0]
 
-    async def run_tasks(self, call: Callable[[Call], Awaitable[object]], tasks: int) -> None:
+    async def run_tasks(
+        self, call: Callable[[Call], Awaitable[object]], tasks: int, *, think: float = 0.0
+    ) -> None:
         """Run ``tasks`` callers of ``call`` as tasks of the running loop until the load is over."""
 
         async def caller(index: int) -> None:
             rng = self._rng("a", index)
             serial = 0
             while not self._stopped.is_set():
-                await asyncio.sleep(self._pause(rng))
+                await asyncio.sleep(self._pause(rng, think))
                 serial += 1
                 handed = self._take(f"a{index}.{serial}")
                 if handed is None:
@@ -203,11 +252,11 @@ class Load:
     def _rng(self, kind: str, index: int) -> random.Random:
         return random.Random(f"{self._seed}:{kind}{index}")
 
-    def _pause(self, rng: random.Random) -> float:
+    def _pause(self, rng: random.Random, think: float) -> float:
         """A caller's think time before its next call, cut short where the load's duration ends."""
-        if not self._think:
+        if not think:
             return 0.0
-        return min(rng.uniform(0.0, 2.0 * self._think) * self.pace, max(self._duration - self.elapsed(), 0.0))
+        return min(rng.uniform(0.0, 2.0 * think) * self.pace, max(self._duration - self.elapsed(), 0.0))
 
     def _take(self, call_id: str) -> Call | None:
         """The next call, or None when the load is over."""

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import math
+import random
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -41,6 +42,7 @@ __all__ = [
     "Hold",
     "Malformed",
     "Ok",
+    "OneOf",
     "Plan",
     "RecordedRequest",
     "Reply",
@@ -84,6 +86,8 @@ class _Readable:
         """Required fields by position, then the fields that differ from their default."""
         args = []
         for spec in fields(self):  # type: ignore[arg-type]
+            if not spec.init:
+                continue
             value = getattr(self, spec.name)
             shown = dict(value) if isinstance(value, MappingProxyType) else value
             if spec.default is MISSING and spec.default_factory is MISSING:
@@ -243,7 +247,32 @@ class Malformed(_Readable):
         _non_negative("tokens", self.tokens)
 
 
-Fault = Ok | Status | Garbage | Delay | Hold | Reset | Silence | Cut | Stall | Malformed
+@dataclass(frozen=True, slots=True, repr=False)
+class OneOf(_Readable):
+    """Each request it answers takes one of ``faults`` at random: a mix for sustained chaos.
+
+    The draw is uniform (list a fault several times to weight it), from a generator seeded with
+    ``seed``, so a run is repeatable when its requests arrive in the same order. A request's
+    record names the fault drawn, the very instance listed here.
+    """
+
+    faults: tuple[Fault, ...]
+    seed: int | str = 0
+    _rng: random.Random = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.faults:
+            raise ValueError("OneOf needs at least one fault")
+        object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "_rng", random.Random(self.seed))
+
+    def draw(self) -> Fault:
+        """One of the faults, at random (a nested :class:`OneOf` draws again)."""
+        fault = self.faults[self._rng.randrange(len(self.faults))]
+        return fault.draw() if isinstance(fault, OneOf) else fault
+
+
+Fault = Ok | Status | Garbage | Delay | Hold | Reset | Silence | Cut | Stall | Malformed | OneOf
 """How the fake upstream answers one request: one of the fault values above."""
 
 _FAULTS = get_args(Fault)
@@ -515,8 +544,11 @@ class FakeUpstream:
         for queue_key in (key, "*"):
             queue = self._scripts.get(queue_key)
             if queue:
-                return queue.popleft()
-        return self._defaults.get(key) or self._defaults["*"]
+                fault = queue.popleft()
+                break
+        else:
+            fault = self._defaults.get(key) or self._defaults["*"]
+        return fault.draw() if isinstance(fault, OneOf) else fault
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -612,7 +644,10 @@ class FakeUpstream:
 
     def _plan(self, call: _Call, fault: Fault) -> Plan:
         before: list[Wait | Block] = []
-        while isinstance(fault, Delay | Hold):
+        while isinstance(fault, Delay | Hold | OneOf):
+            if isinstance(fault, OneOf):
+                fault = fault.draw()
+                continue
             before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
             fault = fault.then
         outcome: Reply | Hangup
