@@ -619,8 +619,9 @@ def run(
     def stretch(length: float, pace: float) -> None:
         """Drive both sides for ``length`` seconds; returns once every call has ended."""
         load = Load(duration=length, seed=f"{seed}:{len(loads)}", on_outcome=settle, keep=False)
-        load.pace = pace
-        load.run(sync_call, threads, async_call, tasks, think=think_threads, task_think=think_tasks)
+        load.run(
+            sync_call, threads, async_call, tasks, think=think_threads * pace, task_think=think_tasks * pace
+        )
         loads.append(load)
 
     def settle(outcome: Outcome) -> None:

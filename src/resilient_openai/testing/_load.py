@@ -66,8 +66,8 @@ class Load:
     ``rate`` (calls per second, shared by every caller) places call *n* at ``offset + n / rate``
     seconds, or at once when a caller is late; without a rate, calls start back to back. The run
     methods' ``think`` makes each caller pause a random 0 to 2 x ``think`` seconds before each
-    call (scaled by :attr:`pace`). No call is handed out at or after ``duration`` seconds, nor past ``count``
-    calls. ``on_outcome`` runs in the caller right after each call (an exception it raises ends
+    call. No call is handed out at or after ``duration`` seconds, nor past ``count`` calls.
+    ``on_outcome`` runs in the caller right after each call (an exception it raises ends
     the run and is raised from :meth:`run_threads` / :meth:`run_tasks`); ``keep=False`` keeps no
     outcome, for runs too long to hold them all. Time is ``time.monotonic`` from construction.
     """
@@ -101,8 +101,6 @@ class Load:
         self.peak = 0
         #: How late the event loop of :meth:`run` ran a 10 ms timer at worst, in seconds.
         self.loop_lag = 0.0
-        #: Multiplies every think pause from now on (a run may slow its callers down).
-        self.pace = 1.0
         #: The run's origin on ``time.monotonic``.
         self.t0 = time.monotonic()
 
@@ -256,7 +254,7 @@ class Load:
         """A caller's think time before its next call, cut short where the load's duration ends."""
         if not think:
             return 0.0
-        return min(rng.uniform(0.0, 2.0 * think) * self.pace, max(self._duration - self.elapsed(), 0.0))
+        return min(rng.uniform(0.0, 2.0 * think), max(self._duration - self.elapsed(), 0.0))
 
     def _take(self, call_id: str) -> Call | None:
         """The next call, or None when the load is over."""
