@@ -652,17 +652,17 @@ def run(
 
 # -- the checks (pure) ----------------------------------------------------------------------------
 
-#: Every check but memory, and how its detail line names a violation.
+#: Every check but memory, and the promise it checks.
 _CHECKS = {
-    "outcomes": "calls ended with something other than a complete answer or an openai.OpenAIError",
-    "provenance": "answers or errors without a provenance (or an answer without a source)",
-    "deadline": f"calls over {TIMEOUTS.total:g} s total + {DEADLINE_SLACK:g} s slack",
-    "unrecorded requests": "calls whose requests to a model outnumber their attempts recorded as sent",
-    "unsent attempts": "calls whose attempts recorded as sent to a model outnumber their requests",
-    "breaker rejections": "breakers whose rejections_total differs from their circuit_open records",
-    "metrics": "disagreements of calls_total, fallbacks_total or retries_total with provenance",
-    "breaker gauge": "breakers whose breaker_state gauge differs from their real state",
-    "harness": "requests that took a fault not in the mix or belonged to no call",
+    "outcomes": "every call ends with a complete answer or an openai.OpenAIError",
+    "provenance": "every answer and error carries a provenance; every answer's names its source",
+    "deadline": f"no call lasts over {TIMEOUTS.total:g} s total + {DEADLINE_SLACK:g} s slack",
+    "unrecorded requests": "per call and model, no request beyond the attempts recorded as sent",
+    "unsent attempts": "per call and model, no attempt recorded as sent beyond the requests",
+    "breaker rejections": "each breaker's rejections_total equals its circuit_open records",
+    "metrics": "calls_total, fallbacks_total and retries_total agree with provenance",
+    "breaker gauge": "each breaker's breaker_state gauge shows its real state",
+    "harness": "every request took a fault of the mix and belonged to a call",
 }
 
 
@@ -680,7 +680,7 @@ def _checks(sides: Sequence[SideResult], memory: Memory) -> list[Check]:
     checks = []
     for name, what in _CHECKS.items():
         examples = tuple(example for side in sides for example in side.stats.examples.get(name, []))
-        detail = f"{problems[name]} {what}" + (f"; {extra[name]}" if name in extra else "")
+        detail = f"{what}: {problems[name]} violations" + (f"; {extra[name]}" if name in extra else "")
         checks.append(Check(name, not problems[name], detail, examples))
     growth = f"the heap grew {memory.growth / 1024:+.1f} KiB over the last third's {memory.calls} calls"
     bound = f"(bound {MEMORY_BOUND // 1024} KiB)"
