@@ -379,7 +379,7 @@ def test_cut_after_40_of_60_yields_40_deltas_then_raises(shell: Shell) -> None:
 
 
 def test_cut_after_zero_delivers_no_event(shell: Shell) -> None:
-    """cut_after=0 cuts before the first event: not even the role chunk arrives."""
+    """Cut(0) cuts before the first event: not even the role chunk arrives."""
     shell.upstream.script("m", [Cut(0, tokens=5)])
     out = chat(shell, stream=True)
     assert out.items == []
@@ -387,7 +387,7 @@ def test_cut_after_zero_delivers_no_event(shell: Shell) -> None:
 
 
 def test_stall_after_zero_delays_the_first_event(shell: Shell, clock: FakeClock) -> None:
-    """stall_after=0 is a slow first token: it meets the read timeout before any event."""
+    """Stall(0, ...) is a slow first token: it meets the read timeout before any event."""
     shell.upstream.script("m", [Stall(0, 20.0, tokens=5)])
     out = chat(shell, stream=True, timeout=2.0)
     assert out.items == []

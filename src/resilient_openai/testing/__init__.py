@@ -11,22 +11,8 @@ every wait, the fake's and the library's, instant and observable. Use both in yo
 """
 
 from ._clock import FakeClock
-from ._upstream import (
-    Cut,
-    Delay,
-    FakeUpstream,
-    Fault,
-    Garbage,
-    Hold,
-    Malformed,
-    Ok,
-    OneOf,
-    RecordedRequest,
-    Reset,
-    Silence,
-    Stall,
-    Status,
-)
+from ._faults import Cut, Delay, Fault, Garbage, Hold, Malformed, Ok, OneOf, Reset, Silence, Stall, Status
+from ._upstream import FakeUpstream, RecordedRequest
 
 __all__ = [
     "Cut",
