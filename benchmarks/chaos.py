@@ -285,12 +285,21 @@ def _story(record: Provenance | None, error: BaseException | None) -> str:
     return f"{head} from {record.source}, attempts: {attempts}"
 
 
-def _request(seed: int, call: str) -> tuple[bool, str, list[ChatCompletionMessageParam]]:
-    """Whether the call streams, its model and its prompt: drawn from its id, so always the same."""
+class _Create(TypedDict):
+    """The arguments of one chaos call to ``chat.completions.create`` (but ``stream``)."""
+
+    model: str
+    messages: list[ChatCompletionMessageParam]
+    extra_headers: dict[str, str]
+
+
+def _request(seed: int, call: str) -> tuple[bool, _Create]:
+    """Whether the call streams, and its arguments: drawn from its id (sent in a header), so fixed."""
     rng = random.Random(f"{seed}:{call}")
     stream = rng.random() < STREAM_SHARE
-    prompt = PROMPTS[rng.randrange(len(PROMPTS))]
-    return stream, STREAM_MODEL if stream else JSON_MODEL, [{"role": "user", "content": prompt}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": rng.choice(PROMPTS)}]
+    model = STREAM_MODEL if stream else JSON_MODEL
+    return stream, {"model": model, "messages": messages, "extra_headers": {CALL_HEADER: call}}
 
 
 def _complete(answer: object) -> bool:
@@ -299,14 +308,6 @@ def _complete(answer: object) -> bool:
     return (
         bool(choices) and choices[0].finish_reason is not None and isinstance(choices[0].message.content, str)
     )
-
-
-class _Create(TypedDict):
-    """The arguments of one chaos call to ``chat.completions.create`` (but ``stream``)."""
-
-    model: str
-    messages: list[ChatCompletionMessageParam]
-    extra_headers: dict[str, str]
 
 
 class _Side:
@@ -337,7 +338,7 @@ class _Side:
         """One chaos call through ``client``, for the driver's threads."""
 
         def call(handed: Call) -> object:
-            stream, request = self._begin(handed)
+            stream, request = _request(self.seed, handed.id)
             if not stream:
                 return client.chat.completions.create(**request)
             chunks = self._streams[handed.id] = client.chat.completions.create(**request, stream=True)
@@ -352,7 +353,7 @@ class _Side:
         """The asyncio twin of :meth:`sync_call`, for the driver's tasks."""
 
         async def call(handed: Call) -> object:
-            stream, request = self._begin(handed)
+            stream, request = _request(self.seed, handed.id)
             if not stream:
                 return await client.chat.completions.create(**request)
             chunks = self._streams[handed.id] = await client.chat.completions.create(**request, stream=True)
@@ -363,16 +364,11 @@ class _Side:
 
         return call
 
-    def _begin(self, handed: Call) -> tuple[bool, _Create]:
-        """Whether the call streams, and its arguments (its id in a header)."""
-        stream, model, messages = _request(self.seed, handed.id)
-        return stream, {"model": model, "messages": messages, "extra_headers": {CALL_HEADER: handed.id}}
-
     def settle(self, outcome: Outcome) -> None:
         """Check one call as soon as it ends, against the requests the fake saw with its id."""
         call = outcome.call.id
         requests = self.upstream.take(CALL_HEADER, call)
-        stream, _, _ = _request(self.seed, call)
+        stream, _ = _request(self.seed, call)
         kind = "stream" if stream else "json"
         record, error, result = outcome.provenance, outcome.error, outcome.result
         with self._lock:
