@@ -3,8 +3,9 @@
 :class:`FakeUpstream` stands in for the OpenAI API (in process, or on a loopback socket) and
 answers each request as scripted with fault values (:data:`Fault` is their union: :class:`Ok`,
 :class:`Status`, :class:`Garbage`, :class:`Delay`, :class:`Hold`, :class:`Reset`,
-:class:`Silence`, :class:`Cut`, :class:`Stall`, :class:`Malformed`, :class:`OneOf`); :class:`FakeClock` makes
-every wait, the fake's and the library's, instant and observable. Use both in your own tests::
+:class:`Silence`, :class:`Cut`, :class:`Stall`, :class:`Malformed`, :class:`OneOf`);
+:class:`FakeClock` makes every wait, the fake's and the library's, instant and observable. Use
+both in your own tests::
 
     upstream = FakeUpstream()
     upstream.script("gpt-4o-mini", [Status(503), Ok("hello")])
