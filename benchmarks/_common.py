@@ -1,4 +1,4 @@
-"""Shared plumbing: clients on the fake upstream, interleaved timing, percentiles, Markdown tables.
+"""Shared plumbing: clients on the fake upstream, interleaved timing, spreads, Markdown tables.
 
 Every benchmark compares variants measured *in the same run*, interleaved round by round, so a
 machine that speeds up or slows down mid-run moves every variant alike and the ratios stay fair.
@@ -46,7 +46,6 @@ __all__ = [
     "loopback_client",
     "machine",
     "markdown_table",
-    "percentile",
     "quiet_heap",
     "rss_bytes",
     "server_fixes",
@@ -218,15 +217,6 @@ def spread(values: Sequence[float]) -> Spread:
         return Spread(middle, middle, middle)
     low, _, high = statistics.quantiles(values, n=4, method="inclusive")
     return Spread(middle, low, high)
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` quantile (0..1) of ``values`` by the nearest-rank method."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 # -- reporting ----------------------------------------------------------------------------------

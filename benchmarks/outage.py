@@ -17,10 +17,10 @@ first answer from the primary model. ``plot`` draws every call's outcome and lat
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +42,10 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeUpstream, Fault
+from resilient_openai.testing import FakeUpstream, Ok, Status
+from resilient_openai.testing._load import Call, Load, Outcome, percentile
 
-from ._common import BACKUP_MODEL, MODEL, loopback_client, markdown_table, percentile, server_fixes
+from ._common import BACKUP_MODEL, MODEL, loopback_client, markdown_table, server_fixes
 from ._handrolled import HandRolled
 
 __all__ = [
@@ -183,49 +184,31 @@ def _callers(config: OutageConfig, urls: dict[str, str], stack: ExitStack) -> di
     }
 
 
-@dataclass
-class _Timeline:
-    """The shared clock origin, the actual outage times and every finished call."""
-
-    t0: float
-    outage: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    outcomes: list[CallOutcome] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def since(self) -> float:
-        """Seconds since the origin."""
-        return time.monotonic() - self.t0
-
-    def sleep_until(self, at: float) -> None:
-        """Sleep until ``at`` seconds after the origin."""
-        delay = self.t0 + at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-
-
-def _switch(upstreams: dict[str, FakeUpstream], config: OutageConfig, timeline: _Timeline) -> None:
-    """Start, then end, the outage of the primary model on every upstream."""
-    timeline.sleep_until(config.outage_start)
-    for upstream in upstreams.values():
-        upstream.set_default(MODEL, Fault.status(503))
-    timeline.outage[0] = timeline.since()
-    timeline.sleep_until(config.outage_end)
-    for upstream in upstreams.values():
-        upstream.set_default(MODEL, Fault.ok())
-    timeline.outage[1] = timeline.since()
-
-
-def _one(
-    timeline: _Timeline, variant: str, caller: Caller, messages: list[ChatCompletionMessageParam]
+def _switch(
+    upstreams: dict[str, FakeUpstream], config: OutageConfig, load: Load, outage: list[float]
 ) -> None:
-    arrived = timeline.since()
-    try:
-        outcome = caller(messages)
-    except (openai.OpenAIError, pybreaker.CircuitBreakerError):
-        outcome = ERROR
-    ended = timeline.since()
-    with timeline.lock:
-        timeline.outcomes.append(CallOutcome(variant, arrived, ended, outcome))
+    """Start, then end, the outage of the primary model on every upstream; note when, in ``outage``."""
+    for at, fault in ((config.outage_start, Status(503)), (config.outage_end, Ok())):
+        time.sleep(max(at - load.elapsed(), 0.0))
+        for upstream in upstreams.values():
+            upstream.set_default(MODEL, fault)
+        outage.append(load.elapsed())
+
+
+def _variant(call: Call) -> tuple[str, int]:
+    """Which variant makes the driven call, and which of its turns it is: they take turns."""
+    turn, position = divmod(call.number, len(VARIANTS))
+    return VARIANTS[position], turn
+
+
+def _ended(outcome: Outcome) -> CallOutcome:
+    """One driven call as this benchmark reports it; a caller's bug is raised, not counted."""
+    variant, _ = _variant(outcome.call)
+    if outcome.error is None:
+        return CallOutcome(variant, outcome.start, outcome.end, str(outcome.result))
+    if isinstance(outcome.error, openai.OpenAIError | pybreaker.CircuitBreakerError):
+        return CallOutcome(variant, outcome.start, outcome.end, ERROR)
+    raise outcome.error
 
 
 def run(config: OutageConfig | None = None, *, workers: int = 96) -> OutageResult:
@@ -241,30 +224,29 @@ def run(config: OutageConfig | None = None, *, workers: int = 96) -> OutageResul
             caller(warm)
         for upstream in upstreams.values():
             upstream.reset_counts()
-        timeline = _Timeline(t0=time.monotonic() + 0.1)
-        switch = threading.Thread(target=_switch, args=(upstreams, config, timeline), daemon=True)
+        # The variants take turns, a quarter period apart, so they do not fight for the GIL at
+        # the same instant; each variant's calls are one period apart, half a period off its edges.
+        load = Load(
+            rate=config.rate * len(VARIANTS), offset=0.5 / config.rate, count=config.calls * len(VARIANTS)
+        )
+        outage: list[float] = []
+        switch = threading.Thread(target=_switch, args=(upstreams, config, load, outage), daemon=True)
         switch.start()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outage-caller") as pool:
-            futures = []
-            # The variants' calls are a few ms apart, so they do not fight for the GIL at the same instant.
-            stagger = min(0.02, 0.5 / config.rate / len(callers))
-            for index in range(config.calls):
-                messages = _messages(index, config.prompts)
-                for position, (variant, caller) in enumerate(callers.items()):
-                    timeline.sleep_until((index + 0.5) / config.rate + position * stagger)
-                    futures.append(pool.submit(_one, timeline, variant, caller, messages))
-            for future in futures:
-                future.result()  # a bug in a caller surfaces here instead of passing as an error
+        order = list(callers.values())
+        load.run_threads(
+            lambda call: order[call.number % len(order)](
+                _messages(call.number // len(order), config.prompts)
+            ),
+            workers,
+        )
         switch.join()
-        elapsed = timeline.since()
+        elapsed = load.elapsed()
         primary = {
-            name: [r.at - timeline.t0 for r in upstream.requests if r.model == MODEL]
+            name: [r.at - load.t0 for r in upstream.requests if r.model == MODEL]
             for name, upstream in upstreams.items()
         }
-    start, end = timeline.outage
-    return OutageResult(
-        config, sorted(timeline.outcomes, key=lambda c: c.arrived), primary, (start, end), elapsed
-    )
+    calls = sorted((_ended(outcome) for outcome in load.outcomes()), key=lambda c: c.arrived)
+    return OutageResult(config, calls, primary, (outage[0], outage[1]), elapsed)
 
 
 def summarize(result: OutageResult) -> list[VariantSummary]:
@@ -281,8 +263,8 @@ def summarize(result: OutageResult) -> list[VariantSummary]:
                 calls=len(calls),
                 errors=sum(c.outcome == ERROR for c in calls),
                 fallbacks=sum(c.outcome == FALLBACK for c in calls),
-                median=percentile(latencies, 0.5),
-                p99=percentile(latencies, 0.99),
+                median=percentile(latencies, 50, math.nan),
+                p99=percentile(latencies, 99, math.nan),
                 during_outage=sum(start <= at < end for at in result.primary_requests.get(variant, [])),
                 recovery=min(recovered) - end if recovered else None,
             )
@@ -376,7 +358,8 @@ def report(result: OutageResult, image: str | None = "outage-timeline.png") -> s
         f"loopback upstream; the primary model answered 503 from t = {start:.2f} s to {end:.2f} s "
         f"(the run took {result.elapsed:.1f} s). Breakers: {config.break_duration:g} s break, not growing. "
         f"New calls arrive half a period off the outage's edges (the first {0.5 / config.rate:.2f} s after "
-        "its end; the variants a few ms apart); a retry of a call made during the outage can land sooner.",
+        "its end; the variants a quarter period apart); a retry of a call made during the outage can land "
+        "sooner.",
         "",
         table,
         "",

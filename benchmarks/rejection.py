@@ -18,6 +18,7 @@ show what the chain and the breaker themselves cost.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from resilient_openai import (
 )
 from resilient_openai._breaker import default_key
 from resilient_openai.testing import FakeUpstream
+from resilient_openai.testing._load import percentile
 
-from ._common import MESSAGES, MODEL, goal_verdict, inprocess_client, markdown_table, percentile, quiet_heap
+from ._common import MESSAGES, MODEL, goal_verdict, inprocess_client, markdown_table, quiet_heap
 
 __all__ = ["GOAL_P99", "RejectionResult", "headline", "measure", "report", "run"]
 
@@ -132,14 +134,14 @@ def report(result: RejectionResult) -> str:
     """The Markdown section for RESULTS.md."""
     rows = []
     for name, values in result.samples.items():
-        p99 = percentile(values, 0.99)
+        p99 = percentile(values, 99, math.nan)
         goal = goal_verdict(p99, GOAL_P99, at_most=True) if name.startswith("create()") else "(breakdown)"
         rows.append(
             [
                 name,
-                f"{percentile(values, 0.5) * 1e6:.1f}",
+                f"{percentile(values, 50, math.nan) * 1e6:.1f}",
                 f"{p99 * 1e6:.1f}",
-                f"{percentile(values, 0.999) * 1e6:.1f}",
+                f"{percentile(values, 99.9, math.nan) * 1e6:.1f}",
                 f"{max(values) * 1e6:.0f}",
                 goal,
             ]
@@ -164,7 +166,7 @@ def headline(result: RejectionResult) -> list[list[str]]:
     rows = []
     for name, values in result.samples.items():
         if name.startswith("create()"):
-            p99 = percentile(values, 0.99)
+            p99 = percentile(values, 99, math.nan)
             rows.append(
                 [
                     f"3. open circuit, {name}",

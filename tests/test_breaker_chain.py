@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, provenance
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Hold, Ok, Status
 
 from .conftest import Harness
 
@@ -31,7 +31,7 @@ def _fail(harness: Harness, client: Any, times: int) -> None:
 
 def test_open_circuit_sends_nothing(harness: Harness) -> None:
     """Once open, any number of callers get CircuitOpenError and the upstream sees nothing."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, fail_max=3, break_duration=30))
     _fail(harness, client, 3)
     before = harness.upstream.count()
@@ -47,7 +47,7 @@ def test_open_circuit_sends_nothing(harness: Harness) -> None:
 
 def test_retry_after_counts_down_with_the_clock(harness: Harness) -> None:
     """The open error's retry_after is the remaining break, to the fake clock's tick."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, fail_max=1, break_duration=30))
     _fail(harness, client, 1)
     harness.clock.advance(12.5)
@@ -58,7 +58,7 @@ def test_retry_after_counts_down_with_the_clock(harness: Harness) -> None:
 
 def test_caller_error_neither_resets_nor_counts(harness: Harness) -> None:
     """4 x 503, one 400, one 503 with fail_max=5: closed after the 400, open after the sixth."""
-    faults = [Fault.status(503)] * 4 + [Fault.status(400), Fault.status(503)]
+    faults = [Status(503)] * 4 + [Status(400), Status(503)]
     harness.upstream.script("gpt-A", faults)
     client = harness.client(_policy(harness, fail_max=5))
     _fail(harness, client, 4)
@@ -72,7 +72,7 @@ def test_caller_error_neither_resets_nor_counts(harness: Harness) -> None:
 
 def test_half_open_probe_closes_the_circuit(harness: Harness) -> None:
     """After the break one probe goes through; its success closes the circuit."""
-    harness.upstream.script("gpt-A", [Fault.status(503), Fault.ok()])
+    harness.upstream.script("gpt-A", [Status(503), Ok()])
     client = harness.client(_policy(harness, fail_max=1, break_duration=10))
     _fail(harness, client, 1)
     harness.clock.advance(10)
@@ -84,7 +84,7 @@ def test_half_open_probe_closes_the_circuit(harness: Harness) -> None:
 
 def test_retry_stops_at_an_open_circuit(harness: Harness) -> None:
     """The breaker sees every attempt: once it opens mid-retry, the retries stop."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     policy = Policy(breaker=BreakerPolicy(fail_max=2, break_duration=300))
     client = harness.client(policy)
     with pytest.raises(openai.InternalServerError):
@@ -96,11 +96,11 @@ def test_half_open_admits_exactly_one_of_fifty_threads(upstream: Any, clock: Any
     """50 concurrent callers after the break: one reaches the upstream, 49 are answered at once."""
     harness = Harness("sync", upstream, clock)
     client = harness.client(_policy(harness, fail_max=1, break_duration=5))
-    upstream.script("gpt-A", [Fault.status(503)])
+    upstream.script("gpt-A", [Status(503)])
     _fail(harness, client, 1)
     clock.advance(5)
     gate = threading.Event()
-    upstream.script("gpt-A", [Fault.hold(gate)])
+    upstream.script("gpt-A", [Hold(gate)])
     barrier = threading.Barrier(50)
 
     def caller() -> str:
@@ -130,7 +130,7 @@ def test_threads_are_not_serialized_by_the_breaker(upstream: Any, clock: Any) ->
     harness = Harness("sync", upstream, clock)
     client = harness.client()
     gate = threading.Event()
-    upstream.set_default("gpt-A", Fault.hold(gate))
+    upstream.set_default("gpt-A", Hold(gate))
     with ThreadPoolExecutor(10) as pool:
         futures = [pool.submit(harness.chat, client) for _ in range(10)]
         deadline = time.monotonic() + 5
@@ -148,7 +148,7 @@ def test_tasks_are_not_serialized_by_the_breaker(upstream: Any, clock: Any) -> N
     harness = Harness("async", upstream, clock)
     client = harness.client()
     gate = threading.Event()
-    upstream.set_default("gpt-A", Fault.hold(gate))
+    upstream.set_default("gpt-A", Hold(gate))
 
     async def scenario() -> int:
         tasks = [
@@ -173,7 +173,7 @@ def test_racing_failures_are_counted_exactly(upstream: Any, clock: Any) -> None:
     """Failures racing from 8 threads are all counted: the circuit opens at exactly fail_max."""
     harness = Harness("sync", upstream, clock)
     client = harness.client(_policy(harness, fail_max=8, break_duration=60))
-    upstream.set_default("gpt-A", Fault.status(503))
+    upstream.set_default("gpt-A", Status(503))
     barrier = threading.Barrier(8)
 
     def caller() -> None:

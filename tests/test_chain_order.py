@@ -20,7 +20,7 @@ from resilient_openai import (
 )
 from resilient_openai._chain import ORDER
 from resilient_openai._classify import TRAITS
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Status
 
 from .conftest import Harness
 
@@ -37,7 +37,7 @@ def test_fallback_answers_after_the_retries_and_the_breaker_stops_them(harness: 
     """Retry outside the breaker, fallback outside retry: each attempt is counted, the second
     failure opens the circuit, which stops the third attempt at once, and then the canned step
     answers."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     policy = Policy(
         retry=RetryPolicy(rules={Verdict.SERVER_ERROR: FAST}),
         breaker=BreakerPolicy(fail_max=2, break_duration=300.0),
@@ -87,7 +87,7 @@ def test_every_verdict_has_its_row() -> None:
 def test_a_conflict_is_retried_and_fallen_back_from_but_never_trips(harness: Harness) -> None:
     """What happens to a 409, in one place: retried, then the route answers, and the circuit
     stays closed however many conflicts arrive."""
-    harness.upstream.set_default("gpt-A", Fault.status(409))
+    harness.upstream.set_default("gpt-A", Status(409))
     policy = Policy(
         retry=RetryPolicy(rules={Verdict.CONFLICT: FAST}),
         breaker=BreakerPolicy(fail_max=2),

@@ -24,7 +24,8 @@ from resilient_openai import (
     Timeouts,
     provenance,
 )
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Silence
+from resilient_openai.testing._load import Call, Outcome
 
 from .conftest import Harness
 
@@ -71,9 +72,16 @@ def test_the_faults_reached_the_callers(result: chaos.ChaosResult) -> None:
     assert sum(sum(side.stats.rejections.values()) for side in result.sides) > 0
 
 
+def test_a_call_that_breaks_its_promises_fails_its_checks() -> None:
+    """A call checked by its id: an escaped exception, no provenance and a blown deadline all count."""
+    side = chaos._Side("sync", seed=1)
+    side.settle(Outcome(Call("t0.1", 0, 0.0), 0.0, 1.0, None, RuntimeError("boom"), None))
+    assert side.tally.problems == {"outcomes": 1, "provenance": 1, "deadline": 1}
+
+
 def test_an_attempt_refused_for_the_deadline_is_not_recorded_as_sent(harness: Harness) -> None:
     """A fallback rung reached after the deadline sends nothing, and its provenance says so."""
-    harness.upstream.set_default("gpt-A", Fault.silence())
+    harness.upstream.set_default("gpt-A", Silence())
     route = Route(
         steps=(FallbackStep(kind="model", model="gpt-B"), FallbackStep(kind="canned", text="sorry"))
     )

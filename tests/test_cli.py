@@ -29,6 +29,7 @@ from resilient_openai._demo import (
     phase_faults,
 )
 from resilient_openai.cli import _run_demo, build_app, main, policy_toml, write_timeline
+from resilient_openai.testing import Delay, Ok, Status
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resilience.toml"
 TINY_SCENARIO = "healthy:0.3,storm:0.6,recovery:0.6"
@@ -179,14 +180,15 @@ def test_phase_faults_storm_takes_the_fallback_down_halfway() -> None:
     rng = random.Random(1)
     early = phase_faults("storm", 0.2, slow_delay=2, rng=rng)
     late = phase_faults("storm", 0.8, slow_delay=2, rng=rng)
-    assert early[0].kind == late[0].kind == "status"
-    assert early[0].status_code == 503
-    assert early[1].kind == "ok"
-    assert late[1].kind == "status"
+    assert isinstance(early[0], Status)
+    assert isinstance(late[0], Status)
+    assert early[0].code == 503
+    assert isinstance(early[1], Ok)
+    assert isinstance(late[1], Status)
     slow = phase_faults("slow", 0.5, slow_delay=2, rng=rng)
-    assert slow[0].kind == "delay"
+    assert isinstance(slow[0], Delay)
     assert slow[0].seconds == 2
-    assert slow[1].kind == "ok"
+    assert isinstance(slow[1], Ok)
 
 
 def test_percentile_nearest_rank() -> None:

@@ -18,7 +18,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeClock, FakeUpstream, Fault
+from resilient_openai.testing import Cut, FakeClock, FakeUpstream, Hold, Malformed, Ok, Silence, Stall, Status
 
 from .conftest import Harness, text_of
 
@@ -47,7 +47,7 @@ def test_success_returns_sdk_type_with_provenance(harness: Harness) -> None:
 
 def test_429_retry_after_is_honoured(harness: Harness) -> None:
     """429 with Retry-After: 2 then 200: two attempts, 2 s apart on the fake clock."""
-    harness.upstream.script("gpt-A", [Fault.status(429, headers={"retry-after": "2"}), Fault.ok()])
+    harness.upstream.script("gpt-A", [Status(429, headers={"retry-after": "2"}), Ok()])
     client = harness.client()
     result = harness.chat(client)
     assert harness.upstream.count() == 2
@@ -61,7 +61,7 @@ def test_429_retry_after_is_honoured(harness: Harness) -> None:
 def test_retry_after_ms_wins_over_retry_after(harness: Harness) -> None:
     """retry-after-ms is read before Retry-After, as the SDK does."""
     headers = {"retry-after-ms": "250", "retry-after": "9"}
-    harness.upstream.script("gpt-A", [Fault.status(503, headers=headers), Fault.ok()])
+    harness.upstream.script("gpt-A", [Status(503, headers=headers), Ok()])
     harness.chat(harness.client())
     assert harness.clock.sleeps == [0.25]
 
@@ -69,7 +69,7 @@ def test_retry_after_ms_wins_over_retry_after(harness: Harness) -> None:
 def test_quota_exhausted_is_never_retried(harness: Harness) -> None:
     """429 insufficient_quota: one attempt, no sleep, the SDK's RateLimitError with the verdict."""
     harness.upstream.set_default(
-        "gpt-A", Fault.status(429, code_str="insufficient_quota", type="insufficient_quota")
+        "gpt-A", Status(429, code_str="insufficient_quota", type="insufficient_quota")
     )
     client = harness.client()
     with pytest.raises(openai.RateLimitError) as caught:
@@ -87,7 +87,7 @@ def test_quota_exhausted_is_never_retried(harness: Harness) -> None:
 )
 def test_caller_errors_surface_untouched(harness: Harness, status: int, error: type[Exception]) -> None:
     """400 / 401 / 404: one attempt, and the SDK's own exception reaches the caller."""
-    harness.upstream.set_default("gpt-A", Fault.status(status))
+    harness.upstream.set_default("gpt-A", Status(status))
     with pytest.raises(error):
         harness.chat(harness.client())
     assert harness.upstream.count() == 1
@@ -96,7 +96,7 @@ def test_caller_errors_surface_untouched(harness: Harness, status: int, error: t
 
 def test_500_once_then_success(harness: Harness) -> None:
     """500 then 200: two attempts on the same target."""
-    harness.upstream.script("gpt-A", [Fault.status(500), Fault.ok()])
+    harness.upstream.script("gpt-A", [Status(500), Ok()])
     result = harness.chat(harness.client())
     record = provenance(result)
     assert record is not None
@@ -108,7 +108,7 @@ def test_500_once_then_success(harness: Harness) -> None:
 
 def test_persistent_503_is_bounded_by_the_rule(harness: Harness) -> None:
     """Persistent 503: exactly the rule's attempts, then the SDK's InternalServerError."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     rules = {**RetryPolicy().rules, Verdict.SERVER_ERROR: RetryRule(attempts=4, base=0.5, cap=8, jitter=0)}
     policy = Policy(retry=RetryPolicy(rules=rules))
     with pytest.raises(openai.InternalServerError):
@@ -119,7 +119,7 @@ def test_persistent_503_is_bounded_by_the_rule(harness: Harness) -> None:
 
 def test_should_retry_false_stops_at_once(harness: Harness) -> None:
     """x-should-retry: false on a 503 is obeyed."""
-    harness.upstream.set_default("gpt-A", Fault.status(503, headers={"x-should-retry": "false"}))
+    harness.upstream.set_default("gpt-A", Status(503, headers={"x-should-retry": "false"}))
     with pytest.raises(openai.InternalServerError):
         harness.chat(harness.client())
     assert harness.upstream.count() == 1
@@ -127,7 +127,7 @@ def test_should_retry_false_stops_at_once(harness: Harness) -> None:
 
 def test_retry_after_beyond_cap_gives_up_now(harness: Harness) -> None:
     """A server wait over 120 s means give up now (so a fallback can answer), not sleep."""
-    harness.upstream.set_default("gpt-A", Fault.status(503, headers={"retry-after": "600"}))
+    harness.upstream.set_default("gpt-A", Status(503, headers={"retry-after": "600"}))
     with pytest.raises(openai.InternalServerError):
         harness.chat(harness.client())
     assert harness.upstream.count() == 1
@@ -136,7 +136,7 @@ def test_retry_after_beyond_cap_gives_up_now(harness: Harness) -> None:
 
 def test_silent_upstream_ends_within_the_deadline(harness: Harness) -> None:
     """A silent upstream: the call ends within the total deadline, not attempts x timeout."""
-    harness.upstream.set_default("gpt-A", Fault.silence())
+    harness.upstream.set_default("gpt-A", Silence())
     policy = Policy(timeouts=Timeouts(total=25.0, attempt=10.0, first_token=10.0, stream_idle=10.0))
     start = harness.clock.now()
     with pytest.raises(openai.APITimeoutError):
@@ -147,7 +147,7 @@ def test_silent_upstream_ends_within_the_deadline(harness: Harness) -> None:
 
 def test_stream_cut_raises_typed_error_with_partial_text(harness: Harness) -> None:
     """A stream cut after 40 of 60 tokens raises IncompleteStreamError carrying the 40 tokens."""
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=60, cut_after=40))
+    harness.upstream.set_default("gpt-A", Cut(40, tokens=60))
     client = harness.client()
     stream, chunks, error = harness.stream_chat(client)
     assert isinstance(error, IncompleteStreamError)
@@ -160,7 +160,7 @@ def test_stream_cut_raises_typed_error_with_partial_text(harness: Harness) -> No
 
 def test_stream_failure_before_first_chunk_is_retried(harness: Harness) -> None:
     """A stream cut before its first event is retried invisibly."""
-    harness.upstream.script("gpt-A", [Fault.stream(tokens=10, cut_after=0), Fault.stream(tokens=10)])
+    harness.upstream.script("gpt-A", [Cut(0, tokens=10), Ok(tokens=10)])
     _, chunks, error = harness.stream_chat(harness.client())
     assert error is None
     assert len(text_of(chunks).split()) == 10
@@ -169,7 +169,7 @@ def test_stream_failure_before_first_chunk_is_retried(harness: Harness) -> None:
 
 def test_stream_stall_after_delivery_is_typed(harness: Harness) -> None:
     """A stall longer than the idle limit mid-stream ends it with reason 'stalled'."""
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, stall_after=5, stall=60.0))
+    harness.upstream.set_default("gpt-A", Stall(5, 60.0, tokens=20))
     policy = Policy(timeouts=Timeouts(stream_idle=10.0))
     _, chunks, error = harness.stream_chat(harness.client(policy))
     assert isinstance(error, IncompleteStreamError)
@@ -179,7 +179,7 @@ def test_stream_stall_after_delivery_is_typed(harness: Harness) -> None:
 
 def test_malformed_event_is_skipped(harness: Harness) -> None:
     """One malformed event in a healthy stream is dropped and the rest is read."""
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=12, malformed_at=4))
+    harness.upstream.set_default("gpt-A", Malformed(4, tokens=12))
     _, chunks, error = harness.stream_chat(harness.client())
     assert error is None
     assert len(text_of(chunks).split()) == 11
@@ -187,7 +187,7 @@ def test_malformed_event_is_skipped(harness: Harness) -> None:
 
 def test_stream_without_done_finishes_with_usage(harness: Harness) -> None:
     """No [DONE] but a clean end: the stream finishes, with usage when the server sent it."""
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=8, done=False))
+    harness.upstream.set_default("gpt-A", Ok(tokens=8, done=False))
     _, chunks, error = harness.stream_chat(harness.client(), stream_options={"include_usage": True})
     assert error is None
     assert len(text_of(chunks).split()) == 8
@@ -200,7 +200,7 @@ def test_cancellation_propagates_and_is_not_retried(upstream: object, clock: obj
 
     assert isinstance(upstream, FakeUpstream)
     gate = threading.Event()
-    upstream.set_default("gpt-A", Fault.hold(gate))
+    upstream.set_default("gpt-A", Hold(gate))
     assert isinstance(clock, FakeClock)
     harness = Harness("async", upstream, clock)
     client = harness.client()
@@ -226,7 +226,7 @@ def test_cancellation_propagates_and_is_not_retried(upstream: object, clock: obj
 
 def test_raw_response_goes_through_the_chain(harness: Harness) -> None:
     """with_raw_response is retried too and returns the SDK's raw wrapper."""
-    harness.upstream.script("gpt-A", [Fault.status(500), Fault.ok()])
+    harness.upstream.script("gpt-A", [Status(500), Ok()])
     client = harness.client()
     raw = harness.run(
         lambda: client.with_raw_response.chat.completions.create(
@@ -242,8 +242,8 @@ def test_raw_response_goes_through_the_chain(harness: Harness) -> None:
 
 def test_embeddings_and_responses_go_through_the_chain(harness: Harness) -> None:
     """Other resource methods are retried by the same chain."""
-    harness.upstream.script("text-embedding-3-small", [Fault.status(502), Fault.ok()])
-    harness.upstream.script("gpt-R", [Fault.status(503), Fault.ok(text="hi there")])
+    harness.upstream.script("text-embedding-3-small", [Status(502), Ok()])
+    harness.upstream.script("gpt-R", [Status(503), Ok(text="hi there")])
     client = harness.client()
     emb = harness.run(lambda: client.embeddings.create(model="text-embedding-3-small", input=["a", "b"]))
     assert len(emb.data) == 2
@@ -254,7 +254,7 @@ def test_embeddings_and_responses_go_through_the_chain(harness: Harness) -> None
 
 def test_streaming_response_wrapper_goes_through_the_chain(harness: Harness) -> None:
     """with_streaming_response is retried too and its body parses to the SDK's type."""
-    harness.upstream.script("gpt-A", [Fault.status(503), Fault.ok(text="streamed body")])
+    harness.upstream.script("gpt-A", [Status(503), Ok(text="streamed body")])
     client = harness.client()
     kwargs: Any = {"model": "gpt-A", "messages": [{"role": "user", "content": "hi"}]}
     if harness.is_async:
@@ -277,7 +277,7 @@ def test_async_client_type_and_copies_share_the_chain(upstream: FakeUpstream, cl
     client = harness.client()
     assert isinstance(client, openai.AsyncOpenAI)
     copy = client.with_options(timeout=5.0)
-    upstream.script("gpt-A", [Fault.status(500), Fault.ok()])
+    upstream.script("gpt-A", [Status(500), Ok()])
     result = harness.chat(copy)
     assert provenance(result) is not None
     assert upstream.count() == 2

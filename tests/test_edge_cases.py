@@ -24,7 +24,7 @@ from resilient_openai import (
     resilient,
 )
 from resilient_openai._chain import operation_of
-from resilient_openai.testing import FakeClock, Fault
+from resilient_openai.testing import Delay, FakeClock, Malformed, Ok, Silence, Status
 
 from .conftest import Harness, text_of
 
@@ -121,13 +121,13 @@ def test_callable_keys_never_share_cache_entries(harness: Harness) -> None:
     tenant_a = base.with_options(api_key=key_a)
     tenant_b = base.with_options(api_key=key_b)
     harness.chat(tenant_a)
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     assert harness.chat(tenant_b).choices[0].message.content == "canned"
 
 
 def test_deadline_is_not_a_failure_of_an_untried_target(harness: Harness) -> None:
     """Running out of time before a fallback model is tried does not count against its breaker."""
-    harness.upstream.set_default("gpt-A", Fault.silence())
+    harness.upstream.set_default("gpt-A", Silence())
     route = Route(steps=(FallbackStep(kind="model", model="gpt-B"), FallbackStep(kind="canned", text="late")))
     policy = Policy(
         timeouts=Timeouts(total=30.0, attempt=30.0, first_token=30.0, stream_idle=20.0),
@@ -143,7 +143,7 @@ def test_deadline_is_not_a_failure_of_an_untried_target(harness: Harness) -> Non
 
 def test_client_timeout_is_honoured(harness: Harness) -> None:
     """A shorter timeout set on the client (with_options) is respected by every attempt."""
-    harness.upstream.set_default("gpt-A", Fault.delay(10.0))
+    harness.upstream.set_default("gpt-A", Delay(10.0))
     client = harness.client(Policy(retry=RetryPolicy(rules={}))).with_options(timeout=2.0)
     start = harness.clock.now()
     with pytest.raises(openai.APITimeoutError):
@@ -153,7 +153,7 @@ def test_client_timeout_is_honoured(harness: Harness) -> None:
 
 def test_caller_errors_carry_provenance(harness: Harness) -> None:
     """A 400 that propagates still says what was tried."""
-    harness.upstream.set_default("gpt-A", Fault.status(400))
+    harness.upstream.set_default("gpt-A", Status(400))
     with pytest.raises(openai.BadRequestError) as caught:
         harness.chat(harness.client())
     record = provenance(caught.value)
@@ -177,7 +177,7 @@ def test_operation_names_drop_resource_ids(url: str, name: str) -> None:
 
 def test_unreadable_body_is_a_retried_server_error(harness: Harness) -> None:
     """A 200 with a truncated JSON body is the server's fault: retried, never a bare ValueError."""
-    harness.upstream.script("gpt-A", [Fault.stream(malformed_at=0), Fault.ok(text="fine")])
+    harness.upstream.script("gpt-A", [Malformed(0), Ok(text="fine")])
     result = harness.chat(harness.client())
     assert result.choices[0].message.content == "fine"
     record = provenance(result)

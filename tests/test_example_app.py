@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi.testclient import TestClient
 
-from resilient_openai.testing import FakeUpstream, Fault
+from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from .conftest import API_KEY, BASE_URL
 
@@ -90,7 +90,7 @@ def fragile_service(upstream: FakeUpstream, fragile_policy_file: None) -> Iterat
 
 def test_chat_answers_with_its_provenance(service: TestClient, upstream: FakeUpstream) -> None:
     """A healthy upstream: the answer, from the upstream, with the model asked for and no reason."""
-    upstream.set_default(MODEL, Fault.ok("hello there"))
+    upstream.set_default(MODEL, Ok("hello there"))
     reply = service.post("/chat", json={"prompt": "Say hello."})
     assert reply.status_code == 200
     assert reply.json() == {
@@ -102,8 +102,8 @@ def test_chat_answers_with_its_provenance(service: TestClient, upstream: FakeUps
 
 def test_chat_says_when_a_fallback_answered(upstream: FakeUpstream, tmp_path: Path) -> None:
     """The primary fails: the fallback model's answer comes back labelled with who and why."""
-    upstream.set_default(MODEL, Fault.status(503))
-    upstream.set_default("gpt-4o", Fault.ok("from the backup"))
+    upstream.set_default(MODEL, Status(503))
+    upstream.set_default("gpt-4o", Ok("from the backup"))
     policy = tmp_path / "fallback.toml"
     policy.write_text(FRAGILE + '\n[fallback.routes."*"]\nsteps = [{ kind = "model", model = "gpt-4o" }]\n')
     app = fastapi_app.create_app(
@@ -122,7 +122,7 @@ def test_built_in_policy_answers_an_outage_with_its_canned_reply(
     service: TestClient, upstream: FakeUpstream
 ) -> None:
     """Without a policy file, an exhausted quota is answered by the built-in canned reply."""
-    upstream.set_default(MODEL, Fault.status(429, code_str="insufficient_quota"))  # never retried
+    upstream.set_default(MODEL, Status(429, code_str="insufficient_quota"))  # never retried
     reply = service.post("/chat", json={"prompt": "Say hello."})
     assert reply.status_code == 200
     assert reply.json() == {
@@ -133,7 +133,7 @@ def test_built_in_policy_answers_an_outage_with_its_canned_reply(
 
 def test_a_request_the_upstream_refuses_is_a_400(service: TestClient, upstream: FakeUpstream) -> None:
     """The upstream's 400 is not an outage: no fallback, the caller hears it, with the provenance."""
-    upstream.set_default(MODEL, Fault.status(400, message="messages too long"))
+    upstream.set_default(MODEL, Status(400, message="messages too long"))
     refused = service.post("/chat", json={"prompt": "Say hello."})
     assert refused.status_code == 400
     body = refused.json()
@@ -166,7 +166,7 @@ def test_health_is_ok_before_any_failure(service: TestClient) -> None:
 
 def test_health_reports_an_opened_breaker(fragile_service: TestClient, upstream: FakeUpstream) -> None:
     """One upstream failure opens the circuit: /health says degraded, and names the open breaker."""
-    upstream.set_default(MODEL, Fault.status(503))
+    upstream.set_default(MODEL, Status(503))
     failed = fragile_service.post("/chat", json={"prompt": "Say hello."})
     assert failed.status_code == 502
     report = fragile_service.get("/health")
@@ -182,7 +182,7 @@ def test_health_reports_an_opened_breaker(fragile_service: TestClient, upstream:
 
 def test_open_circuit_is_a_503_with_retry_after(fragile_service: TestClient, upstream: FakeUpstream) -> None:
     """With the circuit open, /chat answers at once with 503 and when to come back."""
-    upstream.set_default(MODEL, Fault.status(503))
+    upstream.set_default(MODEL, Status(503))
     fragile_service.post("/chat", json={"prompt": "Say hello."})
     rejected = fragile_service.post("/chat", json={"prompt": "Say hello."})
     assert rejected.status_code == 503

@@ -23,7 +23,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeClock, FakeUpstream, Fault
+from resilient_openai.testing import Cut, FakeClock, FakeUpstream, Ok, Status
 
 from .conftest import Harness, text_of
 
@@ -47,7 +47,7 @@ def test_open_breaker_answers_from_cache_then_canned(harness: Harness) -> None:
         _policy(harness, FallbackStep(kind="cache"), FallbackStep(kind="canned", text=CANNED))
     )
     first = _ask(harness, client, "P")
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     opened = _ask(harness, client, "Q")  # fails, opens the breaker, canned
     assert provenance(opened) is not None
     assert provenance(opened).source == "canned"  # type: ignore[union-attr]
@@ -67,8 +67,8 @@ def test_open_breaker_answers_from_cache_then_canned(harness: Harness) -> None:
 
 def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -> None:
     """Primary 503: the fallback model answers, and model and usage are the fallback's."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
-    harness.upstream.set_default("gpt-B", Fault.ok(text="from b", tokens=2))
+    harness.upstream.set_default("gpt-A", Status(503))
+    harness.upstream.set_default("gpt-B", Ok(text="from b", tokens=2))
     policy = _policy(harness, FallbackStep(kind="model", model="gpt-B"), retry=RetryPolicy())
     result = _ask(harness, harness.client(policy), "P")
     assert result.model == "gpt-B"
@@ -84,7 +84,7 @@ def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -
 
 def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
     """With the breaker out of the way, the primary gets exactly its rule's attempts first."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     policy = _policy(
         harness,
         FallbackStep(kind="model", model="gpt-B"),
@@ -99,11 +99,11 @@ def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
 def test_fallback_client_on_another_provider(harness: Harness) -> None:
     """A target with its own client answers when the primary is down."""
     other = FakeUpstream(clock=harness.clock)
-    other.set_default("gpt-A", Fault.ok(text="from azure"))
+    other.set_default("gpt-A", Ok(text="from azure"))
     target_client = Harness(harness.flavour, other, harness.clock).raw(
         api_key="sk-other-key", base_url="http://azure.test/v1"
     )
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     fallback = FallbackPolicy(
         routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="azure"),))},
         targets={"azure": Target(name="azure")},
@@ -123,7 +123,7 @@ def test_target_from_base_url_sends_through_the_http_client_factory(
     """A target made from base_url and api_key_env answers through the client http_client(target) builds."""
     monkeypatch.setenv("RO_TEST_BACKUP_KEY", "sk-backup-key")
     other = FakeUpstream(clock=harness.clock)
-    other.set_default("gpt-A", Fault.ok(text="from backup"))
+    other.set_default("gpt-A", Ok(text="from backup"))
     built: list[str] = []
 
     def http_client(target: Target) -> Any:
@@ -132,7 +132,7 @@ def test_target_from_base_url_sends_through_the_http_client_factory(
             return httpx2.AsyncClient(transport=other.async_transport())
         return httpx2.Client(transport=other.transport())
 
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     backup = Target(name="backup", base_url="http://backup.test/v1", api_key_env="RO_TEST_BACKUP_KEY")
     fallback = FallbackPolicy(
         routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="backup"),))},
@@ -149,8 +149,8 @@ def test_target_from_base_url_sends_through_the_http_client_factory(
 
 def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> None:
     """stream=True with the primary down: the caller reads a complete stream from the fallback."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
-    harness.upstream.set_default("gpt-B", Fault.stream(text="alpha beta gamma"))
+    harness.upstream.set_default("gpt-A", Status(503))
+    harness.upstream.set_default("gpt-B", Ok(text="alpha beta gamma"))
     client = harness.client(_policy(harness, FallbackStep(kind="model", model="gpt-B")))
     stream, chunks, error = harness.stream_chat(client)
     assert error is None
@@ -160,7 +160,7 @@ def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> N
 
 def test_streaming_caller_gets_a_synthesized_canned_stream(harness: Harness) -> None:
     """A canned answer to a streaming caller arrives as the SDK's chunk type."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text="plain answer here")))
     stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
     assert error is None
@@ -171,10 +171,10 @@ def test_streaming_caller_gets_a_synthesized_canned_stream(harness: Harness) -> 
 
 def test_cache_replays_a_streamed_answer_as_a_stream(harness: Harness) -> None:
     """A completed streamed answer is cached and replayed as a stream when the primary is down."""
-    harness.upstream.set_default("gpt-A", Fault.stream(text="one two three"))
+    harness.upstream.set_default("gpt-A", Ok(text="one two three"))
     client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     _, first, _ = harness.stream_chat(client)
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     stream, replay, error = harness.stream_chat(client)
     assert error is None
     assert text_of(replay) == text_of(first) == "one two three"
@@ -193,20 +193,20 @@ def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> 
             breaker=BreakerPolicy(enabled=False),
         )
     )
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     assert _ask(harness, client, "E").choices[0].message.content == "canned"  # error, then canned
     assert _ask(harness, client, "E").choices[0].message.content == "canned"  # canned was not cached
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=30, cut_after=10))
+    harness.upstream.set_default("gpt-A", Cut(10, tokens=30))
     _, _, error = harness.stream_chat(client, messages=[{"role": "user", "content": "C"}])
     assert error is not None
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     again = _ask(harness, client, "C")
     assert provenance(again).source == "canned"  # type: ignore[union-attr]
 
 
 def test_caller_errors_do_not_fall_back(harness: Harness) -> None:
     """A 400 is the caller's mistake: it propagates, no fallback answers it."""
-    harness.upstream.set_default("gpt-A", Fault.status(400))
+    harness.upstream.set_default("gpt-A", Status(400))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text="x")))
     with pytest.raises(openai.BadRequestError):
         _ask(harness, client, "P")
@@ -214,8 +214,8 @@ def test_caller_errors_do_not_fall_back(harness: Harness) -> None:
 
 def test_context_length_goes_to_the_larger_model(harness: Harness) -> None:
     """context_length_exceeded goes to the route's larger-context model."""
-    harness.upstream.set_default("gpt-A", Fault.status(400, code_str="context_length_exceeded"))
-    harness.upstream.set_default("gpt-A-long", Fault.ok(text="long answer"))
+    harness.upstream.set_default("gpt-A", Status(400, code_str="context_length_exceeded"))
+    harness.upstream.set_default("gpt-A-long", Ok(text="long answer"))
     route = Route(steps=(FallbackStep(kind="canned", text="x"),), context_model="gpt-A-long")
     policy = Policy(fallback=FallbackPolicy(routes={"gpt-A": route}))
     result = _ask(harness, harness.client(policy), "P")
@@ -225,8 +225,8 @@ def test_context_length_goes_to_the_larger_model(harness: Harness) -> None:
 
 def test_quota_moves_on_at_once(harness: Harness) -> None:
     """Quota exhaustion is not retried: the next target answers straight away."""
-    harness.upstream.set_default("gpt-A", Fault.status(429, code_str="insufficient_quota"))
-    harness.upstream.set_default("gpt-B", Fault.ok(text="b"))
+    harness.upstream.set_default("gpt-A", Status(429, code_str="insufficient_quota"))
+    harness.upstream.set_default("gpt-B", Ok(text="b"))
     policy = _policy(harness, FallbackStep(kind="model", model="gpt-B"), retry=RetryPolicy())
     result = _ask(harness, harness.client(policy), "P")
     assert result.model == "gpt-B"
@@ -248,7 +248,7 @@ def test_forced_failure_exercises_the_fallback(harness: Harness) -> None:
 
 def test_function_fallback(harness: Harness) -> None:
     """A user function answers with text built from the request."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
 
     def answer(body: Any, reason: str) -> str:
         return f"{len(body['messages'])} message(s), {reason}"
@@ -262,7 +262,7 @@ def test_function_fallback(harness: Harness) -> None:
 
 def test_no_fallback_left_raises_the_last_error(harness: Harness) -> None:
     """When every rung fails the caller gets the last real failure, with provenance."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     with pytest.raises(openai.InternalServerError) as caught:
         _ask(harness, client, "never cached")
@@ -281,7 +281,7 @@ def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     """Two API keys asking the same prompt never see each other's cached answer."""
     clock = FakeClock()
     upstream = FakeUpstream(clock=clock)
-    upstream.set_default("gpt-A", Fault.ok(text="tenant one's answer"))
+    upstream.set_default("gpt-A", Ok(text="tenant one's answer"))
     route = Route(steps=(FallbackStep(kind="cache"), FallbackStep(kind="canned", text="canned")))
     policy = Policy(retry=RetryPolicy(rules={}), fallback=FallbackPolicy(routes={"gpt-A": route}))
     raw = openai.OpenAI(api_key=f"sk-{keys[0]}", base_url="http://fake.test/v1",
@@ -290,7 +290,7 @@ def test_tenants_never_share_a_cache_entry(keys: list[str]) -> None:
     second = first.with_options(api_key=f"sk-{keys[1]}")
     messages: Any = [{"role": "user", "content": "P"}]
     first.chat.completions.create(model="gpt-A", messages=messages)
-    upstream.set_default("gpt-A", Fault.status(503))
+    upstream.set_default("gpt-A", Status(503))
     other = second.chat.completions.create(model="gpt-A", messages=messages)
     assert other.choices[0].message.content == "canned"
     mine = first.chat.completions.create(model="gpt-A", messages=messages)
@@ -313,10 +313,8 @@ def _continuation_client(harness: Harness, other: FakeUpstream, *, accepts_prefi
 def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
     """Opt-in continuation: a stream cut mid-answer is finished by a prefill-accepting target."""
     other = FakeUpstream(clock=harness.clock)
-    other.set_default("gpt-A", Fault.stream(text=" seven eight"))
-    harness.upstream.set_default(
-        "gpt-A", Fault.stream(text="one two three four five six seven eight", cut_after=6)
-    )
+    other.set_default("gpt-A", Ok(text=" seven eight"))
+    harness.upstream.set_default("gpt-A", Cut(6, text="one two three four five six seven eight"))
     client = _continuation_client(harness, other, accepts_prefill=True)
     stream, chunks, error = harness.stream_chat(client)
     assert error is None
@@ -333,7 +331,7 @@ def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
 def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> None:
     """Without accepts_prefill the cut stream raises the typed error; no prefill is sent."""
     other = FakeUpstream(clock=harness.clock)
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, cut_after=6))
+    harness.upstream.set_default("gpt-A", Cut(6, tokens=20))
     client = _continuation_client(harness, other, accepts_prefill=False)
     _, chunks, error = harness.stream_chat(client)
     assert error is not None
@@ -343,7 +341,7 @@ def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> Non
 
 def test_failing_function_is_skipped(harness: Harness) -> None:
     """A fallback function that raises is skipped: the next rung answers, nothing leaks."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
 
     def broken(body: Any, reason: str) -> str:
         raise RuntimeError("bug in user code")

@@ -23,7 +23,7 @@ from resilient_openai import (
     health,
     provenance,
 )
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Ok, Status
 
 from .conftest import Harness, text_of
 
@@ -96,8 +96,8 @@ def _assert_sdk_events(events: list[Any]) -> None:
 
 def test_read_through_hit_answers_without_reaching_the_upstream(harness: Harness) -> None:
     """With read_through, a repeated request is answered from the cache and sends nothing."""
-    harness.upstream.script("gpt-A", [Fault.ok("first answer")])
-    harness.upstream.set_default("gpt-A", Fault.ok("a later, different answer"))
+    harness.upstream.script("gpt-A", [Ok("first answer")])
+    harness.upstream.set_default("gpt-A", Ok("a later, different answer"))
     client = harness.client(
         _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
@@ -113,7 +113,7 @@ def test_read_through_hit_answers_without_reaching_the_upstream(harness: Harness
 
 def test_read_through_hit_is_not_served_to_another_tenant(harness: Harness) -> None:
     """The same request under another API key goes to the upstream, not to the first key's entry."""
-    harness.upstream.script("gpt-A", [Fault.ok("tenant one's answer"), Fault.ok("tenant two's answer")])
+    harness.upstream.script("gpt-A", [Ok("tenant one's answer"), Ok("tenant two's answer")])
     client = harness.client(
         _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
@@ -130,7 +130,7 @@ def test_read_through_hit_is_not_served_to_another_tenant(harness: Harness) -> N
 
 def test_read_through_hit_is_served_to_a_streaming_caller(harness: Harness) -> None:
     """A read-through entry stored by a plain call answers a later stream=True call as chunks."""
-    harness.upstream.set_default("gpt-A", Fault.ok("stored plain answer"))
+    harness.upstream.set_default("gpt-A", Ok("stored plain answer"))
     client = harness.client(
         _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True)),
     )
@@ -146,7 +146,7 @@ def test_read_through_hit_is_served_to_a_streaming_caller(harness: Harness) -> N
 
 def test_read_through_entry_expires_after_its_ttl(harness: Harness) -> None:
     """Once the cache TTL has passed, the same request goes to the upstream again."""
-    harness.upstream.script("gpt-A", [Fault.ok("old answer"), Fault.ok("new answer")])
+    harness.upstream.script("gpt-A", [Ok("old answer"), Ok("new answer")])
     client = harness.client(
         _policy(harness, FallbackStep(kind="cache"), cache=CachePolicy(read_through=True, ttl=60.0)),
     )
@@ -165,7 +165,7 @@ def test_read_through_entry_expires_after_its_ttl(harness: Harness) -> None:
 
 def test_responses_canned_answer_is_a_response(harness: Harness) -> None:
     """Primary down: responses.create returns a Response whose output text is the canned text."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     result = _respond(harness, client)
     assert isinstance(result, Response)
@@ -180,7 +180,7 @@ def test_responses_canned_answer_is_a_response(harness: Harness) -> None:
 
 def test_responses_canned_answer_streams_as_sdk_events(harness: Harness) -> None:
     """Primary down, stream=True: the canned text arrives as the SDK's typed Responses events."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     stream, events = _stream_responses(harness, client)
     _assert_sdk_events(events)
@@ -191,11 +191,11 @@ def test_responses_canned_answer_streams_as_sdk_events(harness: Harness) -> None
 
 def test_responses_cached_answer_replays_as_a_stream(harness: Harness) -> None:
     """A Responses answer cached from a plain call is replayed as a stream while the primary is down."""
-    harness.upstream.set_default("gpt-A", Fault.ok("remembered words here"))
+    harness.upstream.set_default("gpt-A", Ok("remembered words here"))
     client = harness.client(_policy(harness, FallbackStep(kind="cache")))
     first = _respond(harness, client)
     assert first.output_text == "remembered words here"
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     stream, events = _stream_responses(harness, client)
     _assert_sdk_events(events)
     assert _delta_text(events) == "remembered words here"
@@ -208,7 +208,7 @@ def test_responses_cached_answer_replays_as_a_stream(harness: Harness) -> None:
 
 def test_chat_canned_stream_assembles_and_reports_usage(harness: Harness) -> None:
     """Outage, chat stream with include_usage: the chunks spell the canned text and end with usage."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     stream, chunks, error = harness.stream_chat(client, stream_options={"include_usage": True})
     assert error is None
@@ -224,7 +224,7 @@ def test_chat_canned_stream_assembles_and_reports_usage(harness: Harness) -> Non
 
 def test_raw_response_from_a_canned_fallback_parses_to_a_completion(harness: Harness) -> None:
     """with_raw_response during an outage: ``.parse()`` gives a ChatCompletion with the canned text."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     raw = harness.run(
         lambda: client.chat.completions.with_raw_response.create(
@@ -240,7 +240,7 @@ def test_raw_response_from_a_canned_fallback_parses_to_a_completion(harness: Har
 
 def test_streaming_response_from_a_canned_fallback_parses_to_a_completion(harness: Harness) -> None:
     """with_streaming_response during an outage: the body parses to a ChatCompletion, canned text."""
-    harness.upstream.set_default("gpt-A", Fault.status(503))
+    harness.upstream.set_default("gpt-A", Status(503))
     client = harness.client(_policy(harness, FallbackStep(kind="canned", text=CANNED)))
     create = client.chat.completions.with_streaming_response.create
     request: dict[str, Any] = {"model": "gpt-A", "messages": [{"role": "user", "content": "hello"}]}

@@ -27,7 +27,7 @@ from resilient_openai.observe.events import Event
 from resilient_openai.observe.logging import LoggingListener
 from resilient_openai.observe.prometheus import PrometheusListener
 from resilient_openai.observe.redact import install_redaction
-from resilient_openai.testing import FakeClock, FakeUpstream, Fault
+from resilient_openai.testing import FakeClock, FakeUpstream, Status
 
 SENTINEL = "sk-proj-SENTINEL0123456789abcdefSECRET"
 OTHER = "sk-SENTINEL-OTHER-0123456789abcdef"
@@ -46,9 +46,9 @@ def test_sentinel_key_is_nowhere(redaction: None, caplog: pytest.LogCaptureFixtu
     caplog.set_level(logging.DEBUG)
     clock = FakeClock()
     upstream = FakeUpstream(clock=clock)
-    upstream.set_default("gpt-A", Fault.status(503))
+    upstream.set_default("gpt-A", Status(503))
     other = FakeUpstream(clock=clock)
-    other.set_default("*", Fault.status(500))
+    other.set_default("*", Status(500))
     events: list[Event] = []
     registry = CollectorRegistry()
     target_client = openai.OpenAI(

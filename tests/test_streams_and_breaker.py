@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, breakers, health
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Cut, Delay, Ok, Stall, Status
 
 from .conftest import Harness
 
@@ -26,7 +26,7 @@ def _state(client: Any) -> str:
 def test_completed_stream_probe_closes_the_circuit(harness: Harness) -> None:
     """A half-open probe that is a stream closes the circuit once it completes."""
     client = _client(harness)
-    harness.upstream.script("gpt-A", [Fault.status(503)])
+    harness.upstream.script("gpt-A", [Status(503)])
     with pytest.raises(openai.InternalServerError):
         harness.chat(client)
     harness.clock.advance(30)
@@ -38,7 +38,7 @@ def test_completed_stream_probe_closes_the_circuit(harness: Harness) -> None:
 def test_cut_stream_counts_as_a_failure(harness: Harness) -> None:
     """A stream cut mid-answer is a failure for the breaker."""
     client = _client(harness)
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=20, cut_after=5))
+    harness.upstream.set_default("gpt-A", Cut(5, tokens=20))
     _, _, error = harness.stream_chat(client)
     assert error is not None
     assert _state(client) == "open"
@@ -49,11 +49,11 @@ def test_cut_stream_counts_as_a_failure(harness: Harness) -> None:
 def test_abandoned_stream_is_ignored(harness: Harness) -> None:
     """A caller that stops reading early neither succeeds nor fails: a half-open slot is freed."""
     client = _client(harness)
-    harness.upstream.script("gpt-A", [Fault.status(503)])
+    harness.upstream.script("gpt-A", [Status(503)])
     with pytest.raises(openai.InternalServerError):
         harness.chat(client)
     harness.clock.advance(30)
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=30))
+    harness.upstream.set_default("gpt-A", Ok(tokens=30))
     kwargs: Any = {"model": "gpt-A", "messages": [{"role": "user", "content": "x"}], "stream": True}
     if harness.is_async:
 
@@ -97,12 +97,12 @@ def test_slow_first_token_trips_slow_call_breaker(harness: Harness) -> None:
         ),
     )  # fmt: skip
     client = harness.client(policy)
-    harness.upstream.set_default("gpt-A", Fault.stream(tokens=10, stall_after=5, stall=8.0))
+    harness.upstream.set_default("gpt-A", Stall(5, 8.0, tokens=10))
     for _ in range(2):  # fast first token, long pause later: not slow
         _, _, error = harness.stream_chat(client)
         assert error is None
     assert _state(client) == "closed"
-    harness.upstream.set_default("gpt-A", Fault.delay(8.0, then=Fault.stream(tokens=3)))
+    harness.upstream.set_default("gpt-A", Delay(8.0, then=Ok(tokens=3)))
     for _ in range(2):  # slow first token: slow calls
         harness.stream_chat(client)
     assert _state(client) == "open"

@@ -15,7 +15,7 @@ from resilient_openai import (
     health,
     provenance,
 )
-from resilient_openai.testing import Fault
+from resilient_openai.testing import Ok, Status
 
 from .conftest import Harness
 
@@ -43,7 +43,7 @@ def test_refused_before_sending(harness: Harness, kwargs: dict[str, Any], rule: 
 
 def test_oversized_prompt_goes_to_the_larger_model(harness: Harness) -> None:
     """A prompt estimated past the window is sent straight to the route's larger-context model."""
-    harness.upstream.set_default("gpt-long", Fault.ok(text="long"))
+    harness.upstream.set_default("gpt-long", Ok(text="long"))
     policy = Policy(
         validation=ValidationPolicy(context_windows={"gpt-A": 10}),
         fallback=FallbackPolicy(routes={"gpt-A": Route(context_model="gpt-long")}),
@@ -65,7 +65,7 @@ def test_oversized_prompt_without_a_larger_model_is_refused(harness: Harness) ->
 
 def test_validation_can_be_switched_off(harness: Harness) -> None:
     """With validation off, the upstream judges the request itself."""
-    harness.upstream.set_default("gpt-A", Fault.status(400))
+    harness.upstream.set_default("gpt-A", Status(400))
     policy = Policy(validation=ValidationPolicy(enabled=False))
     with pytest.raises(Exception, match="400"):
         harness.chat(harness.client(policy), temperature=3.5)

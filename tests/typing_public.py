@@ -31,7 +31,7 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import FakeClock, FakeUpstream, Fault, RecordedRequest
+from resilient_openai.testing import FakeClock, FakeUpstream, Fault, RecordedRequest, Status
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -111,4 +111,6 @@ def _helper_types() -> None:
     upstream = FakeUpstream(clock=FakeClock())
     assert_type(upstream.requests, list[RecordedRequest])
     assert_type(upstream.count(model="gpt-4o-mini"), int)
-    assert_type(Fault.status(503), Fault)
+    fault: Fault = Status(503)
+    assert_type(upstream.requests[0].fault, Fault | None)
+    del fault

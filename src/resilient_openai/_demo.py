@@ -1,10 +1,11 @@
 """The engine behind ``resilient-openai demo``: a scripted outage under steady load, as records.
 
 :class:`DemoRun` serves the fake upstream on a loopback socket (or points at a real endpoint),
-sends chat completions at a steady rate through one resilient client, from a pool of threads or
-from asyncio tasks, and switches the fake's faults as the scenario's phases go by. Every call
-becomes a :class:`CallRecord` (when, which phase, who answered, how long, which error) and every
-breaker transition a :class:`BreakerChange`; :class:`DemoResult` sums them up per phase.
+sends chat completions at a steady rate through one resilient client, from threads or asyncio
+tasks driven by the shared load driver (:mod:`resilient_openai.testing._load`), and switches
+the fake's faults as the scenario's phases go by. Every call becomes a :class:`CallRecord`
+(when, which phase, who answered, how long, which error) and every breaker transition a
+:class:`BreakerChange`; :class:`DemoResult` sums them up per phase.
 
 Nothing here draws or prints, and nothing needs typer, rich or matplotlib: the CLI renders what
 this produces, and tests run it headless.
@@ -17,12 +18,11 @@ import contextlib
 import math
 import random
 import threading
-import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict
 
 import openai
 
@@ -32,13 +32,15 @@ from ._clock import SYSTEM_CLOCK
 from ._fallback.plan import route_for
 from ._health import health
 from ._policy import Policy
-from ._provenance import provenance
 from ._runtime import HttpClientFactory
 from .observe.events import BreakerStateChanged, Event
-from .testing import FakeUpstream, Fault
+from .testing import Delay, FakeUpstream, Fault, Ok, Status
+from .testing._load import Call, Load, Outcome, percentile
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = [
     "DEFAULT_SCENARIO",
@@ -168,12 +170,12 @@ def phase_faults(kind: str, fraction: float, *, slow_delay: float, rng: random.R
     """
     primary_latency = 0.015 + min(rng.expovariate(1 / 0.03), 0.4)
     fallback_latency = 0.008 + min(rng.expovariate(1 / 0.015), 0.2)
-    fallback_ok = Fault.ok(latency=fallback_latency)
+    fallback_ok = Ok(latency=fallback_latency)
     if kind == "storm":
-        return Fault.status(503), fallback_ok if fraction < 0.5 else Fault.status(503)
+        return Status(503), fallback_ok if fraction < 0.5 else Status(503)
     if kind == "slow":
-        return Fault.delay(slow_delay, then=Fault.ok()), fallback_ok
-    return Fault.ok(latency=primary_latency), fallback_ok
+        return Delay(slow_delay, then=Ok()), fallback_ok
+    return Ok(latency=primary_latency), fallback_ok
 
 
 def slow_delay_for(policy: Policy) -> float:
@@ -233,15 +235,6 @@ def demo_policy(
         "cache": {"ttl": 600.0},
     }
     return Policy.from_dict(data)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100) of ``values`` by nearest rank; None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(math.ceil(q / 100 * len(ordered)), 1)
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,11 +416,11 @@ class DemoConfig:
     rate: float = 20.0
     use_async: bool = False
     policy: Policy | None = None
-    #: Builds the HTTP client of each fallback target made from ``base_url`` (see ``resilient()``).
-    http_client: HttpClientFactory | None = None
     base_url: str | None = None
     model: str = DEMO_MODEL
     api_key: str = DEMO_API_KEY
+    #: Builds the HTTP client of each fallback target made from ``base_url`` (see ``resilient()``).
+    http_client: HttpClientFactory | None = None
     prompts: tuple[str, ...] = DEMO_PROMPTS
     #: One call in this many asks a question never asked before, which no cache can answer.
     fresh_every: int = 5
@@ -455,29 +448,18 @@ class DemoConfig:
         return self.phases[-1].end
 
 
-class _Pacer:
-    """Hands out start times ``1/rate`` apart; a late caller starts now, with no catch-up burst."""
+class _Request(TypedDict):
+    """The arguments of one demo call to ``chat.completions.create``."""
 
-    def __init__(self, rate: float, end: float, stop: threading.Event) -> None:
-        self._gap = 1.0 / rate
-        self._end = end
-        self._stop = stop
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def take(self, now: float) -> float | None:
-        """The next start time (s after the run's start), or None when the run is over."""
-        with self._lock:
-            slot = max(self._next, now)
-            if slot >= self._end or self._stop.is_set():
-                return None
-            self._next = slot + self._gap
-            return slot
+    model: str
+    messages: list[ChatCompletionMessageParam]
+    max_tokens: int
 
 
 class DemoRun:
     """One run of the demo: ``run()`` blocks until every call has ended and returns the result.
 
+    The calls are driven by :class:`~resilient_openai.testing._load.Load` at the configured rate.
     ``on_tick`` (called from the thread that called ``run``, every ``tick`` seconds) receives a
     :class:`Snapshot` for a live view. Ctrl-C (or any error raised by ``on_tick``) stops the load,
     waits for the calls in flight, and propagates.
@@ -493,14 +475,13 @@ class DemoRun:
         )
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
+        self._load = Load(rate=config.rate, duration=config.total, on_outcome=self._record, keep=False)
+        self._over = threading.Event()  # set when the run is over: the conductor stops
         self._records: list[CallRecord] = []
         self._changes: list[BreakerChange] = []
         self._bug_reports: list[str] = []
         self._sources: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
-        self._calls_started = 0
         self._upstream: FakeUpstream | None = None
         self._client: openai.OpenAI | openai.AsyncOpenAI | None = None
         self._base_url = config.base_url or ""
@@ -520,7 +501,6 @@ class DemoRun:
                 assert config.base_url is not None
                 base_url = config.base_url
             self._base_url = base_url
-            self._t0 = time.monotonic()
             failure: list[BaseException] = []
             driver = threading.Thread(
                 target=self._drive, args=(base_url, failure), name="resilient-openai-demo", daemon=True
@@ -537,7 +517,8 @@ class DemoRun:
                     if on_tick is not None and driver.is_alive():
                         on_tick(self.snapshot())
             finally:
-                self._stop.set()
+                self._load.stop()
+                self._over.set()
                 driver.join()
                 if conductor.is_alive():
                     conductor.join()
@@ -551,7 +532,7 @@ class DemoRun:
 
     def snapshot(self) -> Snapshot:
         """The run as it stands now (safe to call from any thread while it runs)."""
-        elapsed = self._elapsed()
+        elapsed = self._load.elapsed()
         config = self.config
         index, _ = phase_at(config.phases, elapsed)
         cutoff = elapsed - RECENT_WINDOW
@@ -565,7 +546,6 @@ class DemoRun:
             snapshot_sources = dict(self._sources)
             snapshot_errors = dict(self._errors)
             bugs = len(self._bug_reports)
-            started = self._calls_started
         breakers = _breakers(self._client)
         return Snapshot(
             elapsed=min(elapsed, config.total),
@@ -573,7 +553,7 @@ class DemoRun:
             phase=config.phases[index],
             phase_index=index,
             calls=done,
-            in_flight=started - done,
+            in_flight=self._load.in_flight,
             by_source=snapshot_sources,
             errors=snapshot_errors,
             bugs=bugs,
@@ -588,8 +568,8 @@ class DemoRun:
 
     def _conductor(self) -> None:
         """Switch the fake's faults as the phases go by, until the run stops."""
-        while not self._stop.wait(_CONDUCTOR_PERIOD):
-            self._conduct(self._elapsed())
+        while not self._over.wait(_CONDUCTOR_PERIOD):
+            self._conduct(self._load.elapsed())
 
     def _conduct(self, elapsed: float) -> None:
         upstream = self._upstream
@@ -606,59 +586,29 @@ class DemoRun:
 
     # -- the load ------------------------------------------------------------------------------
 
-    def _elapsed(self) -> float:
-        return time.monotonic() - self._t0
-
     def _drive(self, base_url: str, failure: list[BaseException]) -> None:
         """Run the load to the end of the scenario (a thread); any crash is handed to ``run``."""
-        pacer = _Pacer(self.config.rate, self.config.total, self._stop)
         try:
             if self.config.use_async:
-                asyncio.run(self._drive_async(base_url, pacer))
+                asyncio.run(self._drive_async(base_url))
             else:
-                self._drive_sync(base_url, pacer)
+                client = resilient(
+                    openai.OpenAI(base_url=base_url, api_key=self.config.api_key),
+                    self.policy,
+                    listeners=(self._on_event,),
+                    http_client=self.config.http_client,
+                )
+                self._client = client
+                with client:
+                    self._load.run_threads(
+                        lambda call: client.chat.completions.create(**self._request(call)),
+                        self.config.concurrency,
+                    )
         except BaseException as exc:
             failure.append(exc)
-            self._stop.set()
+            self._load.stop()
 
-    def _drive_sync(self, base_url: str, pacer: _Pacer) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        client = resilient(
-            openai.OpenAI(base_url=base_url, api_key=self.config.api_key),
-            self.policy,
-            listeners=(self._on_event,),
-            http_client=self.config.http_client,
-        )
-        self._client = client
-        try:
-            with ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="demo-worker") as pool:
-                workers = [
-                    pool.submit(self._worker_sync, client, pacer) for _ in range(self.config.concurrency)
-                ]
-                for worker in workers:
-                    worker.result()
-        finally:
-            client.close()
-
-    def _worker_sync(self, client: openai.OpenAI, pacer: _Pacer) -> None:
-        while (slot := pacer.take(self._elapsed())) is not None:
-            wait = slot - self._elapsed()
-            if wait > 0 and self._stop.wait(wait):
-                return
-            prompt, start = self._begin()
-            try:
-                result = client.chat.completions.create(
-                    model=self.config.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=self.config.max_tokens,
-                )
-            except Exception as exc:
-                self._failed(start, exc)
-            else:
-                self._answered(start, result)
-
-    async def _drive_async(self, base_url: str, pacer: _Pacer) -> None:
+    async def _drive_async(self, base_url: str) -> None:
         client = resilient(
             openai.AsyncOpenAI(base_url=base_url, api_key=self.config.api_key),
             self.policy,
@@ -666,92 +616,61 @@ class DemoRun:
             http_client=self.config.http_client,
         )
         self._client = client
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self.config.concurrency):
-                    group.create_task(self._worker_async(client, pacer))
-        finally:
-            await client.close()
+        async with client:
+            await self._load.run_tasks(
+                lambda call: client.chat.completions.create(**self._request(call)),
+                self.config.concurrency,
+            )
 
-    async def _worker_async(self, client: openai.AsyncOpenAI, pacer: _Pacer) -> None:
-        while (slot := pacer.take(self._elapsed())) is not None:
-            wait = slot - self._elapsed()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if self._stop.is_set():
-                return
-            prompt, start = self._begin()
-            try:
-                result = await client.chat.completions.create(
-                    model=self.config.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=self.config.max_tokens,
-                )
-            except Exception as exc:
-                self._failed(start, exc)
-            else:
-                self._answered(start, result)
+    def _request(self, call: Call) -> _Request:
+        """One call's arguments: a fresh question every ``fresh_every`` calls, else one the cache may know."""
+        every = self.config.fresh_every
+        if every and call.number % every == every - 1:
+            prompt = f"Quick check #{call.number}: reply with OK."
+        else:
+            with self._lock:
+                prompt = self._rng.choice(self.config.prompts)
+        return {
+            "model": self.config.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.config.max_tokens,
+        }
 
     # -- recording -----------------------------------------------------------------------------
 
-    def _begin(self) -> tuple[str, float]:
-        """Pick the next prompt and note the call's start."""
-        config = self.config
-        with self._lock:
-            number = self._calls_started
-            self._calls_started += 1
-            if config.fresh_every and number % config.fresh_every == config.fresh_every - 1:
-                prompt = f"Quick check #{number}: reply with OK."
-            else:
-                prompt = self._rng.choice(config.prompts)
-        return prompt, self._elapsed()
-
-    def _answered(self, start: float, result: Any) -> None:
-        record = provenance(result)
-        if record is None or record.source is None:
-            self._add(start, None, None, "MissingProvenance", bug=True, attempts=0)
-            self._report_bug(f"an answer came back without provenance: {type(result).__name__}")
-            return
-        self._add(start, record.source.value, record.model, None, bug=False, attempts=len(record.attempts))
-
-    def _failed(self, start: float, exc: Exception) -> None:
-        record = provenance(exc)
+    def _record(self, outcome: Outcome) -> None:
+        """Turn one call's outcome into a :class:`CallRecord` (the load's ``on_outcome``)."""
+        record, error = outcome.provenance, outcome.error
+        phase, _ = phase_at(self.config.phases, outcome.start)
+        source = model = name = report = None
         attempts = len(record.attempts) if record is not None else 0
-        # The contract: every error out of a resilient client is an openai.OpenAIError
-        # (the SDK's own, or one of ours deriving from it). Anything else is a bug to show.
-        bug = not isinstance(exc, openai.OpenAIError)
-        self._add(start, None, None, type(exc).__name__, bug=bug, attempts=attempts)
-        if bug:
-            self._report_bug("".join(traceback.format_exception(exc)).rstrip())
-
-    def _add(
-        self,
-        start: float,
-        source: str | None,
-        model: str | None,
-        error: str | None,
-        *,
-        bug: bool,
-        attempts: int,
-    ) -> None:
-        phase, _ = phase_at(self.config.phases, start)
-        record = CallRecord(start, self._elapsed() - start, phase, source, model, error, bug, attempts)
+        if error is not None:
+            name = type(error).__name__
+            # The contract: every error out of a resilient client is an openai.OpenAIError
+            # (the SDK's own, or one of ours deriving from it). Anything else is a bug to show.
+            if not isinstance(error, openai.OpenAIError):
+                report = "".join(traceback.format_exception(error)).rstrip()
+        elif record is None or record.source is None:
+            name, attempts = "MissingProvenance", 0
+            report = f"an answer came back without provenance: {type(outcome.result).__name__}"
+        else:
+            source, model = record.source.value, record.model
+        call = CallRecord(
+            outcome.start, outcome.latency, phase, source, model, name, report is not None, attempts
+        )
         with self._lock:
-            self._records.append(record)
+            self._records.append(call)
             if source is not None:
                 self._sources[source] += 1
-            if error is not None:
-                self._errors[error] += 1
-
-    def _report_bug(self, report: str) -> None:
-        with self._lock:
-            if len(self._bug_reports) < _MAX_BUG_REPORTS:
+            if name is not None:
+                self._errors[name] += 1
+            if report is not None and len(self._bug_reports) < _MAX_BUG_REPORTS:
                 self._bug_reports.append(report)
 
     def _on_event(self, event: Event) -> None:
         """The policy listener: note every breaker transition with the run's own time."""
         if isinstance(event, BreakerStateChanged):
-            change = BreakerChange(self._elapsed(), event.breaker, event.old, event.new, event.reason)
+            change = BreakerChange(self._load.elapsed(), event.breaker, event.old, event.new, event.reason)
             with self._lock:
                 self._changes.append(change)
 
@@ -764,7 +683,7 @@ class DemoRun:
         arrivals: list[tuple[float, str | None]] | None = None
         if upstream is not None:
             # The fake stamps requests with the system clock, the one the run's start came from.
-            arrivals = [(request.at - self._t0, request.model) for request in upstream.requests]
+            arrivals = [(request.at - self._load.t0, request.model) for request in upstream.requests]
         client = self._client
         return DemoResult(
             config=self.config,

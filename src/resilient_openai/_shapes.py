@@ -1,9 +1,10 @@
 """Pure builders of OpenAI wire shapes: plain dicts and bytes, no I/O, no clock, no SDK import.
 
-The fake upstream in :mod:`resilient_openai.testing` answers with these shapes, and the library's
-fallbacks reuse them to synthesize answers the SDK parses exactly as a real one (canned replies,
-cache replay, stream synthesis). Every builder is deterministic: the same arguments give the same
-dict, so ids and timestamps default to values derived from the content or to :data:`DEFAULT_CREATED`.
+The library's fallbacks use them to synthesize answers the SDK parses exactly as a real one
+(canned replies, cache replay, stream synthesis), and the fake upstream in
+:mod:`resilient_openai.testing` answers with them (the shapes only it sends are in its own
+``_shapes``). Every builder is deterministic: the same arguments give the same dict, so ids and
+timestamps default to values derived from the content or to :data:`DEFAULT_CREATED`.
 
 Tokens here are whitespace-delimited words that keep their leading whitespace (``"a b"`` is
 ``["a", " b"]``), so joining the deltas of a stream gives back the exact text.
@@ -11,16 +12,13 @@ Tokens here are whitespace-delimited words that keep their leading whitespace (`
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import math
 import re
-import struct
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
 __all__ = [
     "DEFAULT_CREATED",
@@ -28,11 +26,6 @@ __all__ = [
     "chat_chunks",
     "chat_completion",
     "count_tokens",
-    "embedding_vector",
-    "embeddings",
-    "error_body",
-    "model_list",
-    "placeholder_text",
     "response_events",
     "response_object",
     "split_tokens",
@@ -59,13 +52,6 @@ def split_tokens(text: str) -> list[str]:
 def count_tokens(text: str) -> int:
     """How many tokens :func:`split_tokens` finds in ``text``: the fake's usage accounting."""
     return len(split_tokens(text))
-
-
-def placeholder_text(tokens: int) -> str:
-    """A deterministic answer of ``tokens`` tokens: ``"tok0 tok1 ... tok{tokens-1}"``."""
-    if tokens < 0:
-        raise ValueError(f"tokens must be >= 0, got {tokens}")
-    return " ".join(f"tok{i}" for i in range(tokens))
 
 
 def _digest(*parts: str) -> str:
@@ -298,57 +284,3 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
         emit("response.output_item.done", output_index=output_index, item=item)
     emit("response.completed", response=response)
     return events
-
-
-def embedding_vector(text: str, dims: int) -> list[float]:
-    """A deterministic unit vector of ``dims`` float32-exact values for ``text``.
-
-    Equal texts give equal vectors; the values survive a float32 round trip unchanged, so the
-    ``float`` and ``base64`` encodings decode to the same numbers.
-    """
-    if dims < 1:
-        raise ValueError(f"dims must be >= 1, got {dims}")
-    raw = b"".join(
-        hashlib.sha256(f"{block}\0{text}".encode()).digest() for block in range(math.ceil(dims / 8))
-    )
-    words = struct.unpack(f"<{dims}I", raw[: 4 * dims])
-    values = [w / 0xFFFFFFFF * 2.0 - 1.0 for w in words]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *(v / norm for v in values))))
-
-
-def embeddings(inputs: Sequence[str], model: str, *, encoding_format: str, dims: int = 8) -> JSONDict:
-    """A ``list`` of embeddings, one :func:`embedding_vector` per input.
-
-    ``encoding_format`` is ``"float"`` (lists of numbers) or ``"base64"`` (base64 of little-endian
-    float32, what the SDK asks for by default and decodes itself).
-    """
-    if encoding_format not in ("float", "base64"):
-        raise ValueError(f"encoding_format must be 'float' or 'base64', got {encoding_format!r}")
-    data: list[JSONDict] = []
-    for index, text in enumerate(inputs):
-        vector = embedding_vector(text, dims)
-        encoded: list[float] | str = vector
-        if encoding_format == "base64":
-            encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
-        data.append({"object": "embedding", "index": index, "embedding": encoded})
-    tokens = sum(count_tokens(text) for text in inputs)
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-
-
-def model_list(ids: Iterable[str], *, created: int = DEFAULT_CREATED, owned_by: str = "system") -> JSONDict:
-    """The ``GET /v1/models`` answer listing ``ids`` in the order given."""
-    return {
-        "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": owned_by} for name in ids],
-    }
-
-
-def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> JSONDict:
-    """The ``{"error": {...}}`` body OpenAI sends with a 4xx/5xx status."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}

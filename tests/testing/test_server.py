@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pytest
 
-from resilient_openai.testing import FakeUpstream, Fault
+from resilient_openai.testing import Cut, Delay, FakeUpstream, Hold, Ok, Reset, Silence, Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,7 +63,7 @@ def test_base_url_is_loopback_v1(base_url: str) -> None:
 
 def test_success(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """A plain answer over the socket, recorded with its path and headers."""
-    upstream.script("m", [Fault.ok("over the wire")])
+    upstream.script("m", [Ok("over the wire")])
     completion = client.chat.completions.create(model="m", messages=MESSAGES)
     assert completion.choices[0].message.content == "over the wire"
     (recorded,) = upstream.requests
@@ -97,7 +97,7 @@ def test_responses_and_embeddings(client: openai.OpenAI) -> None:
 
 def test_503(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """An HTTP error with its headers and body."""
-    upstream.script("m", [Fault.status(503, headers={"retry-after": "1"})])
+    upstream.script("m", [Status(503, headers={"retry-after": "1"})])
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert caught.value.status_code == 503
@@ -107,7 +107,7 @@ def test_503(client: openai.OpenAI, upstream: FakeUpstream) -> None:
 
 def test_cut_stream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """The connection really closes mid-stream, after the delivered tokens."""
-    upstream.script("m", [Fault.stream(tokens=20, cut_after=7)])
+    upstream.script("m", [Cut(7, tokens=20)])
     received: list[Any] = []
     with pytest.raises(openai.APIConnectionError) as caught:
         received.extend(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
@@ -117,14 +117,14 @@ def test_cut_stream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
 
 def test_cut_json_body(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """A non-streamed body shorter than its content-length is a connection error."""
-    upstream.script("m", [Fault.stream(cut_after=0)])
+    upstream.script("m", [Cut(0)])
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model="m", messages=MESSAGES)
 
 
 def test_reset(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """The server closes the connection before any header, and the next request still works."""
-    upstream.script("m", [Fault.reset()])
+    upstream.script("m", [Reset()])
     with pytest.raises(openai.APIConnectionError) as caught:
         client.chat.completions.create(model="m", messages=MESSAGES)
     assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
@@ -134,7 +134,7 @@ def test_reset(client: openai.OpenAI, upstream: FakeUpstream) -> None:
 
 def test_real_delay_and_timeout(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """Waits are real here: a short delay answers, silence meets the client's read timeout."""
-    upstream.script("m", [Fault.delay(0.002, Fault.ok("late")), Fault.silence()])
+    upstream.script("m", [Delay(0.002, Ok("late")), Silence()])
     assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == "late"
     with pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(model="m", messages=MESSAGES, timeout=httpx2.Timeout(5.0, read=0.005))
@@ -143,7 +143,7 @@ def test_real_delay_and_timeout(client: openai.OpenAI, upstream: FakeUpstream) -
 def test_hold_until_released(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     """A held request answers once the event is set."""
     release = threading.Event()
-    upstream.script("m", [Fault.hold(release, Fault.ok("go"))])
+    upstream.script("m", [Hold(release, Ok("go"))])
     answers: list[str | None] = []
     caller = threading.Thread(
         target=lambda: answers.append(
@@ -160,7 +160,7 @@ def test_hold_until_released(client: openai.OpenAI, upstream: FakeUpstream) -> N
 
 async def test_async_client_on_the_socket(base_url: str, upstream: FakeUpstream) -> None:
     """The async client reads answers and cut streams from the socket."""
-    upstream.script("m", [Fault.ok("async"), Fault.stream(tokens=5, cut_after=2)])
+    upstream.script("m", [Ok("async"), Cut(2, tokens=5)])
     received: list[Any] = []
     async with openai.AsyncOpenAI(api_key="k", base_url=base_url, max_retries=0) as sdk:
         completion = await sdk.chat.completions.create(model="m", messages=MESSAGES)
@@ -177,7 +177,7 @@ async def test_async_client_on_the_socket(base_url: str, upstream: FakeUpstream)
 
 def test_exit_stops_the_server_even_with_a_request_in_flight(upstream: FakeUpstream) -> None:
     """Leaving serve() closes the port and ends a silent request at once."""
-    upstream.script("m", [Fault.silence()])
+    upstream.script("m", [Silence()])
     errors: list[BaseException] = []
     with upstream.serve() as url:
         port = int(url.split(":")[2].split("/")[0])

@@ -17,7 +17,23 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from resilient_openai.testing import FakeClock, FakeUpstream, Fault, RecordedRequest
+from resilient_openai.testing import (
+    Cut,
+    Delay,
+    FakeClock,
+    FakeUpstream,
+    Fault,
+    Garbage,
+    Hold,
+    Malformed,
+    Ok,
+    OneOf,
+    RecordedRequest,
+    Reset,
+    Silence,
+    Stall,
+    Status,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,15 +166,15 @@ def test_ok_answers_with_the_default_text(shell: Shell) -> None:
 
 
 def test_ok_with_text_and_another_model(shell: Shell) -> None:
-    """Fault.ok can set the text and answer as another model."""
-    shell.upstream.script("m", [Fault.ok("bonjour", model="m-fallback")])
+    """Ok can set the text and answer as another model."""
+    shell.upstream.script("m", [Ok("bonjour", model="m-fallback")])
     out = chat(shell)
     assert (out.value.choices[0].message.content, out.value.model) == ("bonjour", "m-fallback")
 
 
 def test_ok_latency_advances_the_clock(shell: Shell, clock: FakeClock) -> None:
     """Latency is spent on the fake clock, not in real time."""
-    shell.upstream.script("m", [Fault.ok(tokens=2, latency=1.5)])
+    shell.upstream.script("m", [Ok(tokens=2, latency=1.5)])
     out = chat(shell)
     assert out.value.choices[0].message.content == "tok0 tok1"
     assert clock.sleeps == [1.5]
@@ -166,7 +182,7 @@ def test_ok_latency_advances_the_clock(shell: Shell, clock: FakeClock) -> None:
 
 def test_stream_ok_streams_each_token(shell: Shell) -> None:
     """A streaming request gets a role chunk, one chunk per token, a finish chunk."""
-    shell.upstream.script("m", [Fault.ok("a b c")])
+    shell.upstream.script("m", [Ok("a b c")])
     out = chat(shell, stream=True)
     assert out.error is None
     assert deltas(out.items) == ["a", " b", " c"]
@@ -183,15 +199,15 @@ def test_stream_include_usage_adds_the_usage_chunk(shell: Shell) -> None:
 
 
 def test_stream_usage_can_be_forced_either_way(shell: Shell) -> None:
-    """Fault.stream(usage=...) overrides the request's stream_options."""
-    shell.upstream.script("m", [Fault.stream(tokens=3, usage=True), Fault.stream(tokens=3, usage=False)])
+    """Ok(usage=...) overrides the request's stream_options."""
+    shell.upstream.script("m", [Ok(tokens=3, usage=True), Ok(tokens=3, usage=False)])
     assert chat(shell, stream=True).items[-1].usage.total_tokens == 5
     assert chat(shell, stream=True, stream_options={"include_usage": True}).items[-1].usage is None
 
 
 def test_responses_json_and_stream(shell: Shell) -> None:
     """The Responses API answers as a response object and as the typed event stream."""
-    shell.upstream.script("m", [Fault.ok("hello there"), Fault.ok("hello there")])
+    shell.upstream.script("m", [Ok("hello there"), Ok("hello there")])
     out = shell.call("responses.create", model="m", input="hi")
     assert out.value.output_text == "hello there"
     assert out.value.status == "completed"
@@ -220,18 +236,46 @@ def test_embeddings_honour_dimensions(shell: Shell) -> None:
 
 def test_models_lists_the_known_models(shell: Shell) -> None:
     """GET /models lists the models scripted, defaulted or asked for."""
-    shell.upstream.set_default("gpt-b", Fault.ok())
+    shell.upstream.set_default("gpt-b", Ok())
     chat(shell, "gpt-a")
     out = shell.call("models.list")
     assert sorted(m.id for m in out.value.data) == ["gpt-a", "gpt-b"]
+
+
+# -- malformed successes ------------------------------------------------------------------------
+
+
+def _post(upstream: FakeUpstream) -> httpx2.Response:
+    """One raw chat request to ``upstream`` in process, bypassing the SDK."""
+    with httpx2.Client(transport=upstream.transport()) as client:
+        return client.post(f"{BASE_URL}/chat/completions", json={"model": "m", "messages": MESSAGES})
+
+
+def test_garbage_sends_a_200_with_an_html_body(upstream: FakeUpstream) -> None:
+    """Garbage(text) answers 200 with the text as an HTML body, as a misconfigured proxy would."""
+    upstream.script("m", [Garbage("<html>Bad gateway</html>")])
+    response = _post(upstream)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text == "<html>Bad gateway</html>"
+
+
+def test_garbage_sends_a_200_json_object_without_choices(upstream: FakeUpstream) -> None:
+    """Garbage(dict) answers 200 with that JSON object, lacking the fields the SDK expects."""
+    upstream.script("m", [Garbage({"id": "chatcmpl-x", "object": "chat.completion"})])
+    response = _post(upstream)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"id": "chatcmpl-x", "object": "chat.completion"}
+    assert response.headers["x-request-id"].startswith("req_fake")
 
 
 # -- HTTP errors -------------------------------------------------------------------------------
 
 
 def test_429_retry_after_reaches_the_exception(shell: Shell) -> None:
-    """Fault.status headers reach ``exc.response.headers``."""
-    shell.upstream.script("m", [Fault.status(429, headers={"retry-after": "2"})])
+    """Status headers reach ``exc.response.headers``."""
+    shell.upstream.script("m", [Status(429, headers={"retry-after": "2"})])
     error = chat(shell).error
     assert isinstance(error, openai.RateLimitError)
     assert error.response.headers["retry-after"] == "2"
@@ -244,9 +288,9 @@ def test_error_codes_reach_the_exception(shell: Shell) -> None:
     shell.upstream.script(
         "m",
         [
-            Fault.status(429, code_str="insufficient_quota", type="insufficient_quota"),
-            Fault.status(400, code_str="context_length_exceeded", message="too long"),
-            Fault.status(503),
+            Status(429, code_str="insufficient_quota", type="insufficient_quota"),
+            Status(400, code_str="context_length_exceeded", message="too long"),
+            Status(503),
         ],
     )
     quota, too_long, unavailable = chat(shell).error, chat(shell).error, chat(shell).error
@@ -264,7 +308,7 @@ def test_error_codes_reach_the_exception(shell: Shell) -> None:
 
 def test_status_applies_to_streaming_requests(shell: Shell) -> None:
     """A streaming request gets the JSON error before any stream."""
-    shell.upstream.script("m", [Fault.status(500)])
+    shell.upstream.script("m", [Status(500)])
     out = chat(shell, stream=True)
     assert isinstance(out.error, openai.InternalServerError)
     assert out.items == []
@@ -282,7 +326,7 @@ def test_unknown_path_is_404(shell: Shell) -> None:
 
 def test_delay_within_the_timeout_answers_late(shell: Shell, clock: FakeClock) -> None:
     """A delay shorter than the read timeout is spent, then the answer comes."""
-    shell.upstream.script("m", [Fault.delay(3.0, Fault.ok("late"))])
+    shell.upstream.script("m", [Delay(3.0, Ok("late"))])
     out = chat(shell, timeout=5.0)
     assert out.value.choices[0].message.content == "late"
     assert clock.sleeps == [3.0]
@@ -290,14 +334,14 @@ def test_delay_within_the_timeout_answers_late(shell: Shell, clock: FakeClock) -
 
 def test_delay_past_the_timeout_times_out(shell: Shell, clock: FakeClock) -> None:
     """A delay longer than the read timeout advances the clock by the timeout and raises."""
-    shell.upstream.script("m", [Fault.delay(30.0)])
+    shell.upstream.script("m", [Delay(30.0)])
     assert isinstance(chat(shell, timeout=5.0).error, openai.APITimeoutError)
     assert clock.sleeps == [5.0]
 
 
 def test_silence_times_out_after_the_read_timeout(shell: Shell, clock: FakeClock) -> None:
     """Silence lasts exactly the read timeout (the SDK default is 600 s)."""
-    shell.upstream.script("m", [Fault.silence(), Fault.silence()])
+    shell.upstream.script("m", [Silence(), Silence()])
     assert isinstance(chat(shell, timeout=2.0).error, openai.APITimeoutError)
     assert isinstance(chat(shell).error, openai.APITimeoutError)
     assert clock.sleeps == [2.0, 600.0]
@@ -305,7 +349,7 @@ def test_silence_times_out_after_the_read_timeout(shell: Shell, clock: FakeClock
 
 def test_silence_without_timeout_refuses_to_hang(shell: Shell) -> None:
     """With no read timeout the fake raises instead of hanging the test."""
-    shell.upstream.script("m", [Fault.silence()])
+    shell.upstream.script("m", [Silence()])
     error = chat(shell, timeout=None).error
     assert isinstance(error, RuntimeError)
     assert "hang forever" in str(error)
@@ -313,7 +357,7 @@ def test_silence_without_timeout_refuses_to_hang(shell: Shell) -> None:
 
 def test_reset_drops_the_connection(shell: Shell) -> None:
     """A reset surfaces as a connection error caused by RemoteProtocolError; it is still recorded."""
-    shell.upstream.script("m", [Fault.reset()])
+    shell.upstream.script("m", [Reset()])
     error = chat(shell).error
     assert isinstance(error, openai.APIConnectionError)
     assert not isinstance(error, openai.APITimeoutError)
@@ -327,7 +371,7 @@ def test_reset_drops_the_connection(shell: Shell) -> None:
 
 def test_cut_after_40_of_60_yields_40_deltas_then_raises(shell: Shell) -> None:
     """The body is cut after exactly the delivered content chunks."""
-    shell.upstream.script("m", [Fault.stream(tokens=60, cut_after=40)])
+    shell.upstream.script("m", [Cut(40, tokens=60)])
     out = chat(shell, stream=True)
     assert deltas(out.items) == ["tok0"] + [f" tok{i}" for i in range(1, 40)]
     assert isinstance(out.error, openai.APIConnectionError)
@@ -335,16 +379,16 @@ def test_cut_after_40_of_60_yields_40_deltas_then_raises(shell: Shell) -> None:
 
 
 def test_cut_after_zero_delivers_no_event(shell: Shell) -> None:
-    """cut_after=0 cuts before the first event: not even the role chunk arrives."""
-    shell.upstream.script("m", [Fault.stream(tokens=5, cut_after=0)])
+    """Cut(0) cuts before the first event: not even the role chunk arrives."""
+    shell.upstream.script("m", [Cut(0, tokens=5)])
     out = chat(shell, stream=True)
     assert out.items == []
     assert isinstance(out.error, openai.APIConnectionError)
 
 
 def test_stall_after_zero_delays_the_first_event(shell: Shell, clock: FakeClock) -> None:
-    """stall_after=0 is a slow first token: it meets the read timeout before any event."""
-    shell.upstream.script("m", [Fault.stream(tokens=5, stall_after=0, stall=20.0)])
+    """Stall(0, ...) is a slow first token: it meets the read timeout before any event."""
+    shell.upstream.script("m", [Stall(0, 20.0, tokens=5)])
     out = chat(shell, stream=True, timeout=2.0)
     assert out.items == []
     assert isinstance(out.error, openai.APITimeoutError)
@@ -353,7 +397,7 @@ def test_stall_after_zero_delays_the_first_event(shell: Shell, clock: FakeClock)
 
 def test_cut_responses_stream(shell: Shell) -> None:
     """A Responses stream is cut after as many text deltas."""
-    shell.upstream.script("m", [Fault.stream(tokens=10, cut_after=4)])
+    shell.upstream.script("m", [Cut(4, tokens=10)])
     out = shell.call("responses.create", model="m", input="hi", stream=True)
     assert [e.delta for e in out.items if e.type == "response.output_text.delta"] == [
         "tok0",
@@ -366,13 +410,13 @@ def test_cut_responses_stream(shell: Shell) -> None:
 
 def test_cut_non_streaming_body(shell: Shell) -> None:
     """For a JSON answer the body is cut halfway."""
-    shell.upstream.script("m", [Fault.stream(cut_after=0)])
+    shell.upstream.script("m", [Cut(0)])
     assert isinstance(chat(shell).error, openai.APIConnectionError)
 
 
 def test_stall_past_the_read_timeout_times_out(shell: Shell, clock: FakeClock) -> None:
     """A stall longer than the read timeout advances the clock by it and raises APITimeoutError."""
-    shell.upstream.script("m", [Fault.stream(tokens=10, stall_after=5, stall=30.0)])
+    shell.upstream.script("m", [Stall(5, 30.0, tokens=10)])
     out = chat(shell, stream=True, timeout=4.0)
     assert len(deltas(out.items)) == 5
     assert isinstance(out.error, openai.APITimeoutError)
@@ -381,7 +425,7 @@ def test_stall_past_the_read_timeout_times_out(shell: Shell, clock: FakeClock) -
 
 def test_stall_within_the_read_timeout_continues(shell: Shell, clock: FakeClock) -> None:
     """A shorter stall is spent on the clock and the stream completes."""
-    shell.upstream.script("m", [Fault.stream(tokens=10, stall_after=5, stall=3.0)])
+    shell.upstream.script("m", [Stall(5, 3.0, tokens=10)])
     out = chat(shell, stream=True, timeout=4.0)
     assert out.error is None
     assert len(deltas(out.items)) == 10
@@ -390,14 +434,14 @@ def test_stall_within_the_read_timeout_continues(shell: Shell, clock: FakeClock)
 
 def test_stall_on_a_json_body_times_out(shell: Shell, clock: FakeClock) -> None:
     """For a JSON answer the stall comes between headers and body."""
-    shell.upstream.script("m", [Fault.stream(stall_after=0, stall=9.0)])
+    shell.upstream.script("m", [Stall(0, 9.0)])
     assert isinstance(chat(shell, timeout=1.0).error, openai.APITimeoutError)
     assert clock.sleeps == [1.0]
 
 
 def test_malformed_event_makes_the_sdk_raise(shell: Shell) -> None:
     """The SDK raises on the invalid-JSON event, after the chunks before it."""
-    shell.upstream.script("m", [Fault.stream(tokens=10, malformed_at=3)])
+    shell.upstream.script("m", [Malformed(3, tokens=10)])
     out = chat(shell, stream=True)
     assert deltas(out.items) == ["tok0", " tok1", " tok2"]
     assert isinstance(out.error, json.JSONDecodeError)
@@ -405,7 +449,7 @@ def test_malformed_event_makes_the_sdk_raise(shell: Shell) -> None:
 
 def test_no_done_ends_cleanly(shell: Shell) -> None:
     """Without [DONE] the stream still ends without error, with every token."""
-    shell.upstream.script("m", [Fault.stream(tokens=7, done=False)])
+    shell.upstream.script("m", [Ok(tokens=7, done=False)])
     out = chat(shell, stream=True)
     assert out.error is None
     assert len(deltas(out.items)) == 7
@@ -414,7 +458,7 @@ def test_no_done_ends_cleanly(shell: Shell) -> None:
 
 def test_no_done_responses_stream_lacks_completed(shell: Shell) -> None:
     """A Responses stream has no [DONE]: done=False leaves out response.completed."""
-    shell.upstream.script("m", [Fault.stream(tokens=2, done=False)])
+    shell.upstream.script("m", [Ok(tokens=2, done=False)])
     out = shell.call("responses.create", model="m", input="x", stream=True)
     assert out.error is None
     assert out.items[-1].type == "response.output_item.done"
@@ -449,7 +493,7 @@ def test_headers_and_raw_stream(upstream: FakeUpstream) -> None:
 
 def test_malformed_event_leaves_the_rest_readable(upstream: FakeUpstream) -> None:
     """Exactly one event is invalid JSON; the ones after it parse."""
-    upstream.script("m", [Fault.stream(tokens=5, malformed_at=2)])
+    upstream.script("m", [Malformed(2, tokens=5)])
     with httpx2.Client(transport=upstream.transport()) as client:
         body = client.post(f"{BASE_URL}/chat/completions", json=stream_request()).content
     data = sse_data(body)
@@ -465,7 +509,7 @@ def test_malformed_event_leaves_the_rest_readable(upstream: FakeUpstream) -> Non
 
 def test_no_done_omits_the_terminator(upstream: FakeUpstream) -> None:
     """done=False: the body has no ``data: [DONE]``."""
-    upstream.script("m", [Fault.stream(tokens=2, done=False)])
+    upstream.script("m", [Ok(tokens=2, done=False)])
     with httpx2.Client(transport=upstream.transport()) as client:
         body = client.post(f"{BASE_URL}/chat/completions", json=stream_request()).content
     assert b"[DONE]" not in body
@@ -474,7 +518,7 @@ def test_no_done_omits_the_terminator(upstream: FakeUpstream) -> None:
 
 def test_stall_reads_the_timeout_current_at_the_stall(upstream: FakeUpstream, clock: FakeClock) -> None:
     """A read timeout changed after the headers (idle limit) is the one a stall is held against."""
-    upstream.script("m", [Fault.stream(tokens=4, stall_after=2, stall=5.0)])
+    upstream.script("m", [Stall(2, 5.0, tokens=4)])
     with httpx2.Client(transport=upstream.transport(), timeout=httpx2.Timeout(10.0)) as client:
         request = client.build_request("POST", f"{BASE_URL}/chat/completions", json=stream_request())
         response = client.send(request, stream=True)
@@ -488,7 +532,7 @@ async def test_async_stall_reads_the_timeout_current_at_the_stall(
     upstream: FakeUpstream, clock: FakeClock
 ) -> None:
     """The async body re-reads the read timeout at each stall too."""
-    upstream.script("m", [Fault.stream(tokens=4, stall_after=2, stall=5.0)])
+    upstream.script("m", [Stall(2, 5.0, tokens=4)])
     async with httpx2.AsyncClient(
         transport=upstream.async_transport(), timeout=httpx2.Timeout(10.0)
     ) as client:
@@ -506,7 +550,7 @@ async def test_async_stall_reads_the_timeout_current_at_the_stall(
 def test_hold_blocks_sync_callers_until_released(upstream: FakeUpstream) -> None:
     """Held requests wait in flight (all recorded) until the event is set."""
     release = threading.Event()
-    upstream.set_default("m", Fault.hold(release, Fault.ok("released")))
+    upstream.set_default("m", Hold(release, Ok("released")))
     shell = SyncShell(upstream)
     results: list[Outcome] = []
     threads = [threading.Thread(target=lambda: results.append(chat(shell))) for _ in range(3)]
@@ -527,7 +571,7 @@ def test_hold_blocks_sync_callers_until_released(upstream: FakeUpstream) -> None
 async def test_hold_does_not_block_the_event_loop(upstream: FakeUpstream) -> None:
     """Held async requests leave the loop free; setting the event releases them all."""
     release = threading.Event()
-    upstream.set_default("m", Fault.hold(release))
+    upstream.set_default("m", Hold(release))
     http_client = httpx2.AsyncClient(transport=upstream.async_transport())
     async with openai.AsyncOpenAI(
         api_key="k", base_url=BASE_URL, max_retries=0, http_client=http_client
@@ -551,8 +595,8 @@ async def test_hold_does_not_block_the_event_loop(upstream: FakeUpstream) -> Non
 
 def test_script_is_consumed_in_order_then_the_default_applies(shell: Shell) -> None:
     """One scripted fault per request, then the model's default."""
-    shell.upstream.script("m", [Fault.status(503), Fault.ok("second")])
-    shell.upstream.set_default("m", Fault.ok("default"))
+    shell.upstream.script("m", [Status(503), Ok("second")])
+    shell.upstream.set_default("m", Ok("default"))
     assert shell.upstream.pending("m") == 2
     outcomes = [chat(shell) for _ in range(3)]
     assert isinstance(outcomes[0].error, openai.InternalServerError)
@@ -563,10 +607,10 @@ def test_script_is_consumed_in_order_then_the_default_applies(shell: Shell) -> N
 def test_scripts_and_defaults_are_per_model_with_a_wildcard(shell: Shell) -> None:
     """A model's own script and default come first; ``"*"`` serves the rest."""
     up = shell.upstream
-    up.set_default("*", Fault.ok("everyone"))
-    up.set_default("special", Fault.ok("special"))
-    up.script("*", [Fault.ok("wild")])
-    up.script("own", [Fault.ok("own")])
+    up.set_default("*", Ok("everyone"))
+    up.set_default("special", Ok("special"))
+    up.script("*", [Ok("wild")])
+    up.script("own", [Ok("own")])
     assert chat(shell, "own").value.choices[0].message.content == "own"
     assert chat(shell, "own").value.choices[0].message.content == "wild"
     assert chat(shell, "special").value.choices[0].message.content == "special"
@@ -575,7 +619,7 @@ def test_scripts_and_defaults_are_per_model_with_a_wildcard(shell: Shell) -> Non
 
 def test_requests_are_recorded_and_counted(shell: Shell, clock: FakeClock) -> None:
     """Every request is recorded with method, path, model, stream, body and headers."""
-    shell.upstream.script("a", [Fault.reset()])
+    shell.upstream.script("a", [Reset()])
     chat(shell, "a")
     clock.advance(5)
     chat(shell, "b", stream=True)
@@ -602,7 +646,7 @@ def test_requests_are_recorded_and_counted(shell: Shell, clock: FakeClock) -> No
 
 def test_requests_without_a_model_use_the_wildcard(shell: Shell) -> None:
     """GET /models has no model: it is recorded with model None and takes ``"*"`` faults."""
-    shell.upstream.script("*", [Fault.status(503)])
+    shell.upstream.script("*", [Status(503)])
     assert isinstance(shell.call("models.list").error, openai.InternalServerError)
     assert shell.upstream.requests[0].model is None
 
@@ -631,26 +675,23 @@ def test_recorded_request_repr_masks_credentials() -> None:
 
 def test_fault_is_an_immutable_value_with_a_readable_repr() -> None:
     """Faults compare by value, cannot be changed, and repr as their constructor call."""
-    assert Fault.status(429, headers={"Retry-After": "2"}) == Fault.status(429, headers={"retry-after": "2"})
+    assert Status(429, headers={"Retry-After": "2"}) == Status(429, headers={"retry-after": "2"})
     with pytest.raises(AttributeError):
-        Fault.ok().text = "x"  # type: ignore[misc]
-    assert (
-        repr(Fault.status(429, headers={"retry-after": "2"}))
-        == "Fault.status(429, headers={'retry-after': '2'})"
-    )
-    assert repr(Fault.delay(2.0, Fault.reset())) == "Fault.delay(2.0, then=Fault.reset())"
-    assert repr(Fault.stream(cut_after=40)) == "Fault.stream(tokens=60, cut_after=40)"
-    assert repr(Fault.ok("hi", latency=0.5)) == "Fault.ok('hi', latency=0.5)"
+        Ok().text = "x"  # type: ignore[misc]
+    assert repr(Status(429, headers={"retry-after": "2"})) == "Status(429, headers={'retry-after': '2'})"
+    assert repr(Delay(2.0, Reset())) == "Delay(2.0, then=Reset())"
+    assert repr(Cut(40, tokens=8)) == "Cut(40, tokens=8)"
+    assert repr(Ok("hi", latency=0.5)) == "Ok(text='hi', latency=0.5)"
 
 
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: Fault.status(200), "4xx or 5xx"),
-        (lambda: Fault.ok(tokens=-1), "tokens"),
-        (lambda: Fault.delay(-1.0), "seconds"),
-        (lambda: Fault.stream(cut_after=-2), "cut_after"),
-        (lambda: Fault.stream(stall=float("nan")), "stall"),
+        (lambda: Status(200), "4xx or 5xx"),
+        (lambda: Ok(tokens=-1), "tokens"),
+        (lambda: Delay(-1.0), "seconds"),
+        (lambda: Cut(-2), "after"),
+        (lambda: Stall(0, float("nan")), "seconds"),
     ],
 )
 def test_fault_constructors_validate(build: Callable[[], Fault], message: str) -> None:
@@ -666,12 +707,51 @@ def test_script_rejects_non_faults(upstream: FakeUpstream) -> None:
 
 
 def test_public_api_is_small_and_sorted() -> None:
-    """``resilient_openai.testing`` exports exactly its four names, sorted."""
+    """``resilient_openai.testing`` exports the clock, the fake, its record and the fault values, sorted."""
     import resilient_openai.testing as testing
 
     assert testing.__all__ == sorted(testing.__all__)
-    assert testing.__all__ == ["FakeClock", "FakeUpstream", "Fault", "RecordedRequest"]
+    faults = [
+        "Cut",
+        "Delay",
+        "Garbage",
+        "Hold",
+        "Malformed",
+        "Ok",
+        "OneOf",
+        "Reset",
+        "Silence",
+        "Stall",
+        "Status",
+    ]
+    assert testing.__all__ == sorted(["FakeClock", "FakeUpstream", "Fault", "RecordedRequest", *faults])
     assert all(hasattr(testing, name) for name in testing.__all__)
+
+
+def test_one_of_draws_a_fault_per_request_and_records_it(upstream: FakeUpstream) -> None:
+    """OneOf answers each request with one of its faults, seeded, and the record names the one drawn."""
+    mix = OneOf((Ok("a"), Status(503)), seed=3)
+    upstream.set_default("m", mix)
+    for _ in range(20):
+        SyncShell(upstream).call("chat.completions.create", model="m", messages=MESSAGES)
+    drawn = [r.fault for r in upstream.requests]
+    assert set(map(repr, drawn)) == {"Ok(text='a')", "Status(503)"}
+    assert all(any(fault is choice for choice in mix.faults) for fault in drawn)
+    again = OneOf((Ok("a"), Status(503)), seed=3)
+    assert [repr(again.draw()) for _ in range(20)] == list(map(repr, drawn))
+
+
+def test_take_removes_the_requests_of_one_call(upstream: FakeUpstream) -> None:
+    """take() hands back the requests carrying one id header, with the fault that answered each."""
+    upstream.script("m", [Status(503), Ok("fine")])
+    for call in ("c1", "c2"):
+        SyncShell(upstream).call(
+            "chat.completions.create", model="m", messages=MESSAGES, extra_headers={"X-Call": call}
+        )
+    taken = upstream.take("x-call", "c1")
+    assert [r.fault for r in taken] == [Status(503)]
+    assert [r.headers["x-call"] for r in upstream.requests] == ["c2"]
+    assert upstream.take("x-call", "c1") == []
 
 
 def test_models_can_be_declared_up_front() -> None:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._upstream import Block, Cut, Drop, Stall, Wait
+from ._upstream import Block, Hangup, Wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
         reply = plan.outcome
-        if isinstance(reply, Drop):
+        if isinstance(reply, Hangup):
             # Closing without a byte: the client sees the server disconnect before answering.
             self.close_connection = True
             return
@@ -148,11 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(piece, bytes):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 self.wfile.flush()
-            elif isinstance(piece, Stall):
-                if not self._wait(Wait(piece.seconds)):
+            elif isinstance(piece, Wait):
+                if not self._wait(piece):
                     self.close_connection = True
                     return
-            elif isinstance(piece, Cut):
+            else:
                 # No terminating chunk (or fewer bytes than content-length): a truncated body.
                 self.close_connection = True
                 return

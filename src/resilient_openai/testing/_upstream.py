@@ -17,32 +17,45 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx2
 
 from .. import _shapes
+from . import _shapes as fake_shapes
 from ._clock import FakeClock
+from ._faults import (
+    FAULTS,
+    Breakage,
+    Cut,
+    Delay,
+    Fault,
+    Garbage,
+    Hold,
+    Malformed,
+    Ok,
+    OneOf,
+    Reset,
+    Silence,
+    Stall,
+    Status,
+)
 
 if TYPE_CHECKING:
     from .._clock import Clock
 
 __all__ = [
+    "BodyStep",
     "Block",
-    "Cut",
-    "Drop",
-    "Fault",
     "FakeUpstream",
+    "Hangup",
     "Plan",
     "RecordedRequest",
     "Reply",
-    "Stall",
     "Wait",
     "wait_verdict",
 ]
-
-FaultKind = Literal["ok", "status", "delay", "reset", "silence", "hold", "stream"]
 
 # Error ``type`` OpenAI sends with each status when the test does not name one.
 _ERROR_TYPES: dict[int, str] = {
@@ -57,202 +70,14 @@ _ERROR_TYPES: dict[int, str] = {
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 
 
-def _non_negative(name: str, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class Fault:
-    """How the fake upstream answers one request. Build one with a constructor, never directly.
-
-    Faults are immutable values, so one instance can be scripted many times:
-    ``upstream.script("gpt-4o", [Fault.status(503), Fault.reset(), Fault.ok("hi")])``.
-    """
-
-    kind: FaultKind
-    text: str | None = None
-    tokens: int = 12
-    model: str | None = None
-    latency: float = 0.0
-    status_code: int = 200
-    error_code: str | None = None
-    error_type: str | None = None
-    message: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    seconds: float = 0.0
-    then: Fault | None = None
-    event: threading.Event | None = field(default=None, compare=False)
-    cut_after: int | None = None
-    stall_after: int | None = None
-    stall: float = 0.0
-    malformed_at: int | None = None
-    done: bool = True
-    usage: bool | None = None
-
-    @classmethod
-    def ok(
-        cls, text: str | None = None, *, tokens: int = 12, model: str | None = None, latency: float = 0.0
-    ) -> Fault:
-        """A normal answer (JSON, or a clean stream when the request streams).
-
-        ``text`` defaults to ``"tok0 tok1 ... tok{tokens-1}"``; ``model`` answers with another model
-        name than the one asked for; ``latency`` is a wait before the headers.
-        """
-        _non_negative("tokens", tokens)
-        _non_negative("latency", latency)
-        return cls(kind="ok", text=text, tokens=tokens, model=model, latency=latency)
-
-    @classmethod
-    def status(
-        cls,
-        code: int,
-        *,
-        code_str: str | None = None,
-        type: str | None = None,
-        message: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Fault:
-        """An HTTP error with OpenAI's body ``{"error": {message, type, param, code}}``.
-
-        ``code_str`` is ``error.code`` (e.g. ``"insufficient_quota"``, ``"context_length_exceeded"``);
-        ``type`` defaults to the one OpenAI uses for that status; ``headers`` are added to the
-        response, e.g. ``{"retry-after": "2"}``.
-        """
-        if not 400 <= code <= 599:
-            raise ValueError(f"Fault.status needs a 4xx or 5xx code, got {code}")
-        return cls(
-            kind="status",
-            status_code=code,
-            error_code=code_str,
-            error_type=type,
-            message=message,
-            headers=tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items()),
-        )
-
-    @classmethod
-    def delay(cls, seconds: float, then: Fault | None = None) -> Fault:
-        """Wait ``seconds`` before the headers, then answer as ``then`` (default :meth:`ok`).
-
-        In process, a wait longer than the request's read timeout advances the clock by the timeout
-        and raises ``httpx2.ReadTimeout``, as a real client would.
-        """
-        _non_negative("seconds", seconds)
-        return cls(kind="delay", seconds=seconds, then=then)
-
-    @classmethod
-    def reset(cls) -> Fault:
-        """The connection drops before any header (``httpx2.RemoteProtocolError``)."""
-        return cls(kind="reset")
-
-    @classmethod
-    def silence(cls) -> Fault:
-        """Never answer: in process the request times out after its read timeout."""
-        return cls(kind="silence")
-
-    @classmethod
-    def hold(cls, event: threading.Event, then: Fault | None = None) -> Fault:
-        """Block before the headers until ``event`` is set, then answer as ``then`` (default ok).
-
-        For concurrency tests: requests pile up in flight until the test releases them. The
-        async transport polls the event and never blocks the event loop. No timeout applies.
-        """
-        return cls(kind="hold", event=event, then=then)
-
-    @classmethod
-    def stream(
-        cls,
-        *,
-        tokens: int = 60,
-        text: str | None = None,
-        cut_after: int | None = None,
-        stall_after: int | None = None,
-        stall: float = 0.0,
-        malformed_at: int | None = None,
-        done: bool = True,
-        usage: bool | None = None,
-    ) -> Fault:
-        """An answer whose streamed body misbehaves.
-
-        Positions count the content chunks (token deltas) already sent. Position 0 is before the
-        stream's first event: the opening events (the chat role chunk, ``response.created`` ...)
-        go out together with the first token, so ``cut_after=0`` delivers no event at all and
-        ``stall_after=0`` is a slow first token.
-
-        - ``cut_after``: the connection is cut after that many content chunks
-          (``httpx2.RemoteProtocolError`` from the body);
-        - ``stall_after`` / ``stall``: after that many content chunks, wait ``stall`` seconds (in
-          process, longer than the read timeout *current at that moment* raises ``ReadTimeout``);
-        - ``malformed_at``: the content chunk at that index is replaced by an invalid-JSON event;
-        - ``done=False``: no chat ``data: [DONE]`` (for the Responses API, which sends no
-          ``[DONE]``, the final ``response.completed`` event is left out), the body ends cleanly;
-        - ``usage``: force the chat usage chunk on or off (``None`` follows
-          ``stream_options.include_usage``).
-
-        A position past the last token applies just after it. For a non-streaming request the
-        body is cut halfway (``cut_after``), stalls before it (``stall_after``) or is truncated
-        JSON (``malformed_at``); ``done`` and ``usage`` do not apply.
-        """
-        for name, value in (
-            ("tokens", tokens),
-            ("cut_after", cut_after),
-            ("stall_after", stall_after),
-            ("stall", stall),
-            ("malformed_at", malformed_at),
-        ):
-            _non_negative(name, value)
-        return cls(
-            kind="stream",
-            tokens=tokens,
-            text=text,
-            cut_after=cut_after,
-            stall_after=stall_after,
-            stall=stall,
-            malformed_at=malformed_at,
-            done=done,
-            usage=usage,
-        )
-
-    def __repr__(self) -> str:
-        """The constructor call that builds this fault, for readable test failures."""
-        args: list[str]
-        if self.kind == "ok":
-            args = [repr(self.text)] if self.text is not None else [f"tokens={self.tokens}"]
-            args += [f"{k}={v!r}" for k, v in (("model", self.model), ("latency", self.latency)) if v]
-        elif self.kind == "status":
-            args = [str(self.status_code)]
-            args += [
-                f"{k}={v!r}"
-                for k, v in (
-                    ("code_str", self.error_code),
-                    ("type", self.error_type),
-                    ("message", self.message),
-                    ("headers", dict(self.headers) or None),
-                )
-                if v is not None
-            ]
-        elif self.kind in ("delay", "hold"):
-            args = [repr(self.seconds) if self.kind == "delay" else repr(self.event)]
-            args += [f"then={self.then!r}"] if self.then is not None else []
-        elif self.kind == "stream":
-            args = [f"tokens={self.tokens}"] if self.text is None else [f"text={self.text!r}"]
-            defaults: dict[str, object] = {"done": True, "usage": None, "stall": 0.0}
-            for name in ("cut_after", "stall_after", "stall", "malformed_at", "done", "usage"):
-                value = getattr(self, name)
-                if value != defaults.get(name):
-                    args.append(f"{name}={value!r}")
-        else:
-            args = []
-        return f"Fault.{self.kind}({', '.join(args)})"
-
-
 @dataclass(frozen=True, slots=True, repr=False)
 class RecordedRequest:
     """One request the fake upstream received, recorded even when its fault dropped it.
 
     ``model`` is the body's ``"model"`` (``None`` when there is none); ``headers`` has lower-cased
     names and keeps every header (``repr`` masks credentials); ``at`` is the clock's ``now()``;
-    ``request_id`` is the ``x-request-id`` the answer carries (or would have carried).
+    ``request_id`` is the ``x-request-id`` the answer carries (or would have carried); ``fault``
+    the fault that answered it (the very instance scripted or set as default).
     """
 
     method: str
@@ -263,6 +88,7 @@ class RecordedRequest:
     headers: dict[str, str]
     at: float
     request_id: str = ""
+    fault: Fault | None = None
 
     def __repr__(self) -> str:
         """Like the dataclass repr, with credential header values masked."""
@@ -272,7 +98,7 @@ class RecordedRequest:
         return (
             f"RecordedRequest(method={self.method!r}, path={self.path!r}, model={self.model!r}, "
             f"stream={self.stream!r}, json={self.json!r}, headers={headers!r}, at={self.at!r}, "
-            f"request_id={self.request_id!r})"
+            f"request_id={self.request_id!r}, fault={self.fault!r})"
         )
 
 
@@ -286,7 +112,7 @@ def _mask(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Wait before the headers; ``math.inf`` waits forever (only a timeout ends it)."""
+    """Wait ``seconds`` (before the headers, or between body pieces); ``math.inf`` waits forever."""
 
     seconds: float
 
@@ -299,24 +125,12 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
-class Drop:
-    """Close the connection without sending anything."""
+class Hangup:
+    """Close the connection: before the headers, nothing is sent; in the body, nothing more."""
 
 
-@dataclass(frozen=True, slots=True)
-class Stall:
-    """Pause the body for ``seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Cut:
-    """Close the connection mid-body; nothing after this piece is sent."""
-
-
-BodyStep = bytes | Stall | Cut
-"""One piece of a planned body: bytes to send, a pause, or the cut that ends it."""
+BodyStep = bytes | Wait | Hangup
+"""One piece of a planned body: bytes to send, a pause, or the hang-up that ends it."""
 
 _Frame = tuple[str | None, _shapes.JSONDict]
 """One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
@@ -337,7 +151,7 @@ class Plan:
     """What the fake does for one request: waits before the headers, then reply or drop."""
 
     before: tuple[Wait | Block, ...]
-    outcome: Reply | Drop
+    outcome: Reply | Hangup
 
 
 def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, bool]:
@@ -350,7 +164,7 @@ def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, boo
         return read_timeout, True
     if math.isinf(seconds):
         raise RuntimeError(
-            "the fake upstream never answers this request (Fault.silence()) and the request has no "
+            "the fake upstream never answers this request (Silence()) and the request has no "
             "read timeout, so the test would hang forever: give the client a timeout"
         )
     return seconds, False
@@ -371,29 +185,35 @@ def _merge_headers(
 
 
 def _stream_body(
-    head: list[bytes], content: list[bytes], malformed: list[bytes], tail: list[bytes], fault: Fault
+    head: list[bytes],
+    content: list[bytes],
+    malformed: list[bytes],
+    tail: list[bytes],
+    breakage: Breakage | None,
 ) -> tuple[BodyStep, ...]:
-    """Lay out a streamed body, inserting the fault's stall, cut and malformed chunk.
+    """Lay out a streamed body, inserting the breakage's pause, hang-up or malformed chunk.
 
-    Positions count content chunks already sent. Position 0 is before the first event, so
-    ``cut_after=0`` delivers no event at all and ``stall_after=0`` delays the first one; the
-    opening events (chat role chunk, ``response.created`` ...) go out with the first token.
-    A position past the last token means "just after it".
+    Positions count content chunks already sent (see :class:`Cut`); the opening events go out
+    with the first token, and a position past the last token means "just after it".
     """
     steps: list[BodyStep] = []
     last = len(content)
-    stall_at = None if fault.stall_after is None else min(fault.stall_after, last)
-    cut_at = None if fault.cut_after is None else min(fault.cut_after, last)
+    at = (
+        None
+        if breakage is None
+        else min(breakage.at if isinstance(breakage, Malformed) else breakage.after, last)
+    )
     for position in range(last + 1):
-        if position == stall_at:
-            steps.append(Stall(fault.stall))
-        if position == cut_at:
-            steps.append(Cut())
+        if position == at and isinstance(breakage, Stall):
+            steps.append(Wait(breakage.seconds))
+        if position == at and isinstance(breakage, Cut):
+            steps.append(Hangup())
             return tuple(steps)
         if position == 0:
             steps.extend(head)
         if position < last:
-            steps.append(malformed[position] if position == fault.malformed_at else content[position])
+            broken = position == at and isinstance(breakage, Malformed)
+            steps.append(malformed[position] if broken else content[position])
     steps.extend(tail)
     return tuple(steps)
 
@@ -453,7 +273,7 @@ class FakeUpstream:
     It answers ``POST .../chat/completions`` (JSON or SSE), ``POST .../responses`` (JSON or SSE),
     ``POST .../embeddings`` and ``GET .../models`` in the SDK's exact shapes, under any path
     prefix. Each request takes the next fault scripted for its model (:meth:`script`), or the
-    model's default (:meth:`set_default`, initially :meth:`Fault.ok`). Use it in process::
+    model's default (:meth:`set_default`, initially :class:`Ok`). Use it in process::
 
         upstream = FakeUpstream()
         client = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", max_retries=0,
@@ -471,7 +291,7 @@ class FakeUpstream:
         self._models = list(models)
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Fault]] = {}
-        self._defaults: dict[str, Fault] = {"*": Fault.ok()}
+        self._defaults: dict[str, Fault] = {"*": Ok()}
         self._requests: list[RecordedRequest] = []
         self._serial = itertools.count(1)
 
@@ -490,14 +310,14 @@ class FakeUpstream:
         """
         faults = list(faults)
         for fault in faults:
-            if not isinstance(fault, Fault):
+            if not isinstance(fault, FAULTS):
                 raise TypeError(f"script() takes Fault values, got {fault!r}")
         with self._lock:
             self._scripts.setdefault(model, deque()).extend(faults)
 
     def set_default(self, model: str, fault: Fault) -> None:
         """How ``model`` answers once its script is used up; ``"*"`` for every other model."""
-        if not isinstance(fault, Fault):
+        if not isinstance(fault, FAULTS):
             raise TypeError(f"set_default() takes a Fault, got {fault!r}")
         with self._lock:
             self._defaults[model] = fault
@@ -514,8 +334,11 @@ class FakeUpstream:
         for queue_key in (key, "*"):
             queue = self._scripts.get(queue_key)
             if queue:
-                return queue.popleft()
-        return self._defaults.get(key) or self._defaults["*"]
+                fault = queue.popleft()
+                break
+        else:
+            fault = self._defaults.get(key) or self._defaults["*"]
+        return fault.draw() if isinstance(fault, OneOf) else fault
 
     # -- counting -------------------------------------------------------------------------------
 
@@ -533,6 +356,19 @@ class FakeUpstream:
                 for r in self._requests
                 if (model is None or r.model == model) and (path is None or r.path.endswith(path))
             )
+
+    def take(self, header: str, value: str) -> list[RecordedRequest]:
+        """Remove and return the recorded requests whose ``header`` is ``value``, oldest first.
+
+        For a harness that tags each call with an id header and checks every call by its own
+        requests as soon as it ends, while the log stays as short as the calls in flight.
+        """
+        name = header.lower()
+        with self._lock:
+            taken = [r for r in self._requests if r.headers.get(name) == value]
+            if taken:
+                self._requests = [r for r in self._requests if r.headers.get(name) != value]
+            return taken
 
     def reset_counts(self) -> None:
         """Forget the recorded requests (scripts and defaults are kept)."""
@@ -590,6 +426,7 @@ class FakeUpstream:
                     headers={k.lower(): v for k, v in headers.items()},
                     at=self._clock.now(),
                     request_id=request_id,
+                    fault=fault,
                 )
             )
         call = _Call(method, path, body, model, stream, request_id, serial, int(self._clock.wall()))
@@ -597,92 +434,112 @@ class FakeUpstream:
 
     def _plan(self, call: _Call, fault: Fault) -> Plan:
         before: list[Wait | Block] = []
-        while True:
-            if fault.kind == "delay":
-                before.append(Wait(fault.seconds))
-            elif fault.kind == "hold":
-                assert fault.event is not None
-                before.append(Block(fault.event))
-            else:
-                break
-            fault = fault.then if fault.then is not None else Fault.ok()
-        outcome: Reply | Drop
-        if fault.kind == "reset":
-            outcome = Drop()
-        elif fault.kind == "silence":
+        while isinstance(fault, Delay | Hold | OneOf):
+            if isinstance(fault, OneOf):
+                fault = fault.draw()
+                continue
+            before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
+            fault = fault.then
+        outcome: Reply | Hangup
+        if isinstance(fault, Reset):
+            outcome = Hangup()
+        elif isinstance(fault, Silence):
             before.append(Wait(math.inf))
-            outcome = Drop()
-        elif fault.kind == "status":
-            outcome = self._error_reply(call, fault)
-        else:
+            outcome = Hangup()
+        elif isinstance(fault, Status):
+            outcome = _error_reply(call, fault)
+        elif isinstance(fault, Garbage):
+            outcome = _garbage_reply(fault)
+        elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
-            outcome = self._answer(call, fault)
+            outcome = self._answer(call, fault, None)
+        else:
+            outcome = self._answer(call, Ok(fault.text, tokens=fault.tokens), fault)
         return Plan(tuple(before), _with_request_id(outcome, call.request_id))
 
-    def _error_reply(self, call: _Call, fault: Fault) -> Reply:
-        code = fault.status_code
-        error_type = fault.error_type or _ERROR_TYPES.get(
-            code, "server_error" if code >= 500 else "invalid_request_error"
-        )
-        message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
-        body = _shapes.error_body(message, type=error_type, code=fault.error_code)
-        return _json_reply(code, body, fault.headers)
-
-    def _answer(self, call: _Call, fault: Fault) -> Reply:
-        """A successful answer for the endpoint, shaped by an ``ok`` or ``stream`` fault."""
+    def _answer(self, call: _Call, answer: Ok, breakage: Breakage | None) -> Reply:
+        """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
         endpoint = _endpoint(call.method, call.path)
         if endpoint is None:
             message = f"Invalid URL ({call.method} {call.path})"
-            return _json_reply(404, _shapes.error_body(message, type="invalid_request_error"))
+            return _json_reply(404, fake_shapes.error_body(message, type="invalid_request_error"))
         if endpoint == "models":
             with self._lock:
                 names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
             ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
-            return _json_reply(200, _shapes.model_list(ids, created=call.created))
+            return _json_reply(200, fake_shapes.model_list(ids, created=call.created))
         if call.body is None:
             message = "We could not parse the JSON body of your request. (fake upstream)"
-            return _json_reply(400, _shapes.error_body(message, type="invalid_request_error"))
-        model = fault.model or call.model or "fake-model"
+            return _json_reply(400, fake_shapes.error_body(message, type="invalid_request_error"))
+        model = answer.model or call.model or "fake-model"
         if endpoint == "embeddings":
             dims = call.body.get("dimensions")
-            payload = _shapes.embeddings(
+            payload = fake_shapes.embeddings(
                 _embedding_inputs(call.body.get("input", "")),
                 model,
                 encoding_format="base64" if call.body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
-            return _json_answer(payload, fault)
-        text = fault.text if fault.text is not None else _shapes.placeholder_text(fault.tokens)
+            return _json_answer(payload, breakage)
+        text = answer.text if answer.text is not None else fake_shapes.placeholder_text(answer.tokens)
         prompt_tokens = _shapes.count_tokens(_prompt_text(call.body))
         if endpoint == "chat":
-            return _chat_answer(call, call.body, fault, model, text, prompt_tokens)
-        return _responses_answer(call, fault, model, text, prompt_tokens)
+            return _chat_answer(call, call.body, answer, breakage, model, text, prompt_tokens)
+        return _responses_answer(call, answer, breakage, model, text, prompt_tokens)
+
+
+def _error_reply(call: _Call, fault: Status) -> Reply:
+    code = fault.code
+    error_type = fault.type or _ERROR_TYPES.get(
+        code, "server_error" if code >= 500 else "invalid_request_error"
+    )
+    message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
+    body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
+    return _json_reply(code, body, fault.headers.items())
+
+
+def _garbage_reply(fault: Garbage) -> Reply:
+    if isinstance(fault.body, Mapping):
+        data = json.dumps(fault.body, separators=(",", ":"), ensure_ascii=False).encode()
+        default_type = "application/json"
+    else:
+        data = fault.body.encode() if isinstance(fault.body, str) else fault.body
+        default_type = "text/html; charset=utf-8"
+    return Reply(fault.status, (("content-type", fault.content_type or default_type),), (data,), len(data))
 
 
 def _chat_answer(
-    call: _Call, body: dict[str, Any], fault: Fault, model: str, text: str, prompt_tokens: int
+    call: _Call,
+    body: dict[str, Any],
+    answer: Ok,
+    breakage: Breakage | None,
+    model: str,
+    text: str,
+    prompt_tokens: int,
 ) -> Reply:
-    """A chat completion, or its chunk stream with the fault's misbehaviour laid in."""
+    """A chat completion, or its chunk stream with the breakage laid in."""
     completion = _shapes.chat_completion(
         text, model, id=f"chatcmpl-fake{call.serial:06d}", created=call.created, prompt_tokens=prompt_tokens
     )
     if not call.stream:
-        return _json_answer(completion, fault)
+        return _json_answer(completion, breakage)
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if fault.usage is not None:
-        include_usage = fault.usage
+    if answer.usage is not None:
+        include_usage = answer.usage
     frames: list[_Frame] = [(None, c) for c in _shapes.chat_chunks(completion, include_usage=include_usage)]
     # The first chunk announces the role; then one chunk per token; then finish (and usage).
     tokens = _shapes.count_tokens(text)
     head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
-    tail_bytes = [_frame(f) for f in tail] + ([b"data: [DONE]\n\n"] if fault.done else [])
-    return _sse_reply(head, content, tail_bytes, fault)
+    tail_bytes = [_frame(f) for f in tail] + ([b"data: [DONE]\n\n"] if answer.done else [])
+    return _sse_reply(head, content, tail_bytes, breakage)
 
 
-def _responses_answer(call: _Call, fault: Fault, model: str, text: str, prompt_tokens: int) -> Reply:
-    """A Responses API response, or its typed event stream with the fault's misbehaviour laid in."""
+def _responses_answer(
+    call: _Call, answer: Ok, breakage: Breakage | None, model: str, text: str, prompt_tokens: int
+) -> Reply:
+    """A Responses API response, or its typed event stream with the breakage laid in."""
     response = _shapes.response_object(
         text,
         model,
@@ -692,42 +549,39 @@ def _responses_answer(call: _Call, fault: Fault, model: str, text: str, prompt_t
         input_tokens=prompt_tokens,
     )
     if not call.stream:
-        return _json_answer(response, fault)
+        return _json_answer(response, breakage)
     frames: list[_Frame] = list(_shapes.response_events(response))
     # The deltas are the events just before the one output_text.done of our single message.
     last = [name for name, _ in frames].index("response.output_text.done")
     first = last - _shapes.count_tokens(text)
     head, content, tail = frames[:first], frames[first:last], frames[last:]
-    if not fault.done:
+    if not answer.done:
         tail = tail[:-1]  # the Responses API has no [DONE]: leave out response.completed instead
-    return _sse_reply(head, content, [_frame(f) for f in tail], fault)
+    return _sse_reply(head, content, [_frame(f) for f in tail], breakage)
 
 
-def _sse_reply(head: list[_Frame], content: list[_Frame], tail: list[bytes], fault: Fault) -> Reply:
+def _sse_reply(
+    head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
+) -> Reply:
     body = _stream_body(
-        [_frame(f) for f in head], [_frame(f) for f in content], [_broken(f) for f in content], tail, fault
+        [_frame(f) for f in head], [_frame(f) for f in content], [_broken(f) for f in content], tail, breakage
     )
     return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), body, None)
 
 
-def _json_answer(payload: _shapes.JSONDict, fault: Fault) -> Reply:
-    """A JSON answer, with a ``stream`` fault's body misbehaviour applied to it."""
+def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Reply:
+    """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     reply = _json_reply(200, payload)
-    if fault.kind != "stream":
-        return reply
     data = reply.body[0]
     assert isinstance(data, bytes)
-    steps: list[BodyStep] = []
-    if fault.stall_after is not None:
-        steps.append(Stall(fault.stall))
-    if fault.cut_after is not None:
-        steps += [data[: len(data) // 2], Cut()]
-    elif fault.malformed_at is not None:
+    if isinstance(breakage, Stall):
+        return Reply(200, reply.headers, (Wait(breakage.seconds), data), len(data))
+    if isinstance(breakage, Cut):
+        return Reply(200, reply.headers, (data[: len(data) // 2], Hangup()), len(data))
+    if isinstance(breakage, Malformed):
         broken = data[: len(data) // 2]
-        return Reply(200, reply.headers, (*steps, broken), len(broken))
-    else:
-        steps.append(data)
-    return Reply(200, reply.headers, tuple(steps), len(data))
+        return Reply(200, reply.headers, (broken,), len(broken))
+    return reply
 
 
 def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embeddings", "models"] | None:
@@ -743,8 +597,8 @@ def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embedding
     return None
 
 
-def _with_request_id(outcome: Reply | Drop, request_id: str) -> Reply | Drop:
-    if isinstance(outcome, Drop):
+def _with_request_id(outcome: Reply | Hangup, request_id: str) -> Reply | Hangup:
+    if isinstance(outcome, Hangup):
         return outcome
     headers = _merge_headers((("x-request-id", request_id),), outcome.headers)
     return Reply(outcome.status, headers, outcome.body, outcome.content_length)
@@ -789,7 +643,7 @@ class _Transport(httpx2.BaseTransport):
                 step.event.wait()
             else:
                 self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Drop):
+        if isinstance(plan.outcome, Hangup):
             raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
         return _response(request, plan.outcome, _Body(self, request, plan.outcome.body))
 
@@ -814,10 +668,10 @@ class _Body(httpx2.SyncByteStream):
         # where the last pass stopped, and a cut connection stays cut.
         while self._position < len(self._steps):
             step = self._steps[self._position]
-            if isinstance(step, Cut):
+            if isinstance(step, Hangup):
                 raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
             self._position += 1
-            if isinstance(step, Stall):
+            if isinstance(step, Wait):
                 self._transport._wait(self._request, step.seconds)
             else:
                 yield step
@@ -841,7 +695,7 @@ class _AsyncTransport(httpx2.AsyncBaseTransport):
                     await asyncio.sleep(0.001)
             else:
                 await self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Drop):
+        if isinstance(plan.outcome, Hangup):
             raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
         return _response(request, plan.outcome, _AsyncBody(self, request, plan.outcome.body))
 
@@ -868,10 +722,10 @@ class _AsyncBody(httpx2.AsyncByteStream):
         # where the last pass stopped, and a cut connection stays cut.
         while self._position < len(self._steps):
             step = self._steps[self._position]
-            if isinstance(step, Cut):
+            if isinstance(step, Hangup):
                 raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
             self._position += 1
-            if isinstance(step, Stall):
+            if isinstance(step, Wait):
                 await self._transport._wait(self._request, step.seconds)
             else:
                 yield step
