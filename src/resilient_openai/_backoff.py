@@ -36,6 +36,9 @@ def decide_retry(
     attempt: int,
     remaining: float,
     rand: float,
+    has_next: bool = False,
+    spent: float = 0.0,
+    limit: float = math.inf,
 ) -> RetryDecision:
     """Decide after failed attempt number ``attempt`` (1-based) with ``remaining`` seconds of budget.
 
@@ -43,11 +46,17 @@ def decide_retry(
     cancellation), an upstream that says ``x-should-retry: false``, a server-requested wait longer
     than ``policy.max_retry_after``, or any wait that would not fit in the remaining budget — in
     those cases giving up now lets a fallback answer while there is still time.
+
+    A silent target is not waited on again when the route has another step (``has_next``): a
+    timeout, or any failure that took at least half the attempt's time ``limit`` (``spent``
+    seconds: an upstream that held the request and then hung up), fails over at once.
     """
     verdict = outcome.verdict
     rule = policy.rules.get(verdict)
     if rule is None:
         return RetryDecision(None, f"{verdict} is not retried")
+    if has_next and (verdict is Verdict.TIMEOUT or spent >= limit / 2):
+        return RetryDecision(None, f"{verdict} after {spent:.3g}s: failing over instead of waiting again")
     if policy.honor_should_retry and outcome.should_retry is False:
         return RetryDecision(None, "upstream said x-should-retry: false")
     if attempt >= rule.attempts:

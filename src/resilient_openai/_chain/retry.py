@@ -65,9 +65,14 @@ class _Judge:
         target = call.target
         assert target is not None
         remaining = call.deadline - now
+        limits = target.timeouts
+        limit = limits.first_token if call.stream else limits.attempt
+        if call.caller_timeout is not None:
+            limit = min(limit, call.caller_timeout)
         delay = decide_retry(
-            judged, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=self._rand()
-        ).delay
+            judged, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=self._rand(),
+            has_next=call.has_next, spent=now - started, limit=limit,
+        ).delay  # fmt: skip
         breaker = target.breaker
         if delay is not None and breaker is not None and breaker.state in _SHUT:
             # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
