@@ -74,7 +74,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         {"retry": {"rules": {"server_errr": {}}}},
         "retry.rules.server_errr",
-        "unknown verdict 'server_errr'; allowed: conflict, connection_error, rate_limited, request_timeout",
+        "unknown verdict 'server_errr'; allowed: conflict, connection_error, malformed_response,",
         id="rule-unknown-verdict",
     ),
     pytest.param(

@@ -175,11 +175,11 @@ def test_operation_names_drop_resource_ids(url: str, name: str) -> None:
     assert operation_of(url) == name
 
 
-def test_unreadable_body_is_a_retried_server_error(harness: Harness) -> None:
+def test_unreadable_body_is_a_retried_malformed_response(harness: Harness) -> None:
     """A 200 with a truncated JSON body is the server's fault: retried, never a bare ValueError."""
     harness.upstream.script("gpt-A", [Malformed(0), Ok(text="fine")])
     result = harness.chat(harness.client())
     assert result.choices[0].message.content == "fine"
     record = provenance(result)
     assert record is not None
-    assert [a.verdict for a in record.attempts] == ["server_error", "success"]
+    assert [a.verdict for a in record.attempts] == ["malformed_response", "success"]

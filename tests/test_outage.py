@@ -6,19 +6,32 @@ what the caller gets, after how long, and how many requests reached each target.
 
 from __future__ import annotations
 
+import json
+import string
+
+import httpx2
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from resilient_openai import (
+    BreakerPolicy,
     CircuitOpenError,
     FallbackPolicy,
     FallbackStep,
     Policy,
+    RetryPolicy,
+    RetryRule,
     Route,
     Timeouts,
+    Verdict,
+    health,
     provenance,
+    resilient,
 )
-from resilient_openai.testing import Delay, Ok, Reset, Silence, Status
+from resilient_openai.testing import Delay, FakeClock, Garbage, Ok, Reset, Silence, Status
 
 from .conftest import Harness
 
@@ -127,3 +140,93 @@ def test_defaults_ride_out_a_minute_long_outage_and_come_back_quickly(harness: H
     assert primary_back - 60.0 <= 30.0
     # Breaks of 5, 10, 20, 20 ... s over the rest of the outage: a handful of probes, not one per call.
     assert requests_while_open <= 5
+
+
+# -- garbage in, nothing out -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body", ["<html><body>502 Bad Gateway</body></html>", {"unexpected": "shape"}], ids=["html", "no-choices"]
+)
+def test_a_malformed_200_is_a_failure_never_an_answer(harness: Harness, body: object) -> None:
+    """A 200 that is not an answer is retried, counted by the breaker, falls back, and is never
+    stored as "the last good answer"."""
+    harness.upstream.set_default("gpt-A", Garbage(body))  # type: ignore[arg-type]
+    canned = FallbackStep(kind="canned", text="busy")
+    policy = Policy(
+        retry=RetryPolicy(rules={Verdict.MALFORMED_RESPONSE: RetryRule(attempts=2, base=0.01, cap=0.01)}),
+        breaker=BreakerPolicy(fail_max=4),
+        fallback=_route(FallbackStep(kind="cache"), canned),
+    )
+    client = harness.client(policy)
+    for _ in range(2):
+        record = provenance(harness.chat(client))
+        assert record is not None
+        assert (record.source, record.reason) == ("canned", "malformed_response")
+    assert harness.upstream.count(model="gpt-A") == 4
+    assert [b["state"] for b in health(client)["breakers"]] == ["open"]
+    assert health(client)["cache"]["stores"] == 0
+
+
+def test_without_a_fallback_a_malformed_200_is_the_sdks_validation_error(harness: Harness) -> None:
+    """Nothing else to answer: the caller gets the SDK's own APIResponseValidationError."""
+    harness.upstream.set_default("gpt-A", Garbage("<html>oops</html>"))
+    with pytest.raises(openai.APIResponseValidationError) as caught:
+        harness.chat(harness.client(Policy(retry=RetryPolicy(rules={}))))
+    record = provenance(caught.value)
+    assert record is not None
+    assert record.reason == "malformed_response"
+
+
+_HEADER_NAMES = st.sampled_from(
+    ["content-type", "retry-after", "retry-after-ms", "x-should-retry", "content-encoding", "x-request-id"]
+)
+_BODIES = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=64).map(str.encode),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value).encode()),
+    st.just(b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": 7}]}'),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    status=st.sampled_from([200, 200, 200, 201, 204, 301, 400, 404, 409, 418, 429, 500, 503, 599]),
+    body=_BODIES,
+    headers=st.dictionaries(_HEADER_NAMES, st.text(alphabet=string.printable, max_size=24), max_size=4),
+    stream=st.booleans(),
+)
+def test_nothing_but_sdk_errors_or_ours_ever_leaves_the_chain(
+    status: int, body: bytes, headers: dict[str, str], stream: bool
+) -> None:
+    """Any status, body and headers: an answer of the right type, or an ``openai.OpenAIError``."""
+    safe = {k: v for k, v in headers.items() if "\r" not in v and "\n" not in v}
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(status, headers=safe, content=body)
+
+    raw = openai.OpenAI(
+        api_key="sk-property", base_url="http://property.test/v1",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(answer)),
+    )  # fmt: skip
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        timeouts=Timeouts(total=5.0, attempt=1.0, connect=1.0, first_token=1.0, stream_idle=1.0),
+    )
+    client = resilient(raw, policy, clock=FakeClock())
+    try:
+        result = client.chat.completions.create(
+            model="gpt-A", messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
+        if stream:
+            for chunk in result:
+                assert isinstance(chunk, ChatCompletionChunk)
+        else:
+            assert isinstance(result, ChatCompletion)
+            assert isinstance(result.choices, list)
+    except openai.OpenAIError:
+        pass

@@ -48,6 +48,8 @@ class Verdict(StrEnum):
     CANCELLED = "cancelled"
     CIRCUIT_OPEN = "circuit_open"
     STREAM_INTERRUPTED = "stream_interrupted"
+    #: A 200 whose body is not a valid response of the operation (HTML, truncated or shapeless JSON).
+    MALFORMED_RESPONSE = "malformed_response"
     UNEXPECTED = "unexpected"
 
 
@@ -97,6 +99,9 @@ TRAITS: Mapping[Verdict, Traits] = {
     Verdict.CIRCUIT_OPEN: Traits(outage=True, forced_as=(None, None)),
     Verdict.STREAM_INTERRUPTED: Traits(
         retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(None, None)
+    ),
+    Verdict.MALFORMED_RESPONSE: Traits(
+        retryable=True, outage=True, breaker_failure=True, may_trip=True, forced_as=(200, None)
     ),
     Verdict.UNEXPECTED: Traits(may_trip=True, forced_as=(None, None)),
 }
@@ -223,7 +228,9 @@ def classify(outcome: BaseException | None, *, now_epoch: float = 0.0) -> Classi
         return Classification(Verdict.CIRCUIT_OPEN, retry_after=outcome.retry_after)
     if isinstance(outcome, IncompleteStreamError):
         return Classification(Verdict.STREAM_INTERRUPTED)
+    if isinstance(outcome, openai.APIResponseValidationError):
+        return Classification(Verdict.MALFORMED_RESPONSE, status=outcome.status_code)
     if isinstance(outcome, openai.APIError):
-        # A body that did not validate, or an error event inside a stream: the server's fault.
+        # An error event inside a stream: the server's fault.
         return Classification(Verdict.SERVER_ERROR)
     return Classification(Verdict.UNEXPECTED)

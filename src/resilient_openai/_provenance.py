@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -81,7 +82,9 @@ def attach(obj: Any, record: Provenance) -> None:
     try:
         ref = weakref.ref(obj, _forgetter(key))
     except TypeError:
-        obj.__resilient_provenance__ = record
+        # Objects of builtin types (str, bytes) can carry nothing: they go without.
+        with contextlib.suppress(AttributeError, TypeError):
+            obj.__resilient_provenance__ = record
         return
     with _lock:
         _by_id[key] = (record, ref)

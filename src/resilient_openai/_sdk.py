@@ -36,8 +36,9 @@ __all__ = [
     "prepare_attempt",
     "read_limit",
     "response_of",
+    "malformed",
+    "malformed_error",
     "tenant",
-    "unreadable_error",
     "with_body",
 ]
 
@@ -134,9 +135,35 @@ def mapped_transport_error(exc: Exception, request: httpx2.Request) -> Exception
     return openai.APIConnectionError(request=request)
 
 
-def unreadable_error(request: httpx2.Request, exc: Exception) -> openai.APIError:
-    """A 200 whose body the SDK could not read: the server's fault, as an SDK error."""
-    return openai.APIError(f"the upstream's answer could not be read: {exc}", request, body=None)
+def malformed_error(request: httpx2.Request, why: str) -> openai.APIResponseValidationError:
+    """A 200 whose body is not a valid answer: the upstream's failure, as the SDK's own error."""
+    response = httpx2.Response(200, request=request)
+    return openai.APIResponseValidationError(
+        response, None, message=f"the upstream's 200 is not an answer: {why}"
+    )
+
+
+#: The field every valid answer of an operation carries (a list).
+_ANSWER_FIELD = {"chat.completions": "choices", "responses": "output"}
+
+
+def malformed(
+    result: Any, cast_to: Any, options: FinalRequestOptions, operation: str, stream: bool
+) -> str | None:
+    """Why a parsed 200 is not a valid answer of ``operation`` (None: it is, or cannot be told yet).
+
+    Only plain results are judged (a stream is judged event by event; a raw response's body is
+    parsed by the caller). The SDK hands back the text of a body that is not JSON, and builds a
+    model from any JSON object: neither is an answer.
+    """
+    if not _is_plain(options, cast_to, stream):
+        return None
+    if not isinstance(result, pydantic.BaseModel):
+        return f"a {type(result).__name__} body instead of JSON"
+    field = _ANSWER_FIELD.get(operation)
+    if field is not None and not isinstance(getattr(result, field, None), list):
+        return f"JSON without {field!r}"
+    return None
 
 
 def error_from_status(

@@ -28,6 +28,8 @@ def forced_error(call: Call, verdict: Verdict) -> Exception:
         if code == "timeout":
             return openai.APITimeoutError(request=request)
         return openai.APIConnectionError(message="Connection error (forced failure).", request=request)
+    if status == 200:
+        return _sdk.malformed_error(request, "forced")
     target = call.target
     name = target.name if target is not None else "?"
     body = {

@@ -1,10 +1,13 @@
 """The end of the chain: the SDK's own ``request`` on the current target, its retries off.
 
-Here an attempt's exception becomes an :class:`~resilient_openai._chain._call.Outcome`,
-classified once, for every layer above to read.
+Here an attempt becomes an :class:`~resilient_openai._chain._call.Outcome`, classified once, for
+every layer above to read: an exception, a 200 that is not an answer of the operation
+(malformed: HTML, truncated or shapeless JSON), or the answer.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from .. import _sdk
 from .._classify import classify
@@ -19,11 +22,15 @@ def failed(exc: Exception, clock: Clock) -> Outcome:
     return Outcome(error=exc, judged=classify(exc, now_epoch=clock.wall()))
 
 
-def _unreadable(call: Call, exc: ValueError) -> Exception:
-    """A 200 whose body the SDK could not parse (truncated JSON): judged a server error."""
-    error = _sdk.unreadable_error(_sdk.describe_request(call.client, call.options), exc)
-    error.__cause__ = exc
-    return error
+def _malformed(call: Call, why: str, clock: Clock, cause: Exception | None = None) -> Outcome:
+    error = _sdk.malformed_error(_sdk.describe_request(call.client, call.options), why)
+    error.__cause__ = cause
+    return failed(error, clock)
+
+
+def _judged(call: Call, result: Any, clock: Clock) -> Outcome:
+    why = _sdk.malformed(result, call.cast_to, call.options, call.operation, call.stream)
+    return Outcome(result) if why is None else _malformed(call, why, clock)
 
 
 class SyncTerminal:
@@ -38,13 +45,12 @@ class SyncTerminal:
         target = call.target
         assert target is not None
         try:
-            return Outcome(
-                target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-            )
-        except ValueError as exc:
-            return failed(_unreadable(call, exc), self._clock)
+            result = target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
+        except ValueError as exc:  # the SDK could not read the JSON body
+            return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
+        return _judged(call, result, self._clock)
 
 
 class AsyncTerminal:
@@ -58,11 +64,11 @@ class AsyncTerminal:
     async def __call__(self, call: Call) -> Outcome:
         target = call.target
         assert target is not None
+        send = target.send
         try:
-            return Outcome(
-                await target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-            )
-        except ValueError as exc:
-            return failed(_unreadable(call, exc), self._clock)
+            result = await send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
+        except ValueError as exc:  # the SDK could not read the JSON body
+            return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
+        return _judged(call, result, self._clock)
