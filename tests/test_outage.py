@@ -21,6 +21,7 @@ from resilient_openai import (
     CircuitOpenError,
     FallbackPolicy,
     FallbackStep,
+    IncompleteStreamError,
     Policy,
     RetryPolicy,
     RetryRule,
@@ -31,7 +32,8 @@ from resilient_openai import (
     provenance,
     resilient,
 )
-from resilient_openai.testing import Delay, FakeClock, Garbage, Ok, Reset, Silence, Status
+from resilient_openai.observe.events import CallCompleted
+from resilient_openai.testing import Cut, Delay, FakeClock, Garbage, Ok, Reset, Silence, Status
 
 from .conftest import Harness
 
@@ -230,3 +232,38 @@ def test_nothing_but_sdk_errors_or_ours_ever_leaves_the_chain(
             assert isinstance(result.choices, list)
     except openai.OpenAIError:
         pass
+
+
+# -- streams that break after the first token ----------------------------------------------
+
+
+def test_a_broken_stream_says_what_happened_on_the_error_and_on_the_stream(harness: Harness) -> None:
+    """A cut after three chunks: the error's provenance and the stream's own both record the
+    attempt as interrupted, and listeners see the call end in that error, not as a success."""
+    harness.upstream.set_default("gpt-A", Cut(3))
+    events: list[object] = []
+    client = harness.client(Policy(), runtime={"listeners": (events.append,)})
+    stream, chunks, error = harness.stream_chat(client)
+    assert isinstance(error, IncompleteStreamError)
+    assert chunks
+    on_error, on_stream = provenance(error), provenance(stream)
+    assert on_error is not None
+    assert on_stream is not None
+    assert on_error.source is None
+    assert on_error.reason == on_stream.reason == "stream_interrupted"
+    assert [a.verdict for a in on_error.attempts] == ["stream_interrupted"]
+    assert on_stream.attempts == on_error.attempts
+    completed = [e for e in events if isinstance(e, CallCompleted)]
+    assert [(e.source, e.verdict, e.error) for e in completed] == [
+        (None, "stream_interrupted", "IncompleteStreamError")
+    ]
+
+
+def test_a_finished_stream_completes_when_it_ends(harness: Harness) -> None:
+    """A healthy stream is one successful call, reported once, when the caller has read it."""
+    events: list[object] = []
+    client = harness.client(Policy(), runtime={"listeners": (events.append,)})
+    _, _, error = harness.stream_chat(client)
+    assert error is None
+    completed = [e for e in events if isinstance(e, CallCompleted)]
+    assert [(e.source, e.verdict, e.error) for e in completed] == [("upstream", "success", None)]

@@ -7,6 +7,7 @@ the SDK's own result types, and stamps every result and every final error with i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -14,15 +15,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pydantic
 
 from .. import _sdk
+from .._classify import Verdict
+from .._errors import IncompleteStreamError
 from .._fallback.cache import CachedAnswer, ResponseCache
 from .._fallback.keys import PROCESS_SECRET, request_key, scope_id
 from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
-from .._provenance import Provenance, Source, attach
+from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
 from ._stream import StreamHooks
 
 if TYPE_CHECKING:
-    from .._classify import Verdict
     from .._clock import Clock
     from .._policy import FallbackStep, Policy, Route
     from ..observe.events import EventBus
@@ -33,6 +35,9 @@ __all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
 #: Operations whose answers the cache can replay faithfully (as JSON and as a stream).
 CACHEABLE = frozenset({"chat.completions", "responses"})
 _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBACK_CLIENT})
+
+
+_NO_CONTINUATION = StreamHooks()
 
 
 class LocalAnswer(NamedTuple):
@@ -109,13 +114,9 @@ class Delivery:
         assert self.cache is not None
         self.cache.put(key, CachedAnswer(call.operation, model, body, self._clock.wall()))
 
-    def stream_hooks(
-        self, call: Call, key: str | None, continuation: StreamHooks | None
-    ) -> StreamHooks | None:
-        """What a live stream from the primary reports when it ends: the cache stores it."""
-        if not call.stream or (key is None and continuation is None):
-            return None
-
+    def stream_hooks(self, call: Call, key: str | None, continuation: StreamHooks | None) -> StreamHooks:
+        """What a live stream reports when it ends: a finished answer from the primary is stored
+        (``key``), a cut one may be continued, a broken one records what happened."""
         store = None
         if key is not None:
             model = call.model
@@ -123,9 +124,35 @@ class Delivery:
             def store(answer: dict[str, Any]) -> None:
                 self._store(call, key, json.dumps(answer, separators=(",", ":")).encode(), model)
 
-        if continuation is None:
-            return StreamHooks(on_complete=store)
-        return StreamHooks(store, continuation.continue_sync, continuation.continue_async)
+        def ended(result: Any, error: IncompleteStreamError | None) -> None:
+            if error is not None:
+                self._broken(call, result, error)
+            self._completed(call, provenance(result), error)
+
+        go_on = continuation or _NO_CONTINUATION
+        return StreamHooks(store, go_on.continue_sync, go_on.continue_async, ended)
+
+    def _broken(self, call: Call, result: Any, error: IncompleteStreamError) -> None:
+        """A stream broke after its answer began: its attempt was no success after all. The error
+        and the caller's stream both say so."""
+        target = call.target
+        name = target.name if target is not None else None
+        attempts = list(call.attempts)
+        for index in range(len(attempts) - 1, -1, -1):
+            if attempts[index].target == name and attempts[index].verdict == Verdict.SUCCESS.value:
+                attempts[index] = dataclasses.replace(
+                    attempts[index], verdict=Verdict.STREAM_INTERRUPTED.value
+                )
+                break
+        reason = Verdict.STREAM_INTERRUPTED.value
+        record = Provenance(
+            source=None, model=None, requested_model=call.requested_model, target=name, reason=reason,
+            attempts=tuple(attempts),
+        )  # fmt: skip
+        attach(error, record)
+        delivered = provenance(result)
+        if delivered is not None:
+            attach(result, dataclasses.replace(delivered, reason=reason, attempts=tuple(attempts)))
 
     # -- local answers -----------------------------------------------------------------------
 
@@ -188,7 +215,7 @@ class Delivery:
             answered_by = call.model
         target = call.target
         assert target is not None
-        self._finish(call, result, target.source, answered_by, reason)
+        self._finish(call, result, target.source, answered_by, reason, completed=outcome.watch is None)
         return result
 
     def _remember(self, call: Call, result: Any, key: str) -> None:
@@ -203,7 +230,8 @@ class Delivery:
     def continued(
         self, call: Call, result: Any, target_name: str, model: str | None, reason: Verdict
     ) -> None:
-        """A stream cut mid-answer is being finished by another target: say so on the result."""
+        """A stream cut mid-answer is being finished by another target: say so on the result
+        (listeners hear of it when the stream ends)."""
         attach(
             result,
             Provenance(
@@ -211,17 +239,19 @@ class Delivery:
                 target=target_name, reason=reason.value, attempts=tuple(call.attempts),
             ),
         )  # fmt: skip
-        if self._bus:
-            self._bus.emit(
-                FallbackServed(
-                    self._clock.wall(), call.operation, call.requested_model, model,
-                    Source.FALLBACK_CLIENT.value, reason.value,
-                )
-            )  # fmt: skip
 
     def _finish(
-        self, call: Call, result: Any, source: Source, model: str | None, reason: Verdict | None
+        self,
+        call: Call,
+        result: Any,
+        source: Source,
+        model: str | None,
+        reason: Verdict | None,
+        *,
+        completed: bool = True,
     ) -> None:
+        """Stamp ``result`` with its provenance and tell the listeners; a live stream's call is
+        only ``completed`` when the stream ends."""
         target = call.target
         record = Provenance(
             source=source,
@@ -232,45 +262,53 @@ class Delivery:
             attempts=tuple(call.attempts),
         )
         attach(result, record)
+        if completed:
+            self._completed(call, record, None)
+
+    def _completed(self, call: Call, record: Provenance | None, error: BaseException | None) -> None:
+        """The call is over: an answer from ``record.source`` (a fallback's is announced as
+        served), or ``error``."""
         bus = self._bus
-        if bus:
-            clock = self._clock
-            if source is not Source.UPSTREAM:
-                reason_text = record.reason or ""
-                bus.emit(
-                    FallbackServed(
-                        clock.wall(), call.operation, call.requested_model, model, source.value, reason_text
-                    )
-                )
+        if not bus:
+            return
+        now, wall = self._clock.now(), self._clock.wall()
+        attempts = len(record.attempts) if record is not None else len(call.attempts)
+        if error is not None:
+            verdict = (record.reason if record is not None else None) or Verdict.UNEXPECTED.value
             bus.emit(
                 CallCompleted(
-                    clock.wall(), call.operation, call.requested_model, source.value, "success",
-                    len(call.attempts), clock.now() - call.started, None, answered_by=model,
+                    wall, call.operation, call.requested_model, None, verdict, attempts,
+                    now - call.started, type(error).__name__,
                 )
             )  # fmt: skip
+            return
+        assert record is not None
+        assert record.source is not None
+        source = record.source.value
+        if record.source is not Source.UPSTREAM:
+            served = FallbackServed(
+                wall, call.operation, call.requested_model, record.model, source, record.reason or ""
+            )
+            bus.emit(served)
+        bus.emit(
+            CallCompleted(
+                wall, call.operation, call.requested_model, source, "success", attempts,
+                now - call.started, None, answered_by=record.model,
+            )
+        )  # fmt: skip
 
     def give_up(self, call: Call, failure: Outcome) -> BaseException:
         """Nothing answered: the failure is the answer, with its provenance attached."""
         error = failure.error
         assert error is not None
-        verdict = failure.judged.verdict
-        attach(
-            error,
-            Provenance(
-                source=None,
-                model=None,
-                requested_model=call.requested_model,
-                target=call.target.name if call.target is not None else None,
-                reason=verdict.value,
-                attempts=tuple(call.attempts),
-            ),
+        record = Provenance(
+            source=None,
+            model=None,
+            requested_model=call.requested_model,
+            target=call.target.name if call.target is not None else None,
+            reason=failure.judged.verdict.value,
+            attempts=tuple(call.attempts),
         )
-        if self._bus:
-            clock = self._clock
-            self._bus.emit(
-                CallCompleted(
-                    clock.wall(), call.operation, call.requested_model, None, verdict.value,
-                    len(call.attempts), clock.now() - call.started, type(error).__name__,
-                )
-            )  # fmt: skip
+        attach(error, record)
+        self._completed(call, record, error)
         return error

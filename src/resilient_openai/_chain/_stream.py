@@ -41,6 +41,8 @@ class StreamHooks:
     #: Given the partial text of a stream cut mid-answer, another target's bytes continuing it.
     continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
     continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+    #: Told (the caller's stream, the error or None) when the stream ends: the call completes then.
+    on_end: Callable[[Any, IncompleteStreamError | None], None] | None = None
 
 
 _NO_HOOKS = StreamHooks()
@@ -54,7 +56,7 @@ class StreamWatch:
     __slots__ = (
         "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_first_token", "_malformed_run",
         "_permit", "_request", "_started", "breaker", "continued", "delivered", "done_seen", "ended",
-        "hooks", "model", "operation", "outcome", "skipped",
+        "hooks", "model", "operation", "outcome", "result", "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -68,8 +70,11 @@ class StreamWatch:
         deadline: float,
         request: httpx2.Request,
         hooks: StreamHooks | None = None,
+        result: Any = None,
     ) -> None:
         self.operation = operation
+        #: What the caller holds (the SDK's Stream): its provenance is corrected if it breaks.
+        self.result = result
         self._request = request
         self.model = model
         self.breaker = breaker
@@ -225,19 +230,23 @@ class StreamWatch:
         """The answer began now (called once, when priming ends)."""
         self._first_token = self._clock.now()
 
+    def fail(self, error: IncompleteStreamError) -> IncompleteStreamError:
+        """The answer began and the stream ends badly: end as interrupted (the fallback layer
+        records what happened, on the error and on the stream) and return the error to raise."""
+        self.end(Verdict.STREAM_INTERRUPTED, error)
+        return error
+
     def broke(self, exc: Exception) -> IncompleteStreamError:
-        """The transport failed mid-answer: end as interrupted, and the error to raise."""
-        self.end(Verdict.STREAM_INTERRUPTED)
+        """The transport failed mid-answer: the error to raise."""
         reason, detail = _broken(exc)
         error = self.error(reason, detail)
         error.__cause__ = exc
-        return error
+        return self.fail(error)
 
     def truncated(self) -> None:
         """At a clean end of the body: a success if the answer was finished, else raise."""
         if not self.complete():
-            self.end(Verdict.STREAM_INTERRUPTED)
-            raise self.error("truncated", "the body ended before the answer was finished")
+            raise self.fail(self.error("truncated", "the body ended before the answer was finished"))
         self.end(Verdict.SUCCESS)
 
     def hand_over(self) -> None:
@@ -254,18 +263,20 @@ class StreamWatch:
         if self.ended:
             self._settle()
 
-    def end(self, outcome: Verdict) -> None:
-        """The stream is over: SUCCESS, a failure verdict, or CANCELLED for an abandoned stream."""
+    def end(self, outcome: Verdict, error: IncompleteStreamError | None = None) -> None:
+        """The stream is over: SUCCESS, CANCELLED for an abandoned stream, or a failure ``error``."""
         if self.ended:
             return
         self.ended = True
         self.outcome = outcome
-        store = self.hooks.on_complete
-        if outcome is Verdict.SUCCESS and store is not None and not self.continued:
+        hooks = self.hooks
+        if outcome is Verdict.SUCCESS and hooks.on_complete is not None and not self.continued:
             answer = self._complete_answer()
             if answer is not None:
-                store(answer)
+                hooks.on_complete(answer)
         self._settle()
+        if hooks.on_end is not None:
+            hooks.on_end(self.result, error)
 
     def _complete_answer(self) -> dict[str, Any] | None:
         """The whole answer, only when the server said it was finished and completed."""
@@ -347,9 +358,8 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                     if kept:
                         yield kept
                 break
-            except IncompleteStreamError:
-                watch.end(Verdict.STREAM_INTERRUPTED)
-                raise
+            except IncompleteStreamError as error:
+                raise watch.fail(error) from error.__cause__
             except (httpx2.TimeoutException, httpx2.TransportError) as exc:
                 go_on = watch.hooks.continue_sync
                 more = go_on(watch.partial_text) if go_on is not None else None
@@ -416,9 +426,8 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                     if kept:
                         yield kept
                 break
-            except IncompleteStreamError:
-                watch.end(Verdict.STREAM_INTERRUPTED)
-                raise
+            except IncompleteStreamError as error:
+                raise watch.fail(error) from error.__cause__
             except (httpx2.TimeoutException, httpx2.TransportError) as exc:
                 go_on = watch.hooks.continue_async
                 more = await go_on(watch.partial_text) if go_on is not None else None

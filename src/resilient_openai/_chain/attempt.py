@@ -8,6 +8,8 @@ costs at most what is left, never attempts x timeout.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 
 from .. import _sdk
@@ -39,14 +41,14 @@ def _prepare(call: Call, clock: Clock) -> None:
     )
 
 
-def _watch(call: Call, clock: Clock, bus: EventBus, response: httpx2.Response) -> StreamWatch:
+def _watch(call: Call, clock: Clock, bus: EventBus, response: httpx2.Response, result: Any) -> StreamWatch:
     target = call.target
     assert target is not None
     # From here on a stall is measured against the idle limit, not the first-token one.
     _sdk.read_limit(response, min(target.timeouts.stream_idle, max(call.deadline - clock.now(), 0.001)))
     return StreamWatch(
         operation=call.operation, model=call.model, breaker=target.name, clock=clock, bus=bus,
-        deadline=call.deadline, request=response.request, hooks=call.hooks,
+        deadline=call.deadline, request=response.request, hooks=call.hooks, result=result,
     )  # fmt: skip
 
 
@@ -67,7 +69,7 @@ class SyncAttempt:
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.SyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result)
         guard = SyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:
@@ -94,7 +96,7 @@ class AsyncAttempt:
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.AsyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result)
         guard = AsyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:
