@@ -69,7 +69,7 @@ DEMO_PROMPTS: Final = (
 #: One call in this many asks a question never asked before, which no cache can answer.
 FRESH_EVERY: Final = 5
 #: How often the fake's faults are switched and a live view is handed a new result, in seconds.
-TICK: Final = 0.1
+TICK: Final = 0.05
 _MAX_BUG_REPORTS: Final = 5
 
 _ClientT = TypeVar("_ClientT", openai.OpenAI, openai.AsyncOpenAI)
