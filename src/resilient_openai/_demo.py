@@ -150,11 +150,6 @@ def demo_policy(model: str, fallback_model: str, *, break_duration: float = 3.0)
     """
     retry_rule = {"attempts": 2, "base": 0.1, "cap": 0.5}
     canned = "[canned] {model} is unavailable right now ({reason}). Try again soon."
-    steps = [
-        {"kind": "model", "model": fallback_model},
-        {"kind": "cache"},
-        {"kind": "canned", "text": canned},
-    ]
     return Policy.from_dict({
         "retry": {"rules": {v: retry_rule for v in ("server_error", "timeout", "connection_error")}},
         "timeouts": {"total": 3.0, "attempt": 1.0, "connect": 0.5, "first_token": 1.0, "stream_idle": 1.0},
@@ -162,7 +157,9 @@ def demo_policy(model: str, fallback_model: str, *, break_duration: float = 3.0)
             "mode": "consecutive", "fail_max": 5, "break_duration": break_duration, "break_multiplier": 1.0,
             "break_max": break_duration, "probe_lease": 3.0,
         },
-        "fallback": {"routes": {model: {"steps": steps}}},
+        "fallback": {"routes": {model: {"steps": [
+            {"kind": "model", "model": fallback_model}, {"kind": "cache"}, {"kind": "canned", "text": canned},
+        ]}}},
         "cache": {"ttl": 600.0},
     })  # fmt: skip
 
@@ -212,15 +209,10 @@ class PhaseSummary:
         """Sum up ``records`` and the ``models`` of the upstream requests of ``phase``."""
         latencies = [r.latency for r in records]
         return cls(
-            phase,
-            len(records),
-            Counter(r.source for r in records if r.source is not None),
-            sum(1 for r in records if r.error is not None),
-            percentile(latencies, 50),
-            percentile(latencies, 99),
-            len(models),
-            models.count(DEMO_MODEL),
-        )
+            phase, len(records), Counter(r.source for r in records if r.source is not None),
+            sum(1 for r in records if r.error is not None), percentile(latencies, 50),
+            percentile(latencies, 99), len(models), models.count(DEMO_MODEL),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,15 +290,13 @@ class DemoResult:
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
-    """How to run the demo; ``policy`` None uses :func:`demo_policy`.
-
-    The scenario's phases are played out on :data:`DEMO_MODEL` and the models of its route.
-    """
+    """How to run the demo: the phases play out on :data:`DEMO_MODEL` and the models of its route."""
 
     phases: tuple[Phase, ...] = field(default_factory=lambda: parse_scenario(DEFAULT_SCENARIO))
     concurrency: int = 16
     rate: float = 20.0
     use_async: bool = False
+    #: None: :func:`demo_policy`.
     policy: Policy | None = None
     #: Builds the HTTP client of each fallback target made from ``base_url`` (see ``resilient()``).
     http_client: HttpClientFactory | None = None

@@ -113,10 +113,9 @@ def _summary_table(result: DemoResult) -> "RenderableType":
     total = result.total
     sources = _ordered_sources(total.by_source)
     table = Table(title="summary by phase", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("phase")
-    table.add_column("seconds")
-    for name in ("calls", *sources, "errors", "p50 ms", "p99 ms", "upstream reqs", "to primary"):
-        table.add_column(name, justify="right")
+    columns = ("calls", *sources, "errors", "p50 ms", "p99 ms", "upstream reqs", "to primary")
+    for name in ("phase", "seconds", *columns):
+        table.add_column(name, justify="right" if name in columns else "left")
     for summary in (*result.summaries, total):
         if summary is total:
             table.add_section()
