@@ -13,14 +13,14 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _sdk
 from .._classify import Verdict
 from .._errors import DeadlineExceededError, RequestRejectedError
-from .._fallback.plan import PRIMARY, Send, Serve, Walk, route_for, walk
-from .._validate import oversized
+from .._fallback.plan import PRIMARY, Send, Serve, Walk, is_live, route_for, walk
+from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
 from ._stream import StreamHooks
 
@@ -59,14 +59,29 @@ class Walker:
     def start(self, call: Call) -> tuple[str | None, Walk]:
         """The call's cache key, and the walk over its route."""
         route = route_for(self._policy, call.requested_model)
-        return self.delivery.cache_key(call, route), walk(route, context_first=self._oversized(call, route))
+        roomy = self._roomy(call)
+        moves = walk(route, context_first=self._oversized(call, route, roomy), roomy=roomy)
+        return self.delivery.cache_key(call, route), moves
 
-    def _oversized(self, call: Call, route: Route) -> bool:
-        """Whether the prompt is known to exceed the model's window (then the walk starts at the
-        route's larger-context model, or the call is refused when there is none)."""
+    def _roomy(self, call: Call) -> Callable[[FallbackStep], bool]:
+        """Whether a step's model has a larger (or unknown) context window than the caller's."""
+        validation, targets = self._validation, self._policy.targets
+        own = context_window(validation, call.requested_model)
+
+        def roomy(step: FallbackStep) -> bool:
+            target = targets.get(step.target or "") if step.kind == "target" else None
+            model = step.model if target is None else (target.model or call.requested_model)
+            window = context_window(validation, model)
+            return own is None or window is None or window > own
+
+        return roomy
+
+    def _oversized(self, call: Call, route: Route, roomy: Callable[[FallbackStep], bool]) -> bool:
+        """Whether the prompt is known to exceed the model's window: then the walk starts where a
+        context-length error would go, or the call is refused when nowhere has room."""
         if call.body is None or not oversized(self._validation, call.requested_model, call.body):
             return False
-        if route.context_model is None:
+        if route.context_model is None and not any(is_live(step) and roomy(step) for step in route.steps):
             raise RequestRejectedError(
                 f"the prompt is larger than {call.requested_model}'s context window",
                 rule="context_window", operation=call.operation, model=call.requested_model,

@@ -8,7 +8,7 @@ returns when nothing is left to try. The drivers only do the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from enum import Enum
 from typing import NamedTuple
 
@@ -69,12 +69,12 @@ def route_for(policy: FallbackPolicy, model: str | None) -> Route:
 def next_move(verdict: Verdict, route: Route) -> Move:
     """Decide from the verdict: outages fall back, the caller's own mistakes never do.
 
-    ``context_length_exceeded`` goes to the route's larger-context model when there is one;
+    ``context_length_exceeded`` goes to a model with room for the prompt (see :func:`walk`);
     content filtering propagates the provider's reason unless a content-policy step exists.
     """
     if verdict in _OUTAGE:
         return Move.NEXT
-    if verdict is Verdict.CONTEXT_LENGTH_EXCEEDED and route.context_model is not None:
+    if verdict is Verdict.CONTEXT_LENGTH_EXCEEDED:
         return Move.CONTEXT
     if verdict is Verdict.CONTENT_FILTERED and route.content_policy is not None:
         return Move.CONTENT
@@ -86,17 +86,29 @@ def is_live(step: FallbackStep) -> bool:
     return step.kind in ("model", "target")
 
 
-def walk(route: Route, *, context_first: bool = False) -> Walk:
+def _roomier(
+    route: Route, after: list[FallbackStep], roomy: Callable[[FallbackStep], bool]
+) -> list[FallbackStep]:
+    """Where a prompt too long for its model goes: the route's ``context_model``, else the live
+    steps left whose window is larger or unknown (``roomy``). Never the cache or a canned text:
+    those would tell the caller the service is busy when the request is too long."""
+    if route.context_model is not None:
+        return [FallbackStep(kind="model", model=route.context_model)]
+    return [step for step in after if is_live(step) and roomy(step)]
+
+
+def walk(route: Route, *, context_first: bool = False, roomy: Callable[[FallbackStep], bool] = bool) -> Walk:
     """The steps to try, in order, for a call on ``route``; see the module docs for the protocol.
 
-    ``context_first``: the prompt is known to exceed the model's window, so the walk starts at
-    the route's larger-context model (the caller checks that one exists). After a failure, the
-    verdict decides (:func:`next_move`): outages go on down the route, a context-length error
-    goes to ``context_model``, a content-filtered one to the ``content_policy`` step, and
-    anything else ends the walk (the failure is the answer).
+    ``context_first``: the prompt is known to exceed the model's window, so the walk starts where
+    a context-length error would go. After a failure, the verdict decides (:func:`next_move`):
+    outages go on down the route; a context-length error goes to ``context_model``, or else to
+    the remaining model and target steps with room for it (``roomy(step)``: a larger or unknown
+    window); a content-filtered one goes to the ``content_policy`` step; anything else ends the
+    walk (the failure is the answer).
     """
     steps: list[FallbackStep] = (
-        [FallbackStep(kind="model", model=route.context_model)] if context_first else [PRIMARY, *route.steps]
+        _roomier(route, list(route.steps), roomy) if context_first else [PRIMARY, *route.steps]
     )
     reason: Verdict | None = None
     index = 0
@@ -114,7 +126,9 @@ def walk(route: Route, *, context_first: bool = False) -> Walk:
         if move is Move.RAISE:
             return
         if move is Move.CONTEXT:
-            steps, index = [FallbackStep(kind="model", model=route.context_model)], 0
+            steps, index = _roomier(route, steps[index + 1 :], roomy), 0
+            if steps and steps[0].model == step.model and step.kind == "model":
+                steps = steps[1:]  # the context model itself said the prompt is too long
         elif move is Move.CONTENT:
             assert route.content_policy is not None
             steps, index = [route.content_policy], 0
