@@ -74,11 +74,6 @@ class Permit:
         self._done = False
 
     @property
-    def breaker(self) -> CircuitBreaker:
-        """The breaker that issued this permit."""
-        return self._breaker
-
-    @property
     def is_probe(self) -> bool:
         """True when this permit holds one of the half-open circuit's probe slots."""
         return self._probe > 0
@@ -171,11 +166,7 @@ class CircuitBreaker:
         generation = machine.generation
         if machine.state == CLOSED:
             return Permit(self, generation, 0)
-        return self._acquire_locked()
-
-    def _acquire_locked(self) -> Permit:
-        """Admission for a circuit that is not closed: may change state, so under the lock."""
-        machine = self._machine
+        # Not closed: admission may change state, so it is decided under the lock.
         with self._lock:
             # Read the clock under the lock: a reading taken before it could be older than
             # one another thread already fed the machine.
