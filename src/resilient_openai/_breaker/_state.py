@@ -311,11 +311,13 @@ class BreakerState:
             # upstream as it was then, so it may neither extend an open period nor close one.
             return
         outcome = self._outcomes[verdict]
+        if outcome is Outcome.IGNORED:
+            return
         storage = self._storage
         state = storage.state
-        # Open and isolated never get here with an outcome that counts: entering either bumps
-        # the generation and neither issues permits.
-        if outcome is Outcome.IGNORED or state not in (CLOSED, HALF_OPEN):
+        if state not in (CLOSED, HALF_OPEN):
+            # Open / isolated: entering either bumps the generation and neither issues permits,
+            # so no outcome of the current generation can arrive there.
             return
         policy = self.policy
         if outcome is Outcome.SUCCESS:

@@ -36,7 +36,7 @@ class SlidingWindow:
     seconds and never for ``window`` seconds or more.
     """
 
-    __slots__ = ("_head", "_ring", "_size", "_totals", "_width")
+    __slots__ = ("_head", "_live", "_ring", "_size", "_totals", "_width")
 
     def __init__(self, window: float, buckets: int = 10) -> None:
         if not window > 0:
@@ -45,53 +45,54 @@ class SlidingWindow:
             raise ValueError(f"buckets must be >= 1, got {buckets!r}")
         self._width = window / buckets
         self._size = buckets
-        self._ring: list[list[int]] = []
-        self._totals = [0, 0, 0]
-        #: Absolute index (``floor(now / width)``) of the slice being filled.
-        self._head = _NEVER
         self.clear()
-
-    def _slice(self, now: float) -> list[int]:
-        """The counts of the slice being filled at ``now``, after expiring those out of the window.
-
-        A ``now`` older than one already seen gets the current slice: time only moves forward
-        here, so a late reading can never rewind the ring and wipe live slices.
-        """
-        index = int(now // self._width)
-        head, size, ring = self._head, self._size, self._ring
-        if index > head:
-            if index - head >= size:
-                self.clear()
-                ring = self._ring
-            else:
-                totals = self._totals
-                for expired in range(head + 1, index + 1):
-                    # Slot `expired % size` last held slice `expired - size`: out of the window now.
-                    old = ring[expired % size]
-                    totals[0] -= old[0]
-                    totals[1] -= old[1]
-                    totals[2] -= old[2]
-                    old[0] = old[1] = old[2] = 0
-            self._head = head = index
-        return ring[head % size]
-
-    def record(self, now: float, failed: bool, slow: bool = False) -> None:
-        """Count one call that ended at ``now``: a failure, or a success that may have been slow."""
-        counts, totals = self._slice(now), self._totals
-        kind = 1 if failed else 2 if slow else 0
-        counts[0] += 1
-        totals[0] += 1
-        if kind:
-            counts[kind] += 1
-            totals[kind] += 1
-
-    def snapshot(self, now: float) -> WindowCounts:
-        """The totals over the window ending at ``now``."""
-        self._slice(now)
-        return WindowCounts(*self._totals)
 
     def clear(self) -> None:
         """Forget everything (the circuit closed or was reset)."""
         self._ring = [[0, 0, 0] for _ in range(self._size)]
         self._totals = [0, 0, 0]
+        #: The slice being filled, and its absolute index (``floor(now / width)``).
+        self._live = self._ring[0]
         self._head = _NEVER
+
+    def _roll(self, index: int) -> None:
+        """Move the head to slice ``index`` (> head), expiring the slices that left the window."""
+        head, size, ring = self._head, self._size, self._ring
+        if index - head >= size:
+            self.clear()
+            ring = self._ring
+        else:
+            totals = self._totals
+            for expired in range(head + 1, index + 1):
+                # Slot `expired % size` last held slice `expired - size`: out of the window now.
+                old = ring[expired % size]
+                totals[0] -= old[0]
+                totals[1] -= old[1]
+                totals[2] -= old[2]
+                old[0] = old[1] = old[2] = 0
+        self._head = index
+        self._live = ring[index % size]
+
+    def record(self, now: float, failed: bool, slow: bool = False) -> None:
+        """Count one call that ended at ``now``: a failure, or a success that may have been slow.
+
+        A ``now`` older than one already seen is counted in the current slice: time only moves
+        forward here, so a late reading can never rewind the ring and wipe live slices.
+        """
+        index = int(now // self._width)
+        if index > self._head:
+            self._roll(index)
+        live, totals = self._live, self._totals
+        live[0] += 1
+        totals[0] += 1
+        if failed or slow:
+            kind = 1 if failed else 2
+            live[kind] += 1
+            totals[kind] += 1
+
+    def snapshot(self, now: float) -> WindowCounts:
+        """The totals over the window ending at ``now``."""
+        index = int(now // self._width)
+        if index > self._head:
+            self._roll(index)
+        return WindowCounts(*self._totals)
