@@ -39,7 +39,7 @@ from .events import (
     RetryScheduled,
     StreamEventSkipped,
 )
-from .redact import RedactingFilter
+from .redact import _RECORD_ATTRS, RedactingFilter
 
 __all__ = ["LOGGER_NAME", "LoggingListener"]
 
@@ -48,19 +48,17 @@ LOGGER_NAME = "resilient_openai.events"
 
 _PREFIX = "resilient-openai: "
 _SHUT = frozenset({"open", "isolated"})
-# Names ``Logger.makeRecord`` refuses in ``extra`` (it raises KeyError on them).
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _field_names: dict[type[Event], tuple[tuple[str, str], ...]] = {}
 
 
 def _fields(event: Event) -> dict[str, Any]:
     """The event's fields, for ``extra`` and for the line's template; a field an unknown subclass
-    names like a LogRecord attribute is renamed ``event_<name>`` instead of making ``makeRecord`` raise."""
+    names like a LogRecord attribute (``makeRecord`` raises KeyError on those) is renamed ``event_<name>``."""
     kind = type(event)
     names = _field_names.get(kind)
     if names is None:
         fields = dataclasses.fields(event) if dataclasses.is_dataclass(event) else ()
-        names = tuple((f.name, f"event_{f.name}" if f.name in _RESERVED else f.name) for f in fields)
+        names = tuple((f.name, f"event_{f.name}" if f.name in _RECORD_ATTRS else f.name) for f in fields)
         _field_names[kind] = names
     return {"event": kind.__name__} | {key: getattr(event, name, None) for name, key in names}
 

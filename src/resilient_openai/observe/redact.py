@@ -86,7 +86,7 @@ def redact(text: str) -> str:
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _PLAIN = (int, float, bool, type(None))
 _FORMATTER = logging.Formatter()
 
@@ -115,7 +115,7 @@ def _scrub(record: logging.LogRecord, *, keep_exc_info: bool, extras: bool) -> N
         record.stack_info = redact(record.stack_info)
     if extras:
         for key, value in list(record.__dict__.items()):
-            if key in _STANDARD_ATTRS or isinstance(value, _PLAIN):
+            if key in _RECORD_ATTRS or isinstance(value, _PLAIN):
                 continue
             shown = value if isinstance(value, str) else repr(value)
             masked = redact(shown)
