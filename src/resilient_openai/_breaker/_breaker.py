@@ -204,15 +204,9 @@ class CircuitBreaker:
             if permit._done:
                 return
             permit._done = True
+            now, wall = clock.now(), clock.wall()
             machine.record(
-                permit._generation,
-                permit._probe,
-                verdict,
-                duration,
-                retry_after,
-                error,
-                clock.now(),
-                clock.wall(),
+                permit._generation, permit._probe, verdict, duration, retry_after, error, now, wall
             )
             if not machine.outbox:
                 return
