@@ -60,17 +60,9 @@ class Driver:
         assert token != REJECTED, f"rejected in {self.machine.state}"
         return self.machine.generation, token
 
-    def call(
-        self,
-        verdict: Verdict | None,
-        *,
-        duration: float = 0.1,
-        retry_after: float | None = None,
-        error: BaseException | None = None,
-    ) -> None:
+    def call(self, verdict: Verdict | None, **outcome: Any) -> None:
         """Admit one call and record its outcome straight away."""
-        generation, token = self.admit()
-        self.report(generation, token, verdict, duration=duration, retry_after=retry_after, error=error)
+        self.report(*self.admit(), verdict, **outcome)
 
     def report(
         self,

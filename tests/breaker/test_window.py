@@ -1,48 +1,12 @@
-"""Health metrics: the consecutive-failure count (kept in a pybreaker storage) and the sliding window."""
+"""The sliding window: calls, failures and slow calls over the last ``window`` seconds."""
 
 from __future__ import annotations
 
-import pybreaker
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_openai._breaker._window import ConsecutiveFailures, SlidingWindow, WindowCounts
-
-
-def _storage() -> pybreaker.CircuitMemoryStorage:
-    return pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-
-
-# -- consecutive failures -----------------------------------------------------------------------
-
-
-def test_failures_in_a_row_are_counted_in_the_storage() -> None:
-    """Each failure returns the new count, and the count lives in the storage's counter."""
-    storage = _storage()
-    failures = ConsecutiveFailures(storage)
-    assert [failures.failure() for _ in range(3)] == [1, 2, 3]
-    assert failures.count == storage.counter == 3
-
-
-def test_a_success_ends_the_run() -> None:
-    """A success resets the count to zero."""
-    failures = ConsecutiveFailures(_storage())
-    failures.failure()
-    failures.failure()
-    failures.success()
-    assert failures.count == 0
-
-
-def test_clear_forgets_the_run() -> None:
-    """``clear`` resets the count."""
-    failures = ConsecutiveFailures(_storage())
-    failures.failure()
-    failures.clear()
-    assert failures.count == 0
-
-
-# -- sliding window -----------------------------------------------------------------------------
+from resilient_openai._breaker._window import SlidingWindow, WindowCounts
 
 
 def test_window_counts_calls_failures_and_slow_successes() -> None:

@@ -21,6 +21,8 @@ from ..observe.events import BreakerStateChanged, CallRejected
 from ._state import CLOSED, REJECTED, BreakerState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._classify import Verdict
     from .._clock import Clock
     from .._policy import BreakerPolicy
@@ -70,11 +72,6 @@ class Permit:
         self._generation = generation
         self._probe = probe
         self._done = False
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The breaker that issued this permit."""
-        return self._breaker
 
     @property
     def is_probe(self) -> bool:
@@ -138,7 +135,7 @@ class CircuitBreaker:
         self._clock = clock
         self._bus = bus
         if storage is None:
-            storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+            storage = pybreaker.CircuitMemoryStorage(CLOSED)
         self._machine = BreakerState(policy, storage, now=clock.now(), wall=clock.wall())
         # Guards the state machine only. Held for a handful of attribute updates, never across
         # a user's call and never while a listener runs.
@@ -169,31 +166,20 @@ class CircuitBreaker:
         generation = machine.generation
         if machine.state == CLOSED:
             return Permit(self, generation, 0)
-        return self._acquire_locked()
-
-    def _acquire_locked(self) -> Permit:
-        """Admission for a circuit that is not closed: may change state, so under the lock."""
-        machine = self._machine
+        # Not closed: admission may change state, so it is decided under the lock.
         with self._lock:
             # Read the clock under the lock: a reading taken before it could be older than
             # one another thread already fed the machine.
             now = self._clock.now()
             token = machine.admit(now)
-            if token != REJECTED:
-                permit = Permit(self, machine.generation, token)
-                if not machine.outbox:
-                    return permit  # a probe, or closed again meanwhile: nothing to announce
-                moved = machine.drain()
-                retry_after = cause = None
-            else:
-                retry_after = machine.retry_after(now)
-                cause = machine.cause
-                moved = machine.drain()
+            generation = machine.generation
+            moved = machine.drain()
+            if token == REJECTED:
+                retry_after, cause = machine.retry_after(now), machine.cause
         # Lock released: listeners may call back into this breaker.
-        if moved:
-            self._publish(moved)
+        self._publish(moved)
         if token != REJECTED:
-            return permit
+            return Permit(self, generation, token)
         if self._bus:
             at = self._clock.wall()
             self._bus.emit(CallRejected(at, self.name, math.inf if retry_after is None else retry_after))
@@ -218,15 +204,9 @@ class CircuitBreaker:
             if permit._done:
                 return
             permit._done = True
+            now, wall = clock.now(), clock.wall()
             machine.record(
-                permit._generation,
-                permit._probe,
-                verdict,
-                duration,
-                retry_after,
-                error,
-                clock.now(),
-                clock.wall(),
+                permit._generation, permit._probe, verdict, duration, retry_after, error, now, wall
             )
             if not machine.outbox:
                 return
@@ -241,7 +221,7 @@ class CircuitBreaker:
         names both ends of its own change.
         """
         bus = self._bus
-        if not bus:
+        if not (bus and moved):
             return
         at = self._clock.wall()
         for change in moved:
@@ -249,31 +229,27 @@ class CircuitBreaker:
                 BreakerStateChanged(at, self.name, change.old, change.new, change.reason, change.retry_after)
             )
 
-    # -- operator actions ------------------------------------------------------------------
+    def _act(self, action: Callable[[BreakerState], object]) -> None:
+        """Run an operator action on the machine under the lock, then publish what it changed."""
+        with self._lock:
+            action(self._machine)
+            moved = self._machine.drain()
+        self._publish(moved)
 
     def isolate(self) -> None:
         """Force the circuit open until :meth:`close` or :meth:`reset`; no probe is admitted."""
-        with self._lock:
-            self._machine.isolate(self._clock.wall())
-            moved = self._machine.drain()
-        self._publish(moved)
+        self._act(lambda machine: machine.isolate(self._clock.wall()))
 
     def close(self) -> None:
         """Close the circuit now (from open, half-open or isolated), clearing its counters."""
-        with self._lock:
-            self._machine.close()
-            moved = self._machine.drain()
-        self._publish(moved)
+        self._act(BreakerState.close)
 
     def reset(self) -> None:
         """Make this a fresh closed breaker: counters, window, break growth and history cleared.
 
         Outcomes of calls admitted before the reset are dropped when they arrive.
         """
-        with self._lock:
-            self._machine.reset()
-            moved = self._machine.drain()
-        self._publish(moved)
+        self._act(BreakerState.reset)
 
     def snapshot(self) -> BreakerSnapshot:
         """The breaker's state, counters and timing right now."""
@@ -281,25 +257,20 @@ class CircuitBreaker:
         with self._lock:
             # Read everything in one critical section so the fields agree with each other.
             now = self._clock.now()
-            state = machine.state
-            consecutive = machine.consecutive_failures
             calls, failures, slow = machine.window(now)
-            opened_at = machine.opened_at
-            retry_after = machine.retry_after(now)
-            reopen_count = machine.reopen_count
             last_failure = machine.last_failure
-        return BreakerSnapshot(
-            name=self.name,
-            state=state,
-            consecutive_failures=consecutive,
-            window_calls=calls,
-            window_failures=failures,
-            window_slow=slow,
-            opened_at=opened_at,
-            retry_after=retry_after,
-            reopen_count=reopen_count,
-            last_failure=None if last_failure is None else last_failure.value,
-        )
+            return BreakerSnapshot(
+                name=self.name,
+                state=machine.state,
+                consecutive_failures=machine.consecutive_failures,
+                window_calls=calls,
+                window_failures=failures,
+                window_slow=slow,
+                opened_at=machine.opened_at,
+                retry_after=machine.retry_after(now),
+                reopen_count=machine.reopen_count,
+                last_failure=None if last_failure is None else last_failure.value,
+            )
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self.state}>"

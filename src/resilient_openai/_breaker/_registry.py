@@ -44,16 +44,9 @@ def default_key(base_url: str, model: str | None) -> str:
     return f"{endpoint}:{model}" if model else endpoint
 
 
-def _eviction_rank(breaker: CircuitBreaker) -> int:
-    """Which breakers to forget first: closed ones (nothing lost), tripped ones, isolated last."""
-    # One read of the breaker's state, without its lock: the answer may be a moment old, which
-    # only makes eviction slightly less choosy, never unsafe.
-    state = breaker.state
-    if state == CLOSED:
-        return 0
-    if state == ISOLATED:
-        return 2  # an operator's decision: the last thing to drop
-    return 1
+#: Which breakers to forget first: closed ones (nothing lost), tripped ones (1), and isolated ones,
+#: an operator's decision, last.
+_EVICTION_RANK = {CLOSED: 0, ISOLATED: 2}
 
 
 class BreakerRegistry:
@@ -97,19 +90,17 @@ class BreakerRegistry:
 
     def _evict_locked(self, *, keep: str) -> None:
         """Drop one breaker (never ``keep``, the one just created). Caller holds the lock."""
-        victim: str | None = None
-        best = 3
+        victim, best = keep, 3
         for key, breaker in self._breakers.items():  # least recently used first
-            if key == keep:
-                continue
-            rank = _eviction_rank(breaker)
-            if rank < best:
+            # One read of the breaker's state, without its lock: the answer may be a moment old,
+            # which only makes eviction slightly less choosy, never unsafe.
+            rank = _EVICTION_RANK.get(breaker.state, 1)
+            if rank < best and key != keep:
                 victim, best = key, rank
                 if rank == 0:
                     break
-        if victim is not None:
-            del self._breakers[victim]
-            self.epoch += 1
+        del self._breakers[victim]
+        self.epoch += 1
 
     def _existing(self, key: str) -> CircuitBreaker:
         with self._lock:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 import pybreaker
 
 from .._classify import Verdict
-from ._window import ConsecutiveFailures, SlidingWindow, WindowCounts
+from ._window import SlidingWindow, WindowCounts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -169,7 +169,6 @@ class BreakerState:
     """
 
     __slots__ = (
-        "_failures",
         "_next_probe",
         "_open_until",
         "_outcomes",
@@ -196,7 +195,6 @@ class BreakerState:
     ) -> None:
         self.policy = policy
         self._storage = storage
-        self._failures = ConsecutiveFailures(storage)
         self._window = SlidingWindow(policy.window, buckets)
         # Judged once per verdict here, so the hot path is one dict lookup.
         self._outcomes: dict[Verdict | None, Outcome] = {
@@ -224,8 +222,6 @@ class BreakerState:
             remaining = opened_at.timestamp() + policy.break_duration - wall
             self._open_until = now + max(remaining, 0.0)
 
-    # -- reading ---------------------------------------------------------------------------
-
     @property
     def state(self) -> str:
         """``closed``, ``open``, ``half-open`` or ``isolated``, as the storage holds it."""
@@ -234,7 +230,7 @@ class BreakerState:
     @property
     def consecutive_failures(self) -> int:
         """Failures in a row while closed (kept while open, to show what tripped it)."""
-        return self._failures.count
+        return self._storage.counter
 
     @property
     def opened_at(self) -> float | None:
@@ -264,8 +260,6 @@ class BreakerState:
         moved, self.outbox = self.outbox, []
         return moved
 
-    # -- admission -------------------------------------------------------------------------
-
     def admit(self, now: float) -> int:
         """Decide on one call: :data:`REJECTED`, ``0`` (admitted), or a probe token (> 0)."""
         state = self._storage.state
@@ -275,12 +269,8 @@ class BreakerState:
             if now < self._open_until:
                 return REJECTED
             self._move(HALF_OPEN, "break elapsed")
-            return self._lease_probe(now)
-        if state == HALF_OPEN:
-            return self._lease_probe(now)
-        return REJECTED
-
-    def _lease_probe(self, now: float) -> int:
+        elif state != HALF_OPEN:
+            return REJECTED
         probes = self._probes
         limit = self.policy.half_open_probes
         if len(probes) >= limit:
@@ -294,8 +284,6 @@ class BreakerState:
         self._next_probe = token + 1
         probes[token] = now + self.policy.probe_lease
         return token
-
-    # -- outcomes --------------------------------------------------------------------------
 
     def record(
         self,
@@ -325,99 +313,66 @@ class BreakerState:
         outcome = self._outcomes[verdict]
         if outcome is Outcome.IGNORED:
             return
-        state = self._storage.state
-        if state == CLOSED:
-            if outcome is Outcome.SUCCESS:
-                self._closed_success(duration, now, wall)
-            else:
-                self._closed_failure(outcome, verdict, retry_after, error, now, wall)
-        elif state == HALF_OPEN:
-            self._probe_outcome(outcome, verdict, retry_after, error, now, wall)
-        # open / isolated: entering either bumps the generation and neither issues permits, so
-        # no outcome of the current generation can arrive there.
-
-    def _closed_success(self, duration: float, now: float, wall: float) -> None:
-        slow = duration > self._slow_after
-        self._window.record(now, False, slow)
-        self._failures.success()
-        if slow:
-            policy = self.policy
-            calls, _, slow_calls = self._window.snapshot(now)
-            if calls >= policy.min_calls and slow_calls / calls >= policy.slow_call_ratio:
-                reason = f"{slow_calls} of {calls} calls slower than {policy.slow_call_threshold:g}s"
-                self._open(now, wall, reason, None, None)
-
-    def _closed_failure(
-        self,
-        outcome: Outcome,
-        verdict: Verdict | None,
-        retry_after: float | None,
-        error: BaseException | None,
-        now: float,
-        wall: float,
-    ) -> None:
+        storage = self._storage
+        state = storage.state
+        if state not in (CLOSED, HALF_OPEN):
+            # Open / isolated: entering either bumps the generation and neither issues permits,
+            # so no outcome of the current generation can arrive there.
+            return
         policy = self.policy
-        self.last_failure = verdict
-        if outcome is Outcome.QUOTA:
-            self._open_for_quota(now, wall, retry_after, error)
-            return
-        self._window.record(now, True)
-        count = self._failures.failure()
-        if policy.mode == "consecutive":
-            if count >= policy.fail_max:
-                self._open(now, wall, f"{count} consecutive failures", retry_after, error)
-            return
-        calls, failures, _ = self._window.snapshot(now)
-        if calls >= policy.min_calls and failures / calls >= policy.failure_ratio:
-            reason = f"{failures} of {calls} calls failed in {policy.window:g}s"
-            self._open(now, wall, reason, retry_after, error)
-
-    def _probe_outcome(
-        self,
-        outcome: Outcome,
-        verdict: Verdict | None,
-        retry_after: float | None,
-        error: BaseException | None,
-        now: float,
-        wall: float,
-    ) -> None:
         if outcome is Outcome.SUCCESS:
-            storage = self._storage
-            storage.increment_success_counter()
-            successes = storage.success_counter
-            if successes >= self.policy.close_after:
-                self._close(f"{successes} probe(s) succeeded")
+            if state == HALF_OPEN:
+                storage.increment_success_counter()
+                successes = storage.success_counter
+                if successes >= policy.close_after:
+                    self._close(f"{successes} probe(s) succeeded")
+                return
+            slow = duration > self._slow_after
+            self._window.record(now, False, slow)
+            if storage.counter:  # most successes follow a success: spare the storage a write
+                storage.reset_counter()
+            if slow:
+                calls, _, slow_calls = self._window.snapshot(now)
+                if calls >= policy.min_calls and slow_calls / calls >= policy.slow_call_ratio:
+                    reason = f"{slow_calls} of {calls} calls slower than {policy.slow_call_threshold:g}s"
+                    self._open(now, wall, reason, None, None)
             return
         self.last_failure = verdict
         if outcome is Outcome.QUOTA:
-            self._open_for_quota(now, wall, retry_after, error)
-        else:
+            # Quota does not come back by itself in seconds: skip the failure threshold and the
+            # growth schedule and open for the quota break.
+            self._open(now, wall, "quota exhausted", None, error, policy.quota_break)
+        elif state == HALF_OPEN:
             self._open(now, wall, "probe failed", retry_after, error)
-
-    # -- transitions -----------------------------------------------------------------------
+        else:
+            self._window.record(now, True)
+            storage.increment_counter()
+            count = storage.counter
+            if policy.mode == "consecutive":
+                if count >= policy.fail_max:
+                    self._open(now, wall, f"{count} consecutive failures", retry_after, error)
+                return
+            calls, failures, _ = self._window.snapshot(now)
+            if calls >= policy.min_calls and failures / calls >= policy.failure_ratio:
+                reason = f"{failures} of {calls} calls failed in {policy.window:g}s"
+                self._open(now, wall, reason, retry_after, error)
 
     def _open(
-        self, now: float, wall: float, reason: str, retry_after: float | None, error: BaseException | None
+        self,
+        now: float,
+        wall: float,
+        reason: str,
+        retry_after: float | None,
+        error: BaseException | None,
+        length: float | None = None,
     ) -> None:
-        reopenings = self.reopen_count + 1 if self._storage.state == HALF_OPEN else self.reopen_count
+        """Open for ``length`` seconds, or by default the grown break (or the honoured Retry-After)."""
         policy = self.policy
-        length = max(break_for(policy, reopenings), honoured_retry_after(retry_after, policy.break_max))
+        reopenings = self.reopen_count + (self._storage.state == HALF_OPEN)
+        if length is None:
+            length = max(break_for(policy, reopenings), honoured_retry_after(retry_after, policy.break_max))
         self._move(OPEN, reason, length)
         self.reopen_count = reopenings
-        self._start_break(now, wall, length, error)
-
-    def _open_for_quota(
-        self, now: float, wall: float, retry_after: float | None, error: BaseException | None
-    ) -> None:
-        # Quota does not come back by itself in seconds: skip the failure threshold and the
-        # growth schedule and open for the quota break.
-        reopenings = self.reopen_count + 1 if self._storage.state == HALF_OPEN else self.reopen_count
-        length = self.policy.quota_break
-        self._move(OPEN, "quota exhausted", length)
-        self.reopen_count = reopenings
-        self._start_break(now, wall, length, error)
-
-    def _start_break(self, now: float, wall: float, length: float, error: BaseException | None) -> None:
         self._open_until = now + length
         self.cause = error
         self._storage.opened_at = datetime.fromtimestamp(wall, UTC)
@@ -426,7 +381,7 @@ class BreakerState:
         self._move(CLOSED, reason)
         self.reopen_count = 0
         self.cause = None
-        self._failures.clear()
+        self._storage.reset_counter()
         self._window.clear()
 
     def _move(self, new: str, reason: str, retry_after: float | None = None) -> None:
@@ -442,14 +397,11 @@ class BreakerState:
             storage.reset_success_counter()
         self.outbox.append(Transition(old, new, reason, retry_after))
 
-    # -- operator actions ------------------------------------------------------------------
-
     def isolate(self, wall: float, reason: str = "manual isolate") -> None:
         """Force the circuit open until :meth:`close` or :meth:`reset` (no-op when isolated)."""
-        if self._storage.state == ISOLATED:
-            return
-        self._move(ISOLATED, reason)
-        self._storage.opened_at = datetime.fromtimestamp(wall, UTC)
+        if self._storage.state != ISOLATED:
+            self._move(ISOLATED, reason)
+            self._storage.opened_at = datetime.fromtimestamp(wall, UTC)
 
     def close(self, reason: str = "manual close") -> None:
         """Close the circuit now, clearing its counters and break growth (no-op when closed)."""
@@ -466,7 +418,7 @@ class BreakerState:
             self._close(reason)
         else:
             self.generation += 1
-            self._failures.clear()
+            self._storage.reset_counter()
             self._window.clear()
         self.reopen_count = 0
         self.last_failure = None

@@ -39,88 +39,72 @@ from .events import (
     RetryScheduled,
     StreamEventSkipped,
 )
-from .redact import RedactingFilter
+from .redact import _RECORD_ATTRS, RedactingFilter
 
 __all__ = ["LOGGER_NAME", "LoggingListener"]
 
 #: The logger :class:`LoggingListener` writes to unless given another.
 LOGGER_NAME = "resilient_openai.events"
 
+_PREFIX = "resilient-openai: "
 _SHUT = frozenset({"open", "isolated"})
-# Names ``Logger.makeRecord`` refuses in ``extra`` (it raises KeyError on them).
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _field_names: dict[type[Event], tuple[tuple[str, str], ...]] = {}
 
 
-def _extra(event: Event) -> dict[str, Any]:
-    """The event's fields as ``extra``; a field an unknown subclass names like a LogRecord
-    attribute is renamed ``event_<name>`` instead of making ``makeRecord`` raise."""
+def _fields(event: Event) -> dict[str, Any]:
+    """The event's fields, for ``extra`` and for the line's template; a field an unknown subclass
+    names like a LogRecord attribute (``makeRecord`` raises KeyError on those) is renamed ``event_<name>``."""
     kind = type(event)
     names = _field_names.get(kind)
     if names is None:
         fields = dataclasses.fields(event) if dataclasses.is_dataclass(event) else ()
-        names = tuple((f.name, f"event_{f.name}" if f.name in _RESERVED else f.name) for f in fields)
+        names = tuple((f.name, f"event_{f.name}" if f.name in _RECORD_ATTRS else f.name) for f in fields)
         _field_names[kind] = names
-    extra: dict[str, Any] = {"event": kind.__name__}
-    for name, key in names:
-        extra[key] = getattr(event, name, None)
-    return extra
+    return {"event": kind.__name__} | {key: getattr(event, name, None) for name, key in names}
 
 
-def _describe(event: Event) -> tuple[int, str, tuple[object, ...]]:
-    """Level, %-template and arguments of the line for ``event``."""
+def _line(event: Event) -> tuple[int, str]:
+    """Level and %-template (over :func:`_fields`) of the line for ``event``."""
     match event:
         case RetryScheduled():
-            return (
-                logging.INFO,
-                "resilient-openai: retrying %s (model %s) on %s in %.2fs after %s (attempt %d failed)",
-                (event.operation, event.model, event.breaker, event.delay, event.verdict, event.attempt),
+            return logging.INFO, (
+                "retrying %(operation)s (model %(model)s) on %(breaker)s in %(delay).2fs after %(verdict)s"
+                " (attempt %(attempt)d failed)"
             )
         case AttemptFailed():
-            return (
-                logging.DEBUG,
-                "resilient-openai: attempt %d of %s (model %s) on %s failed: %s (status %s)",
-                (event.attempt, event.operation, event.model, event.breaker, event.verdict, event.status),
+            return logging.DEBUG, (
+                "attempt %(attempt)d of %(operation)s (model %(model)s) on %(breaker)s failed: %(verdict)s"
+                " (status %(status)s)"
             )
         case FallbackServed():
-            return (
-                logging.WARNING,
-                "resilient-openai: %s for model %s answered by %s (model %s) after %s",
-                (event.operation, event.requested_model, event.source, event.answered_by, event.reason),
+            return logging.WARNING, (
+                "%(operation)s for model %(requested_model)s answered by %(source)s (model %(answered_by)s)"
+                " after %(reason)s"
             )
         case BreakerStateChanged():
             level = logging.WARNING if event.new in _SHUT else logging.INFO
-            return (
-                level,
-                "resilient-openai: circuit %s %s -> %s (%s; retry after %s s)",
-                (event.breaker, event.old, event.new, event.reason, event.retry_after),
-            )
+            return level, "circuit %(breaker)s %(old)s -> %(new)s (%(reason)s; retry after %(retry_after)s s)"
         case CallRejected():
             return (
                 logging.DEBUG,
-                "resilient-openai: circuit %s is open, call rejected (retry after %.2fs)",
-                (event.breaker, event.retry_after),
+                "circuit %(breaker)s is open, call rejected (retry after %(retry_after).2fs)",
             )
         case CallCompleted() if event.error is None:
-            return (
-                logging.DEBUG,
-                "resilient-openai: %s (model %s) answered by %s in %.3fs after %d attempt(s)",
-                (event.operation, event.model, event.source, event.latency, event.attempts),
+            return logging.DEBUG, (
+                "%(operation)s (model %(model)s) answered by %(source)s in %(latency).3fs"
+                " after %(attempts)d attempt(s)"
             )
         case CallCompleted():
-            return (
-                logging.INFO,
-                "resilient-openai: %s (model %s) failed with %s (%s) in %.3fs after %d attempt(s)",
-                (event.operation, event.model, event.error, event.verdict, event.latency, event.attempts),
+            return logging.INFO, (
+                "%(operation)s (model %(model)s) failed with %(error)s (%(verdict)s) in %(latency).3fs"
+                " after %(attempts)d attempt(s)"
             )
         case StreamEventSkipped():
-            return (
-                logging.WARNING,
-                "resilient-openai: skipped a malformed stream event of %s (model %s) from %s",
-                (event.operation, event.model, event.breaker),
+            return logging.WARNING, (
+                "skipped a malformed stream event of %(operation)s (model %(model)s) from %(breaker)s"
             )
         case _:
-            return logging.DEBUG, "resilient-openai: %s", (type(event).__name__,)
+            return logging.DEBUG, "%(event)s"
 
 
 class LoggingListener:
@@ -145,7 +129,8 @@ class LoggingListener:
 
     def __call__(self, event: Event) -> None:
         """Log ``event``; nothing is built when its level is disabled."""
-        level, template, args = _describe(event)
+        level, template = _line(event)
         logger = self._logger
         if logger.isEnabledFor(level):
-            logger.log(level, template, *args, extra=_extra(event))
+            fields = _fields(event)
+            logger.log(level, _PREFIX + template, fields, extra=fields)

@@ -67,6 +67,15 @@ _API_TYPES = {"chat.completions": "chat_completions", "responses": "responses"}
 
 AttributeValue = str | bool | int | float
 
+#: The counters (``resilient_openai.`` + name): unit and description.
+_COUNTERS = {
+    "retries": ("{retry}", "Retries scheduled by the chain."),
+    "fallbacks": ("{call}", "Answers served by something other than the primary target."),
+    "breaker.transitions": ("{transition}", "Circuit breaker state changes."),
+    "breaker.rejections": ("{call}", "Calls an open circuit answered at once, without sending them."),
+    "stream.events_skipped": ("{event}", "Malformed server-sent events dropped from healthy streams."),
+}
+
 
 def gen_ai_operation_name(operation: str) -> str:
     """The ``gen_ai.operation.name`` of one of our operations (``chat.completions`` -> ``chat``)."""
@@ -87,15 +96,7 @@ class OpenTelemetryListener:
     is the ``gen_ai.provider.name`` to report (``azure.ai.openai`` for Azure; None leaves it out).
     """
 
-    __slots__ = (
-        "_duration",
-        "_fallbacks",
-        "_provider",
-        "_rejections",
-        "_retries",
-        "_stream_events_skipped",
-        "_transitions",
-    )
+    __slots__ = ("_counters", "_duration", "_provider")
 
     def __init__(self, meter: Meter | None = None, *, provider: str | None = "openai") -> None:
         if meter is None:
@@ -105,72 +106,59 @@ class OpenTelemetryListener:
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )  # fmt: skip
-        self._retries = meter.create_counter(
-            "resilient_openai.retries", unit="{retry}", description="Retries scheduled by the chain."
-        )
-        self._fallbacks = meter.create_counter(
-            "resilient_openai.fallbacks", unit="{call}",
-            description="Answers served by something other than the primary target.",
-        )  # fmt: skip
-        self._transitions = meter.create_counter(
-            "resilient_openai.breaker.transitions", unit="{transition}",
-            description="Circuit breaker state changes.",
-        )  # fmt: skip
-        self._rejections = meter.create_counter(
-            "resilient_openai.breaker.rejections", unit="{call}",
-            description="Calls an open circuit answered at once, without sending them.",
-        )  # fmt: skip
-        self._stream_events_skipped = meter.create_counter(
-            "resilient_openai.stream.events_skipped", unit="{event}",
-            description="Malformed server-sent events dropped from healthy streams.",
-        )  # fmt: skip
+        self._counters = {
+            name: meter.create_counter(f"resilient_openai.{name}", unit=unit, description=description)
+            for name, (unit, description) in _COUNTERS.items()
+        }
 
-    def _operation(self, operation: str, model: str | None) -> dict[str, AttributeValue]:
+    def _attributes(
+        self, operation: str, model: str | None, answered_by: str | None = None, source: str | None = None
+    ) -> dict[str, AttributeValue]:
+        """The attributes of a call's measurement; those without a value are left out."""
         attributes: dict[str, AttributeValue] = {"gen_ai.operation.name": gen_ai_operation_name(operation)}
-        api_type = _API_TYPES.get(operation)
-        if api_type is not None:
-            attributes["openai.api.type"] = api_type
-        if self._provider is not None:
-            attributes["gen_ai.provider.name"] = self._provider
-        if model is not None:
-            attributes["gen_ai.request.model"] = model
+        optional = {
+            "openai.api.type": _API_TYPES.get(operation),
+            "gen_ai.provider.name": self._provider,
+            "gen_ai.request.model": model,
+            "gen_ai.response.model": answered_by,
+            "resilient_openai.source": source,
+        }
+        attributes.update((key, value) for key, value in optional.items() if value is not None)
         return attributes
 
     def __call__(self, event: Event) -> None:
         """Record what ``event`` measures; events of other types are ignored."""
+        attributes: dict[str, AttributeValue]
         match event:
             case CallCompleted():
-                attributes = self._operation(event.operation, event.model)
-                if event.answered_by is not None:
-                    attributes["gen_ai.response.model"] = event.answered_by
-                if event.source is not None:
-                    attributes["resilient_openai.source"] = event.source
+                attributes = self._attributes(event.operation, event.model, event.answered_by, event.source)
                 if event.error is not None:
                     attributes["error.type"] = event.verdict
                 self._duration.record(event.latency, attributes)
+                return
             case RetryScheduled():
-                attributes = self._operation(event.operation, event.model)
+                counter = "retries"
+                attributes = self._attributes(event.operation, event.model)
                 attributes["error.type"] = event.verdict
                 attributes["resilient_openai.breaker.name"] = event.breaker
-                self._retries.add(1, attributes)
             case FallbackServed():
-                attributes = self._operation(event.operation, event.requested_model)
-                if event.answered_by is not None:
-                    attributes["gen_ai.response.model"] = event.answered_by
-                attributes["resilient_openai.source"] = event.source
-                attributes["resilient_openai.reason"] = event.reason
-                self._fallbacks.add(1, attributes)
-            case BreakerStateChanged():
-                self._transitions.add(
-                    1,
-                    {
-                        "resilient_openai.breaker.name": event.breaker,
-                        "resilient_openai.breaker.state": event.new,
-                    },
+                counter = "fallbacks"
+                attributes = self._attributes(
+                    event.operation, event.requested_model, event.answered_by, event.source
                 )
+                attributes["resilient_openai.reason"] = event.reason
+            case BreakerStateChanged():
+                counter = "breaker.transitions"
+                attributes = {
+                    "resilient_openai.breaker.name": event.breaker,
+                    "resilient_openai.breaker.state": event.new,
+                }
             case CallRejected():
-                self._rejections.add(1, {"resilient_openai.breaker.name": event.breaker})
+                counter = "breaker.rejections"
+                attributes = {"resilient_openai.breaker.name": event.breaker}
             case StreamEventSkipped():
-                self._stream_events_skipped.add(1, self._operation(event.operation, event.model))
+                counter = "stream.events_skipped"
+                attributes = self._attributes(event.operation, event.model)
             case _:
-                pass
+                return
+        self._counters[counter].add(1, attributes)

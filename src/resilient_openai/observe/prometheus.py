@@ -172,5 +172,3 @@ class PrometheusListener:
                 self._rejections.labels(event.breaker).inc()
             case StreamEventSkipped():
                 self._stream_events_skipped.inc()
-            case _:
-                pass

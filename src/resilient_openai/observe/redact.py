@@ -31,7 +31,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
 __all__ = ["DEFAULT_LOGGERS", "REDACTED", "RedactingFilter", "install_redaction", "redact"]
 
@@ -86,7 +86,7 @@ def redact(text: str) -> str:
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _PLAIN = (int, float, bool, type(None))
 _FORMATTER = logging.Formatter()
 
@@ -115,12 +115,9 @@ def _scrub(record: logging.LogRecord, *, keep_exc_info: bool, extras: bool) -> N
         record.stack_info = redact(record.stack_info)
     if extras:
         for key, value in list(record.__dict__.items()):
-            if key in _STANDARD_ATTRS or isinstance(value, _PLAIN):
+            if key in _RECORD_ATTRS or isinstance(value, _PLAIN):
                 continue
-            if isinstance(value, str):
-                record.__dict__[key] = redact(value)
-                continue
-            shown = repr(value)
+            shown = value if isinstance(value, str) else repr(value)
             masked = redact(shown)
             if masked != shown:
                 # A structure holding a secret is replaced by its masked repr, never mutated:
@@ -151,29 +148,6 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class _RedactingRecordFactory:
-    """Wraps the process's LogRecord factory: records of the protected hierarchies are born masked."""
-
-    def __init__(
-        self, previous: Callable[..., logging.LogRecord], names: Iterable[str], *, keep_exc_info: bool
-    ) -> None:
-        self.previous = previous
-        self.names = tuple(names)
-        self.prefixes = tuple(f"{name}." for name in self.names)
-        self.keep_exc_info = keep_exc_info
-        self.active = True
-
-    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = self.previous(*args, **kwargs)
-        if self.active:
-            name = record.name
-            if name in self.names or name.startswith(self.prefixes):
-                # ``extra`` is attached after the factory returns: a RedactingFilter on the logger
-                # or the handler covers it.
-                _scrub(record, keep_exc_info=self.keep_exc_info, extras=False)
-        return record
-
-
 _install_lock = threading.Lock()
 
 
@@ -197,9 +171,20 @@ def install_redaction(*logger_names: str, keep_exc_info: bool = False) -> Callab
     "resilient_openai.observe.redact.RedactingFilter"}}``).
     """
     names = logger_names or DEFAULT_LOGGERS
+    prefixes = tuple(f"{name}." for name in names)
+    active = True
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if active and (record.name in names or record.name.startswith(prefixes)):
+            # ``extra`` is attached after the factory returns: a RedactingFilter on the logger
+            # or the handler covers it.
+            _scrub(record, keep_exc_info=keep_exc_info, extras=False)
+        return record
+
     added: list[tuple[logging.Logger, RedactingFilter]] = []
     with _install_lock:
-        factory = _RedactingRecordFactory(logging.getLogRecordFactory(), names, keep_exc_info=keep_exc_info)
+        previous = logging.getLogRecordFactory()
         logging.setLogRecordFactory(factory)
         for name in names:
             logger = logging.getLogger(name)
@@ -209,10 +194,11 @@ def install_redaction(*logger_names: str, keep_exc_info: bool = False) -> Callab
                 added.append((logger, log_filter))
 
     def uninstall() -> None:
+        nonlocal active
         with _install_lock:
-            factory.active = False
+            active = False
             if logging.getLogRecordFactory() is factory:
-                logging.setLogRecordFactory(factory.previous)
+                logging.setLogRecordFactory(previous)
             # Otherwise someone wrapped our factory since: it stays in their chain, inactive.
             for logger, log_filter in added:
                 logger.removeFilter(log_filter)
