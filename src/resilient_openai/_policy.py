@@ -1,22 +1,14 @@
 """What the chain should do: retry rules, timeouts, breakers, fallbacks, cache, validation.
 
 A :class:`Policy` is a tree of frozen pydantic models, so an invalid policy cannot exist: types
-are strict (``5.0`` is no count, ``1`` no boolean), numbers finite and within sane ranges, extra
-keys refused, and cross-field rules checked where one setting would make another one dead:
-
-* ``timeouts.connect <= attempt`` and ``attempt``, ``first_token``, ``stream_idle <= total``: a
-  longer inner limit could never fire.
-* ``retry.rules.<v>.base <= cap`` and ``breaker.break_duration <= break_max``: the cap would
-  override the first value every time.
-* A fallback step after a ``canned`` step is unreachable (a canned reply always answers), and a
-  ``model`` step or ``context_model`` naming the route's own model is a retry in disguise.
-* ``breaker.failure_verdicts`` may not list outcomes that say nothing about the target's health.
-
-Build it in code, or load it with :meth:`Policy.from_dict` / :meth:`Policy.from_file` (TOML;
-YAML with the ``yaml`` extra). Either way a mistake raises one
-:class:`~resilient_openai.ConfigError` listing every problem (see :mod:`._config` for the
-message format). Code — clock, listeners, clients, fallback functions — is no part of a policy:
-it goes to :func:`~resilient_openai.resilient` as keyword arguments.
+are strict (``5.0`` is no count, ``1`` no boolean), numbers finite and bounded, extra keys
+refused, and a setting that would make another one dead is refused too (an inner time limit
+longer than its outer one, a backoff base above its cap, a fallback step after a canned reply, a
+fallback to the route's own model). Build it in code, or load it with :meth:`Policy.from_dict` /
+:meth:`Policy.from_file`; either way a mistake raises one :class:`~resilient_openai.ConfigError`
+listing every problem (see :mod:`._config` for the file format and the messages). Code — clock,
+listeners, clients, fallback functions — is no part of a policy: it goes to
+:func:`~resilient_openai.resilient` as keyword arguments.
 """
 
 from __future__ import annotations
@@ -337,14 +329,8 @@ class Target(_Model):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-#: The one field each kind of step needs, besides ``kind`` (none for ``cache``).
-_STEP_FIELD: Final[Mapping[str, str | None]] = {
-    "model": "model",
-    "target": "target",
-    "cache": None,
-    "canned": "text",
-    "function": "function",
-}
+#: The one field each kind of step needs besides ``kind`` (a ``cache`` step needs none).
+_STEP_FIELD: Final = {"model": "model", "target": "target", "canned": "text", "function": "function"}
 
 
 def _template(text: str) -> str | None:
@@ -382,7 +368,7 @@ class FallbackStep(_Model):
 
     @pydantic.model_validator(mode="after")
     def _fields_of_kind(self) -> Self:
-        needed = _STEP_FIELD[self.kind]
+        needed = _STEP_FIELD.get(self.kind)
         allowed = ", ".join(["kind"] if needed is None else ["kind", needed])
         found: list[tuple[Loc, str]] = [
             ((key,), f"not used by a {self.kind!r} step; allowed: {allowed}")
@@ -507,21 +493,16 @@ class Policy(_Model):
         return cls.from_dict(load_file(Path(path)))
 
 
-def _string_keys(data: Any, loc: Loc) -> list[str]:
+def _string_keys(data: Any, loc: Loc = ()) -> list[str]:
     """A problem for every mapping key in ``data`` that is not a string (YAML allows ``1:``)."""
-    if isinstance(data, list):
-        return [found for index, item in enumerate(data) for found in _string_keys(item, (*loc, index))]
-    if not isinstance(data, Mapping):
-        return []
-    return [
-        found
-        for key, value in data.items()
-        for found in (
-            _string_keys(value, (*loc, key))
-            if isinstance(key, str)
-            else [f"{path_of(loc)}: keys must be non-empty strings, got {show(key)}"]
-        )
-    ]
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, list) else ()
+    found: list[str] = []
+    for key, value in items:
+        if isinstance(data, Mapping) and not isinstance(key, str):
+            found.append(f"{path_of(loc)}: keys must be non-empty strings, got {show(key)}")
+        else:
+            found += _string_keys(value, (*loc, key))
+    return found
 
 
 def _over(base: Mapping[str, Any], section: Any) -> Any:
@@ -560,7 +541,7 @@ def _file_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """``data`` with a file's merge rules applied; keys that are no strings raise ConfigError."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): must be a table of sections, got {show(data)}"])
-    if found := _string_keys(data, ()):
+    if found := _string_keys(data):
         raise ConfigError(found)
     prepared = dict(data)
     defaults: dict[str, Any] = {"rules": {verdict.value: {} for verdict in sorted(RETRYABLE_VERDICTS)}}
