@@ -74,7 +74,15 @@ Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _said("a number in [0, 
 Flag = Annotated[bool, Strict(), _said("true or false")]
 Text = Annotated[str, Strict(), _said("a non-empty string")]
 Key = Annotated[str, Strict(), Field(min_length=1), _said("a non-empty string")]
-Name = Annotated[str, Strict(), Field(pattern=r"\S"), _said("a non-empty string")]
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+Name = Annotated[Text, AfterValidator(_non_blank)]
 
 
 def _verdict(allowed: frozenset[Verdict], why: str) -> BeforeValidator:
