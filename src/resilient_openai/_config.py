@@ -187,7 +187,8 @@ def _lines(root: type[pydantic.BaseModel], error: ErrorDetails) -> list[str]:
     elif kind == "scalar":  # raised by _policy's scalar types, saying what is allowed
         message = f"must be {error['msg']}, got {got}{ctx['note']}"
     elif kind == "missing":
-        annotation = _field(root, loc)
+        model = _model_at(root, loc[:-1])
+        annotation = model.model_fields[str(loc[-1])].annotation if model else None
         allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
         message = "required" + (f"; one of {', '.join(map(repr, allowed))}" if allowed else "")
     elif kind == "literal_error":
@@ -216,15 +217,8 @@ def _unknown(root: type[pydantic.BaseModel], loc: Loc) -> str:
     return f"unknown key; allowed: {', '.join(allowed)}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
 
 
-def _field(root: type[pydantic.BaseModel], loc: Loc) -> Any:
-    """The annotation of the model field ``loc`` ends at, or None."""
-    model = _model_at(root, loc[:-1])
-    field = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
-    return None if field is None else field.annotation
-
-
 def _model_at(root: type[pydantic.BaseModel], loc: Loc) -> type[pydantic.BaseModel] | None:
-    """The model of the table at ``loc`` below ``root`` (a field, a mapping's value, a list's item)."""
+    """The model of the table at ``loc`` below ``root``, or None when ``loc`` leads to no model."""
     model: type[pydantic.BaseModel] | None = root
     parts = iter(loc)
     for part in parts:
