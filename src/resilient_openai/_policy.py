@@ -43,8 +43,8 @@ _DAY: Final = 86_400
 _MAX_COUNT: Final = 1_000_000
 
 
-def _said(allowed: str, above: str | None = None) -> pydantic.WrapValidator:
-    """Let pydantic check a scalar, and report any mistake as ``must be <allowed>``.
+def _must_be(allowed: str, above: str | None = None) -> pydantic.WrapValidator:
+    """Let pydantic check a scalar, and report any mistake as ``must be <allowed>``, nothing else.
 
     ``above`` replaces ``allowed`` for a value over the upper bound. The message adds what was
     given (see :mod:`._config`), so pydantic's own text, which echoes inputs, goes nowhere.
@@ -64,16 +64,16 @@ def _said(allowed: str, above: str | None = None) -> pydantic.WrapValidator:
 
 
 # Scalars: strict (no bool for a number, no 5.0 for a count), finite (model config), bounded.
-Seconds = Annotated[float, Strict(), Field(gt=0, le=_DAY), _said("a number > 0", f"a number <= {_DAY}")]
-Wait = Annotated[float, Strict(), Field(ge=0, le=_DAY), _said("a number >= 0", f"a number <= {_DAY}")]
+Seconds = Annotated[float, Strict(), Field(gt=0, le=_DAY), _must_be("a number > 0", f"a number <= {_DAY}")]
+Wait = Annotated[float, Strict(), Field(ge=0, le=_DAY), _must_be("a number >= 0", f"a number <= {_DAY}")]
 Count = Annotated[
-    int, Strict(), Field(ge=1, le=_MAX_COUNT), _said("an integer >= 1", f"an integer <= {_MAX_COUNT}")
+    int, Strict(), Field(ge=1, le=_MAX_COUNT), _must_be("an integer >= 1", f"an integer <= {_MAX_COUNT}")
 ]
-Ratio = Annotated[float, Strict(), Field(gt=0, le=1), _said("a number in (0, 1]")]
-Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _said("a number in [0, 1]")]
-Flag = Annotated[bool, Strict(), _said("true or false")]
-Text = Annotated[str, Strict(), _said("a non-empty string")]
-Key = Annotated[str, Strict(), Field(min_length=1), _said("a non-empty string")]
+Ratio = Annotated[float, Strict(), Field(gt=0, le=1), _must_be("a number in (0, 1]")]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _must_be("a number in [0, 1]")]
+Flag = Annotated[bool, Strict(), _must_be("true or false")]
+Text = Annotated[str, Strict(), _must_be("a non-empty string")]
+Key = Annotated[str, Strict(), Field(min_length=1), _must_be("a non-empty string")]
 
 
 def _non_blank(value: str) -> str:
@@ -203,7 +203,9 @@ class Timeouts(_Model):
 
     total: Seconds = 60.0
     attempt: Seconds = 30.0
-    connect: Annotated[float, Strict(), Field(gt=0, le=3600), _said("a number > 0", "a number <= 3600")] = 5.0
+    connect: Annotated[
+        float, Strict(), Field(gt=0, le=3600), _must_be("a number > 0", "a number <= 3600")
+    ] = 5.0
     first_token: Seconds = 30.0
     stream_idle: Seconds = 20.0
 
@@ -247,7 +249,7 @@ class BreakerPolicy(_Model):
     #: Retry-After may lengthen a break, never past it.
     break_duration: Seconds = 5.0
     break_multiplier: Annotated[
-        float, Strict(), Field(ge=1, le=1000), _said("a number >= 1", "a number <= 1000")
+        float, Strict(), Field(ge=1, le=1000), _must_be("a number >= 1", "a number <= 1000")
     ] = 2.0
     break_max: Seconds = 20.0
     #: Half-open: at most this many probes in flight; this many successes close the circuit.
@@ -458,7 +460,7 @@ class CachePolicy(_Model):
     enabled: Flag = True
     max_entries: Count = 1024
     max_bytes: Annotated[
-        int, Strict(), Field(ge=1, le=2**36), _said("an integer >= 1", f"an integer <= {2**36}")
+        int, Strict(), Field(ge=1, le=2**36), _must_be("an integer >= 1", f"an integer <= {2**36}")
     ] = 16 * 1024 * 1024
     ttl: Seconds = 3600.0
     #: Serve a hit before calling the upstream at all (off: the cache only answers outages).
@@ -472,7 +474,9 @@ class ValidationPolicy(_Model):
     #: Context windows in tokens, by model name (prefix match), for the prompt-size estimate.
     context_windows: Mapping[
         Key,
-        Annotated[int, Strict(), Field(ge=1, le=10**8), _said("an integer >= 1", "an integer <= 100000000")],
+        Annotated[
+            int, Strict(), Field(ge=1, le=10**8), _must_be("an integer >= 1", "an integer <= 100000000")
+        ],
     ] = Field(default_factory=dict)
 
 
