@@ -549,6 +549,13 @@ def test_null_is_a_value_not_an_absence() -> None:
     )
 
 
+def test_blank_name_is_refused_as_blank() -> None:
+    """A name of only spaces is a string, so the message says it is blank and does not repeat it."""
+    assert problems_of(with_target(model="  ")) == (
+        "fallback.targets.azure.model: must be a non-empty string",
+    )
+
+
 def test_literal_api_key_is_refused_without_echoing_it() -> None:
     """A key in the file is an error that never repeats the key."""
     with pytest.raises(ConfigError) as info:

@@ -107,68 +107,8 @@ def _coerce(policy: object) -> Policy:
     if isinstance(policy, str | os.PathLike):
         return Policy.from_file(policy)
     raise ConfigError(
-        [f"policy: must be a Policy, a dict of settings or a path to a file, got {show(policy, 'policy')}"]
+        [f"policy: must be a Policy, a dict of settings or a path to a file, got {show(policy)}"]
     )
-
-
-def _listeners(listeners: object, problems: list[str]) -> tuple[Listener, ...]:
-    """``listeners`` as a tuple of callables (a problem line for each that is not one)."""
-    if isinstance(listeners, str | bytes | Mapping) or not isinstance(listeners, Iterable):
-        problems.append(f"listeners: must be an iterable of callables, got {show(listeners, 'listeners')}")
-        return ()
-    given = tuple(listeners)
-    problems += [
-        f"listeners[{index}]: must be callable, got {show(listener, 'listeners')}"
-        for index, listener in enumerate(given)
-        if not callable(listener)
-    ]
-    return given
-
-
-def _clients(policy: Policy, clients: Mapping[str, Any], is_async: bool, problems: list[str]) -> None:
-    """Every ready client names a target, matches the wrapped client's flavour, and is needed."""
-    targets = policy.fallback.targets
-    defined = ", ".join(sorted(targets)) or "none"
-    want = openai.AsyncOpenAI if is_async else openai.OpenAI
-    for name, client in clients.items():
-        where = f"clients[{name!r}]"
-        target = targets.get(name)
-        if target is None:
-            problems.append(f"{where}: names no target in fallback.targets; defined targets: {defined}")
-        elif not isinstance(client, want):
-            problems.append(
-                f"{where}: must be an openai.{want.__name__} like the wrapped client, "
-                f"got a {type(client).__name__}"
-            )
-        elif dead := [key for key in ("base_url", "api_key_env") if getattr(target, key) is not None]:
-            shown = " and ".join(dead)
-            problems.append(
-                f"{where}: ambiguous: fallback.targets.{name} also sets {shown}, which only build a client "
-                f"when none is given; give either the client or {shown}"
-            )
-    problems += [
-        f"{path_of(('fallback', 'targets', name))}: needs a base_url, or a ready client passed as "
-        f"resilient(..., clients={{{name!r}: client}})"
-        for name, target in targets.items()
-        if target.base_url is None and name not in clients
-    ]
-
-
-def _functions(policy: Policy, functions: Mapping[str, Any], problems: list[str]) -> None:
-    """Every ``function`` step names a callable passed in ``functions``."""
-    problems += [
-        f"functions[{name!r}]: must be callable as function(request_body, reason), got {show(function)}"
-        for name, function in functions.items()
-        if not callable(function)
-    ]
-    given = ", ".join(sorted(functions)) or "none"
-    for key, route in policy.fallback.routes.items():
-        problems += [
-            f"{path_of(('fallback', 'routes', key, *at, 'function'))}: no function {show(step.function)} "
-            f"was passed as resilient(..., functions={{...}}); given: {given}"
-            for at, step in route.located_steps()
-            if step.kind == "function" and step.function not in functions
-        ]
 
 
 def _runtime(
@@ -184,29 +124,69 @@ def _runtime(
 ) -> Runtime:
     """The collaborators, each checked against the policy once; ConfigError lists every mistake."""
     problems: list[str] = []
+
+    def refuse(key: str, allowed: str, value: object) -> None:
+        problems.append(f"{key}: must be {allowed}, got {show(value)}")
+
     if clock is not None and not isinstance(clock, Clock):
-        problems.append(f"clock: must be a Clock (now, wall, sleep, asleep), got {show(clock, 'clock')}")
-    given_listeners = _listeners(listeners, problems)
+        refuse("clock", "a Clock (now, wall, sleep, asleep)", clock)
+    if isinstance(listeners, str | bytes | Mapping) or not isinstance(listeners, Iterable):
+        refuse("listeners", "an iterable of callables", listeners)
+        listeners = ()
+    listeners = tuple(listeners)
+    for index, listener in enumerate(listeners):
+        if not callable(listener):
+            refuse(f"listeners[{index}]", "callable", listener)
     for key, value in (("clients", clients), ("functions", functions)):
         if value is not None and not isinstance(value, Mapping):
-            problems.append(f"{key}: must be a dict by name, got {show(value, key)}")
-    given_clients = clients if isinstance(clients, Mapping) else {}
-    given_functions = functions if isinstance(functions, Mapping) else {}
-    _clients(policy, given_clients, is_async, problems)
-    _functions(policy, given_functions, problems)
-    for key, value, use in (
-        ("breaker_key", breaker_key, "breaker_key(base_url, model)"),
-        ("http_client", http_client, "http_client(target)"),
-    ):
-        if value is not None and not callable(value):
-            problems.append(f"{key}: must be None or callable as {use}, got {show(value, key)}")
+            refuse(key, "a dict by name", value)
+    clients = dict(clients) if isinstance(clients, Mapping) else {}
+    functions = dict(functions) if isinstance(functions, Mapping) else {}
+    targets = policy.fallback.targets
+    want = openai.AsyncOpenAI if is_async else openai.OpenAI
+    for name, client in clients.items():
+        target, where = targets.get(name), f"clients[{name!r}]"
+        if target is None:
+            defined = ", ".join(sorted(targets)) or "none"
+            problems.append(f"{where}: names no target in fallback.targets; defined targets: {defined}")
+        elif not isinstance(client, want):
+            kind = f"openai.{want.__name__} like the wrapped client"
+            problems.append(f"{where}: must be an {kind}, got a {type(client).__name__}")
+        elif dead := " and ".join(
+            key for key in ("base_url", "api_key_env") if getattr(target, key) is not None
+        ):
+            problems.append(
+                f"{where}: ambiguous: fallback.targets.{name} also sets {dead}, which only build a client "
+                f"when none is given; give either the client or {dead}"
+            )
+    problems += [
+        f"{path_of(('fallback', 'targets', name))}: needs a base_url, or a ready client passed as "
+        f"resilient(..., clients={{{name!r}: client}})"
+        for name, target in targets.items()
+        if target.base_url is None and name not in clients
+    ]
+    for name, function in functions.items():
+        if not callable(function):
+            refuse(f"functions[{name!r}]", "callable as function(request_body, reason)", function)
+    given = ", ".join(sorted(functions)) or "none"
+    problems += [
+        f"{path_of(('fallback', 'routes', key, *at, 'function'))}: no function {show(step.function)} "
+        f"was passed as resilient(..., functions={{...}}); given: {given}"
+        for key, route in policy.fallback.routes.items()
+        for at, step in route.located_steps()
+        if step.kind == "function" and step.function not in functions
+    ]
+    if breaker_key is not None and not callable(breaker_key):
+        refuse("breaker_key", "None or callable as breaker_key(base_url, model)", breaker_key)
+    if http_client is not None and not callable(http_client):
+        refuse("http_client", "None or callable as http_client(target)", http_client)
     if problems:
         raise ConfigError(problems)
     return Runtime(
         clock=cast("Clock", clock) if clock is not None else SYSTEM_CLOCK,
-        listeners=given_listeners,
-        clients=dict(given_clients),
-        functions=dict(given_functions),
+        listeners=cast("tuple[Listener, ...]", listeners),
+        clients=clients,
+        functions=functions,
         breaker_key=cast("Callable[[str, str | None], str] | None", breaker_key),
         http_client=cast("HttpClientFactory | None", http_client),
     )

@@ -29,7 +29,6 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 
     from pydantic_core import ErrorDetails
 
-__all__ = ["Loc", "Problems", "load_file", "path_of", "show", "validated"]
+__all__ = ["SECRET_MESSAGE", "Loc", "Problems", "load_file", "path_of", "show", "validated"]
 
 _T = TypeVar("_T")
 #: A key path as pydantic gives it: field names, mapping keys and list indices.
@@ -60,12 +59,14 @@ _SECRET_KEYS: Final = frozenset({"api_key", "api_key_env", "base_url", "organiza
 _SHOWABLE: Final = re.compile(r"[A-Za-z0-9_.*\-]{0,40}")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 #: What only code can give, and the keyword argument of ``resilient()`` that takes it.
-_CODE_ONLY: Final[Mapping[str, str]] = {
+_CODE_ONLY: Final = {
     "clock": "clock",
     "listeners": "listeners",
     "breaker_key": "breaker_key",
     "client": "clients",
 }
+_TABLE_ERRORS: Final = frozenset({"model_type", "model_attributes_type", "dict_type", "mapping_type"})
+_LIST_ERRORS: Final = frozenset({"tuple_type", "list_type", "frozen_set_type", "set_type", "iterable_type"})
 
 #: True while a model is validated inside another one (only the outermost reports).
 _nested: ContextVar[bool] = ContextVar("resilient_openai_nested_validation", default=False)
@@ -79,11 +80,6 @@ class Problems(ValueError):
         self.found = tuple(found)
 
 
-# --------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------
-
-
 def load_file(path: Path) -> Mapping[str, Any]:
     """Read a policy file into plain data: ``.toml``, or ``.yaml`` / ``.yml`` with PyYAML.
 
@@ -94,25 +90,21 @@ def load_file(path: Path) -> Mapping[str, Any]:
     if suffix not in _SUFFIXES:
         raise ConfigError([f"{path}: unsupported file type {path.suffix!r}; allowed: {', '.join(_SUFFIXES)}"])
     try:
-        raw = path.read_bytes()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
-    try:
-        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from exc
-    data = _parse_toml(path, text) if suffix == ".toml" else _parse_yaml(path, text)
+    if suffix == ".toml":
+        try:
+            data: Any = tomllib.loads(text)  # its message carries the line and column
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+    else:
+        data = _parse_yaml(path, text)
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path}: the top level must be a table of sections, got {type(data).__name__}"])
     return data
-
-
-def _parse_toml(path: Path, text: str) -> Any:
-    """Parse TOML; the error message from ``tomllib`` already carries the line and column."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
@@ -126,26 +118,21 @@ def _parse_yaml(path: Path, text: str) -> Any:
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        where = ""
-        if exc.problem_mark is not None:
-            where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError([f"{path}: invalid YAML{where}: {exc.problem or exc}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: invalid YAML: {exc}"]) from exc
     return {} if data is None else data
 
 
-# --------------------------------------------------------------------------------------------
-# Validating, with our messages
-# --------------------------------------------------------------------------------------------
-
-
 def validated(root: type[pydantic.BaseModel], validate: Callable[[], _T]) -> _T:
     """Run ``validate`` (which builds a ``root``); the outermost build turns errors into ConfigError.
 
-    A model built inside another one lets pydantic's error through, so the outer build reports
-    every mistake once, at its full path. The ConfigError is raised outside the ``except`` block:
-    pydantic's text, which repeats inputs, must not ride along as its context.
+    pydantic builds a nested model through its ``__init__``; that inner build lets pydantic's
+    error through, so the outer build reports every mistake once, at its full path. The
+    ConfigError is raised outside the ``except`` block: pydantic's text, which repeats inputs,
+    must not ride along as its context.
     """
     outermost = not _nested.get()
     token = _nested.set(True)
@@ -176,15 +163,6 @@ def path_of(loc: Loc) -> str:
     return path or "(top level)"
 
 
-def _lines(root: type[pydantic.BaseModel], error: ErrorDetails) -> list[str]:
-    """The message lines for one pydantic error (a model check may report several)."""
-    loc = tuple(error["loc"])
-    cause = error.get("ctx", {}).get("error")
-    if isinstance(cause, Problems):
-        return [f"{path_of(loc + sub)}: {message}" for sub, message in cause.found]
-    return [f"{path_of(loc)}: {_message(root, loc, error)}"]
-
-
 def show(value: object, key: str | int | None = None) -> str:
     """A value for a message: repeated only when it cannot be a secret, else described by type."""
     if value is None or isinstance(value, bool | int | float):
@@ -194,32 +172,34 @@ def show(value: object, key: str | int | None = None) -> str:
     return f"a {type(value).__name__} (not shown)"
 
 
-def _message(root: type[pydantic.BaseModel], loc: Loc, error: ErrorDetails) -> str:
-    """What is wrong at ``loc``, and what is allowed, from one pydantic error."""
-    kind = error["type"]
-    key = loc[-1] if loc else None
+def _lines(root: type[pydantic.BaseModel], error: ErrorDetails) -> list[str]:
+    """The message lines for one pydantic error (a model's own check may report several)."""
+    loc, kind, ctx = tuple(error["loc"]), error["type"], error.get("ctx", {})
+    if isinstance(ctx.get("error"), Problems):
+        return [f"{path_of(loc + sub)}: {message}" for sub, message in ctx["error"].found]
     got = show(error["input"], next((part for part in reversed(loc) if isinstance(part, str)), None))
-    ctx = error.get("ctx", {})
     if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    if kind == "extra_forbidden":
-        return _unknown(root, loc)
-    if key == "[key]":
-        return f"keys must be non-empty strings, got {got}"
-    if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
-        return f"must be a table, got {got}"
-    if kind in ("tuple_type", "list_type", "frozen_set_type", "set_type", "iterable_type"):
-        return f"must be a list, got {got}"
-    if kind == "literal_error":
-        return f"must be one of {str(ctx['expected']).replace(' or ', ', ')}, got {got}"
-    if kind == "missing":
-        allowed = _allowed_values(root, loc)
-        return "required" + (f"; one of {allowed}" if allowed else "")
-    described = _describe(root, loc, upper=kind == "less_than_equal")
-    if described is None:
-        return f"{error['msg'].lower().removeprefix('input ')}, got {got}"
-    finite = " (not a finite number)" if kind == "finite_number" else ""
-    return f"must be {described}, got {got}{finite}"
+        message = str(ctx["error"])
+    elif kind == "extra_forbidden":
+        message = _unknown(root, loc)
+    elif loc[-1:] == ("[key]",):
+        message = f"keys must be non-empty strings, got {got}"
+    elif kind == "scalar":  # raised by _policy's scalar types, saying what is allowed
+        message = f"must be {error['msg']}, got {got}{ctx['note']}"
+    elif kind == "missing":
+        model = _model_at(root, loc[:-1])
+        annotation = model.model_fields[str(loc[-1])].annotation if model else None
+        allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+        message = "required" + (f"; one of {', '.join(map(repr, allowed))}" if allowed else "")
+    elif kind == "literal_error":
+        message = f"must be one of {str(ctx['expected']).replace(' or ', ', ')}, got {got}"
+    elif kind in _TABLE_ERRORS:
+        message = f"must be a table, got {got}"
+    elif kind in _LIST_ERRORS:
+        message = f"must be a list, got {got}"
+    else:
+        message = f"{error['msg'].lower().removeprefix('input ')}, got {got}"
+    return [f"{path_of(loc)}: {message}"]
 
 
 def _unknown(root: type[pydantic.BaseModel], loc: Loc) -> str:
@@ -229,95 +209,30 @@ def _unknown(root: type[pydantic.BaseModel], loc: Loc) -> str:
         return SECRET_MESSAGE
     if key in _CODE_ONLY:
         return f"code-only: pass {_CODE_ONLY[key]}=... to resilient() instead"
-    found = _annotation_at(root, loc[:-1])
-    model = found[0] if found else None
-    if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
+    model = _model_at(root, loc[:-1])
+    if model is None:
         return "unknown key"
     allowed = sorted(model.model_fields)
     guess = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-    return f"unknown key; allowed: {', '.join(allowed)}{hint}"
+    return f"unknown key; allowed: {', '.join(allowed)}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
 
 
-def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
-    """``annotation`` without ``Annotated`` and ``| None``, and the metadata it carried."""
-    metadata: list[Any] = []
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is typing.Annotated:
-            metadata += annotation.__metadata__
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-        else:
-            return annotation, metadata
-
-
-def _annotation_at(root: type[pydantic.BaseModel], loc: Loc) -> tuple[Any, list[Any]] | None:
-    """The annotation (and its constraints) of the value at ``loc`` below ``root``."""
-    annotation: Any = root
-    metadata: list[Any] = []
-    for part in loc:
-        annotation, _ = _unwrap(annotation)
-        args = typing.get_args(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
-            field = annotation.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return None
-            annotation, metadata = field.annotation, list(field.metadata)
-        elif args:  # a mapping (by key: the value), a tuple or a set (by index: the item)
-            annotation, metadata = (args[0] if typing.get_origin(annotation) is tuple else args[-1]), []
-        else:
+def _model_at(root: type[pydantic.BaseModel], loc: Loc) -> type[pydantic.BaseModel] | None:
+    """The model of the table at ``loc`` below ``root``, or None when ``loc`` leads to no model."""
+    model: type[pydantic.BaseModel] | None = root
+    parts = iter(loc)
+    for part in parts:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
             return None
-    annotation, more = _unwrap(annotation)
-    return annotation, metadata + more
+        model = _model_in(field.annotation)
+        if typing.get_origin(field.annotation) in (Mapping, tuple):
+            next(parts, None)  # the mapping's key or the list's index
+    return model
 
 
-def _bounds(metadata: list[Any]) -> dict[str, float]:
-    """The ``ge`` / ``gt`` / ``le`` constraints among ``metadata`` (inner Field()s included)."""
-    bounds: dict[str, float] = {}
-    for item in metadata:
-        if isinstance(item, pydantic.fields.FieldInfo):
-            bounds.update(_bounds(list(item.metadata)))
-        for name in ("ge", "gt", "le"):
-            value = getattr(item, name, None)
-            if isinstance(value, int | float):
-                bounds[name] = value
-    return bounds
-
-
-def _number(value: float) -> str:
-    """``1.0`` -> ``1``, ``0.5`` -> ``0.5``: bounds as people write them."""
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _describe(root: type[pydantic.BaseModel], loc: Loc, *, upper: bool) -> str | None:
-    """What a scalar at ``loc`` may be: its type and the bound that matters (``upper``: the top)."""
-    found = _annotation_at(root, loc)
-    if found is None:
-        return None
-    annotation, metadata = found
-    if annotation is bool:
-        return "true or false"
-    if annotation is str:
-        return "a non-empty string"
-    if annotation not in (int, float):
-        return None
-    what = "an integer" if annotation is int else "a number"
-    bounds = _bounds(metadata)
-    low = ("gt", "(", ">") if "gt" in bounds else ("ge", "[", ">=")
-    if bounds.get("le", 2) <= 1 and low[0] in bounds:
-        return f"{what} in {low[1]}{_number(bounds[low[0]])}, {_number(bounds['le'])}]"
-    if upper and "le" in bounds:
-        return f"{what} <= {_number(bounds['le'])}"
-    if low[0] in bounds:
-        return f"{what} {low[2]} {_number(bounds[low[0]])}"
-    return what
-
-
-def _allowed_values(root: type[pydantic.BaseModel], loc: Loc) -> str | None:
-    """The allowed values of a required ``Literal`` field, as ``'a', 'b'``."""
-    found = _annotation_at(root, loc)
-    if found is None or typing.get_origin(found[0]) is not typing.Literal:
-        return None
-    return ", ".join(repr(value) for value in typing.get_args(found[0]))
+def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
+    """The model a field holds: itself, when optional, or as a mapping's value or a list's item."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    return next((model for arg in typing.get_args(annotation) if (model := _model_in(arg))), None)

@@ -1,22 +1,14 @@
 """What the chain should do: retry rules, timeouts, breakers, fallbacks, cache, validation.
 
 A :class:`Policy` is a tree of frozen pydantic models, so an invalid policy cannot exist: types
-are strict (``5.0`` is no count, ``1`` no boolean), numbers finite and within sane ranges, extra
-keys refused, and cross-field rules checked where one setting would make another one dead:
-
-* ``timeouts.connect <= attempt`` and ``attempt``, ``first_token``, ``stream_idle <= total``: a
-  longer inner limit could never fire.
-* ``retry.rules.<v>.base <= cap`` and ``breaker.break_duration <= break_max``: the cap would
-  override the first value every time.
-* A fallback step after a ``canned`` step is unreachable (a canned reply always answers), and a
-  ``model`` step or ``context_model`` naming the route's own model is a retry in disguise.
-* ``breaker.failure_verdicts`` may not list outcomes that say nothing about the target's health.
-
-Build it in code, or load it with :meth:`Policy.from_dict` / :meth:`Policy.from_file` (TOML;
-YAML with the ``yaml`` extra). Either way a mistake raises one
-:class:`~resilient_openai.ConfigError` listing every problem (see :mod:`._config` for the
-message format). Code — clock, listeners, clients, fallback functions — is no part of a policy:
-it goes to :func:`~resilient_openai.resilient` as keyword arguments.
+are strict (``5.0`` is no count, ``1`` no boolean), numbers finite and bounded, extra keys
+refused, and a setting that would make another one dead is refused too (an inner time limit
+longer than its outer one, a backoff base above its cap, a fallback step after a canned reply, a
+fallback to the route's own model). Build it in code, or load it with :meth:`Policy.from_dict` /
+:meth:`Policy.from_file`; either way a mistake raises one :class:`~resilient_openai.ConfigError`
+listing every problem (see :mod:`._config` for the file format and the messages). Code — clock,
+listeners, clients, fallback functions — is no part of a policy: it goes to
+:func:`~resilient_openai.resilient` as keyword arguments.
 """
 
 from __future__ import annotations
@@ -24,53 +16,64 @@ from __future__ import annotations
 import os
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, field_serializer
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, field_serializer
+from pydantic_core import PydanticCustomError
 
 from ._classify import Verdict, verdicts_where
 from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, validated
 from ._errors import ConfigError
 
 __all__ = [
-    "BreakerPolicy",
-    "CachePolicy",
-    "FallbackPolicy",
-    "FallbackStep",
-    "Policy",
-    "RetryPolicy",
-    "RetryRule",
-    "Route",
-    "Target",
-    "Timeouts",
-    "ValidationPolicy",
-]
+    "BreakerPolicy", "CachePolicy", "FallbackPolicy", "FallbackStep", "Policy", "RetryPolicy", "RetryRule",
+    "Route", "Target", "Timeouts", "ValidationPolicy",
+]  # fmt: skip
 
 _M = TypeVar("_M", bound="_Model")
 
 #: The verdicts' traits come from one table (:data:`resilient_openai._classify.TRAITS`).
 #: Verdicts a retry rule may be given for; the rest are never retried.
 RETRYABLE_VERDICTS = verdicts_where("retryable")
-#: Verdicts that may count as breaker failures: not those that say nothing about a target's health.
-_BREAKER_FAILURES: Final = verdicts_where("may_trip")
-#: Verdicts ``fallback.forced_failures`` may fake.
-_FORCEABLE: Final = verdicts_where("forced_as")
-
-_DAY: Final = 86_400.0
+_DAY: Final = 86_400
 _MAX_COUNT: Final = 1_000_000
 
+
+def _must_be(allowed: str, above: str | None = None) -> pydantic.WrapValidator:
+    """Let pydantic check a scalar, and report any mistake as ``must be <allowed>``, nothing else.
+
+    ``above`` replaces ``allowed`` for a value over the upper bound. The message adds what was
+    given (see :mod:`._config`), so pydantic's own text, which echoes inputs, goes nowhere.
+    """
+
+    def check(value: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except pydantic.ValidationError as exc:
+            kind = exc.errors()[0]["type"]
+        note = " (not a finite number)" if kind == "finite_number" else ""
+        raise PydanticCustomError(
+            "scalar", above if above and kind == "less_than_equal" else allowed, {"note": note}
+        )
+
+    return pydantic.WrapValidator(check)
+
+
 # Scalars: strict (no bool for a number, no 5.0 for a count), finite (model config), bounded.
-Seconds = Annotated[float, pydantic.Strict(), Field(gt=0, le=_DAY)]
-Wait = Annotated[float, pydantic.Strict(), Field(ge=0, le=_DAY)]
-Count = Annotated[int, pydantic.Strict(), Field(ge=1, le=_MAX_COUNT)]
-Ratio = Annotated[float, pydantic.Strict(), Field(gt=0, le=1)]
-Fraction = Annotated[float, pydantic.Strict(), Field(ge=0, le=1)]
-Tokens = Annotated[int, pydantic.Strict(), Field(ge=1, le=100_000_000)]
-Bytes = Annotated[int, pydantic.Strict(), Field(ge=1, le=2**36)]
+Seconds = Annotated[float, Strict(), Field(gt=0, le=_DAY), _must_be("a number > 0", f"a number <= {_DAY}")]
+Wait = Annotated[float, Strict(), Field(ge=0, le=_DAY), _must_be("a number >= 0", f"a number <= {_DAY}")]
+Count = Annotated[
+    int, Strict(), Field(ge=1, le=_MAX_COUNT), _must_be("an integer >= 1", f"an integer <= {_MAX_COUNT}")
+]
+Ratio = Annotated[float, Strict(), Field(gt=0, le=1), _must_be("a number in (0, 1]")]
+Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _must_be("a number in [0, 1]")]
+Flag = Annotated[bool, Strict(), _must_be("true or false")]
+Text = Annotated[str, Strict(), _must_be("a non-empty string")]
+Key = Annotated[str, Strict(), Field(min_length=1), _must_be("a non-empty string")]
 
 
 def _non_blank(value: str) -> str:
@@ -79,8 +82,7 @@ def _non_blank(value: str) -> str:
     return value
 
 
-Name = Annotated[str, pydantic.Strict(), AfterValidator(_non_blank)]
-Key = Annotated[str, pydantic.Strict(), Field(min_length=1)]
+Name = Annotated[Text, AfterValidator(_non_blank)]
 
 
 def _verdict(allowed: frozenset[Verdict], why: str) -> BeforeValidator:
@@ -100,11 +102,13 @@ def _verdict(allowed: frozenset[Verdict], why: str) -> BeforeValidator:
 
 
 RetryableVerdict = Annotated[
-    Verdict,
-    _verdict(RETRYABLE_VERDICTS, "is never retried (retrying cannot change it)"),
+    Verdict, _verdict(RETRYABLE_VERDICTS, "is never retried (retrying cannot change it)")
 ]
-BreakerVerdict = Annotated[Verdict, _verdict(_BREAKER_FAILURES, "says nothing about the target's health")]
-ForceableVerdict = Annotated[Verdict, _verdict(_FORCEABLE, "is not a failure")]
+#: Breaker failures may not be verdicts that say nothing about a target's health.
+BreakerVerdict = Annotated[
+    Verdict, _verdict(verdicts_where("may_trip"), "says nothing about the target's health")
+]
+ForceableVerdict = Annotated[Verdict, _verdict(verdicts_where("forced_as"), "is not a failure")]
 
 
 class _Model(pydantic.BaseModel):
@@ -121,29 +125,33 @@ class _Model(pydantic.BaseModel):
         return validated(cls, lambda: super(_Model, cls).model_validate(obj, **options))
 
 
+def _refuse(found: list[tuple[Loc, str]]) -> None:
+    """Raise the mistakes a model's own check found, if any."""
+    if found:
+        raise Problems(found)
+
+
 def _ordered(model: _M, pairs: list[tuple[str, str]], why: str) -> _M:
     """Refuse every ``low <= high`` pair ``model`` breaks, blamed on the key that was set.
 
     The blame goes to the key the caller set (the higher one when both were); a pair left at
     its defaults cannot break.
     """
-    given = model.model_fields_set
     needs: dict[str, list[str]] = {}
     for low, high in pairs:
         low_value, high_value = getattr(model, low), getattr(model, high)
-        if low_value is None or high_value is None or low_value <= high_value:
+        if low_value <= high_value:
             continue
-        if high in given:
+        if high in model.model_fields_set:
             needs.setdefault(high, []).append(f">= {low} ({low_value!r})")
         else:
             needs.setdefault(low, []).append(f"<= {high} ({high_value!r})")
-    if needs:
-        raise Problems(
-            [
-                ((key,), f"must be {' and '.join(parts)}, got {getattr(model, key)!r} ({why})")
-                for key, parts in needs.items()
-            ]
-        )
+    _refuse(
+        [
+            ((key,), f"must be {' and '.join(need)}, got {getattr(model, key)!r} ({why})")
+            for key, need in needs.items()
+        ]
+    )
     return model
 
 
@@ -160,22 +168,20 @@ class RetryRule(_Model):
     jitter: Fraction = 0.25
 
     @pydantic.model_validator(mode="after")
-    def _base_within_cap(self) -> RetryRule:
+    def _base_within_cap(self) -> Self:
         return _ordered(self, [("base", "cap")], "cap is the longest wait")
-
-
-def _default_rules() -> Mapping[Verdict, RetryRule]:
-    return {verdict: RetryRule() for verdict in sorted(RETRYABLE_VERDICTS)}
 
 
 class RetryPolicy(_Model):
     """Per-verdict retry rules, plus how far to trust the server's own advice."""
 
-    rules: Mapping[RetryableVerdict, RetryRule] = Field(default_factory=_default_rules)
+    rules: Mapping[RetryableVerdict, RetryRule] = Field(
+        default_factory=lambda: {verdict: RetryRule() for verdict in sorted(RETRYABLE_VERDICTS)}
+    )
     #: A server-requested wait longer than this (seconds) means "give up on this target now".
     max_retry_after: Wait = 120.0
     #: Obey ``x-should-retry: true|false`` from the upstream.
-    honor_should_retry: StrictBool = True
+    honor_should_retry: Flag = True
     #: Opt-in: with no fallback left, wait out an open circuit once when its ``retry_after`` is at
     #: most this many seconds (and fits the deadline). 0 (the default) never waits: an open
     #: circuit answers at once with :class:`~resilient_openai.CircuitOpenError`, freeing the
@@ -197,12 +203,14 @@ class Timeouts(_Model):
 
     total: Seconds = 60.0
     attempt: Seconds = 30.0
-    connect: Annotated[float, pydantic.Strict(), Field(gt=0, le=3600)] = 5.0
+    connect: Annotated[
+        float, Strict(), Field(gt=0, le=3600), _must_be("a number > 0", "a number <= 3600")
+    ] = 5.0
     first_token: Seconds = 30.0
     stream_idle: Seconds = 20.0
 
     @pydantic.model_validator(mode="after")
-    def _inner_within_outer(self) -> Timeouts:
+    def _inner_within_outer(self) -> Self:
         pairs = [
             ("connect", "attempt"),
             ("attempt", "total"),
@@ -210,13 +218,6 @@ class Timeouts(_Model):
             ("stream_idle", "total"),
         ]
         return _ordered(self, pairs, "a limit longer than the one bounding it could never fire")
-
-
-BreakerMode = Literal["consecutive", "ratio"]
-
-
-def _default_failure_verdicts() -> frozenset[Verdict]:
-    return verdicts_where("breaker_failure")
 
 
 def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
@@ -228,8 +229,8 @@ def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
 class BreakerPolicy(_Model):
     """When a target's circuit opens, how long it stays open, and how it closes again."""
 
-    enabled: StrictBool = True
-    mode: BreakerMode = "consecutive"
+    enabled: Flag = True
+    mode: Literal["consecutive", "ratio"] = "consecutive"
     #: consecutive mode: this many failures in a row open the circuit.
     fail_max: Count = 5
     #: ratio mode: open when failures / calls >= failure_ratio over the last ``window`` seconds,
@@ -247,7 +248,9 @@ class BreakerPolicy(_Model):
     #: after at most ``break_max`` seconds is the probe that closes the circuit. A server's
     #: Retry-After may lengthen a break, never past it.
     break_duration: Seconds = 5.0
-    break_multiplier: Annotated[float, pydantic.Strict(), Field(ge=1, le=1000)] = 2.0
+    break_multiplier: Annotated[
+        float, Strict(), Field(ge=1, le=1000), _must_be("a number >= 1", "a number <= 1000")
+    ] = 2.0
     break_max: Seconds = 20.0
     #: Half-open: at most this many probes in flight; this many successes close the circuit.
     half_open_probes: Count = 1
@@ -256,7 +259,7 @@ class BreakerPolicy(_Model):
     probe_lease: Seconds = 60.0
     #: Verdicts that count as failures. Everything else that is not a success is ignored.
     failure_verdicts: Annotated[frozenset[BreakerVerdict], AfterValidator(_some_verdict)] = Field(
-        default_factory=_default_failure_verdicts
+        default_factory=lambda: verdicts_where("breaker_failure")
     )
     #: Quota exhaustion opens the target's circuit for this long (0 disables).
     quota_break: Wait = 600.0
@@ -268,14 +271,11 @@ class BreakerPolicy(_Model):
         return sorted(verdict.value for verdict in verdicts)
 
     @pydantic.model_validator(mode="after")
-    def _break_within_max(self) -> BreakerPolicy:
+    def _break_within_max(self) -> Self:
         if "break_max" not in self.model_fields_set and self.break_duration > self.break_max:
             # A longer first break given alone raises the (default) cap with it.
             object.__setattr__(self, "break_max", self.break_duration)
         return _ordered(self, [("break_duration", "break_max")], "break_max caps every open period")
-
-
-_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _http_url(value: str) -> str:
@@ -297,7 +297,7 @@ def _set_variable(value: str) -> str:
 
     Someone may have pasted the key itself here, so the message describes it without printing it.
     """
-    if not _ENV_NAME.fullmatch(value):
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError(
             "must be the name of an environment variable (letters, digits, _), "
             "got a string that is not one (not shown, in case it is a key)"
@@ -323,14 +323,14 @@ class Target(_Model):
 
     #: Its key in ``fallback.targets`` (a file never writes it, so a dump leaves it out too).
     name: Key = Field(exclude=True)
-    base_url: Annotated[str, pydantic.Strict(), AfterValidator(_http_url)] | None = None
-    api_key_env: Annotated[str, pydantic.Strict(), AfterValidator(_set_variable)] | None = None
+    base_url: Annotated[Text, AfterValidator(_http_url)] | None = None
+    api_key_env: Annotated[Text, AfterValidator(_set_variable)] | None = None
     organization: Name | None = None
     project: Name | None = None
     #: Model to ask there (None: the caller's model).
     model: Name | None = None
     #: The target accepts a trailing assistant message as a prefill to continue from.
-    accepts_prefill: StrictBool = False
+    accepts_prefill: Flag = False
     retry: RetryPolicy | None = None
     breaker: BreakerPolicy | None = None
 
@@ -339,33 +339,23 @@ class Target(_Model):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-FallbackKind = Literal["model", "target", "cache", "canned", "function"]
-#: The one field each kind of step needs, besides ``kind`` (none for ``cache``).
-_STEP_FIELD: Final[Mapping[str, str | None]] = {
-    "model": "model",
-    "target": "target",
-    "cache": None,
-    "canned": "text",
-    "function": "function",
-}
-_TEMPLATE_FIELDS: Final = ("model", "reason")
+#: The one field each kind of step needs besides ``kind`` (a ``cache`` step needs none).
+_STEP_FIELD: Final = {"model": "model", "target": "target", "canned": "text", "function": "function"}
 
 
 def _template(text: str) -> str | None:
     """What is wrong with a canned reply's ``str.format`` template, or None."""
-    allowed = " and ".join("{" + name + "}" for name in _TEMPLATE_FIELDS)
     try:
-        used = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+        used = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
     except ValueError as exc:
         return f"not a valid template ({exc}); write {{{{ and }}}} for literal braces"
-    others = sorted({field for field in used if field not in _TEMPLATE_FIELDS})
-    if others:
+    if others := sorted(used - {"model", "reason"}):
         shown = ", ".join("{" + field + "}" for field in others)
-        return f"may only use {allowed}, got {shown}; write {{{{ and }}}} for literal braces"
+        return f"may only use {{model}} and {{reason}}, got {shown}; write {{{{ and }}}} for literal braces"
     try:  # The reply is formatted with two strings at run time: conversions and specs must fit them.
         text.format(model="model", reason="reason")
     except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        return f"cannot be formatted with {allowed} ({exc})"
+        return f"cannot be formatted with {{model}} and {{reason}} ({exc})"
     return None
 
 
@@ -380,27 +370,26 @@ class FallbackStep(_Model):
     async).
     """
 
-    kind: FallbackKind
+    kind: Literal["model", "target", "cache", "canned", "function"]
     model: Name | None = None
     target: Name | None = None
     text: Name | None = None
     function: Name | None = None
 
     @pydantic.model_validator(mode="after")
-    def _fields_of_kind(self) -> FallbackStep:
-        needed = _STEP_FIELD[self.kind]
+    def _fields_of_kind(self) -> Self:
+        needed = _STEP_FIELD.get(self.kind)
         allowed = ", ".join(["kind"] if needed is None else ["kind", needed])
         found: list[tuple[Loc, str]] = [
             ((key,), f"not used by a {self.kind!r} step; allowed: {allowed}")
-            for key in _STEP_FIELD.values()
-            if key is not None and key != needed and getattr(self, key) is not None
+            for key in ("model", "target", "text", "function")
+            if key != needed and getattr(self, key) is not None
         ]
         if needed is not None and getattr(self, needed) is None:
             found.append(((needed,), f"required for a {self.kind!r} step"))
         elif self.kind == "canned" and self.text is not None and (wrong := _template(self.text)):
             found.append((("text",), wrong))
-        if found:
-            raise Problems(found)
+        _refuse(found)
         return self
 
 
@@ -423,16 +412,11 @@ class Route(_Model):
         return located
 
     @pydantic.model_validator(mode="after")
-    def _nothing_after_canned(self) -> Route:
+    def _nothing_after_canned(self) -> Self:
         kinds = [step.kind for step in self.steps]
-        if "canned" in kinds[:-1]:
-            first = kinds.index("canned")
-            raise Problems(
-                [
-                    (("steps", index), f"unreachable: steps[{first}] is a canned reply, which always answers")
-                    for index in range(first + 1, len(kinds))
-                ]
-            )
+        first = kinds.index("canned") if "canned" in kinds else len(kinds)
+        message = f"unreachable: steps[{first}] is a canned reply, which always answers"
+        _refuse([(("steps", index), message) for index in range(first + 1, len(kinds))])
         return self
 
 
@@ -442,55 +426,58 @@ class FallbackPolicy(_Model):
     routes: Mapping[Key, Route] = Field(default_factory=dict)
     targets: Mapping[Key, Target] = Field(default_factory=dict)
     #: Continue a stream cut mid-answer on the next target that accepts a prefill.
-    continuation: StrictBool = False
+    continuation: Flag = False
     #: Make these models / target names fail on purpose, with this verdict (chaos switch).
     forced_failures: Mapping[Key, ForceableVerdict] = Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")
-    def _routes_fit_targets(self) -> FallbackPolicy:
+    def _routes_fit_targets(self) -> Self:
+        defined = ", ".join(sorted(self.targets)) or "none"
         found: list[tuple[Loc, str]] = [
             (("targets", key, "name"), f"must equal its table key in fallback.targets, {key!r}")
             for key, target in self.targets.items()
             if target.name != key
         ]
         for key, route in self.routes.items():
-            where: Loc = ("routes", key)
             if route.context_model == key:
                 message = f"is the route's own model {key!r}; name a model with a larger context window"
-                found.append(((*where, "context_model"), message))
-            for below, step in route.located_steps():
-                at = (*where, *below)
+                found.append((("routes", key, "context_model"), message))
+            for at, step in route.located_steps():
                 if step.kind == "model" and step.model == key:
                     message = f"is the route's own model {key!r}; a fallback must go elsewhere"
                     message += " (retries are set in retry)"
-                    found.append(((*at, "model"), message))
+                    found.append((("routes", key, *at, "model"), message))
                 if step.kind == "target" and step.target not in self.targets:
-                    defined = ", ".join(sorted(self.targets)) or "none"
-                    found.append(
-                        ((*at, "target"), f"unknown target {show(step.target)}; defined targets: {defined}")
-                    )
-        if found:
-            raise Problems(found)
+                    message = f"unknown target {show(step.target)}; defined targets: {defined}"
+                    found.append((("routes", key, *at, "target"), message))
+        _refuse(found)
         return self
 
 
 class CachePolicy(_Model):
     """The response cache: bounded by entries and bytes, with a TTL, scoped per tenant."""
 
-    enabled: StrictBool = True
+    enabled: Flag = True
     max_entries: Count = 1024
-    max_bytes: Bytes = 16 * 1024 * 1024
+    max_bytes: Annotated[
+        int, Strict(), Field(ge=1, le=2**36), _must_be("an integer >= 1", f"an integer <= {2**36}")
+    ] = 16 * 1024 * 1024
     ttl: Seconds = 3600.0
     #: Serve a hit before calling the upstream at all (off: the cache only answers outages).
-    read_through: StrictBool = False
+    read_through: Flag = False
 
 
 class ValidationPolicy(_Model):
     """Checks made before sending, so a request that cannot succeed never reaches a breaker."""
 
-    enabled: StrictBool = True
+    enabled: Flag = True
     #: Context windows in tokens, by model name (prefix match), for the prompt-size estimate.
-    context_windows: Mapping[Key, Tokens] = Field(default_factory=dict)
+    context_windows: Mapping[
+        Key,
+        Annotated[
+            int, Strict(), Field(ge=1, le=10**8), _must_be("an integer >= 1", "an integer <= 100000000")
+        ],
+    ] = Field(default_factory=dict)
 
 
 class Policy(_Model):
@@ -518,69 +505,66 @@ class Policy(_Model):
         return cls.from_dict(load_file(Path(path)))
 
 
-# --------------------------------------------------------------------------------------------
-# A file's merge rules, applied to its data before the models see it
-# --------------------------------------------------------------------------------------------
+def _string_keys(data: Any, loc: Loc = ()) -> list[str]:
+    """A problem for every mapping key in ``data`` that is not a string (YAML allows ``1:``)."""
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, list) else ()
+    found: list[str] = []
+    for key, value in items:
+        if isinstance(data, Mapping) and not isinstance(key, str):
+            found.append(f"{path_of(loc)}: keys must be non-empty strings, got {show(key)}")
+        else:
+            found += _string_keys(value, (*loc, key))
+    return found
 
 
-def _string_keys(data: Any, loc: Loc, found: list[str]) -> None:
-    """Report every mapping key in ``data`` that is not a string (YAML allows ``1:``)."""
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            if isinstance(key, str):
-                _string_keys(value, (*loc, key), found)
-            else:
-                found.append(f"{path_of(loc)}: keys must be non-empty strings, got {show(key)}")
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            _string_keys(item, (*loc, index), found)
+def _over(base: Mapping[str, Any], section: Any) -> Any:
+    """A file's ``section`` over ``base``, and its retry rules over the base's (when all are tables)."""
+    if not isinstance(section, Mapping):
+        return section
+    merged = {**base, **section}
+    if isinstance(base.get("rules"), Mapping) and isinstance(merged["rules"], Mapping):
+        merged["rules"] = {**base["rules"], **merged["rules"]}
+    return merged
 
 
-def _section(model: Callable[..., pydantic.BaseModel], data: Any) -> dict[str, Any]:
+def _valid(model: type[_Model], section: Any) -> dict[str, Any]:
     """The keys a top-level section sets, when it is valid (else nothing: it is reported there)."""
-    if not isinstance(data, Mapping):
+    if not isinstance(section, Mapping):
         return {}
     try:
-        model(**data)
+        model(**section)
     except ConfigError:
         return {}
-    return dict(data)
+    return dict(section)
 
 
-def _rules(base: Mapping[str, Any], data: Mapping[str, Any]) -> Any:
-    """``data``'s retry section with its rules merged over ``base`` rules, when both are tables."""
-    rules = data.get("rules", {})
-    return {**data, "rules": {**base, **rules}} if isinstance(rules, Mapping) else data
+def _target(name: str, target: Any, inherited: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A file's target, named by its key, its own retry / breaker over the top-level ones."""
+    if not isinstance(target, Mapping):
+        return target
+    merged = {"name": name, **target}
+    for key, base in inherited.items():
+        if key in merged:
+            merged[key] = _over(base, merged[key])
+    return merged
 
 
 def _file_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """``data`` with a file's merge rules applied; keys that are no strings raise ConfigError."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): must be a table of sections, got {show(data)}"])
-    found: list[str] = []
-    _string_keys(data, (), found)
-    if found:
+    if found := _string_keys(data):
         raise ConfigError(found)
     prepared = dict(data)
-    default_rules: dict[str, Any] = {verdict.value: {} for verdict in sorted(RETRYABLE_VERDICTS)}
-    retry = prepared.get("retry")
-    if isinstance(retry, Mapping):
-        prepared["retry"] = _rules(default_rules, retry)
-    top_retry = _section(RetryPolicy, prepared.get("retry"))
-    top_breaker = _section(BreakerPolicy, prepared.get("breaker"))
-    fallback = prepared.get("fallback")
-    targets = fallback.get("targets") if isinstance(fallback, Mapping) else None
-    if isinstance(fallback, Mapping) and isinstance(targets, Mapping):
-        merged: dict[str, Any] = {}
-        for name, target in targets.items():
-            if isinstance(target, Mapping):
-                target = {"name": name, **target}
-                own_retry, own_breaker = target.get("retry"), target.get("breaker")
-                if isinstance(own_retry, Mapping):
-                    start = {**top_retry, **own_retry}
-                    target["retry"] = _rules(top_retry.get("rules", default_rules), start)
-                if isinstance(own_breaker, Mapping):
-                    target["breaker"] = {**top_breaker, **own_breaker}
-            merged[name] = target
-        prepared["fallback"] = {**fallback, "targets": merged}
+    defaults: dict[str, Any] = {"rules": {verdict.value: {} for verdict in sorted(RETRYABLE_VERDICTS)}}
+    if "retry" in data:
+        prepared["retry"] = _over(defaults, data["retry"])
+    inherited = {
+        "retry": _valid(RetryPolicy, prepared.get("retry")) or defaults,
+        "breaker": _valid(BreakerPolicy, data.get("breaker")),
+    }
+    fallback = data.get("fallback")
+    if isinstance(fallback, Mapping) and isinstance(fallback.get("targets"), Mapping):
+        targets = {name: _target(name, target, inherited) for name, target in fallback["targets"].items()}
+        prepared["fallback"] = {**fallback, "targets": targets}
     return prepared
