@@ -393,7 +393,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         with_steps({"kind": "cache", "colour": "red"}),
         "fallback.routes.gpt-4o.steps[0].colour",
-        "unknown key; allowed: function, kind, model, target, text",
+        "unknown key; allowed: accepts_prefill, function, kind, model, target, text",
         id="step-unknown-key",
     ),
     pytest.param(

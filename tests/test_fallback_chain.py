@@ -329,14 +329,18 @@ def test_continuation_completes_a_cut_stream(harness: Harness) -> None:
 
 
 def test_no_prefill_to_a_target_that_did_not_declare_it(harness: Harness) -> None:
-    """Without accepts_prefill the cut stream raises the typed error; no prefill is sent."""
+    """Without accepts_prefill no prefill is sent: the target is asked the question again, and
+    when its answer does not start with the delivered text the cut stream raises the typed error."""
     other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Ok(text="an entirely different answer"))
     harness.upstream.set_default("gpt-A", Cut(6, tokens=20))
     client = _continuation_client(harness, other, accepts_prefill=False)
     _, chunks, error = harness.stream_chat(client)
     assert error is not None
     assert len(text_of(chunks).split()) == 6
-    assert other.count() == 0
+    [sent] = other.requests
+    assert sent.json is not None
+    assert [m["role"] for m in sent.json["messages"]] == ["user"]
 
 
 def test_failing_function_is_skipped(harness: Harness) -> None:

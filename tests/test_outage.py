@@ -35,7 +35,7 @@ from resilient_openai import (
 from resilient_openai.observe.events import CallCompleted
 from resilient_openai.testing import Cut, Delay, FakeClock, Garbage, Ok, Reset, Silence, Status
 
-from .conftest import Harness
+from .conftest import Harness, text_of
 
 BACKUP = FallbackStep(kind="model", model="gpt-B")
 LIMITS = Timeouts(total=60.0, attempt=10.0, first_token=10.0, stream_idle=10.0)
@@ -267,3 +267,66 @@ def test_a_finished_stream_completes_when_it_ends(harness: Harness) -> None:
     assert error is None
     completed = [e for e in events if isinstance(e, CallCompleted)]
     assert [(e.source, e.verdict, e.error) for e in completed] == [("upstream", "success", None)]
+
+
+def _rescue_policy(*steps: FallbackStep, continuation: bool = True) -> Policy:
+    return Policy(
+        retry=RetryPolicy(rules={}),
+        fallback=FallbackPolicy(routes={"gpt-A": Route(steps=steps)}, continuation=continuation),
+    )
+
+
+ANSWER = "one two three four five six seven eight"
+
+
+def test_a_cut_stream_is_finished_by_splicing_a_regenerated_answer(harness: Harness) -> None:
+    """Cut after six words; the backup model gives the same answer: the caller reads every word
+    exactly once, seamlessly, and provenance says the answer was spliced by the backup."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Ok(text=ANSWER))
+    stream, chunks, error = harness.stream_chat(harness.client(_rescue_policy(BACKUP)))
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    record = provenance(stream)
+    assert record is not None
+    assert (record.source, record.model, record.rescue) == ("fallback_model", "gpt-B", "spliced")
+    assert record.reason == "stream_interrupted"
+
+
+def test_a_cut_stream_is_continued_on_a_model_step_that_accepts_a_prefill(harness: Harness) -> None:
+    """A model step declared ``accepts_prefill`` is asked to continue the delivered text."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Ok(text=" seven eight"))
+    step = FallbackStep(kind="model", model="gpt-B", accepts_prefill=True)
+    stream, chunks, error = harness.stream_chat(harness.client(_rescue_policy(step)))
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    [sent] = [r for r in harness.upstream.requests if r.model == "gpt-B"]
+    assert sent.json is not None
+    assert sent.json["messages"][-1] == {"role": "assistant", "content": "one two three four five six"}
+    record = provenance(stream)
+    assert record is not None
+    assert record.rescue == "continued"
+
+
+def test_a_refused_prefill_is_never_the_callers_error(harness: Harness) -> None:
+    """The step says no to the prefill (400): the question is asked again there and spliced."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.script("gpt-B", [Status(400, message="assistant prefill is not supported")])
+    harness.upstream.set_default("gpt-B", Ok(text=ANSWER))
+    step = FallbackStep(kind="model", model="gpt-B", accepts_prefill=True)
+    stream, chunks, error = harness.stream_chat(harness.client(_rescue_policy(step)))
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    record = provenance(stream)
+    assert record is not None
+    assert record.rescue == "spliced"
+
+
+def test_with_rescue_off_a_cut_stream_raises_at_once(harness: Harness) -> None:
+    """``continuation = false``: the partial text in the typed error, no other step asked."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    _, _, error = harness.stream_chat(harness.client(_rescue_policy(BACKUP, continuation=False)))
+    assert isinstance(error, IncompleteStreamError)
+    assert error.partial_text == "one two three four five six"
+    assert harness.upstream.count(model="gpt-B") == 0

@@ -367,7 +367,8 @@ class FallbackStep(_Model):
     ``str.format`` template that may use ``{model}`` and ``{reason}``. ``function``: call the
     function passed as ``resilient(..., functions={name: function})`` under the name
     ``function``, as ``function(request_body, reason)``; it returns the answer text (sync or
-    async).
+    async). ``accepts_prefill`` (model steps; a target declares it on the :class:`Target`): the
+    model continues a trailing assistant message, so a stream cut mid-answer can be continued.
     """
 
     kind: Literal["model", "target", "cache", "canned", "function"]
@@ -375,6 +376,7 @@ class FallbackStep(_Model):
     target: Name | None = None
     text: Name | None = None
     function: Name | None = None
+    accepts_prefill: Flag = False
 
     @pydantic.model_validator(mode="after")
     def _fields_of_kind(self) -> Self:
@@ -389,6 +391,8 @@ class FallbackStep(_Model):
             found.append(((needed,), f"required for a {self.kind!r} step"))
         elif self.kind == "canned" and self.text is not None and (wrong := _template(self.text)):
             found.append((("text",), wrong))
+        if self.accepts_prefill and self.kind != "model":
+            found.append((("accepts_prefill",), "only for 'model' steps (a target declares it itself)"))
         _refuse(found)
         return self
 
@@ -425,8 +429,11 @@ class FallbackPolicy(_Model):
 
     routes: Mapping[Key, Route] = Field(default_factory=dict)
     targets: Mapping[Key, Target] = Field(default_factory=dict)
-    #: Continue a stream cut mid-answer on the next target that accepts a prefill.
-    continuation: Flag = False
+    #: Rescue a stream that breaks after its first token on the route's next live step: continue
+    #: it there with the delivered text as a prefill (steps that accept one), else regenerate
+    #: and deliver only what follows the delivered text. Off: the caller gets
+    #: :class:`~resilient_openai.IncompleteStreamError` with the partial text at once.
+    continuation: Flag = True
     #: Make these models / target names fail on purpose, with this verdict (chaos switch).
     forced_failures: Mapping[Key, ForceableVerdict] = Field(default_factory=dict)
 

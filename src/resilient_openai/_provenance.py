@@ -43,7 +43,7 @@ class Provenance:
     actually answered (for canned and function answers, the synthetic name they carry);
     ``requested_model`` what the caller asked for; ``reason`` the verdict that made the chain
     leave the primary (None when the primary answered); ``attempts`` every attempt on every
-    target, in order, the answering one included.
+    target, in order, the answering one included; ``rescue`` how a broken stream was finished.
     """
 
     source: Source | None
@@ -52,6 +52,9 @@ class Provenance:
     target: str | None
     reason: str | None = None
     attempts: tuple[AttemptRecord, ...] = field(default=())
+    #: How a stream that broke mid-answer was finished by ``target``: ``"continued"`` (from the
+    #: delivered text as a prefill) or ``"spliced"`` (asked again, joined where the caller was).
+    rescue: str | None = None
 
     @property
     def retried(self) -> bool:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._policy import FallbackStep, Policy, Route
     from ..observe.events import EventBus
-    from ._call import Call, Outcome
+    from ._call import Call, LiveTarget, Outcome
 
 __all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
 
@@ -228,15 +228,15 @@ class Delivery:
         self._store(call, key, body, getattr(result, "model", None))
 
     def continued(
-        self, call: Call, result: Any, target_name: str, model: str | None, reason: Verdict
+        self, call: Call, result: Any, target: LiveTarget, model: str | None, reason: Verdict, how: str
     ) -> None:
         """A stream cut mid-answer is being finished by another target: say so on the result
         (listeners hear of it when the stream ends)."""
         attach(
             result,
             Provenance(
-                source=Source.FALLBACK_CLIENT, model=model, requested_model=call.requested_model,
-                target=target_name, reason=reason.value, attempts=tuple(call.attempts),
+                source=target.source, model=model, requested_model=call.requested_model,
+                target=target.name, reason=reason.value, attempts=tuple(call.attempts), rescue=how,
             ),
         )  # fmt: skip
 

@@ -24,9 +24,10 @@ from .._classify import Verdict
 from .._clock import Clock
 from .._errors import IncompleteStreamError
 from .._fallback.assemble import assembler_for
+from .._fallback.splice import Splice
 from ..observe.events import EventBus, StreamEventSkipped
 
-__all__ = ["AsyncStreamGuard", "StreamHooks", "StreamWatch", "SyncStreamGuard"]
+__all__ = ["AsyncStreamGuard", "StreamHooks", "StreamWatch", "SyncStreamGuard", "splice_chunk"]
 
 #: This many malformed events in a row make a stream unreadable.
 MAX_MALFORMED_IN_A_ROW = 3
@@ -236,8 +237,10 @@ class StreamWatch:
         self.end(Verdict.STREAM_INTERRUPTED, error)
         return error
 
-    def broke(self, exc: Exception) -> IncompleteStreamError:
-        """The transport failed mid-answer: the error to raise."""
+    def ended_by(self, exc: Exception) -> IncompleteStreamError:
+        """The stream broke mid-answer (its transport, or the watch itself): the error to raise."""
+        if isinstance(exc, IncompleteStreamError):
+            return self.fail(exc)
         reason, detail = _broken(exc)
         error = self.error(reason, detail)
         error.__cause__ = exc
@@ -304,6 +307,40 @@ def _error_message(event: dict[str, Any]) -> str:
     return message if isinstance(message, str) and message else "An error occurred during streaming"
 
 
+#: What breaks a stream after its first token: the transport, or what the watch saw in it.
+_BREAKS = (httpx2.TimeoutException, httpx2.TransportError, IncompleteStreamError)
+
+
+def _rescuable(exc: Exception) -> bool:
+    """Whether another step may finish the answer: not when the call's deadline has passed."""
+    return not isinstance(exc, IncompleteStreamError) or exc.reason in ("upstream_error", "unreadable")
+
+
+def _cause(exc: Exception) -> BaseException | None:
+    return exc.__cause__ if isinstance(exc, IncompleteStreamError) else exc
+
+
+def splice_chunk(splice: Splice, chunk: bytes) -> bytes:
+    """The events of a regenerated stream's ``chunk`` that the caller should see (trimmed where
+    the join falls), as an :class:`~resilient_openai._sdk.EventChunk`; empty bytes for none."""
+    events = getattr(chunk, "events", ())
+    kept: list[_sdk.DecodedEvent] = []
+    for event in events:
+        value = event.json()
+        taken = splice.take(value)
+        if taken is value:
+            kept.append(event)
+        elif taken is not None:
+            data = json.dumps(taken, separators=(",", ":"))
+            kept.append(
+                _sdk.DecodedEvent(event=event.event, data=data, id=event.id, retry=event.retry, value=taken)
+            )
+    if not kept:
+        return b""
+    raw = b"".join(b"data: " + event.data.encode() + b"\n\n" for event in kept)
+    return _sdk.EventChunk(raw, tuple(kept))
+
+
 def _broken(exc: Exception) -> tuple[str, str]:
     """Why a stream that had started broke: a stall (read timeout) or a cut (anything else)."""
     if isinstance(exc, httpx2.TimeoutException):
@@ -358,13 +395,11 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                     if kept:
                         yield kept
                 break
-            except IncompleteStreamError as error:
-                raise watch.fail(error) from error.__cause__
-            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            except _BREAKS as exc:
                 go_on = watch.hooks.continue_sync
-                more = go_on(watch.partial_text) if go_on is not None else None
+                more = go_on(watch.partial_text) if go_on is not None and _rescuable(exc) else None
                 if more is None:
-                    raise watch.broke(exc) from exc
+                    raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()
                 self._continuations.append(more)
                 self._source = iter(more)
@@ -426,13 +461,11 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                     if kept:
                         yield kept
                 break
-            except IncompleteStreamError as error:
-                raise watch.fail(error) from error.__cause__
-            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            except _BREAKS as exc:
                 go_on = watch.hooks.continue_async
-                more = await go_on(watch.partial_text) if go_on is not None else None
+                more = await go_on(watch.partial_text) if go_on is not None and _rescuable(exc) else None
                 if more is None:
-                    raise watch.broke(exc) from exc
+                    raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()
                 self._continuations.append(more)
                 self._source = aiter(more)

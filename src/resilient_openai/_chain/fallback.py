@@ -12,17 +12,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import logging
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
+
+import httpx2
 
 from .. import _sdk
 from .._classify import Verdict
-from .._errors import DeadlineExceededError, RequestRejectedError
+from .._errors import DeadlineExceededError, IncompleteStreamError, RequestRejectedError
 from .._fallback.plan import PRIMARY, Send, Serve, Walk, is_live, route_for, walk
+from .._fallback.splice import Splice, SpliceFailed
 from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
-from ._stream import StreamHooks
+from ._stream import StreamHooks, splice_chunk
 
 if TYPE_CHECKING:
     from .._policy import FallbackPolicy, FallbackStep, Route, ValidationPolicy
@@ -108,14 +112,14 @@ class Walker:
         return self._functions[step.function or ""]
 
     def continuation_call(self, call: Call, step: FallbackStep, partial: str) -> Call | None:
-        """A call asking ``step``'s target to continue ``partial``, if it declared it accepts a prefill.
+        """A call asking ``step`` to continue ``partial`` as a prefill, when it declared it can.
 
-        A prefill is never sent to a target that did not declare ``accepts_prefill``.
+        A prefill is never sent to a step that did not declare ``accepts_prefill``.
         """
-        if step.kind != "target" or call.operation != "chat.completions" or call.body is None:
+        if call.body is None:
             return None
         target = self._targets.live(step, call.client, call.requested_model)
-        if not target.accepts_prefill:
+        if not (target.accepts_prefill or (step.kind == "model" and step.accepts_prefill)):
             return None
         messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
         body = {**call.body, "messages": messages}
@@ -124,18 +128,25 @@ class Walker:
             call, body=body, options=options, target=target, has_next=False, hooks=None
         )
 
-    def continued(self, call: Call, sub: Call, result: Any, outcome: Outcome) -> Any:
-        """The continuation answered: re-label the caller's stream, return its body to splice in."""
-        response = _sdk.response_of(outcome.result) if outcome.ok else None
-        target = sub.target
-        if response is None or target is None:
-            return None
-        self.delivery.continued(call, result, target.name, sub.model, Verdict.STREAM_INTERRUPTED)
-        return response.stream
+    def regeneration_call(self, call: Call, step: FallbackStep) -> Call:
+        """The same question, asked of ``step`` (its answer is spliced in where the caller is)."""
+        target = self._targets.live(step, call.client, call.requested_model)
+        return dataclasses.replace(call, target=target, has_next=False, hooks=None)
 
-    def wants_continuation(self, call: Call, move: Send) -> bool:
-        """Whether a stream cut mid-answer on this move's target may be continued elsewhere."""
-        return self._continuation and call.stream and bool(move.later)
+    def rescued(self, call: Call, sub: Call, result: Any, how: str) -> None:
+        """Another step is finishing the caller's stream: say so on it."""
+        target = sub.target
+        assert target is not None
+        self.delivery.continued(call, result, target, sub.model, Verdict.STREAM_INTERRUPTED, how)
+
+    def wants_rescue(self, call: Call, move: Send) -> bool:
+        """Whether a chat stream broken mid-answer on this move's target may be finished later."""
+        return (
+            self._continuation
+            and call.stream
+            and call.operation == "chat.completions"
+            and any(is_live(step) for step in move.later)
+        )
 
 
 def _telling(previous: Outcome | None, latest: Outcome) -> Outcome:
@@ -173,9 +184,7 @@ class SyncFallback:
                     reply = None
                     continue
                 later = (
-                    _SyncContinuation(walker, call, next, move.later)
-                    if walker.wants_continuation(call, move)
-                    else None
+                    _SyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
                 )
                 walker.aim(call, move, key, later.hooks() if later is not None else None)
                 outcome: Outcome = next(call)
@@ -238,9 +247,7 @@ class AsyncFallback:
                     reply = None
                     continue
                 later = (
-                    _AsyncContinuation(walker, call, next, move.later)
-                    if walker.wants_continuation(call, move)
-                    else None
+                    _AsyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
                 )
                 walker.aim(call, move, key, later.hooks() if later is not None else None)
                 outcome: Outcome = await next(call)
@@ -273,8 +280,10 @@ class AsyncFallback:
         return walker.delivery.from_function(call, str(produced))
 
 
-class _SyncContinuation:
-    """Continues a stream cut mid-answer on a later target that declared it accepts a prefill."""
+class _SyncRescue:
+    """Finishes a chat stream that broke after its first token (threads): on each later live step,
+    continue from a prefill where the step accepts one, else ask again and splice the new answer
+    in where the caller is. Each step is tried once per stream."""
 
     __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
@@ -282,27 +291,57 @@ class _SyncContinuation:
         self._walker = walker
         self._call = call
         self._next = next
-        self._later = later
-        #: The caller's stream, once the target answered: the continuation re-labels it.
+        self._later = [step for step in later if is_live(step)]
+        #: The caller's stream, once the target answered: a rescue re-labels it.
         self.result: Any = None
 
     def hooks(self) -> StreamHooks:
         return StreamHooks(continue_sync=self)
 
     def __call__(self, partial: str) -> Iterable[bytes] | None:
-        walker = self._walker
-        for step in self._later:
-            sub = walker.continuation_call(self._call, step, partial)
-            if sub is None:
-                continue
-            body = walker.continued(self._call, sub, self.result, self._next(sub))
-            if body is not None:
-                return cast("Iterable[bytes]", body)
+        walker, call = self._walker, self._call
+        while self._later:
+            step = self._later.pop(0)
+            sub = walker.continuation_call(call, step, partial)
+            if sub is not None:
+                outcome: Outcome = self._next(sub)
+                stream = _sdk.response_of(outcome.result) if outcome.ok else None
+                if stream is not None:
+                    walker.rescued(call, sub, self.result, "continued")
+                    return cast("Iterable[bytes]", stream.stream)
+            sub = walker.regeneration_call(call, step)
+            outcome = self._next(sub)
+            stream = _sdk.response_of(outcome.result) if outcome.ok else None
+            joined = _join(cast("Iterable[bytes]", stream.stream), partial) if stream is not None else None
+            if joined is not None:
+                walker.rescued(call, sub, self.result, "spliced")
+                return joined
         return None
 
 
-class _AsyncContinuation:
-    """The asyncio twin of :class:`_SyncContinuation`."""
+def _join(chunks: Iterable[bytes], partial: str) -> Iterable[bytes] | None:
+    """The regenerated stream from where the caller is, once it has joined ``partial`` (None: it
+    does not start with it, or broke first)."""
+    splice = Splice(partial)
+    source = iter(chunks)
+    held: list[bytes] = []
+    try:
+        for chunk in source:
+            kept = splice_chunk(splice, chunk)
+            if kept:
+                held.append(kept)
+            if splice.joined:
+                return itertools.chain(held, source)
+    except (SpliceFailed, IncompleteStreamError, httpx2.TransportError, httpx2.TimeoutException):
+        pass
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+    return None
+
+
+class _AsyncRescue:
+    """The asyncio twin of :class:`_SyncRescue`."""
 
     __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
@@ -312,19 +351,55 @@ class _AsyncContinuation:
         self._walker = walker
         self._call = call
         self._next = next
-        self._later = later
+        self._later = [step for step in later if is_live(step)]
         self.result: Any = None
 
     def hooks(self) -> StreamHooks:
         return StreamHooks(continue_async=self)
 
     async def __call__(self, partial: str) -> AsyncIterable[bytes] | None:
-        walker = self._walker
-        for step in self._later:
-            sub = walker.continuation_call(self._call, step, partial)
-            if sub is None:
-                continue
-            body = walker.continued(self._call, sub, self.result, await self._next(sub))
-            if body is not None:
-                return cast("AsyncIterable[bytes]", body)
+        walker, call = self._walker, self._call
+        while self._later:
+            step = self._later.pop(0)
+            sub = walker.continuation_call(call, step, partial)
+            if sub is not None:
+                outcome: Outcome = await self._next(sub)
+                stream = _sdk.response_of(outcome.result) if outcome.ok else None
+                if stream is not None:
+                    walker.rescued(call, sub, self.result, "continued")
+                    return cast("AsyncIterable[bytes]", stream.stream)
+            sub = walker.regeneration_call(call, step)
+            outcome = await self._next(sub)
+            stream = _sdk.response_of(outcome.result) if outcome.ok else None
+            joined = await _ajoin(cast("AsyncIterable[bytes]", stream.stream), partial) if stream else None
+            if joined is not None:
+                walker.rescued(call, sub, self.result, "spliced")
+                return joined
         return None
+
+
+async def _ajoin(chunks: AsyncIterable[bytes], partial: str) -> AsyncIterable[bytes] | None:
+    """The asyncio twin of :func:`_join`."""
+    splice = Splice(partial)
+    source = aiter(chunks)
+    held: list[bytes] = []
+    try:
+        async for chunk in source:
+            kept = splice_chunk(splice, chunk)
+            if kept:
+                held.append(kept)
+            if splice.joined:
+                return _prepend(held, source)
+    except (SpliceFailed, IncompleteStreamError, httpx2.TransportError, httpx2.TimeoutException):
+        pass
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+    return None
+
+
+async def _prepend(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in held:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
