@@ -33,7 +33,7 @@ from resilient_openai import (
     resilient,
 )
 from resilient_openai.observe.events import CallCompleted
-from resilient_openai.testing import Cut, Delay, FakeClock, Garbage, Ok, Reset, Silence, Status
+from resilient_openai.testing import Cut, Delay, FakeClock, Garbage, Ok, Reset, Silence, Stall, Status
 
 from .conftest import Harness, text_of
 
@@ -330,3 +330,55 @@ def test_with_rescue_off_a_cut_stream_raises_at_once(harness: Harness) -> None:
     assert isinstance(error, IncompleteStreamError)
     assert error.partial_text == "one two three four five six"
     assert harness.upstream.count(model="gpt-B") == 0
+
+
+# -- time limits inside a stream ---------------------------------------------------------------
+
+STREAM_LIMITS = Timeouts(total=120.0, attempt=60.0, first_token=45.0, stream_idle=20.0)
+
+
+def test_first_token_bounds_the_wait_for_the_first_content_event(harness: Harness) -> None:
+    """Headers at once, first token after 25 s: within ``first_token`` (45 s), though longer than
+    ``stream_idle`` (20 s): answered in full, one request."""
+    harness.upstream.set_default("gpt-A", Stall(0, 25.0, text=ANSWER))
+    started = harness.clock.now()
+    _, chunks, error = harness.stream_chat(harness.client(Policy(timeouts=STREAM_LIMITS)))
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    assert harness.upstream.count() == 1
+    assert harness.clock.now() - started == pytest.approx(25.0)
+
+
+def test_a_first_token_later_than_first_token_fails_over(harness: Harness) -> None:
+    """First token after 50 s with ``first_token`` 45 s: the backup answers after 45 s."""
+    harness.upstream.set_default("gpt-A", Stall(0, 50.0, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Ok(text="backup"))
+    started = harness.clock.now()
+    policy = Policy(timeouts=STREAM_LIMITS, fallback=_route(BACKUP))
+    _, chunks, error = harness.stream_chat(harness.client(policy))
+    assert error is None
+    assert text_of(chunks) == "backup"
+    assert harness.clock.now() - started == pytest.approx(45.0)
+
+
+def test_stream_idle_bounds_the_gaps_after_the_first_token(harness: Harness) -> None:
+    """After the first token a 25 s gap is a stall at 20 s (``stream_idle``), not at 45 s."""
+    harness.upstream.set_default("gpt-A", Stall(3, 25.0, text=ANSWER))
+    started = harness.clock.now()
+    policy = Policy(timeouts=STREAM_LIMITS, fallback=FallbackPolicy(continuation=False))
+    _, _, error = harness.stream_chat(harness.client(policy))
+    assert isinstance(error, IncompleteStreamError)
+    assert error.reason == "stalled"
+    assert harness.clock.now() - started == pytest.approx(20.0)
+
+
+def test_the_total_deadline_holds_inside_a_stream(harness: Harness) -> None:
+    """Headers after 12 s of a 30 s budget, then a stall: the stream ends at the deadline, not one
+    idle gap later."""
+    harness.upstream.set_default("gpt-A", Delay(12.0, then=Stall(3, 25.0, text=ANSWER)))
+    limits = Timeouts(total=30.0, attempt=20.0, first_token=20.0, stream_idle=20.0)
+    started = harness.clock.now()
+    policy = Policy(timeouts=limits, fallback=FallbackPolicy(continuation=False))
+    _, _, error = harness.stream_chat(harness.client(policy))
+    assert isinstance(error, IncompleteStreamError)
+    assert harness.clock.now() - started == pytest.approx(30.0)

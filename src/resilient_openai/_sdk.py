@@ -117,13 +117,14 @@ def response_of(result: Any) -> httpx2.Response | None:
     return None
 
 
-def read_limit(response: httpx2.Response, seconds: float) -> None:
-    """From now on, each read of ``response``'s body waits at most ``seconds``.
+def read_limit(request: httpx2.Request, seconds: float) -> None:
+    """Reads of the body answering ``request`` wait at most ``seconds``.
 
-    httpx2 takes the body's read limit from the request's timeout dict when the body is first
-    read, after the headers: this is how a stream's idle limit replaces its first-token limit.
+    httpcore takes the body's read limit from the request's timeout dict once, when the body is
+    first read, after the headers; a transport that reads it for every read (the fake upstream)
+    follows later changes too.
     """
-    limits = response.request.extensions.get("timeout")
+    limits = request.extensions.get("timeout")
     if isinstance(limits, dict):
         limits["read"] = seconds
 

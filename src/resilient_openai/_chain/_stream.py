@@ -10,8 +10,10 @@ with a truncated answer. :class:`StreamWatch` is the I/O-free part shared by bot
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,9 +57,29 @@ class StreamWatch:
     """What one stream has delivered so far, and how it ended. No I/O: fed bytes, asked to end."""
 
     __slots__ = (
-        "_assembler", "_buffer", "_bus", "_clock", "_deadline", "_first_token", "_malformed_run",
-        "_permit", "_request", "_started", "breaker", "continued", "delivered", "done_seen", "ended",
-        "hooks", "model", "operation", "outcome", "result", "skipped",
+        "_assembler",
+        "_buffer",
+        "_bus",
+        "_clock",
+        "_deadline",
+        "_first_token",
+        "_first_token_by",
+        "_idle",
+        "_malformed_run",
+        "_permit",
+        "_request",
+        "_started",
+        "breaker",
+        "continued",
+        "delivered",
+        "done_seen",
+        "ended",
+        "hooks",
+        "model",
+        "operation",
+        "outcome",
+        "result",
+        "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -72,7 +94,12 @@ class StreamWatch:
         request: httpx2.Request,
         hooks: StreamHooks | None = None,
         result: Any = None,
+        first_token_by: float = math.inf,
+        idle: float = math.inf,
     ) -> None:
+        #: When the first content event must have come (clock time), and the longest gap after it.
+        self._first_token_by = first_token_by
+        self._idle = idle
         self.operation = operation
         #: What the caller holds (the SDK's Stream): its provenance is corrected if it breaks.
         self.result = result
@@ -228,8 +255,17 @@ class StreamWatch:
         self.end(Verdict.SUCCESS if finished else Verdict.CANCELLED)
 
     def first_token(self) -> None:
-        """The answer began now (called once, when priming ends)."""
-        self._first_token = self._clock.now()
+        """The answer began now (called once, when priming ends): from here on a read may wait
+        the idle limit, never past the deadline."""
+        now = self._first_token = self._clock.now()
+        _sdk.read_limit(self._request, max(min(self._idle, self._deadline - now), 0.001))
+
+    def read_bound(self) -> float:
+        """How long the next read may wait: until the first token is due, then the idle limit;
+        never past the call's deadline."""
+        now = self._clock.now()
+        due = self._first_token_by if self._first_token is None else now + self._idle
+        return max(min(due, self._deadline) - now, 0.001)
 
     def fail(self, error: IncompleteStreamError) -> IncompleteStreamError:
         """The answer began and the stream ends badly: end as interrupted (the fallback layer
@@ -434,7 +470,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
         try:
             while not watch.started:
                 try:
-                    data = await anext(self._source)
+                    data = await self._read()
                 except StopAsyncIteration:
                     raise watch.error("truncated", "the body ended before the first event") from None
                 kept = watch.feed(data)
@@ -455,7 +491,11 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
             yield kept
         while True:
             try:
-                async for data in self._source:
+                while True:
+                    try:
+                        data = await self._read()
+                    except StopAsyncIteration:
+                        break
                     watch.check_deadline()
                     kept = watch.feed(data)
                     if kept:
@@ -470,6 +510,15 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                 self._continuations.append(more)
                 self._source = aiter(more)
         watch.truncated()
+
+    async def _read(self) -> bytes:
+        """The next piece of the body, waiting no longer than the watch allows (a stall raises
+        ``httpx2.ReadTimeout``, as the transport's own limit would)."""
+        try:
+            async with asyncio.timeout(self._watch.read_bound()):
+                return await anext(self._source)
+        except TimeoutError as exc:
+            raise httpx2.ReadTimeout("no event within the limit", request=self._request) from exc
 
     async def aclose(self) -> None:
         self._watch.closed_early()

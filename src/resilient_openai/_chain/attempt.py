@@ -41,14 +41,27 @@ def _prepare(call: Call, clock: Clock) -> None:
     )
 
 
-def _watch(call: Call, clock: Clock, bus: EventBus, response: httpx2.Response, result: Any) -> StreamWatch:
+def _watch(
+    call: Call, clock: Clock, bus: EventBus, response: httpx2.Response, result: Any, sent: float
+) -> StreamWatch:
+    """The watch of a stream whose headers arrived: ``first_token`` counts from ``sent`` to the
+    first content event, ``stream_idle`` between later events, and neither passes the deadline."""
     target = call.target
     assert target is not None
-    # From here on a stall is measured against the idle limit, not the first-token one.
-    _sdk.read_limit(response, min(target.timeouts.stream_idle, max(call.deadline - clock.now(), 0.001)))
+    limits = target.timeouts
+    first = (
+        limits.first_token if call.caller_timeout is None else min(limits.first_token, call.caller_timeout)
+    )
+    first_token_by = sent + first
+    now = clock.now()
+    # The transport fixes one read limit for the whole body: long enough for the first token and
+    # for an idle gap, never past the deadline (the asyncio guard bounds each read exactly).
+    body = min(max(first_token_by - now, limits.stream_idle), call.deadline - now)
+    _sdk.read_limit(response.request, max(body, 0.001))
     return StreamWatch(
         operation=call.operation, model=call.model, breaker=target.name, clock=clock, bus=bus,
         deadline=call.deadline, request=response.request, hooks=call.hooks, result=result,
+        first_token_by=first_token_by, idle=limits.stream_idle,
     )  # fmt: skip
 
 
@@ -63,13 +76,14 @@ class SyncAttempt:
 
     def __call__(self, call: Call, next: Handler) -> Outcome:
         _prepare(call, self._clock)
+        sent = self._clock.now()
         outcome: Outcome = next(call)
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.SyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response, outcome.result)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result, sent)
         guard = SyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:
@@ -90,13 +104,14 @@ class AsyncAttempt:
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
         _prepare(call, self._clock)
+        sent = self._clock.now()
         outcome: Outcome = await next(call)
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.AsyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response, outcome.result)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result, sent)
         guard = AsyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:
