@@ -183,7 +183,8 @@ class RetryBudget(_Model):
     transient failure is still retried). Past that, a failure that would have been retried is
     the target's answer: the fallback walk moves on, or the caller gets it. In a brownout every
     caller's retries would otherwise multiply the load on a struggling upstream (Finagle's and
-    Envoy's retry budgets, for the same reason).
+    Envoy's retry budgets, for the same reason). One budget per target, kept for as many targets
+    as ``breaker.max_breakers``; a target's own ``retry.budget`` applies to that target.
     """
 
     enabled: Flag = True
