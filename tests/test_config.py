@@ -21,6 +21,7 @@ from resilient_openai._policy import (
     CachePolicy,
     FallbackStep,
     Policy,
+    RetryBudget,
     RetryPolicy,
     RetryRule,
     Route,
@@ -444,6 +445,41 @@ ONE_MISTAKE: list[Any] = [
         "did you mean 'steps'",
         id="route-unknown-key",
     ),
+    # retry budget
+    pytest.param(
+        {"retry": {"budget": {"ratio": 1.5}}},
+        "retry.budget.ratio",
+        "a number in [0, 1], got 1.5",
+        id="budget-ratio",
+    ),
+    pytest.param(
+        {"retry": {"budget": {"window": 0}}}, "retry.budget.window", "number > 0", id="budget-window"
+    ),
+    pytest.param(
+        {"retry": {"budget": {"min_per_second": -1.0}}},
+        "retry.budget.min_per_second",
+        "must be a number >= 0, got -1.0",
+        id="budget-floor-negative",
+    ),
+    pytest.param(
+        {"retry": {"budget": {"ratio": 0.0, "min_per_second": 0.0}}},
+        "retry.budget.min_per_second",
+        "must be > 0 when ratio is 0, or no retry could ever be made"
+        " (to turn the budget off, set enabled = false)",
+        id="budget-allows-nothing",
+    ),
+    pytest.param(
+        {"retry": {"budget": {"enabled": "yes"}}},
+        "retry.budget.enabled",
+        "true or false",
+        id="budget-enabled",
+    ),
+    pytest.param(
+        {"retry": {"budget": {"percent": 20}}},
+        "retry.budget.percent",
+        "unknown key; allowed: enabled, min_per_second, ratio, window",
+        id="budget-unknown-key",
+    ),
     # cache and validation
     pytest.param({"cache": {"max_entries": 0}}, "cache.max_entries", "integer >= 1", id="cache-entries"),
     pytest.param({"cache": {"max_bytes": 1.5}}, "cache.max_bytes", "integer >= 1", id="cache-bytes"),
@@ -538,6 +574,24 @@ def test_target_sections_start_from_the_top_level_ones() -> None:
     assert azure_retry.rules[Verdict.TIMEOUT].attempts == 2
     assert azure_breaker.mode == "ratio"
     assert targets["local"] == Target(name="local", base_url="http://localhost:8000/v1")
+
+
+def test_target_budget_starts_from_the_top_level_one() -> None:
+    """A target's retry budget keys override the top-level budget's; the rest are inherited."""
+    data = {
+        "retry": {"budget": {"ratio": 0.1, "window": 30.0}},
+        "fallback": {"targets": {"azure": {"api_key_env": KEY_ENV, "retry": {"budget": {"window": 5.0}}}}},
+    }
+    policy = Policy.from_dict(data)
+    azure_retry = policy.fallback.targets["azure"].retry
+    assert azure_retry is not None
+    assert azure_retry.budget == RetryBudget(ratio=0.1, window=5.0)
+    assert policy.retry.budget == RetryBudget(ratio=0.1, window=30.0)
+
+
+def test_a_budget_that_is_off_may_allow_nothing() -> None:
+    """ratio and floor both 0 is refused only while the budget is on."""
+    assert not RetryBudget(enabled=False, ratio=0.0, min_per_second=0.0).enabled
 
 
 def test_null_is_a_value_not_an_absence() -> None:
@@ -771,6 +825,7 @@ def test_dump_is_plain_data_covering_every_field() -> None:
     for key, cls in sections:
         assert set(dumped[key]) == set(cls.model_fields), key
     assert set(dumped["retry"]["rules"]["timeout"]) == set(RetryRule.model_fields)
+    assert set(dumped["retry"]["budget"]) == set(RetryBudget.model_fields)
     assert dumped["breaker"]["failure_verdicts"] == sorted(dumped["breaker"]["failure_verdicts"])
 
 

@@ -24,9 +24,11 @@ def breakers(client: object) -> BreakerRegistry:
 
 
 def health(client: object) -> dict[str, Any]:
-    """A JSON-serializable snapshot of every breaker and the cache, for a ``/health`` route.
+    """A JSON-serializable snapshot of every breaker, retry budget and the cache, for ``/health``.
 
-    ``status`` is ``"ok"`` when every breaker is closed, ``"degraded"`` otherwise. Holds names,
+    ``status`` is ``"ok"`` when every breaker is closed, ``"degraded"`` otherwise. Each entry of
+    ``budgets`` holds a target's first attempts (``requests``) and ``retries`` in the budget's
+    window, the retries it allows (``limit``) and whether it is ``exhausted``. Holds names,
     states, counts and times only: never keys, prompts or answers.
     """
     chain = _chain(client)
@@ -35,5 +37,6 @@ def health(client: object) -> dict[str, Any]:
     return {
         "status": "ok" if all(s["state"] == "closed" for s in snapshots) else "degraded",
         "breakers": snapshots,
+        "budgets": [dataclasses.asdict(s) for s in chain.budgets.snapshot()],
         "cache": dataclasses.asdict(cache.stats()) if cache is not None else None,
     }

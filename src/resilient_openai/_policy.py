@@ -30,8 +30,8 @@ from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, va
 from ._errors import ConfigError
 
 __all__ = [
-    "BreakerPolicy", "CachePolicy", "FallbackPolicy", "FallbackStep", "Policy", "RetryPolicy", "RetryRule",
-    "Route", "Target", "Timeouts", "ValidationPolicy",
+    "BreakerPolicy", "CachePolicy", "FallbackPolicy", "FallbackStep", "Policy", "RetryBudget", "RetryPolicy",
+    "RetryRule", "Route", "Target", "Timeouts", "ValidationPolicy",
 ]  # fmt: skip
 
 _M = TypeVar("_M", bound="_Model")
@@ -71,6 +71,9 @@ Count = Annotated[
 ]
 Ratio = Annotated[float, Strict(), Field(gt=0, le=1), _must_be("a number in (0, 1]")]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _must_be("a number in [0, 1]")]
+PerSecond = Annotated[
+    float, Strict(), Field(ge=0, le=_MAX_COUNT), _must_be("a number >= 0", f"a number <= {_MAX_COUNT}")
+]
 Flag = Annotated[bool, Strict(), _must_be("true or false")]
 Text = Annotated[str, Strict(), _must_be("a non-empty string")]
 Key = Annotated[str, Strict(), Field(min_length=1), _must_be("a non-empty string")]
@@ -172,8 +175,37 @@ class RetryRule(_Model):
         return _ordered(self, [("base", "cap")], "cap is the longest wait")
 
 
+class RetryBudget(_Model):
+    """How many retries one target may get: a share of its recent requests, plus a small floor.
+
+    Over the last ``window`` seconds a target may be retried ``ratio`` times as often as it was
+    first asked, plus ``min_per_second * window`` times whatever its traffic (so a lone caller's
+    transient failure is still retried). Past that, a failure that would have been retried is
+    the target's answer: the fallback walk moves on, or the caller gets it. In a brownout every
+    caller's retries would otherwise multiply the load on a struggling upstream (Finagle's and
+    Envoy's retry budgets, for the same reason). One budget per target, kept for as many targets
+    as ``breaker.max_breakers``; a target's own ``retry.budget`` applies to that target.
+    """
+
+    enabled: Flag = True
+    #: Retries allowed per first attempt over the window (0.2: at most 20 % extra load).
+    ratio: Fraction = 0.2
+    #: The sliding window, in seconds (kept in ten buckets of ``window / 10``).
+    window: Seconds = 10.0
+    #: The floor: this many retries per second are allowed whatever the traffic.
+    min_per_second: PerSecond = 1.0
+
+    @pydantic.model_validator(mode="after")
+    def _some_retry(self) -> Self:
+        if self.enabled and self.ratio == 0 and self.min_per_second == 0:
+            message = "must be > 0 when ratio is 0, or no retry could ever be made"
+            message += " (to turn the budget off, set enabled = false)"
+            _refuse([(("min_per_second",), message)])
+        return self
+
+
 class RetryPolicy(_Model):
-    """Per-verdict retry rules, plus how far to trust the server's own advice."""
+    """Per-verdict retry rules, how far to trust the server's own advice, and the retry budget."""
 
     rules: Mapping[RetryableVerdict, RetryRule] = Field(
         default_factory=lambda: {verdict: RetryRule() for verdict in sorted(RETRYABLE_VERDICTS)}
@@ -187,6 +219,8 @@ class RetryPolicy(_Model):
     #: circuit answers at once with :class:`~resilient_openai.CircuitOpenError`, freeing the
     #: caller's thread and connection exactly when the upstream is failing.
     max_open_wait: Wait = 0.0
+    #: How many retries a target may get, as a share of its recent requests.
+    budget: RetryBudget = Field(default_factory=RetryBudget)
 
     @field_serializer("rules")
     def _rules_by_name(self, rules: Mapping[Verdict, RetryRule]) -> dict[str, RetryRule]:
@@ -525,12 +559,13 @@ def _string_keys(data: Any, loc: Loc = ()) -> list[str]:
 
 
 def _over(base: Mapping[str, Any], section: Any) -> Any:
-    """A file's ``section`` over ``base``, and its retry rules over the base's (when all are tables)."""
+    """A file's ``section`` over ``base``, its retry rules and budget over the base's (when tables)."""
     if not isinstance(section, Mapping):
         return section
     merged = {**base, **section}
-    if isinstance(base.get("rules"), Mapping) and isinstance(merged["rules"], Mapping):
-        merged["rules"] = {**base["rules"], **merged["rules"]}
+    for key in ("rules", "budget"):
+        if isinstance(base.get(key), Mapping) and isinstance(merged[key], Mapping):
+            merged[key] = {**base[key], **merged[key]}
     return merged
 
 

@@ -16,6 +16,7 @@ from resilient_openai.observe.events import (
     Event,
     EventBus,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -50,6 +51,7 @@ def _one(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
 EVENTS_AND_LEVELS: list[tuple[Event, int]] = [
     (AttemptFailed(1.0, "chat.completions", "gpt-4o", "primary", 1, "server_error", 500), logging.DEBUG),
     (RetryScheduled(1.0, "chat.completions", "gpt-4o", "primary", 1, 0.5, "rate_limited"), logging.INFO),
+    (RetryBudgetExhausted(1.0, "chat.completions", "gpt-4o", "primary", 1, "server_error"), logging.WARNING),
     (FallbackServed(1.0, "chat.completions", "gpt-4o", "gpt-4o-mini", "fallback_model", "rate_limited"),
      logging.WARNING),
     (BreakerStateChanged(1.0, "primary", "closed", "open", "failure_rate", 30.0), logging.WARNING),

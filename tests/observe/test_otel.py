@@ -18,6 +18,7 @@ from resilient_openai.observe.events import (
     Event,
     EventBus,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -123,6 +124,7 @@ def test_instruments_use_the_convention_names(meter: FakeMeter) -> None:
     assert set(meter.instruments) == {
         DURATION,
         "resilient_openai.retries",
+        "resilient_openai.retry_budget.exhausted",
         "resilient_openai.fallbacks",
         "resilient_openai.breaker.transitions",
         "resilient_openai.breaker.rejections",
@@ -210,6 +212,23 @@ def test_retries_counter(meter: FakeMeter) -> None:
             "resilient_openai.breaker.name": "primary",
         })
     ]  # fmt: skip
+
+
+def test_retry_budget_counter(meter: FakeMeter) -> None:
+    """A retry the budget refused counts once, with the target and the failed attempt's verdict."""
+    OpenTelemetryListener(meter)(
+        RetryBudgetExhausted(1.0, "embeddings", "te-3", "primary", 1, "server_error")
+    )
+    assert meter.measurements("resilient_openai.retry_budget.exhausted") == [
+        (1, {
+            "gen_ai.operation.name": "embeddings",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": "te-3",
+            "error.type": "server_error",
+            "resilient_openai.breaker.name": "primary",
+        })
+    ]  # fmt: skip
+    assert meter.measurements("resilient_openai.retries") == []
 
 
 def test_breaker_counters(meter: FakeMeter) -> None:

@@ -17,6 +17,7 @@ from resilient_openai.observe.events import (
     Event,
     EventBus,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -94,6 +95,20 @@ def test_retries_and_fallbacks(registry: CollectorRegistry) -> None:
     assert _value(registry, "retries_total", **retries) == 2
     fallbacks = {"operation": "chat.completions", "source": "fallback_model", "reason": "rate_limited"}
     assert _value(registry, "fallbacks_total", **fallbacks) == 1
+
+
+def test_retries_refused_by_the_budget_are_counted_by_target(registry: CollectorRegistry) -> None:
+    """Each retry the budget refused counts once under the target's breaker name."""
+    listener = PrometheusListener(registry)
+    listener(RetryBudgetExhausted(1.0, "chat.completions", "gpt-4o", "primary", 1, "server_error"))
+    listener(RetryBudgetExhausted(1.0, "responses", "gpt-4o", "primary", 2, "rate_limited"))
+    assert _value(registry, "retry_budget_exhausted_total", breaker="primary") == 2
+    assert (
+        _value(
+            registry, "retries_total", operation="chat.completions", model="gpt-4o", verdict="server_error"
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(("state", "value"), [("closed", 0), ("half-open", 1), ("open", 2), ("isolated", 3)])

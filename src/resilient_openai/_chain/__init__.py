@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import _sdk
 from .._breaker import BreakerRegistry
+from .._budget import BudgetRegistry
 from ..observe.events import EventBus
 from ._call import Call
 from ._delivery import Delivery
@@ -85,6 +86,7 @@ class Chain:
 
     handler: Callable[[Call], Any]
     breakers: BreakerRegistry
+    budgets: BudgetRegistry
     cache: ResponseCache | None
     _policy: Policy
     _runtime: Runtime
@@ -95,6 +97,8 @@ class Chain:
         clock = runtime.clock
         bus = EventBus(runtime.listeners)
         breakers = BreakerRegistry(policy.breaker, clock=clock, bus=bus)
+        # One retry budget per target, as many as there may be breakers.
+        budgets = BudgetRegistry(clock=clock, limit=policy.breaker.max_breakers)
         delivery = Delivery(policy, clock=clock, bus=bus)
         walker = Walker(
             policy.fallback, policy.validation, functions=runtime.functions, delivery=delivery,
@@ -105,14 +109,14 @@ class Chain:
         made: Mapping[str, Any] = {
             "validate": (SyncValidate, AsyncValidate)[pick]() if policy.validation.enabled else None,
             "fallback": (SyncFallback, AsyncFallback)[pick](walker),
-            "retry": (SyncRetry, AsyncRetry)[pick](clock, bus),
+            "retry": (SyncRetry, AsyncRetry)[pick](clock, bus, budgets),
             "breaker": (SyncBreakerGate, AsyncBreakerGate)[pick](clock),
             "attempt": (SyncAttempt, AsyncAttempt)[pick](clock, bus),
             "chaos": (SyncChaos, AsyncChaos)[pick](forced) if forced else None,
         }
         layers = [made[name] for name in ORDER if made[name] is not None]
         terminal = (SyncTerminal, AsyncTerminal)[pick](clock)
-        return cls(_fold(layers, terminal), breakers, delivery.cache, policy, runtime)
+        return cls(_fold(layers, terminal), breakers, budgets, delivery.cache, policy, runtime)
 
     def call(self, client: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
         """Run one SDK request made through ``client`` (a coroutine for an asyncio client)."""

@@ -3,7 +3,9 @@
 Exactly one retry layer exists: the SDK's own retries are switched off inside the chain. Below
 this layer every attempt comes back as an :class:`~resilient_openai._chain._call.Outcome`,
 classified once where it failed; this layer decides from it (:mod:`resilient_openai._backoff`)
-and hands the last outcome up to the fallback layer.
+and hands the last outcome up to the fallback layer. Each target's retry budget
+(:mod:`resilient_openai._budget`) is credited with every first attempt that was sent and asked
+before every retry: when it refuses, the outcome is final on this target.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import random
 from collections.abc import Callable
 
 from .._backoff import decide_open_circuit_wait, decide_retry
+from .._budget import BudgetRegistry, TargetBudget
 from .._classify import Classification, Verdict
 from .._clock import Clock
 from .._errors import DeadlineExceededError
-from ..observe.events import AttemptFailed, EventBus, RetryScheduled
-from ._call import AsyncHandler, Call, Handler, Outcome
+from ..observe.events import AttemptFailed, EventBus, RetryBudgetExhausted, RetryScheduled
+from ._call import AsyncHandler, Call, Handler, LiveTarget, Outcome
 
 __all__ = ["AsyncRetry", "SyncRetry"]
 
@@ -29,12 +32,19 @@ _DEADLINE = Classification(Verdict.TIMEOUT)
 class _Judge:
     """What both shells share: the deadline check and the decision after each attempt."""
 
-    __slots__ = ("_bus", "_clock", "_rand")
+    __slots__ = ("_budgets", "_bus", "_clock", "_rand")
 
-    def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float]) -> None:
+    def __init__(
+        self, clock: Clock, bus: EventBus, budgets: BudgetRegistry, rand: Callable[[], float]
+    ) -> None:
         self._clock = clock
         self._bus = bus
+        self._budgets = budgets
         self._rand = rand
+
+    def _budget_of(self, target: LiveTarget) -> TargetBudget | None:
+        """The retry budget of ``target`` (None when its retry policy turns the budget off)."""
+        return self._budgets.get(target.name, target.retry.budget)
 
     def refused(self, call: Call) -> Outcome | None:
         """An attempt refused because the call's deadline has passed (None: go ahead).
@@ -60,10 +70,15 @@ class _Judge:
         now = clock.now()
         judged = outcome.judged
         call.record(judged.verdict.value, judged.status, now - started)
-        if outcome.ok:
-            return None
         target = call.target
         assert target is not None
+        if call.attempt == 1 and judged.verdict is not Verdict.CIRCUIT_OPEN:
+            # A first attempt that reached the target (an open circuit's rejection sent nothing).
+            budget = self._budget_of(target)
+            if budget is not None:
+                budget.deposit()
+        if outcome.ok:
+            return None
         remaining = call.deadline - now
         limits = target.timeouts
         limit = limits.first_token if call.stream else limits.attempt
@@ -74,11 +89,17 @@ class _Judge:
             has_next=call.has_next, spent=now - started, limit=limit,
         ).delay  # fmt: skip
         breaker = target.breaker
-        if delay is not None and breaker is not None and breaker.state in _SHUT:
-            # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
-            delay = None
-        elif delay is None and not waited_open:
-            # Wait out an open circuit at most once per target: the probe after it decides.
+        over_budget = False
+        if delay is not None:
+            if breaker is not None and breaker.state in _SHUT:
+                # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
+                delay = None
+            elif (budget := self._budget_of(target)) is not None and not budget.withdraw():
+                # Asked last, so only a retry that is really made is taken from the budget.
+                delay, over_budget = None, True
+        elif not waited_open:
+            # Wait out an open circuit at most once per target: the probe after it decides. Not
+            # taken from the budget: the breaker already bounds its probes.
             delay = decide_open_circuit_wait(
                 judged, policy=target.retry, remaining=remaining, has_fallback=call.has_next
             )
@@ -97,6 +118,10 @@ class _Judge:
                         wall, call.operation, call.model, target.name, call.attempt, delay, verdict
                     )
                 )
+            elif over_budget:
+                bus.emit(
+                    RetryBudgetExhausted(wall, call.operation, call.model, target.name, call.attempt, verdict)
+                )
         return delay
 
 
@@ -105,9 +130,15 @@ class SyncRetry:
 
     __slots__ = ("_clock", "_judge")
 
-    def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        bus: EventBus,
+        budgets: BudgetRegistry,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self._clock = clock
-        self._judge = _Judge(clock, bus, rand)
+        self._judge = _Judge(clock, bus, budgets, rand)
 
     def __call__(self, call: Call, next: Handler) -> Outcome:
         clock, judge = self._clock, self._judge
@@ -132,9 +163,15 @@ class AsyncRetry:
 
     __slots__ = ("_clock", "_judge")
 
-    def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        bus: EventBus,
+        budgets: BudgetRegistry,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self._clock = clock
-        self._judge = _Judge(clock, bus, rand)
+        self._judge = _Judge(clock, bus, budgets, rand)
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
         clock, judge = self._clock, self._judge

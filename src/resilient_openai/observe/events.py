@@ -20,6 +20,7 @@ __all__ = [
     "EventBus",
     "FallbackServed",
     "Listener",
+    "RetryBudgetExhausted",
     "RetryScheduled",
     "StreamEventSkipped",
 ]
@@ -55,6 +56,17 @@ class RetryScheduled(Event):
     breaker: str
     attempt: int
     delay: float
+    verdict: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetExhausted(Event):
+    """A retry was not made: the target's retry budget was spent (the failure is final here)."""
+
+    operation: str
+    model: str | None
+    breaker: str
+    attempt: int
     verdict: str
 
 

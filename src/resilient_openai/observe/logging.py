@@ -7,6 +7,7 @@ event                                   level      why
 ======================================  =========  ==============================================
 AttemptFailed                           DEBUG      the retry or the final outcome says more
 RetryScheduled                          INFO       normal resilience at work
+RetryBudgetExhausted                    WARNING    a target fails more than its budget retries
 FallbackServed                          WARNING    the caller got a degraded answer
 BreakerStateChanged to open / isolated  WARNING    a target is cut off
 BreakerStateChanged to half-open        INFO       probing has begun
@@ -36,6 +37,7 @@ from .events import (
     CallRejected,
     Event,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -70,6 +72,11 @@ def _line(event: Event) -> tuple[int, str]:
             return logging.INFO, (
                 "retrying %(operation)s (model %(model)s) on %(breaker)s in %(delay).2fs after %(verdict)s"
                 " (attempt %(attempt)d failed)"
+            )
+        case RetryBudgetExhausted():
+            return logging.WARNING, (
+                "not retrying %(operation)s (model %(model)s) on %(breaker)s after %(verdict)s"
+                " (attempt %(attempt)d failed): its retry budget is spent"
             )
         case AttemptFailed():
             return logging.DEBUG, (

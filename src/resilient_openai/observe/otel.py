@@ -15,6 +15,8 @@ define one:
     ``resilient_openai.source`` (who answered).
 ``resilient_openai.retries`` (counter): operation, request model, ``error.type`` (the failed
     attempt's verdict), ``resilient_openai.breaker.name`` (the target retried).
+``resilient_openai.retry_budget.exhausted`` (counter): operation, request model, ``error.type``
+    (the failed attempt's verdict), ``resilient_openai.breaker.name`` (the target not retried).
 ``resilient_openai.fallbacks`` (counter): operation, request and response model,
     ``resilient_openai.source``, ``resilient_openai.reason``.
 ``resilient_openai.breaker.transitions`` (counter): ``resilient_openai.breaker.name``,
@@ -43,6 +45,7 @@ from .events import (
     CallRejected,
     Event,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -70,6 +73,7 @@ AttributeValue = str | bool | int | float
 #: The counters (``resilient_openai.`` + name): unit and description.
 _COUNTERS = {
     "retries": ("{retry}", "Retries scheduled by the chain."),
+    "retry_budget.exhausted": ("{retry}", "Retries not made because the target's retry budget was spent."),
     "fallbacks": ("{call}", "Answers served by something other than the primary target."),
     "breaker.transitions": ("{transition}", "Circuit breaker state changes."),
     "breaker.rejections": ("{call}", "Calls an open circuit answered at once, without sending them."),
@@ -136,8 +140,8 @@ class OpenTelemetryListener:
                     attributes["error.type"] = event.verdict
                 self._duration.record(event.latency, attributes)
                 return
-            case RetryScheduled():
-                counter = "retries"
+            case RetryScheduled() | RetryBudgetExhausted():
+                counter = "retries" if isinstance(event, RetryScheduled) else "retry_budget.exhausted"
                 attributes = self._attributes(event.operation, event.model)
                 attributes["error.type"] = event.verdict
                 attributes["resilient_openai.breaker.name"] = event.breaker

@@ -7,6 +7,7 @@ name                                   kind        labels
 =====================================  ==========  =========================================
 ``calls_total``                        counter     operation, model, source, verdict
 ``retries_total``                      counter     operation, model, verdict
+``retry_budget_exhausted_total``       counter     breaker
 ``fallbacks_total``                    counter     operation, source, reason
 ``breaker_transitions_total``          counter     breaker, to
 ``rejections_total``                   counter     breaker
@@ -46,6 +47,7 @@ from .events import (
     CallRejected,
     Event,
     FallbackServed,
+    RetryBudgetExhausted,
     RetryScheduled,
     StreamEventSkipped,
 )
@@ -105,6 +107,7 @@ class PrometheusListener:
         "_model",
         "_rejections",
         "_retries",
+        "_retry_budget_exhausted",
         "_stream_events_skipped",
     )
 
@@ -126,6 +129,10 @@ class PrometheusListener:
         self._retries = Counter(
             "retries", "Retries scheduled, by the verdict of the failed attempt.",
             ["operation", "model", "verdict"], namespace=namespace, registry=registry,
+        )  # fmt: skip
+        self._retry_budget_exhausted = Counter(
+            "retry_budget_exhausted", "Retries not made because the target's retry budget was spent.",
+            ["breaker"], namespace=namespace, registry=registry,
         )  # fmt: skip
         self._fallbacks = Counter(
             "fallbacks", "Answers served by something other than the primary target.",
@@ -161,6 +168,8 @@ class PrometheusListener:
                 self._call_duration.labels(event.operation, source).observe(event.latency)
             case RetryScheduled():
                 self._retries.labels(event.operation, self._model(event.model), event.verdict).inc()
+            case RetryBudgetExhausted():
+                self._retry_budget_exhausted.labels(event.breaker).inc()
             case FallbackServed():
                 self._fallbacks.labels(event.operation, event.source, event.reason).inc()
             case BreakerStateChanged():
