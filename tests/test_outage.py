@@ -6,8 +6,10 @@ what the caller gets, after how long, and how many requests reached each target.
 
 from __future__ import annotations
 
+import gc
 import json
 import string
+import tracemalloc
 
 import httpx2
 import openai
@@ -33,7 +35,18 @@ from resilient_openai import (
     resilient,
 )
 from resilient_openai.observe.events import CallCompleted
-from resilient_openai.testing import Cut, Delay, FakeClock, Garbage, Ok, Reset, Silence, Stall, Status
+from resilient_openai.testing import (
+    Cut,
+    Delay,
+    FakeClock,
+    FakeUpstream,
+    Garbage,
+    Ok,
+    Reset,
+    Silence,
+    Stall,
+    Status,
+)
 
 from .conftest import Harness, text_of
 
@@ -382,3 +395,32 @@ def test_the_total_deadline_holds_inside_a_stream(harness: Harness) -> None:
     _, _, error = harness.stream_chat(harness.client(policy))
     assert isinstance(error, IncompleteStreamError)
     assert harness.clock.now() - started == pytest.approx(30.0)
+
+
+# -- bounded memory --------------------------------------------------------------------------
+
+
+def test_many_model_names_leave_memory_flat(upstream: FakeUpstream, clock: FakeClock) -> None:
+    """Every per-model memo is bounded: past the bounds, more distinct model names cost the
+    library nothing (measured on its own allocations: the fake upstream records every request)."""
+    harness = Harness("sync", upstream, clock)
+    client = harness.client(Policy(breaker=BreakerPolicy(max_breakers=16)))
+
+    def ask(first: int, count: int) -> None:
+        for number in range(first, first + count):
+            harness.chat(client, model=f"model-{number}")
+
+    tracemalloc.start()
+    try:
+        ask(0, 100)  # every bound is reached
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        ask(100, 400)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    ours = [tracemalloc.Filter(True, "*/resilient_openai/*"), tracemalloc.Filter(False, "*/testing/*")]
+    diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
+    assert sum(stat.size_diff for stat in diff) < 16 * 1024
+    assert len(health(client)["breakers"]) <= 16

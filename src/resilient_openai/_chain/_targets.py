@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Targets"]
 
-#: Targets remembered per client; past this many models a target is built on each call.
-MAX_TARGETS_PER_CLIENT = 1024
-
 
 class Targets:
     """The live targets of one resilient client (and all its copies)."""
@@ -97,7 +94,7 @@ class Targets:
                 breaker=self._breaker(name, None),
                 model=None if primary else model,
             )
-            if len(known) < MAX_TARGETS_PER_CLIENT:
+            if len(known) < self._policy.breaker.max_breakers:  # no more than there are breakers
                 known[key] = live
         return live
 
