@@ -170,59 +170,36 @@ def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, boo
     return seconds, False
 
 
+def _json(body: object) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Reply:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    merged = _merge_headers((("content-type", "application/json"),), headers)
-    return Reply(status, merged, (data,), len(data))
+    data = _json(body)
+    return Reply(status, (("content-type", "application/json"), *headers), (data,), len(data))
 
 
-def _merge_headers(
-    base: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]
-) -> tuple[tuple[str, str], ...]:
-    extra = tuple(extra)
-    overridden = {name for name, _ in extra}
-    return tuple((n, v) for n, v in base if n not in overridden) + extra
-
-
-def _stream_body(
-    head: list[bytes],
-    content: list[bytes],
-    malformed: list[bytes],
-    tail: list[bytes],
-    breakage: Breakage | None,
-) -> tuple[BodyStep, ...]:
-    """Lay out a streamed body, inserting the breakage's pause, hang-up or malformed chunk.
-
-    Positions count content chunks already sent (see :class:`Cut`); the opening events go out
-    with the first token, and a position past the last token means "just after it".
-    """
-    steps: list[BodyStep] = []
-    last = len(content)
-    at = (
-        None
-        if breakage is None
-        else min(breakage.at if isinstance(breakage, Malformed) else breakage.after, last)
-    )
-    for position in range(last + 1):
-        if position == at and isinstance(breakage, Stall):
-            steps.append(Wait(breakage.seconds))
-        if position == at and isinstance(breakage, Cut):
-            steps.append(Hangup())
-            return tuple(steps)
-        if position == 0:
-            steps.extend(head)
-        if position < last:
-            broken = position == at and isinstance(breakage, Malformed)
-            steps.append(malformed[position] if broken else content[position])
-    steps.extend(tail)
-    return tuple(steps)
-
-
-def _broken(frame: _Frame) -> bytes:
-    """The same SSE event with its JSON cut in half: invalid, but framed so later events parse."""
-    name, data = frame
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+def _sse_reply(
+    head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
+) -> Reply:
+    """A streamed body with the breakage laid in at its position (see :class:`Cut`)."""
+    pieces: list[BodyStep] = [*map(_frame, head), *map(_frame, content), *tail]
+    if breakage is not None:
+        at = min(breakage.at if isinstance(breakage, Malformed) else breakage.after, len(content))
+        if isinstance(breakage, Malformed):
+            if at < len(content):
+                # Invalid JSON, but framed, so the events after it still parse.
+                name, data = content[at]
+                text = _json(data).decode()
+                pieces[len(head) + at] = _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+        else:
+            # The opening events go out with the first token.
+            index = len(head) + at if at else 0
+            if isinstance(breakage, Stall):
+                pieces.insert(index, Wait(breakage.seconds))
+            else:
+                pieces[index:] = [Hangup()]
+    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), tuple(pieces), None)
 
 
 def _frame(frame: _Frame) -> bytes:
@@ -383,7 +360,7 @@ class FakeUpstream:
 
     def async_transport(self) -> httpx2.AsyncBaseTransport:
         """An in-process transport for ``httpx2.AsyncClient(transport=...)``."""
-        return _AsyncTransport(self)
+        return _Transport(self)
 
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
@@ -440,23 +417,33 @@ class FakeUpstream:
                 continue
             before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
             fault = fault.then
-        outcome: Reply | Hangup
-        if isinstance(fault, Reset):
-            outcome = Hangup()
-        elif isinstance(fault, Silence):
-            before.append(Wait(math.inf))
-            outcome = Hangup()
-        elif isinstance(fault, Status):
-            outcome = _error_reply(call, fault)
+        if isinstance(fault, Reset | Silence):
+            return Plan((*before, Wait(math.inf)) if isinstance(fault, Silence) else tuple(before), Hangup())
+        if isinstance(fault, Status):
+            error_type = fault.type or _ERROR_TYPES.get(
+                fault.code, "server_error" if fault.code >= 500 else "invalid_request_error"
+            )
+            message = fault.message or f"fake upstream: HTTP {fault.code} for {call.method} {call.path}"
+            body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
+            reply = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
-            outcome = _garbage_reply(fault)
+            if isinstance(fault.body, Mapping):
+                data, content_type = _json(fault.body), "application/json"
+            else:
+                data = fault.body.encode() if isinstance(fault.body, str) else fault.body
+                content_type = "text/html; charset=utf-8"
+            reply = Reply(
+                fault.status, (("content-type", fault.content_type or content_type),), (data,), len(data)
+            )
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
-            outcome = self._answer(call, fault, None)
+            reply = self._answer(call, fault, None)
         else:
-            outcome = self._answer(call, Ok(fault.text, tokens=fault.tokens), fault)
-        return Plan(tuple(before), _with_request_id(outcome, call.request_id))
+            reply = self._answer(call, Ok(fault.text, tokens=fault.tokens), fault)
+        # Later headers win: a scripted header overrides the defaults.
+        headers = tuple(dict((("x-request-id", call.request_id), *reply.headers)).items())
+        return Plan(tuple(before), Reply(reply.status, headers, reply.body, reply.content_length))
 
     def _answer(self, call: _Call, answer: Ok, breakage: Breakage | None) -> Reply:
         """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
@@ -487,26 +474,6 @@ class FakeUpstream:
         if endpoint == "chat":
             return _chat_answer(call, call.body, answer, breakage, model, text, prompt_tokens)
         return _responses_answer(call, answer, breakage, model, text, prompt_tokens)
-
-
-def _error_reply(call: _Call, fault: Status) -> Reply:
-    code = fault.code
-    error_type = fault.type or _ERROR_TYPES.get(
-        code, "server_error" if code >= 500 else "invalid_request_error"
-    )
-    message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
-    body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
-    return _json_reply(code, body, fault.headers.items())
-
-
-def _garbage_reply(fault: Garbage) -> Reply:
-    if isinstance(fault.body, Mapping):
-        data = json.dumps(fault.body, separators=(",", ":"), ensure_ascii=False).encode()
-        default_type = "application/json"
-    else:
-        data = fault.body.encode() if isinstance(fault.body, str) else fault.body
-        default_type = "text/html; charset=utf-8"
-    return Reply(fault.status, (("content-type", fault.content_type or default_type),), (data,), len(data))
 
 
 def _chat_answer(
@@ -560,15 +527,6 @@ def _responses_answer(
     return _sse_reply(head, content, [_frame(f) for f in tail], breakage)
 
 
-def _sse_reply(
-    head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
-) -> Reply:
-    body = _stream_body(
-        [_frame(f) for f in head], [_frame(f) for f in content], [_broken(f) for f in content], tail, breakage
-    )
-    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), body, None)
-
-
 def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Reply:
     """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     reply = _json_reply(200, payload)
@@ -597,96 +555,41 @@ def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embedding
     return None
 
 
-def _with_request_id(outcome: Reply | Hangup, request_id: str) -> Reply | Hangup:
-    if isinstance(outcome, Hangup):
-        return outcome
-    headers = _merge_headers((("x-request-id", request_id),), outcome.headers)
-    return Reply(outcome.status, headers, outcome.body, outcome.content_length)
+# -- in process: one transport for sync and async clients; only the waiting differs -------------
 
 
-# -- in-process executors: the sync and async transports, side by side ---------------------------
-
-_RESET_MESSAGE = "Server disconnected without sending a response."
-_CUT_MESSAGE = "peer closed connection without sending complete message body"
-
-
-def _read_timeout(request: httpx2.Request) -> float | None:
-    """The read timeout in force now; read at each wait, since the library may change it."""
+def _pause(request: httpx2.Request, seconds: float) -> tuple[float, httpx2.ReadTimeout | None]:
+    """How long to sleep, and the timeout to raise after, against the read timeout in force now."""
     timeout = request.extensions.get("timeout")
-    if isinstance(timeout, Mapping):
-        read = timeout.get("read")
-        return float(read) if read is not None else None
-    return None
+    read = timeout.get("read") if isinstance(timeout, Mapping) else None
+    duration, timed_out = wait_verdict(seconds, None if read is None else float(read))
+    return duration, httpx2.ReadTimeout(
+        "The read operation timed out", request=request
+    ) if timed_out else None
 
 
-def _response(
-    request: httpx2.Request, reply: Reply, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream
-) -> httpx2.Response:
-    headers = list(reply.headers)
-    if reply.content_length is not None:
-        headers.append(("content-length", str(reply.content_length)))
-    return httpx2.Response(reply.status, headers=headers, stream=stream, request=request)
-
-
-class _Transport(httpx2.BaseTransport):
-    """Carries out plans in process with the upstream's clock (sync)."""
+class _Transport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """Carries out plans in process with the upstream's clock, for ``Client`` and ``AsyncClient``."""
 
     def __init__(self, upstream: FakeUpstream) -> None:
         self._upstream = upstream
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        body = request.read()
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
+        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), request.read())
+        body = _Body(self._upstream.clock, request, plan.outcome)
         for step in plan.before:
             if isinstance(step, Block):
                 step.event.wait()
             else:
-                self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Hangup):
-            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
-        return _response(request, plan.outcome, _Body(self, request, plan.outcome.body))
-
-    def _wait(self, request: httpx2.Request, seconds: float) -> None:
-        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
-        self._upstream.clock.sleep(duration)
-        if timed_out:
-            raise httpx2.ReadTimeout("The read operation timed out", request=request)
-
-
-class _Body(httpx2.SyncByteStream):
-    """A response body that can stall (against the current read timeout) and be cut."""
-
-    def __init__(self, transport: _Transport, request: httpx2.Request, steps: tuple[BodyStep, ...]) -> None:
-        self._transport = transport
-        self._request = request
-        self._steps = steps
-        self._position = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
-        # where the last pass stopped, and a cut connection stays cut.
-        while self._position < len(self._steps):
-            step = self._steps[self._position]
-            if isinstance(step, Hangup):
-                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
-            self._position += 1
-            if isinstance(step, Wait):
-                self._transport._wait(self._request, step.seconds)
-            else:
-                yield step
-
-
-class _AsyncTransport(httpx2.AsyncBaseTransport):
-    """Carries out plans in process with the upstream's clock (async); never blocks the loop."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self._upstream = upstream
+                body.sleep(_pause(request, step.seconds))
+        return body.response()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        body = await request.aread()
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
+        raw = await request.aread()
+        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), raw)
+        body = _Body(self._upstream.clock, request, plan.outcome)
         for step in plan.before:
             if isinstance(step, Block):
                 # A threading.Event set from another thread cannot wake the loop, and waiting in a
@@ -694,38 +597,66 @@ class _AsyncTransport(httpx2.AsyncBaseTransport):
                 while not step.event.is_set():  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
             else:
-                await self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Hangup):
-            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
-        return _response(request, plan.outcome, _AsyncBody(self, request, plan.outcome.body))
-
-    async def _wait(self, request: httpx2.Request, seconds: float) -> None:
-        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
-        await self._upstream.clock.asleep(duration)
-        if timed_out:
-            raise httpx2.ReadTimeout("The read operation timed out", request=request)
+                await body.asleep(_pause(request, step.seconds))
+        return body.response()
 
 
-class _AsyncBody(httpx2.AsyncByteStream):
-    """A response body that can stall (against the current read timeout) and be cut."""
+class _Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """A planned answer's body, which can stall (against the current read timeout) and be cut.
 
-    def __init__(
-        self, transport: _AsyncTransport, request: httpx2.Request, steps: tuple[BodyStep, ...]
-    ) -> None:
-        self._transport = transport
+    Single pass, like a socket: iterating again (the SDK drains what is left) resumes where the
+    last pass stopped, and a cut connection stays cut.
+    """
+
+    def __init__(self, clock: Clock, request: httpx2.Request, outcome: Reply | Hangup) -> None:
+        self._clock = clock
         self._request = request
-        self._steps = steps
+        self._outcome = outcome
         self._position = 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
-        # where the last pass stopped, and a cut connection stays cut.
-        while self._position < len(self._steps):
-            step = self._steps[self._position]
-            if isinstance(step, Hangup):
-                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
-            self._position += 1
-            if isinstance(step, Wait):
-                await self._transport._wait(self._request, step.seconds)
-            else:
+    def response(self) -> httpx2.Response:
+        if isinstance(self._outcome, Hangup):
+            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=self._request)
+        headers = list(self._outcome.headers)
+        if self._outcome.content_length is not None:
+            headers.append(("content-length", str(self._outcome.content_length)))
+        return httpx2.Response(self._outcome.status, headers=headers, stream=self, request=self._request)
+
+    def sleep(self, pause: tuple[float, httpx2.ReadTimeout | None]) -> None:
+        self._clock.sleep(pause[0])
+        if pause[1] is not None:
+            raise pause[1]
+
+    async def asleep(self, pause: tuple[float, httpx2.ReadTimeout | None]) -> None:
+        await self._clock.asleep(pause[0])
+        if pause[1] is not None:
+            raise pause[1]
+
+    def _next(self) -> bytes | tuple[float, httpx2.ReadTimeout | None] | None:
+        """The next bytes, or a pause; ``None`` at the end; raises where the connection is cut."""
+        assert isinstance(self._outcome, Reply)
+        if self._position == len(self._outcome.body):
+            return None
+        step = self._outcome.body[self._position]
+        if isinstance(step, Hangup):
+            raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
+        self._position += 1
+        return _pause(self._request, step.seconds) if isinstance(step, Wait) else step
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (step := self._next()) is not None:
+            if isinstance(step, bytes):
                 yield step
+            else:
+                self.sleep(step)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (step := self._next()) is not None:
+            if isinstance(step, bytes):
+                yield step
+            else:
+                await self.asleep(step)
+
+
+_RESET_MESSAGE = "Server disconnected without sending a response."
+_CUT_MESSAGE = "peer closed connection without sending complete message body"
