@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
@@ -54,7 +54,6 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Wait",
-    "wait_verdict",
 ]
 
 # Error ``type`` OpenAI sends with each status when the test does not name one.
@@ -154,22 +153,6 @@ class Plan:
     outcome: Reply | Hangup
 
 
-def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, bool]:
-    """How long an in-process wait advances the clock, and whether the read then times out.
-
-    A wait longer than the read timeout lasts exactly the timeout and times out, like a client
-    giving up; an endless wait with no timeout is a test bug that would hang, so it raises.
-    """
-    if read_timeout is not None and seconds > read_timeout:
-        return read_timeout, True
-    if math.isinf(seconds):
-        raise RuntimeError(
-            "the fake upstream never answers this request (Silence()) and the request has no "
-            "read timeout, so the test would hang forever: give the client a timeout"
-        )
-    return seconds, False
-
-
 def _json(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -228,20 +211,6 @@ def _embedding_inputs(value: object) -> list[str]:
             return [" ".join(map(str, value))]
         return [v if isinstance(v, str) else json.dumps(v) for v in value]
     return [json.dumps(value)]
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """What the decision needs to know about one request."""
-
-    method: str
-    path: str
-    body: dict[str, Any] | None
-    model: str | None
-    stream: bool
-    request_id: str
-    serial: int
-    created: int
 
 
 class FakeUpstream:
@@ -379,37 +348,31 @@ class FakeUpstream:
 
     def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
         """Record one request and decide, without I/O, how to answer it."""
-        body: dict[str, Any] | None = None
-        if raw_body:
-            try:
-                parsed = json.loads(raw_body)
-            except ValueError:
-                parsed = None
-            body = parsed if isinstance(parsed, dict) else None
+        try:
+            parsed = json.loads(raw_body) if raw_body else None
+        except ValueError:
+            parsed = None
+        body = parsed if isinstance(parsed, dict) else None
         model = body.get("model") if body is not None else None
         model = model if isinstance(model, str) else None
-        stream = body is not None and body.get("stream") is True
         with self._lock:
             serial = next(self._serial)
-            request_id = f"req_fake{serial:06d}"
             fault = self._next_fault_locked(model)
-            self._requests.append(
-                RecordedRequest(
-                    method=method,
-                    path=path,
-                    model=model,
-                    stream=stream,
-                    json=body,
-                    headers={k.lower(): v for k, v in headers.items()},
-                    at=self._clock.now(),
-                    request_id=request_id,
-                    fault=fault,
-                )
+            request = RecordedRequest(
+                method,
+                path,
+                model,
+                body is not None and body.get("stream") is True,
+                body,
+                {k.lower(): v for k, v in headers.items()},
+                self._clock.now(),
+                f"req_fake{serial:06d}",
+                fault,
             )
-        call = _Call(method, path, body, model, stream, request_id, serial, int(self._clock.wall()))
-        return self._plan(call, fault)
+            self._requests.append(request)
+        return self._plan(request, serial, fault)
 
-    def _plan(self, call: _Call, fault: Fault) -> Plan:
+    def _plan(self, request: RecordedRequest, serial: int, fault: Fault) -> Plan:
         before: list[Wait | Block] = []
         while isinstance(fault, Delay | Hold | OneOf):
             if isinstance(fault, OneOf):
@@ -423,7 +386,7 @@ class FakeUpstream:
             error_type = fault.type or _ERROR_TYPES.get(
                 fault.code, "server_error" if fault.code >= 500 else "invalid_request_error"
             )
-            message = fault.message or f"fake upstream: HTTP {fault.code} for {call.method} {call.path}"
+            message = fault.message or f"fake upstream: HTTP {fault.code} for {request.method} {request.path}"
             body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
             reply = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
@@ -438,121 +401,95 @@ class FakeUpstream:
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
-            reply = self._answer(call, fault, None)
+            reply = self._answer(request, serial, fault, None)
         else:
-            reply = self._answer(call, Ok(fault.text, tokens=fault.tokens), fault)
+            reply = self._answer(request, serial, Ok(fault.text, tokens=fault.tokens), fault)
         # Later headers win: a scripted header overrides the defaults.
-        headers = tuple(dict((("x-request-id", call.request_id), *reply.headers)).items())
+        headers = tuple(dict((("x-request-id", request.request_id), *reply.headers)).items())
         return Plan(tuple(before), Reply(reply.status, headers, reply.body, reply.content_length))
 
-    def _answer(self, call: _Call, answer: Ok, breakage: Breakage | None) -> Reply:
+    def _answer(self, request: RecordedRequest, serial: int, answer: Ok, breakage: Breakage | None) -> Reply:
         """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
-        endpoint = _endpoint(call.method, call.path)
+        method, path, body = request.method, request.path.rstrip("/"), request.json
+        endpoint = next((name for m, end, name in _ENDPOINTS if m == method and path.endswith(end)), None)
+        created = int(self._clock.wall())
         if endpoint is None:
-            message = f"Invalid URL ({call.method} {call.path})"
+            message = f"Invalid URL ({method} {request.path})"
             return _json_reply(404, fake_shapes.error_body(message, type="invalid_request_error"))
         if endpoint == "models":
             with self._lock:
                 names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
             ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
-            return _json_reply(200, fake_shapes.model_list(ids, created=call.created))
-        if call.body is None:
+            return _json_reply(200, fake_shapes.model_list(ids, created=created))
+        if body is None:
             message = "We could not parse the JSON body of your request. (fake upstream)"
             return _json_reply(400, fake_shapes.error_body(message, type="invalid_request_error"))
-        model = answer.model or call.model or "fake-model"
+        model = answer.model or request.model or "fake-model"
         if endpoint == "embeddings":
-            dims = call.body.get("dimensions")
+            dims = body.get("dimensions")
             payload = fake_shapes.embeddings(
-                _embedding_inputs(call.body.get("input", "")),
+                _embedding_inputs(body.get("input", "")),
                 model,
-                encoding_format="base64" if call.body.get("encoding_format") == "base64" else "float",
+                encoding_format="base64" if body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
             return _json_answer(payload, breakage)
         text = answer.text if answer.text is not None else fake_shapes.placeholder_text(answer.tokens)
-        prompt_tokens = _shapes.count_tokens(_prompt_text(call.body))
+        prompt_tokens = _shapes.count_tokens(_prompt_text(body))
+        tokens = _shapes.count_tokens(text)
         if endpoint == "chat":
-            return _chat_answer(call, call.body, answer, breakage, model, text, prompt_tokens)
-        return _responses_answer(call, answer, breakage, model, text, prompt_tokens)
-
-
-def _chat_answer(
-    call: _Call,
-    body: dict[str, Any],
-    answer: Ok,
-    breakage: Breakage | None,
-    model: str,
-    text: str,
-    prompt_tokens: int,
-) -> Reply:
-    """A chat completion, or its chunk stream with the breakage laid in."""
-    completion = _shapes.chat_completion(
-        text, model, id=f"chatcmpl-fake{call.serial:06d}", created=call.created, prompt_tokens=prompt_tokens
-    )
-    if not call.stream:
-        return _json_answer(completion, breakage)
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if answer.usage is not None:
-        include_usage = answer.usage
-    frames: list[_Frame] = [(None, c) for c in _shapes.chat_chunks(completion, include_usage=include_usage)]
-    # The first chunk announces the role; then one chunk per token; then finish (and usage).
-    tokens = _shapes.count_tokens(text)
-    head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
-    tail_bytes = [_frame(f) for f in tail] + ([b"data: [DONE]\n\n"] if answer.done else [])
-    return _sse_reply(head, content, tail_bytes, breakage)
-
-
-def _responses_answer(
-    call: _Call, answer: Ok, breakage: Breakage | None, model: str, text: str, prompt_tokens: int
-) -> Reply:
-    """A Responses API response, or its typed event stream with the breakage laid in."""
-    response = _shapes.response_object(
-        text,
-        model,
-        id=f"resp_fake{call.serial:06d}",
-        item_id=f"msg_fake{call.serial:06d}",
-        created_at=call.created,
-        input_tokens=prompt_tokens,
-    )
-    if not call.stream:
-        return _json_answer(response, breakage)
-    frames: list[_Frame] = list(_shapes.response_events(response))
-    # The deltas are the events just before the one output_text.done of our single message.
-    last = [name for name, _ in frames].index("response.output_text.done")
-    first = last - _shapes.count_tokens(text)
-    head, content, tail = frames[:first], frames[first:last], frames[last:]
-    if not answer.done:
-        tail = tail[:-1]  # the Responses API has no [DONE]: leave out response.completed instead
-    return _sse_reply(head, content, [_frame(f) for f in tail], breakage)
+            completion = _shapes.chat_completion(
+                text, model, id=f"chatcmpl-fake{serial:06d}", created=created, prompt_tokens=prompt_tokens
+            )
+            if not request.stream:
+                return _json_answer(completion, breakage)
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            chunks = _shapes.chat_chunks(
+                completion, include_usage=include_usage if answer.usage is None else answer.usage
+            )
+            # The first chunk announces the role; then one chunk per token; then finish (and usage).
+            frames: list[_Frame] = [(None, chunk) for chunk in chunks]
+            head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
+            done = [b"data: [DONE]\n\n"] if answer.done else []
+            return _sse_reply(head, content, [*map(_frame, tail), *done], breakage)
+        response = _shapes.response_object(
+            text,
+            model,
+            id=f"resp_fake{serial:06d}",
+            item_id=f"msg_fake{serial:06d}",
+            created_at=created,
+            input_tokens=prompt_tokens,
+        )
+        if not request.stream:
+            return _json_answer(response, breakage)
+        frames = list(_shapes.response_events(response))
+        # The deltas are the events just before the one output_text.done of our single message.
+        last = [name for name, _ in frames].index("response.output_text.done")
+        head, content, tail = frames[: last - tokens], frames[last - tokens : last], frames[last:]
+        # The Responses API has no [DONE]: done=False leaves out response.completed instead.
+        return _sse_reply(head, content, [*map(_frame, tail if answer.done else tail[:-1])], breakage)
 
 
 def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Reply:
     """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
-    reply = _json_reply(200, payload)
-    data = reply.body[0]
-    assert isinstance(data, bytes)
+    data = _json(payload)
+    headers = (("content-type", "application/json"),)
     if isinstance(breakage, Stall):
-        return Reply(200, reply.headers, (Wait(breakage.seconds), data), len(data))
+        return Reply(200, headers, (Wait(breakage.seconds), data), len(data))
     if isinstance(breakage, Cut):
-        return Reply(200, reply.headers, (data[: len(data) // 2], Hangup()), len(data))
+        return Reply(200, headers, (data[: len(data) // 2], Hangup()), len(data))
     if isinstance(breakage, Malformed):
-        broken = data[: len(data) // 2]
-        return Reply(200, reply.headers, (broken,), len(broken))
-    return reply
+        data = data[: len(data) // 2]
+    return Reply(200, headers, (data,), len(data))
 
 
-def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embeddings", "models"] | None:
-    path = path.rstrip("/")
-    if method == "POST" and path.endswith("/chat/completions"):
-        return "chat"
-    if method == "POST" and path.endswith("/responses"):
-        return "responses"
-    if method == "POST" and path.endswith("/embeddings"):
-        return "embeddings"
-    if method == "GET" and path.endswith("/models"):
-        return "models"
-    return None
+_ENDPOINTS = (
+    ("POST", "/chat/completions", "chat"),
+    ("POST", "/responses", "responses"),
+    ("POST", "/embeddings", "embeddings"),
+    ("GET", "/models", "models"),
+)
 
 
 # -- in process: one transport for sync and async clients; only the waiting differs -------------
@@ -562,10 +499,14 @@ def _pause(request: httpx2.Request, seconds: float) -> tuple[float, httpx2.ReadT
     """How long to sleep, and the timeout to raise after, against the read timeout in force now."""
     timeout = request.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, Mapping) else None
-    duration, timed_out = wait_verdict(seconds, None if read is None else float(read))
-    return duration, httpx2.ReadTimeout(
-        "The read operation timed out", request=request
-    ) if timed_out else None
+    if read is not None and seconds > float(read):
+        return float(read), httpx2.ReadTimeout("The read operation timed out", request=request)
+    if math.isinf(seconds):
+        raise RuntimeError(
+            "the fake upstream never answers this request (Silence()) and the request has no "
+            "read timeout, so the test would hang forever: give the client a timeout"
+        )
+    return seconds, None
 
 
 class _Transport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
