@@ -32,15 +32,16 @@ __all__ = [
 ]
 
 
-def _non_negative(name: str, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
 class _Readable:
-    """Gives a fault the repr of the shortest call that builds it, for readable test failures."""
+    """Checks a fault's numbers are >= 0, and reprs it as the shortest call that builds it."""
 
     __slots__ = ()
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            if isinstance(value, int | float) and not value >= 0:
+                raise ValueError(f"{spec.name} must be >= 0, got {value}")
 
     def __repr__(self) -> str:
         """Required fields by position, then the fields that differ from their default."""
@@ -74,10 +75,6 @@ class Ok(_Readable):
     latency: float = 0.0
     done: bool = True
     usage: bool | None = None
-
-    def __post_init__(self) -> None:
-        _non_negative("tokens", self.tokens)
-        _non_negative("latency", self.latency)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -127,9 +124,6 @@ class Delay(_Readable):
     seconds: float
     then: Fault = Ok()
 
-    def __post_init__(self) -> None:
-        _non_negative("seconds", self.seconds)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Hold(_Readable):
@@ -170,10 +164,6 @@ class Cut(_Readable):
     tokens: int = 60
     text: str | None = None
 
-    def __post_init__(self) -> None:
-        _non_negative("after", self.after)
-        _non_negative("tokens", self.tokens)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Stall(_Readable):
@@ -188,11 +178,6 @@ class Stall(_Readable):
     tokens: int = 60
     text: str | None = None
 
-    def __post_init__(self) -> None:
-        _non_negative("after", self.after)
-        _non_negative("seconds", self.seconds)
-        _non_negative("tokens", self.tokens)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Malformed(_Readable):
@@ -201,10 +186,6 @@ class Malformed(_Readable):
     at: int
     tokens: int = 60
     text: str | None = None
-
-    def __post_init__(self) -> None:
-        _non_negative("at", self.at)
-        _non_negative("tokens", self.tokens)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
