@@ -42,25 +42,15 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.upstream = upstream
         self.stopping = threading.Event()
-        self._live_lock = threading.Lock()
-        self._live: dict[threading.Thread, socket.socket] = {}
-
-    def track(self, connection: socket.socket) -> None:
-        """Remember the calling handler thread's connection, to close it when stopping."""
-        with self._live_lock:
-            self._live[threading.current_thread()] = connection
-
-    def untrack(self) -> None:
-        """Forget the calling handler thread's connection."""
-        with self._live_lock:
-            self._live.pop(threading.current_thread(), None)
+        self.live_lock = threading.Lock()
+        self.live: dict[threading.Thread, socket.socket] = {}
 
     def stop(self) -> None:
         """Stop accepting, wake every waiting handler, close every connection, join the threads."""
         self.stopping.set()
         self.shutdown()
-        with self._live_lock:
-            live = dict(self._live)
+        with self.live_lock:
+            live = dict(self.live)
         for connection in live.values():
             # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
             with suppress(OSError):
@@ -81,28 +71,29 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Register the connection so stopping the server can close it."""
         super().setup()
-        self.server.track(self.connection)
+        with self.server.live_lock:
+            self.server.live[threading.current_thread()] = self.connection
 
     def finish(self) -> None:
         """Unregister the connection."""
         try:
             super().finish()
         finally:
-            self.server.untrack()
+            with self.server.live_lock:
+                self.server.live.pop(threading.current_thread(), None)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: a test tool should not write to stderr for every request."""
 
     def do_GET(self) -> None:
-        """Answer a GET (``/models``)."""
-        self._answer()
+        """Answer a request; the plan tells an unknown path or method from a known one."""
+        try:
+            self._carry_out()
+        except OSError:
+            # The client went away (it timed out or closed the stream): nothing left to tell it.
+            self.close_connection = True
 
-    def do_POST(self) -> None:
-        """Answer a POST (chat completions, responses, embeddings)."""
-        self._answer()
-
-    do_PUT = do_POST
-    do_DELETE = do_GET
+    do_POST = do_PUT = do_DELETE = do_GET
 
     def _wait(self, step: Wait | Block) -> bool:
         """Wait for real; ``False`` when cut short because the server is stopping."""
@@ -114,27 +105,17 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return not stopping.wait(None if math.isinf(step.seconds) else step.seconds)
 
-    def _answer(self) -> None:
-        try:
-            self._carry_out()
-        except OSError:
-            # The client went away (it timed out or closed the stream): nothing left to tell it.
-            self.close_connection = True
-
     def _carry_out(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
         plan = self.server.upstream._decide(self.command, urlsplit(self.path).path, headers, raw)
-        for step in plan.before:
-            if not self._wait(step):
-                self.close_connection = True
-                return
-        reply = plan.outcome
-        if isinstance(reply, Hangup):
-            # Closing without a byte: the client sees the server disconnect before answering.
-            self.close_connection = True
+        # A hang-up or a wait cut short by the stop closes the connection: before the headers the
+        # client sees a disconnect, in a body a missing terminating chunk.
+        closing, self.close_connection = self.close_connection, True
+        if not all(self._wait(step) for step in plan.before) or isinstance(plan.outcome, Hangup):
             return
+        reply = plan.outcome
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -145,20 +126,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("content-length", str(reply.content_length))
         self.end_headers()
         for piece in reply.body:
+            if isinstance(piece, Hangup) or (isinstance(piece, Wait) and not self._wait(piece)):
+                return
             if isinstance(piece, bytes):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 self.wfile.flush()
-            elif isinstance(piece, Wait):
-                if not self._wait(piece):
-                    self.close_connection = True
-                    return
-            else:
-                # No terminating chunk (or fewer bytes than content-length): a truncated body.
-                self.close_connection = True
-                return
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+        self.close_connection = closing
 
 
 @contextmanager
