@@ -79,14 +79,12 @@ def chat_completion(
     *,
     id: str | None = None,
     created: int | None = None,
-    finish_reason: str = "stop",
     prompt_tokens: int = 0,
-    usage: JSONDict | None = None,
 ) -> JSONDict:
     """A ``chat.completion`` object whose single assistant message is ``text``.
 
-    ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`,
-    and ``usage`` to ``prompt_tokens`` plus :func:`count_tokens` of the text.
+    ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`;
+    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text.
     """
     return {
         "id": id if id is not None else f"chatcmpl-{_digest(model, text)[:29]}",
@@ -98,10 +96,10 @@ def chat_completion(
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
                 "logprobs": None,
-                "finish_reason": finish_reason,
+                "finish_reason": "stop",
             }
         ],
-        "usage": usage if usage is not None else _chat_usage(prompt_tokens, count_tokens(text)),
+        "usage": _chat_usage(prompt_tokens, count_tokens(text)),
         "service_tier": "default",
     }
 
@@ -196,12 +194,11 @@ def response_object(
     item_id: str | None = None,
     created_at: int | None = None,
     input_tokens: int = 0,
-    usage: JSONDict | None = None,
 ) -> JSONDict:
     """A completed Responses API ``response`` with one assistant message holding ``text``.
 
     ``id`` (``resp_...``) and ``item_id`` (``msg_...``) default to values derived from the model
-    and text, ``created_at`` to :data:`DEFAULT_CREATED`, ``usage`` to ``input_tokens`` plus
+    and text, ``created_at`` to :data:`DEFAULT_CREATED`; usage counts ``input_tokens`` and
     :func:`count_tokens` of the text.
     """
     digest = _digest(model, text)
@@ -239,7 +236,7 @@ def response_object(
         "top_logprobs": 0,
         "top_p": 1.0,
         "truncation": "disabled",
-        "usage": usage if usage is not None else _response_usage(input_tokens, count_tokens(text)),
+        "usage": _response_usage(input_tokens, count_tokens(text)),
         "user": None,
         "metadata": {},
     }

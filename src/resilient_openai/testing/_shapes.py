@@ -18,48 +18,34 @@ from .._shapes import DEFAULT_CREATED, JSONDict, count_tokens
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["embedding_vector", "embeddings", "error_body", "model_list", "placeholder_text"]
+__all__ = ["embeddings", "error_body", "model_list", "placeholder_text"]
 
 
 def placeholder_text(tokens: int) -> str:
     """A deterministic answer of ``tokens`` tokens: ``"tok0 tok1 ... tok{tokens-1}"``."""
-    if tokens < 0:
-        raise ValueError(f"tokens must be >= 0, got {tokens}")
     return " ".join(f"tok{i}" for i in range(tokens))
 
 
-def embedding_vector(text: str, dims: int) -> list[float]:
-    """A deterministic unit vector of ``dims`` float32-exact values for ``text``.
-
-    Equal texts give equal vectors; the values survive a float32 round trip unchanged, so the
-    ``float`` and ``base64`` encodings decode to the same numbers.
-    """
-    if dims < 1:
-        raise ValueError(f"dims must be >= 1, got {dims}")
-    raw = b"".join(
-        hashlib.sha256(f"{block}\0{text}".encode()).digest() for block in range(math.ceil(dims / 8))
-    )
-    words = struct.unpack(f"<{dims}I", raw[: 4 * dims])
-    values = [w / 0xFFFFFFFF * 2.0 - 1.0 for w in words]
-    norm = math.sqrt(sum(v * v for v in values)) or 1.0
-    return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *(v / norm for v in values))))
-
-
 def embeddings(inputs: Sequence[str], model: str, *, encoding_format: str, dims: int = 8) -> JSONDict:
-    """A ``list`` of embeddings, one :func:`embedding_vector` per input.
+    """A ``list`` of embeddings: per input, a deterministic unit vector of ``dims`` float32 values.
 
-    ``encoding_format`` is ``"float"`` (lists of numbers) or ``"base64"`` (base64 of little-endian
-    float32, what the SDK asks for by default and decodes itself).
+    Equal texts give equal vectors. ``encoding_format`` is ``"float"`` (lists of numbers) or
+    ``"base64"`` (base64 of little-endian float32, what the SDK asks for by default and decodes
+    itself); the values survive the float32 round trip, so both decode to the same numbers.
     """
     if encoding_format not in ("float", "base64"):
         raise ValueError(f"encoding_format must be 'float' or 'base64', got {encoding_format!r}")
     data: list[JSONDict] = []
     for index, text in enumerate(inputs):
-        vector = embedding_vector(text, dims)
-        encoded: list[float] | str = vector
+        blocks = range(math.ceil(dims / 8))
+        raw = b"".join(hashlib.sha256(f"{block}\0{text}".encode()).digest() for block in blocks)
+        values = [w / 0xFFFFFFFF * 2.0 - 1.0 for w in struct.unpack(f"<{dims}I", raw[: 4 * dims])]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        packed = struct.pack(f"<{dims}f", *(v / norm for v in values))
+        vector: list[float] | str = list(struct.unpack(f"<{dims}f", packed))
         if encoding_format == "base64":
-            encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
-        data.append({"object": "embedding", "index": index, "embedding": encoded})
+            vector = base64.b64encode(packed).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": vector})
     tokens = sum(count_tokens(text) for text in inputs)
     return {
         "object": "list",
@@ -69,11 +55,11 @@ def embeddings(inputs: Sequence[str], model: str, *, encoding_format: str, dims:
     }
 
 
-def model_list(ids: Iterable[str], *, created: int = DEFAULT_CREATED, owned_by: str = "system") -> JSONDict:
+def model_list(ids: Iterable[str], *, created: int = DEFAULT_CREATED) -> JSONDict:
     """The ``GET /v1/models`` answer listing ``ids`` in the order given."""
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": owned_by} for name in ids],
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "system"} for name in ids],
     }
 
 
