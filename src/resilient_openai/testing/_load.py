@@ -12,11 +12,12 @@ provenance. Nothing here knows about OpenAI beyond reading provenance.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -180,24 +181,16 @@ class Load:
 
         def caller(index: int) -> None:
             try:
-                rng = self._rng("t", index)
-                serial = 0
-                while True:
-                    if self._stopped.wait(self._pause(rng, think)):
-                        return
-                    serial += 1
-                    handed = self._take(f"t{index}.{serial}")
-                    if handed is None:
-                        return
-                    if self._stopped.wait(max(handed.due - self.elapsed(), 0.0)):
-                        self._abandon()
-                        return
-                    start = self.elapsed()
-                    try:
-                        result, error = call(handed), None
-                    except Exception as exc:
-                        result, error = None, exc
-                    self._finish(handed, start, result, error)
+                for step in self._turns("t", index, think):
+                    if isinstance(step, Call):
+                        start = self.elapsed()
+                        try:
+                            result, error = call(step), None
+                        except Exception as exc:
+                            result, error = None, exc
+                        self._finish(step, start, result, error)
+                    else:
+                        self._stopped.wait(step)
             except BaseException as exc:  # reported by run_threads, not lost with the thread
                 failures.append(exc)
                 self.stop()
@@ -218,24 +211,16 @@ class Load:
         """Run ``tasks`` callers of ``call`` as tasks of the running loop until the load is over."""
 
         async def caller(index: int) -> None:
-            rng = self._rng("a", index)
-            serial = 0
-            while not self._stopped.is_set():
-                await asyncio.sleep(self._pause(rng, think))
-                serial += 1
-                handed = self._take(f"a{index}.{serial}")
-                if handed is None:
-                    return
-                await asyncio.sleep(max(handed.due - self.elapsed(), 0.0))
-                if self._stopped.is_set():
-                    self._abandon()
-                    return
-                start = self.elapsed()
-                try:
-                    result, error = await call(handed), None
-                except Exception as exc:
-                    result, error = None, exc
-                self._finish(handed, start, result, error)
+            for step in self._turns("a", index, think):
+                if isinstance(step, Call):
+                    start = self.elapsed()
+                    try:
+                        result, error = await call(step), None
+                    except Exception as exc:
+                        result, error = None, exc
+                    self._finish(step, start, result, error)
+                else:
+                    await asyncio.sleep(step)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -247,14 +232,27 @@ class Load:
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def _rng(self, kind: str, index: int) -> random.Random:
-        return random.Random(f"{self._seed}:{kind}{index}")
+    def _turns(self, kind: str, index: int, think: float) -> Iterator[float | Call]:
+        """One caller's turns, the same for threads and tasks: pauses to wait out, calls to make.
 
-    def _pause(self, rng: random.Random, think: float) -> float:
-        """A caller's think time before its next call, cut short where the load's duration ends."""
-        if not think:
-            return 0.0
-        return min(rng.uniform(0.0, 2.0 * think), max(self._duration - self.elapsed(), 0.0))
+        A pause is a think time (cut short where the load's duration ends) or the wait until the
+        next call is due; a call stopped before it was due ends with no outcome.
+        """
+        rng = random.Random(f"{self._seed}:{kind}{index}")
+        for serial in itertools.count(1):
+            if self._stopped.is_set():
+                return
+            if think:
+                yield min(rng.uniform(0.0, 2.0 * think), max(self._duration - self.elapsed(), 0.0))
+            handed = self._take(f"{kind}{index}.{serial}")
+            if handed is None:
+                return
+            yield max(handed.due - self.elapsed(), 0.0)
+            if self._stopped.is_set():
+                with self._lock:
+                    self._ended += 1
+                return
+            yield handed
 
     def _take(self, call_id: str) -> Call | None:
         """The next call, or None when the load is over."""
@@ -268,11 +266,6 @@ class Load:
             self._handed += 1
             self.peak = max(self.peak, self._handed - self._ended)
             return handed
-
-    def _abandon(self) -> None:
-        """A call handed out but stopped before it started: it ends with no outcome."""
-        with self._lock:
-            self._ended += 1
 
     def _finish(self, call: Call, start: float, result: object, error: Exception | None) -> None:
         """Record one ended call."""
