@@ -495,20 +495,6 @@ _ENDPOINTS = (
 # -- in process: one transport for sync and async clients; only the waiting differs -------------
 
 
-def _pause(request: httpx2.Request, seconds: float) -> tuple[float, httpx2.ReadTimeout | None]:
-    """How long to sleep, and the timeout to raise after, against the read timeout in force now."""
-    timeout = request.extensions.get("timeout")
-    read = timeout.get("read") if isinstance(timeout, Mapping) else None
-    if read is not None and seconds > float(read):
-        return float(read), httpx2.ReadTimeout("The read operation timed out", request=request)
-    if math.isinf(seconds):
-        raise RuntimeError(
-            "the fake upstream never answers this request (Silence()) and the request has no "
-            "read timeout, so the test would hang forever: give the client a timeout"
-        )
-    return seconds, None
-
-
 class _Transport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     """Carries out plans in process with the upstream's clock, for ``Client`` and ``AsyncClient``."""
 
@@ -517,86 +503,95 @@ class _Transport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), request.read())
-        body = _Body(self._upstream.clock, request, plan.outcome)
-        for step in plan.before:
-            if isinstance(step, Block):
-                step.event.wait()
-            else:
-                body.sleep(_pause(request, step.seconds))
-        return body.response()
+        exchange = _Exchange(self._upstream, request, request.read())
+        return exchange.response(exchange.run())
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        raw = await request.aread()
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), raw)
-        body = _Body(self._upstream.clock, request, plan.outcome)
-        for step in plan.before:
-            if isinstance(step, Block):
-                # A threading.Event set from another thread cannot wake the loop, and waiting in a
-                # worker thread could not be cancelled: poll, so the loop never blocks.
-                while not step.event.is_set():  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
-            else:
-                await body.asleep(_pause(request, step.seconds))
-        return body.response()
+        exchange = _Exchange(self._upstream, request, await request.aread())
+        return exchange.response(await exchange.arun())
 
 
-class _Body(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    """A planned answer's body, which can stall (against the current read timeout) and be cut.
+class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """One request's plan carried out step by step: the waits, the headers, then the body.
 
-    Single pass, like a socket: iterating again (the SDK drains what is left) resumes where the
-    last pass stopped, and a cut connection stays cut.
+    Single pass, like a socket: iterating the body again (the SDK drains what is left) resumes
+    where the last pass stopped, and a cut connection or a timed-out read stays so.
     """
 
-    def __init__(self, clock: Clock, request: httpx2.Request, outcome: Reply | Hangup) -> None:
-        self._clock = clock
-        self._request = request
-        self._outcome = outcome
+    def __init__(self, upstream: FakeUpstream, request: httpx2.Request, raw: bytes) -> None:
+        plan = upstream._decide(request.method, request.url.path, dict(request.headers), raw)
+        body = plan.outcome.body if isinstance(plan.outcome, Reply) else ()
+        self._steps = (*plan.before, plan.outcome, *body)
+        self._headers_at = len(plan.before)
         self._position = 0
+        self._clock = upstream.clock
+        self._request = request
+        self._error: httpx2.TransportError | None = None
 
-    def response(self) -> httpx2.Response:
-        if isinstance(self._outcome, Hangup):
-            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=self._request)
-        headers = list(self._outcome.headers)
-        if self._outcome.content_length is not None:
-            headers.append(("content-length", str(self._outcome.content_length)))
-        return httpx2.Response(self._outcome.status, headers=headers, stream=self, request=self._request)
-
-    def sleep(self, pause: tuple[float, httpx2.ReadTimeout | None]) -> None:
-        self._clock.sleep(pause[0])
-        if pause[1] is not None:
-            raise pause[1]
-
-    async def asleep(self, pause: tuple[float, httpx2.ReadTimeout | None]) -> None:
-        await self._clock.asleep(pause[0])
-        if pause[1] is not None:
-            raise pause[1]
-
-    def _next(self) -> bytes | tuple[float, httpx2.ReadTimeout | None] | None:
-        """The next bytes, or a pause; ``None`` at the end; raises where the connection is cut."""
-        assert isinstance(self._outcome, Reply)
-        if self._position == len(self._outcome.body):
+    def _next(self) -> Wait | threading.Event | Reply | bytes | None:
+        """What to do next: sleep, wait for an event, send; ``None`` at the end. Raises a drop."""
+        if self._error is not None:
+            raise self._error
+        if self._position == len(self._steps):
             return None
-        step = self._outcome.body[self._position]
+        step = self._steps[self._position]
         if isinstance(step, Hangup):
-            raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
+            cut = self._position > self._headers_at
+            raise httpx2.RemoteProtocolError(_CUT_MESSAGE if cut else _RESET_MESSAGE, request=self._request)
         self._position += 1
-        return _pause(self._request, step.seconds) if isinstance(step, Wait) else step
+        if isinstance(step, Block):
+            return step.event
+        if not isinstance(step, Wait):
+            return step
+        # Against the read timeout in force now: the library may change it between reads.
+        timeout = self._request.extensions.get("timeout")
+        read = timeout.get("read") if isinstance(timeout, Mapping) else None
+        if read is not None and step.seconds > float(read):
+            self._error = httpx2.ReadTimeout("The read operation timed out", request=self._request)
+            return Wait(float(read))
+        if math.isinf(step.seconds):
+            raise RuntimeError(
+                "the fake upstream never answers this request (Silence()) and the request has no "
+                "read timeout, so the test would hang forever: give the client a timeout"
+            )
+        return step
+
+    def run(self) -> Reply | bytes | None:
+        """Carry out the waits up to the next thing to send."""
+        while isinstance(step := self._next(), Wait | threading.Event):
+            if isinstance(step, Wait):
+                self._clock.sleep(step.seconds)
+            else:
+                step.wait()
+        return step
+
+    async def arun(self) -> Reply | bytes | None:
+        """Carry out the waits up to the next thing to send, never blocking the loop."""
+        while isinstance(step := self._next(), Wait | threading.Event):
+            if isinstance(step, Wait):
+                await self._clock.asleep(step.seconds)
+            else:
+                # A threading.Event set from another thread cannot wake the loop, and waiting in a
+                # worker thread could not be cancelled: poll, so the loop never blocks.
+                while not step.is_set():  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+        return step
+
+    def response(self, reply: Reply | bytes | None) -> httpx2.Response:
+        assert isinstance(reply, Reply)
+        headers = list(reply.headers)
+        if reply.content_length is not None:
+            headers.append(("content-length", str(reply.content_length)))
+        return httpx2.Response(reply.status, headers=headers, stream=self, request=self._request)
 
     def __iter__(self) -> Iterator[bytes]:
-        while (step := self._next()) is not None:
-            if isinstance(step, bytes):
-                yield step
-            else:
-                self.sleep(step)
+        while isinstance(piece := self.run(), bytes):
+            yield piece
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while (step := self._next()) is not None:
-            if isinstance(step, bytes):
-                yield step
-            else:
-                await self.asleep(step)
+        while isinstance(piece := await self.arun(), bytes):
+            yield piece
 
 
 _RESET_MESSAGE = "Server disconnected without sending a response."
