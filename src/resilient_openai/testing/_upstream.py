@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -56,16 +56,9 @@ __all__ = [
     "Wait",
 ]
 
-# Error ``type`` OpenAI sends with each status when the test does not name one.
-_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "conflict_error",
-    422: "invalid_request_error",
-    429: "requests",
-}
+# Error ``type`` OpenAI sends with a status when the test does not name one (other 4xx:
+# invalid_request_error, 5xx: server_error).
+_ERROR_TYPES = {403: "permission_error", 409: "conflict_error", 429: "requests"}
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 
 
@@ -90,15 +83,10 @@ class RecordedRequest:
     fault: Fault | None = None
 
     def __repr__(self) -> str:
-        """Like the dataclass repr, with credential header values masked."""
-        headers = {
-            name: (_mask(value) if name in _SECRET_HEADERS else value) for name, value in self.headers.items()
-        }
-        return (
-            f"RecordedRequest(method={self.method!r}, path={self.path!r}, model={self.model!r}, "
-            f"stream={self.stream!r}, json={self.json!r}, headers={headers!r}, at={self.at!r}, "
-            f"request_id={self.request_id!r}, fault={self.fault!r})"
-        )
+        """Like the dataclass repr, with credential header values masked (the scheme is kept)."""
+        masked = {k: _mask(v) if k in _SECRET_HEADERS else v for k, v in self.headers.items()}
+        shown = {spec.name: getattr(self, spec.name) for spec in fields(self)} | {"headers": masked}
+        return f"RecordedRequest({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 def _mask(value: str) -> str:
@@ -277,13 +265,8 @@ class FakeUpstream:
 
     def _next_fault_locked(self, model: str | None) -> Fault:
         key = model if model is not None else "*"
-        for queue_key in (key, "*"):
-            queue = self._scripts.get(queue_key)
-            if queue:
-                fault = queue.popleft()
-                break
-        else:
-            fault = self._defaults.get(key) or self._defaults["*"]
+        queue = self._scripts.get(key) or self._scripts.get("*")
+        fault = queue.popleft() if queue else self._defaults.get(key, self._defaults["*"])
         return fault.draw() if isinstance(fault, OneOf) else fault
 
     # -- counting -------------------------------------------------------------------------------
@@ -312,8 +295,7 @@ class FakeUpstream:
         name = header.lower()
         with self._lock:
             taken = [r for r in self._requests if r.headers.get(name) == value]
-            if taken:
-                self._requests = [r for r in self._requests if r.headers.get(name) != value]
+            self._requests = [r for r in self._requests if r.headers.get(name) != value]
             return taken
 
     def reset_counts(self) -> None:
