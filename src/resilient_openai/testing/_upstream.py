@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from .. import _shapes
-from . import _shapes as fake_shapes
 from ._clock import FakeClock
 from ._faults import (
     FAULTS,
@@ -369,7 +368,7 @@ class FakeUpstream:
                 fault.code, "server_error" if fault.code >= 500 else "invalid_request_error"
             )
             message = fault.message or f"fake upstream: HTTP {fault.code} for {request.method} {request.path}"
-            body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
+            body = _shapes.error_body(message, type=error_type, code=fault.code_str)
             reply = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
             if isinstance(fault.body, Mapping):
@@ -397,26 +396,26 @@ class FakeUpstream:
         created = int(self._clock.wall())
         if endpoint is None:
             message = f"Invalid URL ({method} {request.path})"
-            return _json_reply(404, fake_shapes.error_body(message, type="invalid_request_error"))
+            return _json_reply(404, _shapes.error_body(message, type="invalid_request_error"))
         if endpoint == "models":
             with self._lock:
                 names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
             ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
-            return _json_reply(200, fake_shapes.model_list(ids, created=created))
+            return _json_reply(200, _shapes.model_list(ids, created=created))
         if body is None:
             message = "We could not parse the JSON body of your request. (fake upstream)"
-            return _json_reply(400, fake_shapes.error_body(message, type="invalid_request_error"))
+            return _json_reply(400, _shapes.error_body(message, type="invalid_request_error"))
         model = answer.model or request.model or "fake-model"
         if endpoint == "embeddings":
             dims = body.get("dimensions")
-            payload = fake_shapes.embeddings(
+            payload = _shapes.embeddings(
                 _embedding_inputs(body.get("input", "")),
                 model,
                 encoding_format="base64" if body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
             return _json_answer(payload, breakage)
-        text = answer.text if answer.text is not None else fake_shapes.placeholder_text(answer.tokens)
+        text = answer.text if answer.text is not None else _shapes.placeholder_text(answer.tokens)
         prompt_tokens = _shapes.count_tokens(_prompt_text(body))
         tokens = _shapes.count_tokens(text)
         if endpoint == "chat":
