@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._upstream import Block, Hangup, Wait
+from ._upstream import Block, Hangup, Reply, Wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -113,23 +113,22 @@ class _Handler(BaseHTTPRequestHandler):
         # A hang-up or a wait cut short by the stop closes the connection: before the headers the
         # client sees a disconnect, in a body a missing terminating chunk.
         closing, self.close_connection = self.close_connection, True
-        if not all(self._wait(step) for step in plan.before) or isinstance(plan.outcome, Hangup):
-            return
-        reply = plan.outcome
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        chunked = reply.content_length is None
-        if chunked:
-            self.send_header("transfer-encoding", "chunked")
-        else:
-            self.send_header("content-length", str(reply.content_length))
-        self.end_headers()
-        for piece in reply.body:
-            if isinstance(piece, Hangup) or (isinstance(piece, Wait) and not self._wait(piece)):
+        chunked = False
+        for step in plan:
+            if isinstance(step, Hangup) or (isinstance(step, Wait | Block) and not self._wait(step)):
                 return
-            if isinstance(piece, bytes):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            if isinstance(step, Reply):
+                self.send_response(step.status)
+                for name, value in step.headers:
+                    self.send_header(name, value)
+                chunked = step.content_length is None
+                if chunked:
+                    self.send_header("transfer-encoding", "chunked")
+                else:
+                    self.send_header("content-length", str(step.content_length))
+                self.end_headers()
+            elif isinstance(step, bytes):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(step), step) if chunked else step)
                 self.wfile.flush()
         if chunked:
             self.wfile.write(b"0\r\n\r\n")

@@ -1,8 +1,8 @@
 """A fault-scripted fake OpenAI upstream, in process (an httpx2 transport) or on a loopback socket.
 
 The work is split the way the rest of the library is: :meth:`FakeUpstream._decide` is the pure part
-(record the request, pick the fault, turn it into a :class:`Plan` of waits, headers and body
-pieces); the transports here and the server in :mod:`._server` only carry a plan out. In process,
+(record the request, pick the fault, turn it into a :data:`Plan`: waits, headers, body pieces,
+hang-up); the transports here and the server in :mod:`._server` only carry a plan out. In process,
 every wait goes through the injected clock and honours the request's read timeout, so a test with
 a :class:`FakeClock` never sleeps; on the socket, waits are real.
 """
@@ -44,16 +44,7 @@ from ._faults import (
 if TYPE_CHECKING:
     from .._clock import Clock
 
-__all__ = [
-    "BodyStep",
-    "Block",
-    "FakeUpstream",
-    "Hangup",
-    "Plan",
-    "RecordedRequest",
-    "Reply",
-    "Wait",
-]
+__all__ = ["Block", "FakeUpstream", "Hangup", "Plan", "RecordedRequest", "Reply", "Wait"]
 
 # Error ``type`` OpenAI sends with a status when the test does not name one (other 4xx:
 # invalid_request_error, 5xx: server_error).
@@ -115,45 +106,37 @@ class Hangup:
     """Close the connection: before the headers, nothing is sent; in the body, nothing more."""
 
 
-BodyStep = bytes | Wait | Hangup
-"""One piece of a planned body: bytes to send, a pause, or the hang-up that ends it."""
-
-_Frame = tuple[str | None, _shapes.JSONDict]
-"""One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
-
-
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send headers then the body pieces. ``content_length`` is ``None`` for a chunked stream."""
+    """Send the status and headers. ``content_length`` is ``None`` for a chunked stream."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
-    body: tuple[BodyStep, ...]
     content_length: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What the fake does for one request: waits before the headers, then reply or drop."""
+Plan = tuple[Wait | Block | Reply | bytes | Hangup, ...]
+"""What the fake does for one request, in order: waits, then a reply's headers and its body pieces
+and pauses, or a hang-up (before the headers nothing is sent; in the body, nothing more)."""
 
-    before: tuple[Wait | Block, ...]
-    outcome: Reply | Hangup
+_Frame = tuple[str | None, _shapes.JSONDict]
+"""One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
 
 
 def _json(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Plan:
     data = _json(body)
-    return Reply(status, (("content-type", "application/json"), *headers), (data,), len(data))
+    return Reply(status, (("content-type", "application/json"), *headers), len(data)), data
 
 
 def _sse_reply(
     head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
-) -> Reply:
+) -> Plan:
     """A streamed body with the breakage laid in at its position (see :class:`Cut`)."""
-    pieces: list[BodyStep] = [*map(_frame, head), *map(_frame, content), *tail]
+    pieces: list[Wait | bytes | Hangup] = [*map(_frame, head), *map(_frame, content), *tail]
     if breakage is not None:
         at = min(breakage.at if isinstance(breakage, Malformed) else breakage.after, len(content))
         if isinstance(breakage, Malformed):
@@ -169,7 +152,7 @@ def _sse_reply(
                 pieces.insert(index, Wait(breakage.seconds))
             else:
                 pieces[index:] = [Hangup()]
-    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), tuple(pieces), None)
+    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), None), *pieces
 
 
 def _frame(frame: _Frame) -> bytes:
@@ -362,34 +345,36 @@ class FakeUpstream:
             before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
             fault = fault.then
         if isinstance(fault, Reset | Silence):
-            return Plan((*before, Wait(math.inf)) if isinstance(fault, Silence) else tuple(before), Hangup())
+            return *before, *((Wait(math.inf),) if isinstance(fault, Silence) else ()), Hangup()
         if isinstance(fault, Status):
             error_type = fault.type or _ERROR_TYPES.get(
                 fault.code, "server_error" if fault.code >= 500 else "invalid_request_error"
             )
             message = fault.message or f"fake upstream: HTTP {fault.code} for {request.method} {request.path}"
             body = _shapes.error_body(message, type=error_type, code=fault.code_str)
-            reply = _json_reply(fault.code, body, fault.headers.items())
+            reply, *pieces = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
             if isinstance(fault.body, Mapping):
                 data, content_type = _json(fault.body), "application/json"
             else:
                 data = fault.body.encode() if isinstance(fault.body, str) else fault.body
                 content_type = "text/html; charset=utf-8"
-            reply = Reply(
-                fault.status, (("content-type", fault.content_type or content_type),), (data,), len(data)
+            reply, *pieces = (
+                Reply(fault.status, (("content-type", fault.content_type or content_type),), len(data)),
+                data,
             )
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
-            reply = self._answer(request, serial, fault, None)
+            reply, *pieces = self._answer(request, serial, fault, None)
         else:
-            reply = self._answer(request, serial, Ok(fault.text, tokens=fault.tokens), fault)
+            reply, *pieces = self._answer(request, serial, Ok(fault.text, tokens=fault.tokens), fault)
+        assert isinstance(reply, Reply)
         # Later headers win: a scripted header overrides the defaults.
         headers = tuple(dict((("x-request-id", request.request_id), *reply.headers)).items())
-        return Plan(tuple(before), Reply(reply.status, headers, reply.body, reply.content_length))
+        return *before, Reply(reply.status, headers, reply.content_length), *pieces
 
-    def _answer(self, request: RecordedRequest, serial: int, answer: Ok, breakage: Breakage | None) -> Reply:
+    def _answer(self, request: RecordedRequest, serial: int, answer: Ok, breakage: Breakage | None) -> Plan:
         """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
         method, path, body = request.method, request.path.rstrip("/"), request.json
         endpoint = next((name for m, end, name in _ENDPOINTS if m == method and path.endswith(end)), None)
@@ -452,17 +437,17 @@ class FakeUpstream:
         return _sse_reply(head, content, [*map(_frame, tail if answer.done else tail[:-1])], breakage)
 
 
-def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Reply:
+def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Plan:
     """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     data = _json(payload)
     headers = (("content-type", "application/json"),)
     if isinstance(breakage, Stall):
-        return Reply(200, headers, (Wait(breakage.seconds), data), len(data))
+        return Reply(200, headers, len(data)), Wait(breakage.seconds), data
     if isinstance(breakage, Cut):
-        return Reply(200, headers, (data[: len(data) // 2], Hangup()), len(data))
+        return Reply(200, headers, len(data)), data[: len(data) // 2], Hangup()
     if isinstance(breakage, Malformed):
         data = data[: len(data) // 2]
-    return Reply(200, headers, (data,), len(data))
+    return Reply(200, headers, len(data)), data
 
 
 _ENDPOINTS = (
@@ -501,10 +486,8 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     """
 
     def __init__(self, upstream: FakeUpstream, request: httpx2.Request, raw: bytes) -> None:
-        plan = upstream._decide(request.method, request.url.path, dict(request.headers), raw)
-        body = plan.outcome.body if isinstance(plan.outcome, Reply) else ()
-        self._steps = (*plan.before, plan.outcome, *body)
-        self._headers_at = len(plan.before)
+        self._steps = upstream._decide(request.method, request.url.path, dict(request.headers), raw)
+        self._replied = False
         self._position = 0
         self._clock = upstream.clock
         self._request = request
@@ -518,12 +501,13 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
             return None
         step = self._steps[self._position]
         if isinstance(step, Hangup):
-            cut = self._position > self._headers_at
-            raise httpx2.RemoteProtocolError(_CUT_MESSAGE if cut else _RESET_MESSAGE, request=self._request)
+            message = _CUT_MESSAGE if self._replied else _RESET_MESSAGE
+            raise httpx2.RemoteProtocolError(message, request=self._request)
         self._position += 1
         if isinstance(step, Block):
             return step.event
         if not isinstance(step, Wait):
+            self._replied = True
             return step
         # Against the read timeout in force now: the library may change it between reads.
         timeout = self._request.extensions.get("timeout")
