@@ -103,18 +103,6 @@ class Shell:
         return outcome
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """The fake clock every in-process wait goes through."""
-    return FakeClock()
-
-
-@pytest.fixture
-def upstream(clock: FakeClock) -> FakeUpstream:
-    """A fresh fake upstream on the fake clock."""
-    return FakeUpstream(clock)
-
-
 @pytest.fixture(params=["sync", "async"])
 def shell(request: pytest.FixtureRequest, upstream: FakeUpstream) -> Shell:
     """Each scenario once through the sync client and once through the async client."""
