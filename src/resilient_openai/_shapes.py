@@ -1,10 +1,11 @@
 """Pure builders of OpenAI wire shapes: plain dicts and bytes, no I/O, no clock, no SDK import.
 
 The library's fallbacks use them to synthesize answers the SDK parses exactly as a real one
-(canned replies, cache replay, stream synthesis), and the fake upstream in
-:mod:`resilient_openai.testing` answers with them (embeddings, the model list, error bodies and
-filler text only it sends). Every builder is deterministic: the same arguments give the same dict, so ids and
-timestamps default to values derived from the content or to :data:`DEFAULT_CREATED`.
+(canned replies, cache replay, stream synthesis); the fake upstream in
+:mod:`resilient_openai.testing` answers with them, and with the shapes only it sends (embeddings,
+the model list, error bodies, filler text). Every builder is deterministic: the same arguments
+give the same dict, so ids and timestamps default to values derived from the content or to
+:data:`DEFAULT_CREATED`.
 
 Tokens here are whitespace-delimited words that keep their leading whitespace (``"a b"`` is
 ``["a", " b"]``), so joining the deltas of a stream gives back the exact text.

@@ -127,9 +127,20 @@ def _json(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Plan:
+def _json_reply(
+    status: int, body: object, headers: Iterable[tuple[str, str]] = (), breakage: Breakage | None = None
+) -> Plan:
+    """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     data = _json(body)
-    return Reply(status, (("content-type", "application/json"), *headers), len(data)), data
+    reply = Reply(status, (("content-type", "application/json"), *headers), len(data))
+    if isinstance(breakage, Stall):
+        return reply, Wait(breakage.seconds), data
+    if isinstance(breakage, Cut):
+        return reply, data[: len(data) // 2], Hangup()
+    if isinstance(breakage, Malformed):
+        data = data[: len(data) // 2]
+        return Reply(status, reply.headers, len(data)), data
+    return reply, data
 
 
 def _sse_reply(
@@ -319,20 +330,13 @@ class FakeUpstream:
         body = parsed if isinstance(parsed, dict) else None
         model = body.get("model") if body is not None else None
         model = model if isinstance(model, str) else None
+        stream = body is not None and body.get("stream") is True
+        lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             serial = next(self._serial)
             fault = self._next_fault_locked(model)
-            request = RecordedRequest(
-                method,
-                path,
-                model,
-                body is not None and body.get("stream") is True,
-                body,
-                {k.lower(): v for k, v in headers.items()},
-                self._clock.now(),
-                f"req_fake{serial:06d}",
-                fault,
-            )
+            at, request_id = self._clock.now(), f"req_fake{serial:06d}"
+            request = RecordedRequest(method, path, model, stream, body, lowered, at, request_id, fault)
             self._requests.append(request)
         return self._plan(request, serial, fault)
 
@@ -399,7 +403,7 @@ class FakeUpstream:
                 encoding_format="base64" if body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
-            return _json_answer(payload, breakage)
+            return _json_reply(200, payload, breakage=breakage)
         text = answer.text if answer.text is not None else _shapes.placeholder_text(answer.tokens)
         prompt_tokens = _shapes.count_tokens(_prompt_text(body))
         tokens = _shapes.count_tokens(text)
@@ -408,7 +412,7 @@ class FakeUpstream:
                 text, model, id=f"chatcmpl-fake{serial:06d}", created=created, prompt_tokens=prompt_tokens
             )
             if not request.stream:
-                return _json_answer(completion, breakage)
+                return _json_reply(200, completion, breakage=breakage)
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             chunks = _shapes.chat_chunks(
@@ -428,26 +432,13 @@ class FakeUpstream:
             input_tokens=prompt_tokens,
         )
         if not request.stream:
-            return _json_answer(response, breakage)
+            return _json_reply(200, response, breakage=breakage)
         frames = list(_shapes.response_events(response))
         # The deltas are the events just before the one output_text.done of our single message.
         last = [name for name, _ in frames].index("response.output_text.done")
         head, content, tail = frames[: last - tokens], frames[last - tokens : last], frames[last:]
         # The Responses API has no [DONE]: done=False leaves out response.completed instead.
         return _sse_reply(head, content, [*map(_frame, tail if answer.done else tail[:-1])], breakage)
-
-
-def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Plan:
-    """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
-    data = _json(payload)
-    headers = (("content-type", "application/json"),)
-    if isinstance(breakage, Stall):
-        return Reply(200, headers, len(data)), Wait(breakage.seconds), data
-    if isinstance(breakage, Cut):
-        return Reply(200, headers, len(data)), data[: len(data) // 2], Hangup()
-    if isinstance(breakage, Malformed):
-        data = data[: len(data) // 2]
-    return Reply(200, headers, len(data)), data
 
 
 _ENDPOINTS = (
