@@ -105,8 +105,6 @@ class Load:
         #: The run's origin on ``time.monotonic``.
         self.t0 = time.monotonic()
 
-    # -- what callers and observers see ---------------------------------------------------------
-
     def elapsed(self) -> float:
         """Seconds since the run's origin."""
         return time.monotonic() - self.t0
@@ -125,8 +123,6 @@ class Load:
         """The outcomes kept so far, in the order the calls ended (a copy)."""
         with self._lock:
             return list(self._outcomes)
-
-    # -- the two kinds of callers ---------------------------------------------------------------
 
     def run(
         self,
@@ -229,8 +225,6 @@ class Load:
         except BaseExceptionGroup as group_error:
             self.stop()
             raise group_error.exceptions[0] from None
-
-    # -- bookkeeping ----------------------------------------------------------------------------
 
     def _turns(self, kind: str, index: int, think: float) -> Iterator[float | Call]:
         """One caller's turns, the same for threads and tasks: pauses to wait out, calls to make.

@@ -121,11 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_response(step.status)
                 for name, value in step.headers:
                     self.send_header(name, value)
-                chunked = step.content_length is None
+                chunked = all(name != "content-length" for name, _ in step.headers)
                 if chunked:
                     self.send_header("transfer-encoding", "chunked")
-                else:
-                    self.send_header("content-length", str(step.content_length))
                 self.end_headers()
             elif isinstance(step, bytes):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(step), step) if chunked else step)

@@ -108,11 +108,10 @@ class Hangup:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Send the status and headers. ``content_length`` is ``None`` for a chunked stream."""
+    """Send the status and headers; without a ``content-length`` header the body is a chunked stream."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
-    content_length: int | None
 
 
 Plan = tuple[Wait | Block | Reply | bytes | Hangup, ...]
@@ -132,15 +131,15 @@ def _json_reply(
 ) -> Plan:
     """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     data = _json(body)
-    reply = Reply(status, (("content-type", "application/json"), *headers), len(data))
+    sent = data[: len(data) // 2] if isinstance(breakage, Malformed) else data
+    reply = Reply(
+        status, (("content-type", "application/json"), *headers, ("content-length", str(len(sent))))
+    )
     if isinstance(breakage, Stall):
         return reply, Wait(breakage.seconds), data
     if isinstance(breakage, Cut):
         return reply, data[: len(data) // 2], Hangup()
-    if isinstance(breakage, Malformed):
-        data = data[: len(data) // 2]
-        return Reply(status, reply.headers, len(data)), data
-    return reply, data
+    return reply, sent
 
 
 def _sse_reply(
@@ -163,7 +162,7 @@ def _sse_reply(
                 pieces.insert(index, Wait(breakage.seconds))
             else:
                 pieces[index:] = [Hangup()]
-    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), None), *pieces
+    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),)), *pieces
 
 
 def _frame(frame: _Frame) -> bytes:
@@ -227,8 +226,6 @@ class FakeUpstream:
         """The clock in-process waits go through and requests are timestamped with."""
         return self._clock
 
-    # -- scripting ------------------------------------------------------------------------------
-
     def script(self, model: str, faults: Iterable[Fault]) -> None:
         """Queue ``faults`` for ``model``: each request for it takes the next one.
 
@@ -262,8 +259,6 @@ class FakeUpstream:
         fault = queue.popleft() if queue else self._defaults.get(key, self._defaults["*"])
         return fault.draw() if isinstance(fault, OneOf) else fault
 
-    # -- counting -------------------------------------------------------------------------------
-
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received since creation or :meth:`reset_counts`, oldest first (a copy)."""
@@ -296,8 +291,6 @@ class FakeUpstream:
         with self._lock:
             self._requests.clear()
 
-    # -- the two ways to use it -----------------------------------------------------------------
-
     def transport(self) -> httpx2.BaseTransport:
         """An in-process transport for ``httpx2.Client(transport=...)``."""
         return _Transport(self)
@@ -318,8 +311,6 @@ class FakeUpstream:
 
         with serve_upstream(self, host, port) as base_url:
             yield base_url
-
-    # -- the decision ---------------------------------------------------------------------------
 
     def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
         """Record one request and decide, without I/O, how to answer it."""
@@ -363,10 +354,11 @@ class FakeUpstream:
             else:
                 data = fault.body.encode() if isinstance(fault.body, str) else fault.body
                 content_type = "text/html; charset=utf-8"
-            reply, *pieces = (
-                Reply(fault.status, (("content-type", fault.content_type or content_type),), len(data)),
-                data,
+            headers = (
+                ("content-type", fault.content_type or content_type),
+                ("content-length", str(len(data))),
             )
+            reply, *pieces = Reply(fault.status, headers), data
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
@@ -375,8 +367,8 @@ class FakeUpstream:
             reply, *pieces = self._answer(request, serial, Ok(fault.text, tokens=fault.tokens), fault)
         assert isinstance(reply, Reply)
         # Later headers win: a scripted header overrides the defaults.
-        headers = tuple(dict((("x-request-id", request.request_id), *reply.headers)).items())
-        return *before, Reply(reply.status, headers, reply.content_length), *pieces
+        merged = dict((("x-request-id", request.request_id), *reply.headers))
+        return *before, Reply(reply.status, tuple(merged.items())), *pieces
 
     def _answer(self, request: RecordedRequest, serial: int, answer: Ok, breakage: Breakage | None) -> Plan:
         """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
@@ -536,10 +528,7 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 
     def response(self, reply: Reply | bytes | None) -> httpx2.Response:
         assert isinstance(reply, Reply)
-        headers = list(reply.headers)
-        if reply.content_length is not None:
-            headers.append(("content-length", str(reply.content_length)))
-        return httpx2.Response(reply.status, headers=headers, stream=self, request=self._request)
+        return httpx2.Response(reply.status, headers=reply.headers, stream=self, request=self._request)
 
     def __iter__(self) -> Iterator[bytes]:
         while isinstance(piece := self.run(), bytes):
