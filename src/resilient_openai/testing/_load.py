@@ -12,6 +12,7 @@ provenance. Nothing here knows about OpenAI beyond reading provenance.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 import random
@@ -140,7 +141,6 @@ class Load:
         The tasks run on a new event loop in a thread of their own; :attr:`loop_lag` records how
         late that loop ran a 10 ms timer at worst (how long a ready task may wait for its turn).
         """
-        failures: list[BaseException] = []
 
         async def main() -> None:
             watcher = asyncio.create_task(self._watch_lag())
@@ -149,21 +149,7 @@ class Load:
             finally:
                 watcher.cancel()
 
-        def loop() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as exc:  # raised below, in the caller's thread
-                failures.append(exc)
-                self.stop()
-
-        loop_thread = threading.Thread(target=loop, name="load-loop", daemon=True)
-        loop_thread.start()
-        try:
-            self.run_threads(call, threads, think=think)
-        finally:
-            loop_thread.join()
-        if failures:
-            raise failures[0]
+        self._on_threads([*self._thread_callers(call, threads, think), lambda: asyncio.run(main())])
 
     async def _watch_lag(self) -> None:
         while True:
@@ -173,26 +159,39 @@ class Load:
 
     def run_threads(self, call: Callable[[Call], object], threads: int, *, think: float = 0.0) -> None:
         """Run ``threads`` callers of ``call`` on threads until the load is over; re-raise a crash."""
+        self._on_threads(self._thread_callers(call, threads, think))
+
+    def _thread_callers(
+        self, call: Callable[[Call], object], threads: int, think: float
+    ) -> list[Callable[[], None]]:
+        def caller(index: int) -> None:
+            for step in self._turns("t", index, think):
+                if isinstance(step, Call):
+                    start = self.elapsed()
+                    try:
+                        result, error = call(step), None
+                    except Exception as exc:
+                        result, error = None, exc
+                    self._finish(step, start, result, error)
+                else:
+                    self._stopped.wait(step)
+
+        return [functools.partial(caller, index) for index in range(threads)]
+
+    def _on_threads(self, targets: list[Callable[[], None]]) -> None:
+        """Run each target on a thread of its own; the first crash stops the load and is raised here."""
         failures: list[BaseException] = []
 
-        def caller(index: int) -> None:
+        def guarded(target: Callable[[], None]) -> None:
             try:
-                for step in self._turns("t", index, think):
-                    if isinstance(step, Call):
-                        start = self.elapsed()
-                        try:
-                            result, error = call(step), None
-                        except Exception as exc:
-                            result, error = None, exc
-                        self._finish(step, start, result, error)
-                    else:
-                        self._stopped.wait(step)
-            except BaseException as exc:  # reported by run_threads, not lost with the thread
+                target()
+            except BaseException as exc:  # raised below, not lost with the thread
                 failures.append(exc)
                 self.stop()
 
         pool = [
-            threading.Thread(target=caller, args=(i,), name=f"load-{i}", daemon=True) for i in range(threads)
+            threading.Thread(target=guarded, args=(t,), name=f"load-{i}", daemon=True)
+            for i, t in enumerate(targets)
         ]
         for thread in pool:
             thread.start()
