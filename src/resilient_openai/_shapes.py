@@ -82,12 +82,7 @@ def _chat_usage(prompt_tokens: int, completion_tokens: int) -> JSONDict:
 
 
 def chat_completion(
-    text: str,
-    model: str,
-    *,
-    id: str | None = None,
-    created: int | None = None,
-    prompt_tokens: int = 0,
+    text: str, model: str, *, id: str | None = None, created: int | None = None, prompt_tokens: int = 0
 ) -> JSONDict:
     """A ``chat.completion`` object whose single assistant message is ``text``.
 
@@ -152,10 +147,7 @@ def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
 
 
 def sse(
-    events: Iterable[JSONDict | str],
-    *,
-    done: bool = True,
-    event_names: Iterable[str | None] | None = None,
+    events: Iterable[JSONDict | str], *, done: bool = True, event_names: Iterable[str | None] | None = None
 ) -> bytes:
     """Frame ``events`` as a ``text/event-stream`` body.
 
