@@ -104,13 +104,10 @@ class Garbage(_Readable):
     """An answer whose body is not what the SDK expects, sent as is: a *malformed* success.
 
     ``Garbage("<html>Bad gateway</html>")`` is a 200 whose body is HTML;
-    ``Garbage({"id": "x", "object": "chat.completion"})`` a 200 JSON object lacking ``choices``
-    (a dict body is sent as JSON). ``content_type`` defaults to HTML for text, JSON for a dict.
+    ``Garbage({"id": "x", "object": "chat.completion"})`` a 200 JSON object lacking ``choices``.
     """
 
     body: str | bytes | Mapping[str, Any]
-    content_type: str | None = None
-    status: int = 200
 
 
 @dataclass(frozen=True, slots=True, repr=False)

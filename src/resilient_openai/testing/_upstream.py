@@ -350,15 +350,11 @@ class FakeUpstream:
             reply, *pieces = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
             if isinstance(fault.body, Mapping):
-                data, content_type = _json(fault.body), "application/json"
+                reply, *pieces = _json_reply(200, fault.body)
             else:
                 data = fault.body.encode() if isinstance(fault.body, str) else fault.body
-                content_type = "text/html; charset=utf-8"
-            headers = (
-                ("content-type", fault.content_type or content_type),
-                ("content-length", str(len(data))),
-            )
-            reply, *pieces = Reply(fault.status, headers), data
+                html = (("content-type", "text/html; charset=utf-8"), ("content-length", str(len(data))))
+                reply, *pieces = Reply(200, html), data
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
