@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -51,14 +52,6 @@ class Outcome:
     items: list[Any] = field(default_factory=list)
 
 
-def resolve(client: object, method: str) -> Callable[..., Any]:
-    """``client.chat.completions.create`` from ``"chat.completions.create"``."""
-    target: Any = client
-    for name in method.split("."):
-        target = getattr(target, name)
-    return target  # type: ignore[no-any-return]
-
-
 @dataclass
 class Shell:
     """The sync client on ``transport()`` or the async client on ``async_transport()``."""
@@ -76,7 +69,7 @@ class Shell:
             api_key="sk-secret", base_url=BASE_URL, max_retries=0, http_client=http_client
         ) as sdk:
             try:
-                result = resolve(sdk, method)(**kwargs)
+                result = attrgetter(method)(sdk)(**kwargs)
                 if isinstance(result, openai.Stream):
                     outcome.items.extend(result)
                 else:
@@ -92,7 +85,7 @@ class Shell:
             api_key="sk-secret", base_url=BASE_URL, max_retries=0, http_client=http_client
         ) as sdk:
             try:
-                result = await resolve(sdk, method)(**kwargs)
+                result = await attrgetter(method)(sdk)(**kwargs)
                 if isinstance(result, openai.AsyncStream):
                     async for item in result:
                         outcome.items.append(item)

@@ -176,11 +176,9 @@ def _prompt_text(value: object) -> str:
     if isinstance(value, list):
         return " ".join(_prompt_text(item) for item in value)
     if isinstance(value, dict):
-        return " ".join(_prompt_text(v) for k, v in value.items() if k in _PROMPT_KEYS)
+        keys = ("messages", "content", "text", "input", "instructions")
+        return " ".join(_prompt_text(v) for k, v in value.items() if k in keys)
     return ""
-
-
-_PROMPT_KEYS = frozenset({"messages", "content", "text", "input", "instructions"})
 
 
 def _embedding_inputs(value: object) -> list[str]:
