@@ -1,12 +1,8 @@
-"""The one load driver: callers (threads and/or asyncio tasks) making calls, each recorded by its id.
+"""The one load driver: the demo, the outage benchmark and the chaos run drive traffic with :class:`Load`.
 
-The demo, the outage benchmark and the chaos run all drive traffic through :class:`Load`. It
-hands out calls to its callers, paced by a shared ``rate`` (a late caller starts at once, with
-no catch-up burst) or back to back with a random pause (``think``), until a ``duration`` or a
-``count`` is reached or :meth:`Load.stop` is called. The user's function makes one call for a
-:class:`Call` (its id can travel to the upstream in a header, so each request can be matched to
-its call) and every call ends as an :class:`Outcome`: when, what it returned or raised, and its
-provenance. Nothing here knows about OpenAI beyond reading provenance.
+Callers (threads and/or asyncio tasks) make calls, each identified by its :class:`Call` id (which
+can travel to the upstream in a header, to match each request to its call) and each ending as an
+:class:`Outcome`. Nothing here knows about OpenAI beyond reading provenance.
 """
 
 from __future__ import annotations

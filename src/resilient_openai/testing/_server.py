@@ -1,10 +1,7 @@
 """The fake upstream on a loopback socket: real connections, real waits, real cuts.
 
-A :class:`http.server.ThreadingHTTPServer` speaking HTTP/1.1 carries out the plans that
-:class:`~resilient_openai.testing.FakeUpstream` decides. Streams use chunked transfer encoding, so a
-cut is a body the client sees end without its last chunk, and a reset is a connection closed
-before any byte of the response. Every wait is also woken by the server stopping, so leaving
-:func:`serve_upstream` never waits on a silent or held request.
+Streams use chunked transfer encoding, so a cut is a body that ends without its last chunk; a
+reset closes the connection before any byte. Stopping the server wakes every wait.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._upstream import Block, Hangup, Reply, Wait
+from ._upstream import Hangup, Reply, Wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -95,11 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_GET
 
-    def _wait(self, step: Wait | Block) -> bool:
+    def _wait(self, step: Wait | threading.Event) -> bool:
         """Wait for real; ``False`` when cut short because the server is stopping."""
         stopping = self.server.stopping
-        if isinstance(step, Block):
-            while not step.event.wait(0.01):
+        if isinstance(step, threading.Event):
+            while not step.wait(0.01):
                 if stopping.is_set():
                     return False
             return True
@@ -115,7 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
         closing, self.close_connection = self.close_connection, True
         chunked = False
         for step in plan:
-            if isinstance(step, Hangup) or (isinstance(step, Wait | Block) and not self._wait(step)):
+            if isinstance(step, Hangup) or (
+                isinstance(step, Wait | threading.Event) and not self._wait(step)
+            ):
                 return
             if isinstance(step, Reply):
                 self.send_response(step.status)

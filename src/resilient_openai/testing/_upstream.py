@@ -44,7 +44,7 @@ from ._faults import (
 if TYPE_CHECKING:
     from .._clock import Clock
 
-__all__ = ["Block", "FakeUpstream", "Hangup", "Plan", "RecordedRequest", "Reply", "Wait"]
+__all__ = ["FakeUpstream", "Hangup", "Plan", "RecordedRequest", "Reply", "Wait"]
 
 # Error ``type`` OpenAI sends with a status when the test does not name one (other 4xx:
 # invalid_request_error, 5xx: server_error).
@@ -95,13 +95,6 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
-    """Wait before the headers until ``event`` is set."""
-
-    event: threading.Event
-
-
-@dataclass(frozen=True, slots=True)
 class Hangup:
     """Close the connection: before the headers, nothing is sent; in the body, nothing more."""
 
@@ -114,9 +107,9 @@ class Reply:
     headers: tuple[tuple[str, str], ...]
 
 
-Plan = tuple[Wait | Block | Reply | bytes | Hangup, ...]
-"""What the fake does for one request, in order: waits, then a reply's headers and its body pieces
-and pauses, or a hang-up (before the headers nothing is sent; in the body, nothing more)."""
+Plan = tuple[Wait | threading.Event | Reply | bytes | Hangup, ...]
+"""What the fake does for one request, in order: waits (an event: until it is set), then a reply's
+headers, its body pieces and pauses; a hang-up ends it."""
 
 _Frame = tuple[str | None, _shapes.JSONDict]
 """One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
@@ -330,12 +323,12 @@ class FakeUpstream:
         return self._plan(request, serial, fault)
 
     def _plan(self, request: RecordedRequest, serial: int, fault: Fault) -> Plan:
-        before: list[Wait | Block] = []
+        before: list[Wait | threading.Event] = []
         while isinstance(fault, Delay | Hold | OneOf):
             if isinstance(fault, OneOf):
                 fault = fault.draw()
                 continue
-            before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
+            before.append(Wait(fault.seconds) if isinstance(fault, Delay) else fault.event)
             fault = fault.then
         if isinstance(fault, Reset | Silence):
             return *before, *((Wait(math.inf),) if isinstance(fault, Silence) else ()), Hangup()
@@ -481,8 +474,8 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
             message = _CUT_MESSAGE if self._replied else _RESET_MESSAGE
             raise httpx2.RemoteProtocolError(message, request=self._request)
         self._position += 1
-        if isinstance(step, Block):
-            return step.event
+        if isinstance(step, threading.Event):
+            return step
         if not isinstance(step, Wait):
             self._replied = True
             return step
