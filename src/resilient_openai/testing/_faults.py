@@ -144,9 +144,8 @@ class Silence(_Readable):
     """Never answer: in process the request times out after its read timeout."""
 
 
-# The body faults below count positions in content chunks (token deltas) already sent. Position 0
-# is before the stream's first event: the opening events (the chat role chunk,
-# ``response.created`` ...) go out together with the first token. A position past the last token
+# The body faults below count content chunks (token deltas) already sent. The opening events (role
+# chunk, ``response.created`` ...) go out with the first token; a position past the last token
 # applies just after it. For a non-streaming request they break the JSON body instead.
 
 

@@ -261,8 +261,7 @@ class Load:
         end = self.elapsed()
         with self._lock:
             self._ended += 1
-        where = error if error is not None else result
-        outcome = Outcome(call, start, end, result, error, provenance(where))
+        outcome = Outcome(call, start, end, result, error, provenance(result if error is None else error))
         if self._on_outcome is not None:
             self._on_outcome(outcome)
         if self._keep:

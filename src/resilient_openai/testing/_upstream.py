@@ -125,9 +125,8 @@ def _json_reply(
     """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
     data = _json(body)
     sent = data[: len(data) // 2] if isinstance(breakage, Malformed) else data
-    reply = Reply(
-        status, (("content-type", "application/json"), *headers, ("content-length", str(len(sent))))
-    )
+    length = ("content-length", str(len(sent)))
+    reply = Reply(status, (("content-type", "application/json"), *headers, length))
     if isinstance(breakage, Stall):
         return reply, Wait(breakage.seconds), data
     if isinstance(breakage, Cut):
@@ -142,13 +141,12 @@ def _sse_reply(
     pieces: list[Wait | bytes | Hangup] = [*map(_frame, head), *map(_frame, content), *tail]
     if breakage is not None:
         at = min(breakage.at if isinstance(breakage, Malformed) else breakage.after, len(content))
-        if isinstance(breakage, Malformed):
-            if at < len(content):
-                # Invalid JSON, but framed, so the events after it still parse.
-                name, data = content[at]
-                text = _json(data).decode()
-                pieces[len(head) + at] = _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
-        else:
+        if isinstance(breakage, Malformed) and at < len(content):
+            # Invalid JSON, but framed, so the events after it still parse.
+            name, data = content[at]
+            text = _json(data).decode()
+            pieces[len(head) + at] = _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+        elif not isinstance(breakage, Malformed):
             # The opening events go out with the first token.
             index = len(head) + at if at else 0
             if isinstance(breakage, Stall):
@@ -177,9 +175,9 @@ def _prompt_text(value: object) -> str:
 def _embedding_inputs(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [" ".join(map(str, value))]
     if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return [" ".join(map(str, value))]
         return [v if isinstance(v, str) else json.dumps(v) for v in value]
     return [json.dumps(value)]
 
@@ -224,9 +222,8 @@ class FakeUpstream:
         requests without a model). When the queues are empty the default applies.
         """
         faults = list(faults)
-        for fault in faults:
-            if not isinstance(fault, FAULTS):
-                raise TypeError(f"script() takes Fault values, got {fault!r}")
+        if wrong := [fault for fault in faults if not isinstance(fault, FAULTS)]:
+            raise TypeError(f"script() takes Fault values, got {wrong[0]!r}")
         with self._lock:
             self._scripts.setdefault(model, deque()).extend(faults)
 
