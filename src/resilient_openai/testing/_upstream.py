@@ -16,7 +16,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -237,9 +237,7 @@ class FakeUpstream:
     def pending(self, model: str | None = None) -> int:
         """How many scripted faults are still queued, for ``model`` or in all queues."""
         with self._lock:
-            if model is not None:
-                return len(self._scripts.get(model, ()))
-            return sum(len(queue) for queue in self._scripts.values())
+            return sum(len(queue) for name, queue in self._scripts.items() if model in (None, name))
 
     def _next_fault_locked(self, model: str | None) -> Fault:
         key = model if model is not None else "*"
@@ -256,11 +254,7 @@ class FakeUpstream:
     def count(self, model: str | None = None, path: str | None = None) -> int:
         """How many requests were received, for ``model`` and/or whose path ends with ``path``."""
         with self._lock:
-            return sum(
-                1
-                for r in self._requests
-                if (model is None or r.model == model) and (path is None or r.path.endswith(path))
-            )
+            return sum(model in (None, r.model) and r.path.endswith(path or "") for r in self._requests)
 
     def take(self, header: str, value: str) -> list[RecordedRequest]:
         """Remove and return the recorded requests whose ``header`` is ``value``, oldest first.
@@ -287,8 +281,7 @@ class FakeUpstream:
         """An in-process transport for ``httpx2.AsyncClient(transport=...)``."""
         return _Transport(self)
 
-    @contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
         """Serve on a loopback socket; yields the base URL (``http://127.0.0.1:PORT/v1``).
 
         A threaded HTTP/1.1 server on a daemon thread; streams use chunked encoding so a cut is a
@@ -297,8 +290,7 @@ class FakeUpstream:
         # Imported here: the server executes the plans defined in this module.
         from ._server import serve_upstream
 
-        with serve_upstream(self, host, port) as base_url:
-            yield base_url
+        return serve_upstream(self, host, port)
 
     def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
         """Record one request and decide, without I/O, how to answer it."""
