@@ -275,11 +275,11 @@ class FakeUpstream:
 
     def transport(self) -> httpx2.BaseTransport:
         """An in-process transport for ``httpx2.Client(transport=...)``."""
-        return _Transport(self)
+        return httpx2.MockTransport(lambda request: _Exchange(self, request).reply())
 
     def async_transport(self) -> httpx2.AsyncBaseTransport:
         """An in-process transport for ``httpx2.AsyncClient(transport=...)``."""
-        return _Transport(self)
+        return httpx2.MockTransport(lambda request: _Exchange(self, request).areply())
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
         """Serve on a loopback socket; yields the base URL (``http://127.0.0.1:PORT/v1``).
@@ -417,24 +417,7 @@ _ENDPOINTS = (
 )
 
 
-# -- in process: one transport for sync and async clients; only the waiting differs -------------
-
-
-class _Transport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
-    """Carries out plans in process with the upstream's clock, for ``Client`` and ``AsyncClient``."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self._upstream = upstream
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        exchange = _Exchange(self._upstream, request, request.read())
-        return exchange.response(exchange.run())
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        exchange = _Exchange(self._upstream, request, await request.aread())
-        return exchange.response(await exchange.arun())
+# -- in process: httpx2 MockTransports; only the waiting differs between sync and async ---------
 
 
 class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
@@ -444,8 +427,10 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     where the last pass stopped, and a cut connection or a timed-out read stays so.
     """
 
-    def __init__(self, upstream: FakeUpstream, request: httpx2.Request, raw: bytes) -> None:
-        self._steps = upstream._decide(request.method, request.url.path, dict(request.headers), raw)
+    def __init__(self, upstream: FakeUpstream, request: httpx2.Request) -> None:
+        self._steps = upstream._decide(
+            request.method, request.url.path, dict(request.headers), request.content
+        )
         self._replied = False
         self._position = 0
         self._clock = upstream.clock
@@ -502,7 +487,15 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
                     await asyncio.sleep(0.001)
         return step
 
-    def response(self, reply: Reply | bytes | None) -> httpx2.Response:
+    def reply(self) -> httpx2.Response:
+        """Carry out the waits before the headers, then answer (a drop raises)."""
+        return self._response(self.run())
+
+    async def areply(self) -> httpx2.Response:
+        """Carry out the waits before the headers, then answer (a drop raises)."""
+        return self._response(await self.arun())
+
+    def _response(self, reply: Reply | bytes | None) -> httpx2.Response:
         assert isinstance(reply, Reply)
         return httpx2.Response(reply.status, headers=reply.headers, stream=self, request=self._request)
 
