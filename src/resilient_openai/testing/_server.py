@@ -42,20 +42,6 @@ class _Server(ThreadingHTTPServer):
         self.live_lock = threading.Lock()
         self.live: dict[threading.Thread, socket.socket] = {}
 
-    def stop(self) -> None:
-        """Stop accepting, wake every waiting handler, close every connection, join the threads."""
-        self.stopping.set()
-        self.shutdown()
-        with self.live_lock:
-            live = dict(self.live)
-        for connection in live.values():
-            # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
-            with suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        self.server_close()
-        for thread in live:
-            thread.join(_JOIN_TIMEOUT / max(len(live), 1))
-
 
 class _Handler(BaseHTTPRequestHandler):
     """Answers one connection's requests by carrying out the upstream's plans with real time."""
@@ -144,5 +130,16 @@ def serve_upstream(upstream: FakeUpstream, host: str = "127.0.0.1", port: int = 
     try:
         yield f"http://{host}:{server.server_port}/v1"
     finally:
-        server.stop()
+        # Stop accepting, wake every waiting handler, close every connection, join the threads.
+        server.stopping.set()
+        server.shutdown()
+        with server.live_lock:
+            live = dict(server.live)
+        for connection in live.values():
+            # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        for handler in live:
+            handler.join(_JOIN_TIMEOUT / max(len(live), 1))
         thread.join(_JOIN_TIMEOUT)
