@@ -299,8 +299,7 @@ class FakeUpstream:
         except ValueError:
             parsed = None
         body = parsed if isinstance(parsed, dict) else None
-        model = body.get("model") if body is not None else None
-        model = model if isinstance(model, str) else None
+        model = body["model"] if body is not None and isinstance(body.get("model"), str) else None
         stream = body is not None and body.get("stream") is True
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
