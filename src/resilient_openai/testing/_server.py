@@ -1,7 +1,8 @@
 """The fake upstream on a loopback socket: real connections, real waits, real cuts.
 
-Streams use chunked transfer encoding, so a cut is a body that ends without its last chunk; a
-reset closes the connection before any byte. Stopping the server wakes every wait.
+A threaded HTTP/1.1 server carries out the plans :class:`~resilient_openai.testing.FakeUpstream`
+decides. Streams use chunked transfer encoding, so a cut is a body that ends without its last
+chunk; a reset closes the connection before any byte. Stopping the server wakes every wait.
 """
 
 from __future__ import annotations

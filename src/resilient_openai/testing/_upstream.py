@@ -427,9 +427,7 @@ class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
     """
 
     def __init__(self, upstream: FakeUpstream, request: httpx2.Request) -> None:
-        self._steps = upstream._decide(
-            request.method, request.url.path, dict(request.headers), request.content
-        )
+        self._steps = upstream._decide(request.method, request.url.path, request.headers, request.content)
         self._replied = False
         self._position = 0
         self._clock = upstream.clock
