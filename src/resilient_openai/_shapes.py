@@ -1,10 +1,11 @@
 """Pure builders of OpenAI wire shapes: plain dicts and bytes, no I/O, no clock, no SDK import.
 
 The library's fallbacks use them to synthesize answers the SDK parses exactly as a real one
-(canned replies, cache replay, stream synthesis), and the fake upstream in
-:mod:`resilient_openai.testing` answers with them (the shapes only it sends are in its own
-``_shapes``). Every builder is deterministic: the same arguments give the same dict, so ids and
-timestamps default to values derived from the content or to :data:`DEFAULT_CREATED`.
+(canned replies, cache replay, stream synthesis); the fake upstream in
+:mod:`resilient_openai.testing` answers with them, and with the shapes only it sends (embeddings,
+the model list, error bodies, filler text). Every builder is deterministic: the same arguments
+give the same dict, so ids and timestamps default to values derived from the content or to
+:data:`DEFAULT_CREATED`.
 
 Tokens here are whitespace-delimited words that keep their leading whitespace (``"a b"`` is
 ``["a", " b"]``), so joining the deltas of a stream gives back the exact text.
@@ -12,13 +13,16 @@ Tokens here are whitespace-delimited words that keep their leading whitespace (`
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import re
+import struct
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "DEFAULT_CREATED",
@@ -26,6 +30,10 @@ __all__ = [
     "chat_chunks",
     "chat_completion",
     "count_tokens",
+    "embeddings",
+    "error_body",
+    "model_list",
+    "placeholder_text",
     "response_events",
     "response_object",
     "split_tokens",
@@ -74,19 +82,12 @@ def _chat_usage(prompt_tokens: int, completion_tokens: int) -> JSONDict:
 
 
 def chat_completion(
-    text: str,
-    model: str,
-    *,
-    id: str | None = None,
-    created: int | None = None,
-    finish_reason: str = "stop",
-    prompt_tokens: int = 0,
-    usage: JSONDict | None = None,
+    text: str, model: str, *, id: str | None = None, created: int | None = None, prompt_tokens: int = 0
 ) -> JSONDict:
     """A ``chat.completion`` object whose single assistant message is ``text``.
 
-    ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`,
-    and ``usage`` to ``prompt_tokens`` plus :func:`count_tokens` of the text.
+    ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`;
+    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text.
     """
     return {
         "id": id if id is not None else f"chatcmpl-{_digest(model, text)[:29]}",
@@ -98,10 +99,10 @@ def chat_completion(
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
                 "logprobs": None,
-                "finish_reason": finish_reason,
+                "finish_reason": "stop",
             }
         ],
-        "usage": usage if usage is not None else _chat_usage(prompt_tokens, count_tokens(text)),
+        "usage": _chat_usage(prompt_tokens, count_tokens(text)),
         "service_tier": "default",
     }
 
@@ -146,10 +147,7 @@ def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
 
 
 def sse(
-    events: Iterable[JSONDict | str],
-    *,
-    done: bool = True,
-    event_names: Iterable[str | None] | None = None,
+    events: Iterable[JSONDict | str], *, done: bool = True, event_names: Iterable[str | None] | None = None
 ) -> bytes:
     """Frame ``events`` as a ``text/event-stream`` body.
 
@@ -196,12 +194,11 @@ def response_object(
     item_id: str | None = None,
     created_at: int | None = None,
     input_tokens: int = 0,
-    usage: JSONDict | None = None,
 ) -> JSONDict:
     """A completed Responses API ``response`` with one assistant message holding ``text``.
 
     ``id`` (``resp_...``) and ``item_id`` (``msg_...``) default to values derived from the model
-    and text, ``created_at`` to :data:`DEFAULT_CREATED`, ``usage`` to ``input_tokens`` plus
+    and text, ``created_at`` to :data:`DEFAULT_CREATED`; usage counts ``input_tokens`` and
     :func:`count_tokens` of the text.
     """
     digest = _digest(model, text)
@@ -239,7 +236,7 @@ def response_object(
         "top_logprobs": 0,
         "top_p": 1.0,
         "truncation": "disabled",
-        "usage": usage if usage is not None else _response_usage(input_tokens, count_tokens(text)),
+        "usage": _response_usage(input_tokens, count_tokens(text)),
         "user": None,
         "metadata": {},
     }
@@ -284,3 +281,50 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
         emit("response.output_item.done", output_index=output_index, item=item)
     emit("response.completed", response=response)
     return events
+
+
+def placeholder_text(tokens: int) -> str:
+    """A deterministic answer of ``tokens`` tokens: ``"tok0 tok1 ... tok{tokens-1}"``."""
+    return " ".join(f"tok{i}" for i in range(tokens))
+
+
+def embeddings(inputs: Sequence[str], model: str, *, encoding_format: str, dims: int = 8) -> JSONDict:
+    """A ``list`` of embeddings: per input, a deterministic unit vector of ``dims`` float32 values.
+
+    Equal texts give equal vectors. ``encoding_format`` is ``"float"`` (lists of numbers) or
+    ``"base64"`` (base64 of little-endian float32, what the SDK asks for by default and decodes
+    itself); the values survive the float32 round trip, so both decode to the same numbers.
+    """
+    if encoding_format not in ("float", "base64"):
+        raise ValueError(f"encoding_format must be 'float' or 'base64', got {encoding_format!r}")
+    data: list[JSONDict] = []
+    for index, text in enumerate(inputs):
+        blocks = range(math.ceil(dims / 8))
+        raw = b"".join(hashlib.sha256(f"{block}\0{text}".encode()).digest() for block in blocks)
+        values = [w / 0xFFFFFFFF * 2.0 - 1.0 for w in struct.unpack(f"<{dims}I", raw[: 4 * dims])]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        packed = struct.pack(f"<{dims}f", *(v / norm for v in values))
+        vector: list[float] | str = list(struct.unpack(f"<{dims}f", packed))
+        if encoding_format == "base64":
+            vector = base64.b64encode(packed).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(count_tokens(text) for text in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def model_list(ids: Iterable[str], *, created: int = DEFAULT_CREATED) -> JSONDict:
+    """The ``GET /v1/models`` answer listing ``ids`` in the order given."""
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "system"} for name in ids],
+    }
+
+
+def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> JSONDict:
+    """The ``{"error": {...}}`` body OpenAI sends with a 4xx/5xx status."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}

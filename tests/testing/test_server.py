@@ -22,12 +22,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 
 
 @pytest.fixture
-def upstream() -> FakeUpstream:
-    """A fresh fake upstream."""
-    return FakeUpstream()
-
-
-@pytest.fixture
 def base_url(upstream: FakeUpstream) -> Iterator[str]:
     """The upstream served on a loopback port for the test's duration."""
     with upstream.serve() as url:

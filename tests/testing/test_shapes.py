@@ -18,7 +18,6 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from resilient_openai import _shapes
-from resilient_openai.testing import _shapes as fake_shapes
 
 STREAM_EVENT: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
@@ -34,22 +33,6 @@ def unknown_fields(value: object, path: str = "$") -> list[str]:
         for index, item in enumerate(value):
             found += unknown_fields(item, f"{path}[{index}]")
     return found
-
-
-def parse_sse(body: bytes) -> list[tuple[str | None, str]]:
-    """Split an event-stream body into ``(event name, data)`` pairs."""
-    events = []
-    for block in body.decode().split("\n\n")[:-1]:
-        name = None
-        data = []
-        for line in block.split("\n"):
-            field, _, value = line.partition(": ")
-            if field == "event":
-                name = value
-            else:
-                data.append(value)
-        events.append((name, "\n".join(data)))
-    return events
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -68,9 +51,9 @@ def test_split_tokens_joins_back_to_the_text(text: str) -> None:
 
 def test_placeholder_text_has_the_requested_token_count() -> None:
     """The default answer is ``tok0 ... tokN-1``."""
-    assert fake_shapes.placeholder_text(3) == "tok0 tok1 tok2"
-    assert _shapes.count_tokens(fake_shapes.placeholder_text(60)) == 60
-    assert fake_shapes.placeholder_text(0) == ""
+    assert _shapes.placeholder_text(3) == "tok0 tok1 tok2"
+    assert _shapes.count_tokens(_shapes.placeholder_text(60)) == 60
+    assert _shapes.placeholder_text(0) == ""
 
 
 # -- chat completions --------------------------------------------------------------------------
@@ -100,15 +83,9 @@ def test_chat_completion_defaults_are_deterministic() -> None:
 
 
 def test_chat_completion_takes_explicit_fields() -> None:
-    """id, created, finish_reason and usage are used as given."""
-    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    completion = _shapes.chat_completion(
-        "x", "m", id="chatcmpl-1", created=7, finish_reason="length", usage=usage
-    )
-    parsed = ChatCompletion.model_validate(completion)
-    assert (parsed.id, parsed.created, parsed.choices[0].finish_reason) == ("chatcmpl-1", 7, "length")
-    assert parsed.usage is not None
-    assert parsed.usage.total_tokens == 3
+    """id and created are used as given."""
+    parsed = ChatCompletion.model_validate(_shapes.chat_completion("x", "m", id="chatcmpl-1", created=7))
+    assert (parsed.id, parsed.created) == ("chatcmpl-1", 7)
 
 
 def test_chat_chunks_stream_the_completion() -> None:
@@ -224,19 +201,19 @@ def test_response_events_reject_other_outputs() -> None:
 
 def test_embeddings_float_parse_and_are_unit_vectors() -> None:
     """Float embeddings validate, have ``dims`` values, unit length, and are deterministic."""
-    raw = fake_shapes.embeddings(["a", "b"], "emb", encoding_format="float", dims=5)
+    raw = _shapes.embeddings(["a", "b"], "emb", encoding_format="float", dims=5)
     parsed = CreateEmbeddingResponse.model_validate(raw)
     assert unknown_fields(parsed) == []
     assert [len(item.embedding) for item in parsed.data] == [5, 5]
     assert abs(sum(v * v for v in parsed.data[0].embedding) - 1.0) < 1e-5
     assert parsed.data[0].embedding != parsed.data[1].embedding
-    assert raw == fake_shapes.embeddings(["a", "b"], "emb", encoding_format="float", dims=5)
+    assert raw == _shapes.embeddings(["a", "b"], "emb", encoding_format="float", dims=5)
 
 
 def test_embeddings_base64_is_little_endian_float32_of_the_float_values() -> None:
     """base64 decodes to exactly the float encoding's numbers."""
-    floats = fake_shapes.embeddings(["hello"], "emb", encoding_format="float")
-    encoded = fake_shapes.embeddings(["hello"], "emb", encoding_format="base64")
+    floats = _shapes.embeddings(["hello"], "emb", encoding_format="float")
+    encoded = _shapes.embeddings(["hello"], "emb", encoding_format="base64")
     decoded = list(struct.unpack("<8f", base64.b64decode(encoded["data"][0]["embedding"])))
     assert decoded == floats["data"][0]["embedding"]
 
@@ -244,19 +221,19 @@ def test_embeddings_base64_is_little_endian_float32_of_the_float_values() -> Non
 def test_embeddings_reject_unknown_encoding() -> None:
     """Only float and base64 exist."""
     with pytest.raises(ValueError, match="encoding_format"):
-        fake_shapes.embeddings(["a"], "emb", encoding_format="int8")
+        _shapes.embeddings(["a"], "emb", encoding_format="int8")
 
 
 def test_model_list_parses() -> None:
     """Each listed model validates as Model."""
-    raw = fake_shapes.model_list(["a", "b"])
+    raw = _shapes.model_list(["a", "b"])
     assert [Model.model_validate(m).id for m in raw["data"]] == ["a", "b"]
     assert raw["object"] == "list"
 
 
 def test_error_body_shape() -> None:
     """OpenAI's error envelope with all four fields."""
-    body = fake_shapes.error_body(
+    body = _shapes.error_body(
         "nope", type="invalid_request_error", code="context_length_exceeded", param="messages"
     )
     assert body == {
@@ -320,8 +297,6 @@ def test_client_parses_responses_and_their_stream() -> None:
 
 def test_client_decodes_base64_embeddings() -> None:
     """The SDK's default base64 request decodes to the float vectors."""
-    expected = fake_shapes.embeddings(["hi"], "emb", encoding_format="float")["data"][0]["embedding"]
-    client = serving(
-        {"/v1/embeddings": as_json(fake_shapes.embeddings(["hi"], "emb", encoding_format="base64"))}
-    )
+    expected = _shapes.embeddings(["hi"], "emb", encoding_format="float")["data"][0]["embedding"]
+    client = serving({"/v1/embeddings": as_json(_shapes.embeddings(["hi"], "emb", encoding_format="base64"))})
     assert client.embeddings.create(model="emb", input="hi").data[0].embedding == expected

@@ -10,7 +10,8 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
@@ -51,67 +52,40 @@ class Outcome:
     items: list[Any] = field(default_factory=list)
 
 
-def resolve(client: object, method: str) -> Callable[..., Any]:
-    """``client.chat.completions.create`` from ``"chat.completions.create"``."""
-    target: Any = client
-    for name in method.split("."):
-        target = getattr(target, name)
-    return target  # type: ignore[no-any-return]
-
-
-class Shell(Protocol):
-    """One way of calling the SDK; the sync and async shells share this surface."""
+@dataclass
+class Shell:
+    """The sync client on ``transport()`` or the async client on ``async_transport()``."""
 
     upstream: FakeUpstream
+    is_async: bool
 
     def call(self, method: str, **kwargs: Any) -> Outcome:
         """Call ``method`` on a fresh client, reading any stream to its end or its error."""
-        ...
-
-
-class SyncShell:
-    """Calls through ``openai.OpenAI`` on the upstream's sync transport."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self.upstream = upstream
-
-    def call(self, method: str, **kwargs: Any) -> Outcome:
-        """Call ``method`` on a fresh client, reading any stream to its end or its error."""
+        if self.is_async:
+            return asyncio.run(self._acall(method, **kwargs))
         http_client = httpx2.Client(transport=self.upstream.transport())
         outcome = Outcome()
         with openai.OpenAI(
             api_key="sk-secret", base_url=BASE_URL, max_retries=0, http_client=http_client
-        ) as client:
+        ) as sdk:
             try:
-                result = resolve(client, method)(**kwargs)
+                result = attrgetter(method)(sdk)(**kwargs)
                 if isinstance(result, openai.Stream):
-                    for item in result:
-                        outcome.items.append(item)
+                    outcome.items.extend(result)
                 else:
                     outcome.value = result
             except Exception as exc:
                 outcome.error = exc
         return outcome
 
-
-class AsyncShell:
-    """Calls through ``openai.AsyncOpenAI`` on the upstream's async transport."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self.upstream = upstream
-
-    def call(self, method: str, **kwargs: Any) -> Outcome:
-        """Call ``method`` on a fresh client, reading any stream to its end or its error."""
-        return asyncio.run(self._call(method, **kwargs))
-
-    async def _call(self, method: str, **kwargs: Any) -> Outcome:
+    async def _acall(self, method: str, **kwargs: Any) -> Outcome:
         http_client = httpx2.AsyncClient(transport=self.upstream.async_transport())
         outcome = Outcome()
         async with openai.AsyncOpenAI(
             api_key="sk-secret", base_url=BASE_URL, max_retries=0, http_client=http_client
-        ) as client:
+        ) as sdk:
             try:
-                result = await resolve(client, method)(**kwargs)
+                result = await attrgetter(method)(sdk)(**kwargs)
                 if isinstance(result, openai.AsyncStream):
                     async for item in result:
                         outcome.items.append(item)
@@ -122,23 +96,10 @@ class AsyncShell:
         return outcome
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """The fake clock every in-process wait goes through."""
-    return FakeClock()
-
-
-@pytest.fixture
-def upstream(clock: FakeClock) -> FakeUpstream:
-    """A fresh fake upstream on the fake clock."""
-    return FakeUpstream(clock)
-
-
 @pytest.fixture(params=["sync", "async"])
 def shell(request: pytest.FixtureRequest, upstream: FakeUpstream) -> Shell:
     """Each scenario once through the sync client and once through the async client."""
-    kind: Literal["sync", "async"] = request.param
-    return SyncShell(upstream) if kind == "sync" else AsyncShell(upstream)
+    return Shell(upstream, is_async=request.param == "async")
 
 
 def chat(shell: Shell, model: str = "m", **kwargs: Any) -> Outcome:
@@ -551,7 +512,7 @@ def test_hold_blocks_sync_callers_until_released(upstream: FakeUpstream) -> None
     """Held requests wait in flight (all recorded) until the event is set."""
     release = threading.Event()
     upstream.set_default("m", Hold(release, Ok("released")))
-    shell = SyncShell(upstream)
+    shell = Shell(upstream, is_async=False)
     results: list[Outcome] = []
     threads = [threading.Thread(target=lambda: results.append(chat(shell))) for _ in range(3)]
     for thread in threads:
@@ -733,7 +694,7 @@ def test_one_of_draws_a_fault_per_request_and_records_it(upstream: FakeUpstream)
     mix = OneOf((Ok("a"), Status(503)), seed=3)
     upstream.set_default("m", mix)
     for _ in range(20):
-        SyncShell(upstream).call("chat.completions.create", model="m", messages=MESSAGES)
+        Shell(upstream, is_async=False).call("chat.completions.create", model="m", messages=MESSAGES)
     drawn = [r.fault for r in upstream.requests]
     assert set(map(repr, drawn)) == {"Ok(text='a')", "Status(503)"}
     assert all(any(fault is choice for choice in mix.faults) for fault in drawn)
@@ -745,7 +706,7 @@ def test_take_removes_the_requests_of_one_call(upstream: FakeUpstream) -> None:
     """take() hands back the requests carrying one id header, with the fault that answered each."""
     upstream.script("m", [Status(503), Ok("fine")])
     for call in ("c1", "c2"):
-        SyncShell(upstream).call(
+        Shell(upstream, is_async=False).call(
             "chat.completions.create", model="m", messages=MESSAGES, extra_headers={"X-Call": call}
         )
     taken = upstream.take("x-call", "c1")
@@ -757,5 +718,5 @@ def test_take_removes_the_requests_of_one_call(upstream: FakeUpstream) -> None:
 def test_models_can_be_declared_up_front() -> None:
     """``models=`` lists models before any request names them."""
     upstream = FakeUpstream(models=["declared"])
-    out = SyncShell(upstream).call("models.list")
+    out = Shell(upstream, is_async=False).call("models.list")
     assert [m.id for m in out.value.data] == ["declared"]

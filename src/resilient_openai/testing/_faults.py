@@ -32,15 +32,16 @@ __all__ = [
 ]
 
 
-def _non_negative(name: str, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
 class _Readable:
-    """Gives a fault the repr of the shortest call that builds it, for readable test failures."""
+    """Checks a fault's numbers are >= 0, and reprs it as the shortest call that builds it."""
 
     __slots__ = ()
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            if isinstance(value, int | float) and not value >= 0:
+                raise ValueError(f"{spec.name} must be >= 0, got {value}")
 
     def __repr__(self) -> str:
         """Required fields by position, then the fields that differ from their default."""
@@ -75,10 +76,6 @@ class Ok(_Readable):
     done: bool = True
     usage: bool | None = None
 
-    def __post_init__(self) -> None:
-        _non_negative("tokens", self.tokens)
-        _non_negative("latency", self.latency)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Status(_Readable):
@@ -107,13 +104,10 @@ class Garbage(_Readable):
     """An answer whose body is not what the SDK expects, sent as is: a *malformed* success.
 
     ``Garbage("<html>Bad gateway</html>")`` is a 200 whose body is HTML;
-    ``Garbage({"id": "x", "object": "chat.completion"})`` a 200 JSON object lacking ``choices``
-    (a dict body is sent as JSON). ``content_type`` defaults to HTML for text, JSON for a dict.
+    ``Garbage({"id": "x", "object": "chat.completion"})`` a 200 JSON object lacking ``choices``.
     """
 
     body: str | bytes | Mapping[str, Any]
-    content_type: str | None = None
-    status: int = 200
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -126,9 +120,6 @@ class Delay(_Readable):
 
     seconds: float
     then: Fault = Ok()
-
-    def __post_init__(self) -> None:
-        _non_negative("seconds", self.seconds)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -153,9 +144,8 @@ class Silence(_Readable):
     """Never answer: in process the request times out after its read timeout."""
 
 
-# The body faults below count positions in content chunks (token deltas) already sent. Position 0
-# is before the stream's first event: the opening events (the chat role chunk,
-# ``response.created`` ...) go out together with the first token. A position past the last token
+# The body faults below count content chunks (token deltas) already sent. The opening events (role
+# chunk, ``response.created`` ...) go out with the first token; a position past the last token
 # applies just after it. For a non-streaming request they break the JSON body instead.
 
 
@@ -169,10 +159,6 @@ class Cut(_Readable):
     after: int
     tokens: int = 60
     text: str | None = None
-
-    def __post_init__(self) -> None:
-        _non_negative("after", self.after)
-        _non_negative("tokens", self.tokens)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -188,11 +174,6 @@ class Stall(_Readable):
     tokens: int = 60
     text: str | None = None
 
-    def __post_init__(self) -> None:
-        _non_negative("after", self.after)
-        _non_negative("seconds", self.seconds)
-        _non_negative("tokens", self.tokens)
-
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Malformed(_Readable):
@@ -201,10 +182,6 @@ class Malformed(_Readable):
     at: int
     tokens: int = 60
     text: str | None = None
-
-    def __post_init__(self) -> None:
-        _non_negative("at", self.at)
-        _non_negative("tokens", self.tokens)
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -1,22 +1,20 @@
-"""The one load driver: callers (threads and/or asyncio tasks) making calls, each recorded by its id.
+"""The one load driver: the demo, the outage benchmark and the chaos run drive traffic with :class:`Load`.
 
-The demo, the outage benchmark and the chaos run all drive traffic through :class:`Load`. It
-hands out calls to its callers, paced by a shared ``rate`` (a late caller starts at once, with
-no catch-up burst) or back to back with a random pause (``think``), until a ``duration`` or a
-``count`` is reached or :meth:`Load.stop` is called. The user's function makes one call for a
-:class:`Call` (its id can travel to the upstream in a header, so each request can be matched to
-its call) and every call ends as an :class:`Outcome`: when, what it returned or raised, and its
-provenance. Nothing here knows about OpenAI beyond reading provenance.
+Callers (threads and/or asyncio tasks) make calls, each identified by its :class:`Call` id (which
+can travel to the upstream in a header, to match each request to its call) and each ending as an
+:class:`Outcome`. Nothing here knows about OpenAI beyond reading provenance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -104,8 +102,6 @@ class Load:
         #: The run's origin on ``time.monotonic``.
         self.t0 = time.monotonic()
 
-    # -- what callers and observers see ---------------------------------------------------------
-
     def elapsed(self) -> float:
         """Seconds since the run's origin."""
         return time.monotonic() - self.t0
@@ -125,8 +121,6 @@ class Load:
         with self._lock:
             return list(self._outcomes)
 
-    # -- the two kinds of callers ---------------------------------------------------------------
-
     def run(
         self,
         call: Callable[[Call], object],
@@ -143,7 +137,6 @@ class Load:
         The tasks run on a new event loop in a thread of their own; :attr:`loop_lag` records how
         late that loop ran a 10 ms timer at worst (how long a ready task may wait for its turn).
         """
-        failures: list[BaseException] = []
 
         async def main() -> None:
             watcher = asyncio.create_task(self._watch_lag())
@@ -152,21 +145,7 @@ class Load:
             finally:
                 watcher.cancel()
 
-        def loop() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as exc:  # raised below, in the caller's thread
-                failures.append(exc)
-                self.stop()
-
-        loop_thread = threading.Thread(target=loop, name="load-loop", daemon=True)
-        loop_thread.start()
-        try:
-            self.run_threads(call, threads, think=think)
-        finally:
-            loop_thread.join()
-        if failures:
-            raise failures[0]
+        self._on_threads([*self._thread_callers(call, threads, think), lambda: asyncio.run(main())])
 
     async def _watch_lag(self) -> None:
         while True:
@@ -176,34 +155,39 @@ class Load:
 
     def run_threads(self, call: Callable[[Call], object], threads: int, *, think: float = 0.0) -> None:
         """Run ``threads`` callers of ``call`` on threads until the load is over; re-raise a crash."""
-        failures: list[BaseException] = []
+        self._on_threads(self._thread_callers(call, threads, think))
 
+    def _thread_callers(
+        self, call: Callable[[Call], object], threads: int, think: float
+    ) -> list[Callable[[], None]]:
         def caller(index: int) -> None:
-            try:
-                rng = self._rng("t", index)
-                serial = 0
-                while True:
-                    if self._stopped.wait(self._pause(rng, think)):
-                        return
-                    serial += 1
-                    handed = self._take(f"t{index}.{serial}")
-                    if handed is None:
-                        return
-                    if self._stopped.wait(max(handed.due - self.elapsed(), 0.0)):
-                        self._abandon()
-                        return
+            for step in self._turns("t", index, think):
+                if isinstance(step, Call):
                     start = self.elapsed()
                     try:
-                        result, error = call(handed), None
+                        result, error = call(step), None
                     except Exception as exc:
                         result, error = None, exc
-                    self._finish(handed, start, result, error)
-            except BaseException as exc:  # reported by run_threads, not lost with the thread
+                    self._finish(step, start, result, error)
+                else:
+                    self._stopped.wait(step)
+
+        return [functools.partial(caller, index) for index in range(threads)]
+
+    def _on_threads(self, targets: list[Callable[[], None]]) -> None:
+        """Run each target on a thread of its own; the first crash stops the load and is raised here."""
+        failures: list[BaseException] = []
+
+        def guarded(target: Callable[[], None]) -> None:
+            try:
+                target()
+            except BaseException as exc:  # raised below, not lost with the thread
                 failures.append(exc)
                 self.stop()
 
         pool = [
-            threading.Thread(target=caller, args=(i,), name=f"load-{i}", daemon=True) for i in range(threads)
+            threading.Thread(target=guarded, args=(t,), name=f"load-{i}", daemon=True)
+            for i, t in enumerate(targets)
         ]
         for thread in pool:
             thread.start()
@@ -218,24 +202,16 @@ class Load:
         """Run ``tasks`` callers of ``call`` as tasks of the running loop until the load is over."""
 
         async def caller(index: int) -> None:
-            rng = self._rng("a", index)
-            serial = 0
-            while not self._stopped.is_set():
-                await asyncio.sleep(self._pause(rng, think))
-                serial += 1
-                handed = self._take(f"a{index}.{serial}")
-                if handed is None:
-                    return
-                await asyncio.sleep(max(handed.due - self.elapsed(), 0.0))
-                if self._stopped.is_set():
-                    self._abandon()
-                    return
-                start = self.elapsed()
-                try:
-                    result, error = await call(handed), None
-                except Exception as exc:
-                    result, error = None, exc
-                self._finish(handed, start, result, error)
+            for step in self._turns("a", index, think):
+                if isinstance(step, Call):
+                    start = self.elapsed()
+                    try:
+                        result, error = await call(step), None
+                    except Exception as exc:
+                        result, error = None, exc
+                    self._finish(step, start, result, error)
+                else:
+                    await asyncio.sleep(step)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -245,16 +221,27 @@ class Load:
             self.stop()
             raise group_error.exceptions[0] from None
 
-    # -- bookkeeping ----------------------------------------------------------------------------
+    def _turns(self, kind: str, index: int, think: float) -> Iterator[float | Call]:
+        """One caller's turns, the same for threads and tasks: pauses to wait out, calls to make.
 
-    def _rng(self, kind: str, index: int) -> random.Random:
-        return random.Random(f"{self._seed}:{kind}{index}")
-
-    def _pause(self, rng: random.Random, think: float) -> float:
-        """A caller's think time before its next call, cut short where the load's duration ends."""
-        if not think:
-            return 0.0
-        return min(rng.uniform(0.0, 2.0 * think), max(self._duration - self.elapsed(), 0.0))
+        A pause is a think time (cut short where the load's duration ends) or the wait until the
+        next call is due; a call stopped before it was due ends with no outcome.
+        """
+        rng = random.Random(f"{self._seed}:{kind}{index}")
+        for serial in itertools.count(1):
+            if self._stopped.is_set():
+                return
+            if think:
+                yield min(rng.uniform(0.0, 2.0 * think), max(self._duration - self.elapsed(), 0.0))
+            handed = self._take(f"{kind}{index}.{serial}")
+            if handed is None:
+                return
+            yield max(handed.due - self.elapsed(), 0.0)
+            if self._stopped.is_set():
+                with self._lock:
+                    self._ended += 1
+                return
+            yield handed
 
     def _take(self, call_id: str) -> Call | None:
         """The next call, or None when the load is over."""
@@ -269,18 +256,12 @@ class Load:
             self.peak = max(self.peak, self._handed - self._ended)
             return handed
 
-    def _abandon(self) -> None:
-        """A call handed out but stopped before it started: it ends with no outcome."""
-        with self._lock:
-            self._ended += 1
-
     def _finish(self, call: Call, start: float, result: object, error: Exception | None) -> None:
         """Record one ended call."""
         end = self.elapsed()
         with self._lock:
             self._ended += 1
-        where = error if error is not None else result
-        outcome = Outcome(call, start, end, result, error, provenance(where))
+        outcome = Outcome(call, start, end, result, error, provenance(result if error is None else error))
         if self._on_outcome is not None:
             self._on_outcome(outcome)
         if self._keep:

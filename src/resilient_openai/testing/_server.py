@@ -1,10 +1,8 @@
 """The fake upstream on a loopback socket: real connections, real waits, real cuts.
 
-A :class:`http.server.ThreadingHTTPServer` speaking HTTP/1.1 carries out the plans that
-:class:`~resilient_openai.testing.FakeUpstream` decides. Streams use chunked transfer encoding, so a
-cut is a body the client sees end without its last chunk, and a reset is a connection closed
-before any byte of the response. Every wait is also woken by the server stopping, so leaving
-:func:`serve_upstream` never waits on a silent or held request.
+A threaded HTTP/1.1 server carries out the plans :class:`~resilient_openai.testing.FakeUpstream`
+decides. Streams use chunked transfer encoding, so a cut is a body that ends without its last
+chunk; a reset closes the connection before any byte. Stopping the server wakes every wait.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._upstream import Block, Hangup, Wait
+from ._upstream import Hangup, Reply, Wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,32 +40,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.upstream = upstream
         self.stopping = threading.Event()
-        self._live_lock = threading.Lock()
-        self._live: dict[threading.Thread, socket.socket] = {}
-
-    def track(self, connection: socket.socket) -> None:
-        """Remember the calling handler thread's connection, to close it when stopping."""
-        with self._live_lock:
-            self._live[threading.current_thread()] = connection
-
-    def untrack(self) -> None:
-        """Forget the calling handler thread's connection."""
-        with self._live_lock:
-            self._live.pop(threading.current_thread(), None)
-
-    def stop(self) -> None:
-        """Stop accepting, wake every waiting handler, close every connection, join the threads."""
-        self.stopping.set()
-        self.shutdown()
-        with self._live_lock:
-            live = dict(self._live)
-        for connection in live.values():
-            # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
-            with suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        self.server_close()
-        for thread in live:
-            thread.join(_JOIN_TIMEOUT / max(len(live), 1))
+        self.live_lock = threading.Lock()
+        self.live: dict[threading.Thread, socket.socket] = {}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,84 +55,69 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Register the connection so stopping the server can close it."""
         super().setup()
-        self.server.track(self.connection)
+        with self.server.live_lock:
+            self.server.live[threading.current_thread()] = self.connection
 
     def finish(self) -> None:
         """Unregister the connection."""
         try:
             super().finish()
         finally:
-            self.server.untrack()
+            with self.server.live_lock:
+                self.server.live.pop(threading.current_thread(), None)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: a test tool should not write to stderr for every request."""
 
     def do_GET(self) -> None:
-        """Answer a GET (``/models``)."""
-        self._answer()
-
-    def do_POST(self) -> None:
-        """Answer a POST (chat completions, responses, embeddings)."""
-        self._answer()
-
-    do_PUT = do_POST
-    do_DELETE = do_GET
-
-    def _wait(self, step: Wait | Block) -> bool:
-        """Wait for real; ``False`` when cut short because the server is stopping."""
-        stopping = self.server.stopping
-        if isinstance(step, Block):
-            while not step.event.wait(0.01):
-                if stopping.is_set():
-                    return False
-            return True
-        return not stopping.wait(None if math.isinf(step.seconds) else step.seconds)
-
-    def _answer(self) -> None:
+        """Answer a request; the plan tells an unknown path or method from a known one."""
         try:
             self._carry_out()
         except OSError:
             # The client went away (it timed out or closed the stream): nothing left to tell it.
             self.close_connection = True
 
+    do_POST = do_PUT = do_DELETE = do_GET
+
+    def _wait(self, step: Wait | threading.Event) -> bool:
+        """Wait for real; ``False`` when cut short because the server is stopping."""
+        stopping = self.server.stopping
+        if isinstance(step, threading.Event):
+            while not step.wait(0.01):
+                if stopping.is_set():
+                    return False
+            return True
+        return not stopping.wait(None if math.isinf(step.seconds) else step.seconds)
+
     def _carry_out(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
         plan = self.server.upstream._decide(self.command, urlsplit(self.path).path, headers, raw)
-        for step in plan.before:
-            if not self._wait(step):
-                self.close_connection = True
+        # A hang-up or a wait cut short by the stop closes the connection: before the headers the
+        # client sees a disconnect, in a body a missing terminating chunk.
+        closing, self.close_connection = self.close_connection, True
+        chunked = False
+        for step in plan:
+            if isinstance(step, Hangup) or (
+                isinstance(step, Wait | threading.Event) and not self._wait(step)
+            ):
                 return
-        reply = plan.outcome
-        if isinstance(reply, Hangup):
-            # Closing without a byte: the client sees the server disconnect before answering.
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        chunked = reply.content_length is None
-        if chunked:
-            self.send_header("transfer-encoding", "chunked")
-        else:
-            self.send_header("content-length", str(reply.content_length))
-        self.end_headers()
-        for piece in reply.body:
-            if isinstance(piece, bytes):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            if isinstance(step, Reply):
+                self.send_response(step.status)
+                for name, value in step.headers:
+                    self.send_header(name, value)
+                chunked = all(name != "content-length" for name, _ in step.headers)
+                if chunked:
+                    self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+            elif isinstance(step, bytes):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(step), step) if chunked else step)
                 self.wfile.flush()
-            elif isinstance(piece, Wait):
-                if not self._wait(piece):
-                    self.close_connection = True
-                    return
-            else:
-                # No terminating chunk (or fewer bytes than content-length): a truncated body.
-                self.close_connection = True
-                return
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
+        self.close_connection = closing
 
 
 @contextmanager
@@ -172,5 +131,16 @@ def serve_upstream(upstream: FakeUpstream, host: str = "127.0.0.1", port: int = 
     try:
         yield f"http://{host}:{server.server_port}/v1"
     finally:
-        server.stop()
+        # Stop accepting, wake every waiting handler, close every connection, join the threads.
+        server.stopping.set()
+        server.shutdown()
+        with server.live_lock:
+            live = dict(server.live)
+        for connection in live.values():
+            # Idle keep-alive handlers block reading the next request: shutting the socket wakes them.
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        for handler in live:
+            handler.join(_JOIN_TIMEOUT / max(len(live), 1))
         thread.join(_JOIN_TIMEOUT)

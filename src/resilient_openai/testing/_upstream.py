@@ -1,8 +1,8 @@
 """A fault-scripted fake OpenAI upstream, in process (an httpx2 transport) or on a loopback socket.
 
 The work is split the way the rest of the library is: :meth:`FakeUpstream._decide` is the pure part
-(record the request, pick the fault, turn it into a :class:`Plan` of waits, headers and body
-pieces); the transports here and the server in :mod:`._server` only carry a plan out. In process,
+(record the request, pick the fault, turn it into a :data:`Plan`: waits, headers, body pieces,
+hang-up); the transports here and the server in :mod:`._server` only carry a plan out. In process,
 every wait goes through the injected clock and honours the request's read timeout, so a test with
 a :class:`FakeClock` never sleeps; on the socket, waits are real.
 """
@@ -16,14 +16,13 @@ import math
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
 from .. import _shapes
-from . import _shapes as fake_shapes
 from ._clock import FakeClock
 from ._faults import (
     FAULTS,
@@ -45,28 +44,11 @@ from ._faults import (
 if TYPE_CHECKING:
     from .._clock import Clock
 
-__all__ = [
-    "BodyStep",
-    "Block",
-    "FakeUpstream",
-    "Hangup",
-    "Plan",
-    "RecordedRequest",
-    "Reply",
-    "Wait",
-    "wait_verdict",
-]
+__all__ = ["FakeUpstream", "Hangup", "Plan", "RecordedRequest", "Reply", "Wait"]
 
-# Error ``type`` OpenAI sends with each status when the test does not name one.
-_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "conflict_error",
-    422: "invalid_request_error",
-    429: "requests",
-}
+# Error ``type`` OpenAI sends with a status when the test does not name one (other 4xx:
+# invalid_request_error, 5xx: server_error).
+_ERROR_TYPES = {403: "permission_error", 409: "conflict_error", 429: "requests"}
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 
 
@@ -91,15 +73,10 @@ class RecordedRequest:
     fault: Fault | None = None
 
     def __repr__(self) -> str:
-        """Like the dataclass repr, with credential header values masked."""
-        headers = {
-            name: (_mask(value) if name in _SECRET_HEADERS else value) for name, value in self.headers.items()
-        }
-        return (
-            f"RecordedRequest(method={self.method!r}, path={self.path!r}, model={self.model!r}, "
-            f"stream={self.stream!r}, json={self.json!r}, headers={headers!r}, at={self.at!r}, "
-            f"request_id={self.request_id!r}, fault={self.fault!r})"
-        )
+        """Like the dataclass repr, with credential header values masked (the scheme is kept)."""
+        masked = {k: _mask(v) if k in _SECRET_HEADERS else v for k, v in self.headers.items()}
+        shown = {spec.name: getattr(self, spec.name) for spec in fields(self)} | {"headers": masked}
+        return f"RecordedRequest({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 def _mask(value: str) -> str:
@@ -118,111 +95,65 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
-    """Wait before the headers until ``event`` is set."""
-
-    event: threading.Event
-
-
-@dataclass(frozen=True, slots=True)
 class Hangup:
     """Close the connection: before the headers, nothing is sent; in the body, nothing more."""
 
 
-BodyStep = bytes | Wait | Hangup
-"""One piece of a planned body: bytes to send, a pause, or the hang-up that ends it."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send the status and headers; without a ``content-length`` header the body is a chunked stream."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+
+
+Plan = tuple[Wait | threading.Event | Reply | bytes | Hangup, ...]
+"""What the fake does for one request, in order: waits (an event: until it is set), then a reply's
+headers, its body pieces and pauses; a hang-up ends it."""
 
 _Frame = tuple[str | None, _shapes.JSONDict]
 """One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Send headers then the body pieces. ``content_length`` is ``None`` for a chunked stream."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: tuple[BodyStep, ...]
-    content_length: int | None
+def _json(body: object) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What the fake does for one request: waits before the headers, then reply or drop."""
-
-    before: tuple[Wait | Block, ...]
-    outcome: Reply | Hangup
-
-
-def wait_verdict(seconds: float, read_timeout: float | None) -> tuple[float, bool]:
-    """How long an in-process wait advances the clock, and whether the read then times out.
-
-    A wait longer than the read timeout lasts exactly the timeout and times out, like a client
-    giving up; an endless wait with no timeout is a test bug that would hang, so it raises.
-    """
-    if read_timeout is not None and seconds > read_timeout:
-        return read_timeout, True
-    if math.isinf(seconds):
-        raise RuntimeError(
-            "the fake upstream never answers this request (Silence()) and the request has no "
-            "read timeout, so the test would hang forever: give the client a timeout"
-        )
-    return seconds, False
+def _json_reply(
+    status: int, body: object, headers: Iterable[tuple[str, str]] = (), breakage: Breakage | None = None
+) -> Plan:
+    """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
+    data = _json(body)
+    sent = data[: len(data) // 2] if isinstance(breakage, Malformed) else data
+    length = ("content-length", str(len(sent)))
+    reply = Reply(status, (("content-type", "application/json"), *headers, length))
+    if isinstance(breakage, Stall):
+        return reply, Wait(breakage.seconds), data
+    if isinstance(breakage, Cut):
+        return reply, data[: len(data) // 2], Hangup()
+    return reply, sent
 
 
-def _json_reply(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Reply:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    merged = _merge_headers((("content-type", "application/json"),), headers)
-    return Reply(status, merged, (data,), len(data))
-
-
-def _merge_headers(
-    base: Iterable[tuple[str, str]], extra: Iterable[tuple[str, str]]
-) -> tuple[tuple[str, str], ...]:
-    extra = tuple(extra)
-    overridden = {name for name, _ in extra}
-    return tuple((n, v) for n, v in base if n not in overridden) + extra
-
-
-def _stream_body(
-    head: list[bytes],
-    content: list[bytes],
-    malformed: list[bytes],
-    tail: list[bytes],
-    breakage: Breakage | None,
-) -> tuple[BodyStep, ...]:
-    """Lay out a streamed body, inserting the breakage's pause, hang-up or malformed chunk.
-
-    Positions count content chunks already sent (see :class:`Cut`); the opening events go out
-    with the first token, and a position past the last token means "just after it".
-    """
-    steps: list[BodyStep] = []
-    last = len(content)
-    at = (
-        None
-        if breakage is None
-        else min(breakage.at if isinstance(breakage, Malformed) else breakage.after, last)
-    )
-    for position in range(last + 1):
-        if position == at and isinstance(breakage, Stall):
-            steps.append(Wait(breakage.seconds))
-        if position == at and isinstance(breakage, Cut):
-            steps.append(Hangup())
-            return tuple(steps)
-        if position == 0:
-            steps.extend(head)
-        if position < last:
-            broken = position == at and isinstance(breakage, Malformed)
-            steps.append(malformed[position] if broken else content[position])
-    steps.extend(tail)
-    return tuple(steps)
-
-
-def _broken(frame: _Frame) -> bytes:
-    """The same SSE event with its JSON cut in half: invalid, but framed so later events parse."""
-    name, data = frame
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+def _sse_reply(
+    head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
+) -> Plan:
+    """A streamed body with the breakage laid in at its position (see :class:`Cut`)."""
+    pieces: list[Wait | bytes | Hangup] = [*map(_frame, head), *map(_frame, content), *tail]
+    if breakage is not None:
+        at = min(breakage.at if isinstance(breakage, Malformed) else breakage.after, len(content))
+        if isinstance(breakage, Malformed) and at < len(content):
+            # Invalid JSON, but framed, so the events after it still parse.
+            name, data = content[at]
+            text = _json(data).decode()
+            pieces[len(head) + at] = _shapes.sse([text[: len(text) // 2]], done=False, event_names=[name])
+        elif not isinstance(breakage, Malformed):
+            # The opening events go out with the first token.
+            index = len(head) + at if at else 0
+            if isinstance(breakage, Stall):
+                pieces.insert(index, Wait(breakage.seconds))
+            else:
+                pieces[index:] = [Hangup()]
+    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),)), *pieces
 
 
 def _frame(frame: _Frame) -> bytes:
@@ -236,35 +167,19 @@ def _prompt_text(value: object) -> str:
     if isinstance(value, list):
         return " ".join(_prompt_text(item) for item in value)
     if isinstance(value, dict):
-        return " ".join(_prompt_text(v) for k, v in value.items() if k in _PROMPT_KEYS)
+        keys = ("messages", "content", "text", "input", "instructions")
+        return " ".join(_prompt_text(v) for k, v in value.items() if k in keys)
     return ""
-
-
-_PROMPT_KEYS = frozenset({"messages", "content", "text", "input", "instructions"})
 
 
 def _embedding_inputs(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [" ".join(map(str, value))]
     if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return [" ".join(map(str, value))]
         return [v if isinstance(v, str) else json.dumps(v) for v in value]
     return [json.dumps(value)]
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """What the decision needs to know about one request."""
-
-    method: str
-    path: str
-    body: dict[str, Any] | None
-    model: str | None
-    stream: bool
-    request_id: str
-    serial: int
-    created: int
 
 
 class FakeUpstream:
@@ -300,8 +215,6 @@ class FakeUpstream:
         """The clock in-process waits go through and requests are timestamped with."""
         return self._clock
 
-    # -- scripting ------------------------------------------------------------------------------
-
     def script(self, model: str, faults: Iterable[Fault]) -> None:
         """Queue ``faults`` for ``model``: each request for it takes the next one.
 
@@ -309,9 +222,8 @@ class FakeUpstream:
         requests without a model). When the queues are empty the default applies.
         """
         faults = list(faults)
-        for fault in faults:
-            if not isinstance(fault, FAULTS):
-                raise TypeError(f"script() takes Fault values, got {fault!r}")
+        if wrong := [fault for fault in faults if not isinstance(fault, FAULTS)]:
+            raise TypeError(f"script() takes Fault values, got {wrong[0]!r}")
         with self._lock:
             self._scripts.setdefault(model, deque()).extend(faults)
 
@@ -325,22 +237,13 @@ class FakeUpstream:
     def pending(self, model: str | None = None) -> int:
         """How many scripted faults are still queued, for ``model`` or in all queues."""
         with self._lock:
-            if model is not None:
-                return len(self._scripts.get(model, ()))
-            return sum(len(queue) for queue in self._scripts.values())
+            return sum(len(queue) for name, queue in self._scripts.items() if model in (None, name))
 
     def _next_fault_locked(self, model: str | None) -> Fault:
         key = model if model is not None else "*"
-        for queue_key in (key, "*"):
-            queue = self._scripts.get(queue_key)
-            if queue:
-                fault = queue.popleft()
-                break
-        else:
-            fault = self._defaults.get(key) or self._defaults["*"]
+        queue = self._scripts.get(key) or self._scripts.get("*")
+        fault = queue.popleft() if queue else self._defaults.get(key, self._defaults["*"])
         return fault.draw() if isinstance(fault, OneOf) else fault
-
-    # -- counting -------------------------------------------------------------------------------
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -351,11 +254,7 @@ class FakeUpstream:
     def count(self, model: str | None = None, path: str | None = None) -> int:
         """How many requests were received, for ``model`` and/or whose path ends with ``path``."""
         with self._lock:
-            return sum(
-                1
-                for r in self._requests
-                if (model is None or r.model == model) and (path is None or r.path.endswith(path))
-            )
+            return sum(model in (None, r.model) and r.path.endswith(path or "") for r in self._requests)
 
     def take(self, header: str, value: str) -> list[RecordedRequest]:
         """Remove and return the recorded requests whose ``header`` is ``value``, oldest first.
@@ -366,8 +265,7 @@ class FakeUpstream:
         name = header.lower()
         with self._lock:
             taken = [r for r in self._requests if r.headers.get(name) == value]
-            if taken:
-                self._requests = [r for r in self._requests if r.headers.get(name) != value]
+            self._requests = [r for r in self._requests if r.headers.get(name) != value]
             return taken
 
     def reset_counts(self) -> None:
@@ -375,18 +273,15 @@ class FakeUpstream:
         with self._lock:
             self._requests.clear()
 
-    # -- the two ways to use it -----------------------------------------------------------------
-
     def transport(self) -> httpx2.BaseTransport:
         """An in-process transport for ``httpx2.Client(transport=...)``."""
-        return _Transport(self)
+        return httpx2.MockTransport(lambda request: _Exchange(self, request).reply())
 
     def async_transport(self) -> httpx2.AsyncBaseTransport:
         """An in-process transport for ``httpx2.AsyncClient(transport=...)``."""
-        return _AsyncTransport(self)
+        return httpx2.MockTransport(lambda request: _Exchange(self, request).areply())
 
-    @contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
         """Serve on a loopback socket; yields the base URL (``http://127.0.0.1:PORT/v1``).
 
         A threaded HTTP/1.1 server on a daemon thread; streams use chunked encoding so a cut is a
@@ -395,337 +290,220 @@ class FakeUpstream:
         # Imported here: the server executes the plans defined in this module.
         from ._server import serve_upstream
 
-        with serve_upstream(self, host, port) as base_url:
-            yield base_url
-
-    # -- the decision ---------------------------------------------------------------------------
+        return serve_upstream(self, host, port)
 
     def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
         """Record one request and decide, without I/O, how to answer it."""
-        body: dict[str, Any] | None = None
-        if raw_body:
-            try:
-                parsed = json.loads(raw_body)
-            except ValueError:
-                parsed = None
-            body = parsed if isinstance(parsed, dict) else None
-        model = body.get("model") if body is not None else None
-        model = model if isinstance(model, str) else None
+        try:
+            parsed = json.loads(raw_body) if raw_body else None
+        except ValueError:
+            parsed = None
+        body = parsed if isinstance(parsed, dict) else None
+        model = body["model"] if body is not None and isinstance(body.get("model"), str) else None
         stream = body is not None and body.get("stream") is True
+        lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             serial = next(self._serial)
-            request_id = f"req_fake{serial:06d}"
             fault = self._next_fault_locked(model)
-            self._requests.append(
-                RecordedRequest(
-                    method=method,
-                    path=path,
-                    model=model,
-                    stream=stream,
-                    json=body,
-                    headers={k.lower(): v for k, v in headers.items()},
-                    at=self._clock.now(),
-                    request_id=request_id,
-                    fault=fault,
-                )
-            )
-        call = _Call(method, path, body, model, stream, request_id, serial, int(self._clock.wall()))
-        return self._plan(call, fault)
+            at, request_id = self._clock.now(), f"req_fake{serial:06d}"
+            request = RecordedRequest(method, path, model, stream, body, lowered, at, request_id, fault)
+            self._requests.append(request)
+        return self._plan(request, serial, fault)
 
-    def _plan(self, call: _Call, fault: Fault) -> Plan:
-        before: list[Wait | Block] = []
+    def _plan(self, request: RecordedRequest, serial: int, fault: Fault) -> Plan:
+        before: list[Wait | threading.Event] = []
         while isinstance(fault, Delay | Hold | OneOf):
             if isinstance(fault, OneOf):
                 fault = fault.draw()
                 continue
-            before.append(Wait(fault.seconds) if isinstance(fault, Delay) else Block(fault.event))
+            before.append(Wait(fault.seconds) if isinstance(fault, Delay) else fault.event)
             fault = fault.then
-        outcome: Reply | Hangup
-        if isinstance(fault, Reset):
-            outcome = Hangup()
-        elif isinstance(fault, Silence):
-            before.append(Wait(math.inf))
-            outcome = Hangup()
-        elif isinstance(fault, Status):
-            outcome = _error_reply(call, fault)
+        if isinstance(fault, Reset | Silence):
+            return *before, *((Wait(math.inf),) if isinstance(fault, Silence) else ()), Hangup()
+        if isinstance(fault, Status):
+            error_type = fault.type or _ERROR_TYPES.get(
+                fault.code, "server_error" if fault.code >= 500 else "invalid_request_error"
+            )
+            message = fault.message or f"fake upstream: HTTP {fault.code} for {request.method} {request.path}"
+            body = _shapes.error_body(message, type=error_type, code=fault.code_str)
+            reply, *pieces = _json_reply(fault.code, body, fault.headers.items())
         elif isinstance(fault, Garbage):
-            outcome = _garbage_reply(fault)
+            if isinstance(fault.body, Mapping):
+                reply, *pieces = _json_reply(200, fault.body)
+            else:
+                data = fault.body.encode() if isinstance(fault.body, str) else fault.body
+                html = (("content-type", "text/html; charset=utf-8"), ("content-length", str(len(data))))
+                reply, *pieces = Reply(200, html), data
         elif isinstance(fault, Ok):
             if fault.latency:
                 before.append(Wait(fault.latency))
-            outcome = self._answer(call, fault, None)
+            reply, *pieces = self._answer(request, serial, fault, None)
         else:
-            outcome = self._answer(call, Ok(fault.text, tokens=fault.tokens), fault)
-        return Plan(tuple(before), _with_request_id(outcome, call.request_id))
+            reply, *pieces = self._answer(request, serial, Ok(fault.text, tokens=fault.tokens), fault)
+        assert isinstance(reply, Reply)
+        # Later headers win: a scripted header overrides the defaults.
+        merged = dict((("x-request-id", request.request_id), *reply.headers))
+        return *before, Reply(reply.status, tuple(merged.items())), *pieces
 
-    def _answer(self, call: _Call, answer: Ok, breakage: Breakage | None) -> Reply:
+    def _answer(self, request: RecordedRequest, serial: int, answer: Ok, breakage: Breakage | None) -> Plan:
         """A successful answer for the endpoint, shaped by ``answer`` and broken by ``breakage``."""
-        endpoint = _endpoint(call.method, call.path)
+        method, path, body = request.method, request.path.rstrip("/"), request.json
+        endpoint = next((name for m, end, name in _ENDPOINTS if m == method and path.endswith(end)), None)
+        created = int(self._clock.wall())
         if endpoint is None:
-            message = f"Invalid URL ({call.method} {call.path})"
-            return _json_reply(404, fake_shapes.error_body(message, type="invalid_request_error"))
+            message = f"Invalid URL ({method} {request.path})"
+            return _json_reply(404, _shapes.error_body(message, type="invalid_request_error"))
         if endpoint == "models":
             with self._lock:
                 names = [*self._models, *self._scripts, *self._defaults, *(r.model for r in self._requests)]
             ids = list(dict.fromkeys(n for n in names if n and n != "*")) or ["fake-model"]
-            return _json_reply(200, fake_shapes.model_list(ids, created=call.created))
-        if call.body is None:
+            return _json_reply(200, _shapes.model_list(ids, created=created))
+        if body is None:
             message = "We could not parse the JSON body of your request. (fake upstream)"
-            return _json_reply(400, fake_shapes.error_body(message, type="invalid_request_error"))
-        model = answer.model or call.model or "fake-model"
+            return _json_reply(400, _shapes.error_body(message, type="invalid_request_error"))
+        model = answer.model or request.model or "fake-model"
         if endpoint == "embeddings":
-            dims = call.body.get("dimensions")
-            payload = fake_shapes.embeddings(
-                _embedding_inputs(call.body.get("input", "")),
+            dims = body.get("dimensions")
+            payload = _shapes.embeddings(
+                _embedding_inputs(body.get("input", "")),
                 model,
-                encoding_format="base64" if call.body.get("encoding_format") == "base64" else "float",
+                encoding_format="base64" if body.get("encoding_format") == "base64" else "float",
                 dims=dims if isinstance(dims, int) and dims > 0 else 8,
             )
-            return _json_answer(payload, breakage)
-        text = answer.text if answer.text is not None else fake_shapes.placeholder_text(answer.tokens)
-        prompt_tokens = _shapes.count_tokens(_prompt_text(call.body))
+            return _json_reply(200, payload, breakage=breakage)
+        text = answer.text if answer.text is not None else _shapes.placeholder_text(answer.tokens)
+        prompt_tokens = _shapes.count_tokens(_prompt_text(body))
+        tokens = _shapes.count_tokens(text)
         if endpoint == "chat":
-            return _chat_answer(call, call.body, answer, breakage, model, text, prompt_tokens)
-        return _responses_answer(call, answer, breakage, model, text, prompt_tokens)
+            completion = _shapes.chat_completion(
+                text, model, id=f"chatcmpl-fake{serial:06d}", created=created, prompt_tokens=prompt_tokens
+            )
+            if not request.stream:
+                return _json_reply(200, completion, breakage=breakage)
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            chunks = _shapes.chat_chunks(
+                completion, include_usage=include_usage if answer.usage is None else answer.usage
+            )
+            # The first chunk announces the role; then one chunk per token; then finish (and usage).
+            frames: list[_Frame] = [(None, chunk) for chunk in chunks]
+            head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
+            done = [b"data: [DONE]\n\n"] if answer.done else []
+            return _sse_reply(head, content, [*map(_frame, tail), *done], breakage)
+        response = _shapes.response_object(
+            text,
+            model,
+            id=f"resp_fake{serial:06d}",
+            item_id=f"msg_fake{serial:06d}",
+            created_at=created,
+            input_tokens=prompt_tokens,
+        )
+        if not request.stream:
+            return _json_reply(200, response, breakage=breakage)
+        frames = list(_shapes.response_events(response))
+        # The deltas are the events just before the one output_text.done of our single message.
+        last = [name for name, _ in frames].index("response.output_text.done")
+        head, content, tail = frames[: last - tokens], frames[last - tokens : last], frames[last:]
+        # The Responses API has no [DONE]: done=False leaves out response.completed instead.
+        return _sse_reply(head, content, [*map(_frame, tail if answer.done else tail[:-1])], breakage)
 
 
-def _error_reply(call: _Call, fault: Status) -> Reply:
-    code = fault.code
-    error_type = fault.type or _ERROR_TYPES.get(
-        code, "server_error" if code >= 500 else "invalid_request_error"
-    )
-    message = fault.message or f"fake upstream: HTTP {code} for {call.method} {call.path}"
-    body = fake_shapes.error_body(message, type=error_type, code=fault.code_str)
-    return _json_reply(code, body, fault.headers.items())
+_ENDPOINTS = (
+    ("POST", "/chat/completions", "chat"),
+    ("POST", "/responses", "responses"),
+    ("POST", "/embeddings", "embeddings"),
+    ("GET", "/models", "models"),
+)
 
 
-def _garbage_reply(fault: Garbage) -> Reply:
-    if isinstance(fault.body, Mapping):
-        data = json.dumps(fault.body, separators=(",", ":"), ensure_ascii=False).encode()
-        default_type = "application/json"
-    else:
-        data = fault.body.encode() if isinstance(fault.body, str) else fault.body
-        default_type = "text/html; charset=utf-8"
-    return Reply(fault.status, (("content-type", fault.content_type or default_type),), (data,), len(data))
+# -- in process: httpx2 MockTransports; only the waiting differs between sync and async ---------
 
 
-def _chat_answer(
-    call: _Call,
-    body: dict[str, Any],
-    answer: Ok,
-    breakage: Breakage | None,
-    model: str,
-    text: str,
-    prompt_tokens: int,
-) -> Reply:
-    """A chat completion, or its chunk stream with the breakage laid in."""
-    completion = _shapes.chat_completion(
-        text, model, id=f"chatcmpl-fake{call.serial:06d}", created=call.created, prompt_tokens=prompt_tokens
-    )
-    if not call.stream:
-        return _json_answer(completion, breakage)
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if answer.usage is not None:
-        include_usage = answer.usage
-    frames: list[_Frame] = [(None, c) for c in _shapes.chat_chunks(completion, include_usage=include_usage)]
-    # The first chunk announces the role; then one chunk per token; then finish (and usage).
-    tokens = _shapes.count_tokens(text)
-    head, content, tail = frames[:1], frames[1 : 1 + tokens], frames[1 + tokens :]
-    tail_bytes = [_frame(f) for f in tail] + ([b"data: [DONE]\n\n"] if answer.done else [])
-    return _sse_reply(head, content, tail_bytes, breakage)
+class _Exchange(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """One request's plan carried out step by step: the waits, the headers, then the body.
 
+    Single pass, like a socket: iterating the body again (the SDK drains what is left) resumes
+    where the last pass stopped, and a cut connection or a timed-out read stays so.
+    """
 
-def _responses_answer(
-    call: _Call, answer: Ok, breakage: Breakage | None, model: str, text: str, prompt_tokens: int
-) -> Reply:
-    """A Responses API response, or its typed event stream with the breakage laid in."""
-    response = _shapes.response_object(
-        text,
-        model,
-        id=f"resp_fake{call.serial:06d}",
-        item_id=f"msg_fake{call.serial:06d}",
-        created_at=call.created,
-        input_tokens=prompt_tokens,
-    )
-    if not call.stream:
-        return _json_answer(response, breakage)
-    frames: list[_Frame] = list(_shapes.response_events(response))
-    # The deltas are the events just before the one output_text.done of our single message.
-    last = [name for name, _ in frames].index("response.output_text.done")
-    first = last - _shapes.count_tokens(text)
-    head, content, tail = frames[:first], frames[first:last], frames[last:]
-    if not answer.done:
-        tail = tail[:-1]  # the Responses API has no [DONE]: leave out response.completed instead
-    return _sse_reply(head, content, [_frame(f) for f in tail], breakage)
+    def __init__(self, upstream: FakeUpstream, request: httpx2.Request) -> None:
+        self._steps = upstream._decide(request.method, request.url.path, request.headers, request.content)
+        self._replied = False
+        self._position = 0
+        self._clock = upstream.clock
+        self._request = request
+        self._error: httpx2.TransportError | None = None
 
+    def _next(self) -> Wait | threading.Event | Reply | bytes | None:
+        """What to do next: sleep, wait for an event, send; ``None`` at the end. Raises a drop."""
+        if self._error is not None:
+            raise self._error
+        if self._position == len(self._steps):
+            return None
+        step = self._steps[self._position]
+        if isinstance(step, Hangup):
+            message = _CUT_MESSAGE if self._replied else _RESET_MESSAGE
+            raise httpx2.RemoteProtocolError(message, request=self._request)
+        self._position += 1
+        if isinstance(step, threading.Event):
+            return step
+        if not isinstance(step, Wait):
+            self._replied = True
+            return step
+        # Against the read timeout in force now: the library may change it between reads.
+        timeout = self._request.extensions.get("timeout")
+        read = timeout.get("read") if isinstance(timeout, Mapping) else None
+        if read is not None and step.seconds > float(read):
+            self._error = httpx2.ReadTimeout("The read operation timed out", request=self._request)
+            return Wait(float(read))
+        if math.isinf(step.seconds):
+            raise RuntimeError(
+                "the fake upstream never answers this request (Silence()) and the request has no "
+                "read timeout, so the test would hang forever: give the client a timeout"
+            )
+        return step
 
-def _sse_reply(
-    head: list[_Frame], content: list[_Frame], tail: list[bytes], breakage: Breakage | None
-) -> Reply:
-    body = _stream_body(
-        [_frame(f) for f in head], [_frame(f) for f in content], [_broken(f) for f in content], tail, breakage
-    )
-    return Reply(200, (("content-type", "text/event-stream; charset=utf-8"),), body, None)
+    def run(self) -> Reply | bytes | None:
+        """Carry out the waits up to the next thing to send."""
+        while isinstance(step := self._next(), Wait | threading.Event):
+            if isinstance(step, Wait):
+                self._clock.sleep(step.seconds)
+            else:
+                step.wait()
+        return step
 
+    async def arun(self) -> Reply | bytes | None:
+        """Carry out the waits up to the next thing to send, never blocking the loop."""
+        while isinstance(step := self._next(), Wait | threading.Event):
+            if isinstance(step, Wait):
+                await self._clock.asleep(step.seconds)
+            else:
+                # A threading.Event set from another thread cannot wake the loop, and waiting in a
+                # worker thread could not be cancelled: poll, so the loop never blocks.
+                while not step.is_set():  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+        return step
 
-def _json_answer(payload: _shapes.JSONDict, breakage: Breakage | None) -> Reply:
-    """A JSON answer, with the breakage applied to its body: stalled before, cut or truncated."""
-    reply = _json_reply(200, payload)
-    data = reply.body[0]
-    assert isinstance(data, bytes)
-    if isinstance(breakage, Stall):
-        return Reply(200, reply.headers, (Wait(breakage.seconds), data), len(data))
-    if isinstance(breakage, Cut):
-        return Reply(200, reply.headers, (data[: len(data) // 2], Hangup()), len(data))
-    if isinstance(breakage, Malformed):
-        broken = data[: len(data) // 2]
-        return Reply(200, reply.headers, (broken,), len(broken))
-    return reply
+    def reply(self) -> httpx2.Response:
+        """Carry out the waits before the headers, then answer (a drop raises)."""
+        return self._response(self.run())
 
+    async def areply(self) -> httpx2.Response:
+        """Carry out the waits before the headers, then answer (a drop raises)."""
+        return self._response(await self.arun())
 
-def _endpoint(method: str, path: str) -> Literal["chat", "responses", "embeddings", "models"] | None:
-    path = path.rstrip("/")
-    if method == "POST" and path.endswith("/chat/completions"):
-        return "chat"
-    if method == "POST" and path.endswith("/responses"):
-        return "responses"
-    if method == "POST" and path.endswith("/embeddings"):
-        return "embeddings"
-    if method == "GET" and path.endswith("/models"):
-        return "models"
-    return None
+    def _response(self, reply: Reply | bytes | None) -> httpx2.Response:
+        assert isinstance(reply, Reply)
+        return httpx2.Response(reply.status, headers=reply.headers, stream=self, request=self._request)
 
+    def __iter__(self) -> Iterator[bytes]:
+        while isinstance(piece := self.run(), bytes):
+            yield piece
 
-def _with_request_id(outcome: Reply | Hangup, request_id: str) -> Reply | Hangup:
-    if isinstance(outcome, Hangup):
-        return outcome
-    headers = _merge_headers((("x-request-id", request_id),), outcome.headers)
-    return Reply(outcome.status, headers, outcome.body, outcome.content_length)
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while isinstance(piece := await self.arun(), bytes):
+            yield piece
 
-
-# -- in-process executors: the sync and async transports, side by side ---------------------------
 
 _RESET_MESSAGE = "Server disconnected without sending a response."
 _CUT_MESSAGE = "peer closed connection without sending complete message body"
-
-
-def _read_timeout(request: httpx2.Request) -> float | None:
-    """The read timeout in force now; read at each wait, since the library may change it."""
-    timeout = request.extensions.get("timeout")
-    if isinstance(timeout, Mapping):
-        read = timeout.get("read")
-        return float(read) if read is not None else None
-    return None
-
-
-def _response(
-    request: httpx2.Request, reply: Reply, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream
-) -> httpx2.Response:
-    headers = list(reply.headers)
-    if reply.content_length is not None:
-        headers.append(("content-length", str(reply.content_length)))
-    return httpx2.Response(reply.status, headers=headers, stream=stream, request=request)
-
-
-class _Transport(httpx2.BaseTransport):
-    """Carries out plans in process with the upstream's clock (sync)."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self._upstream = upstream
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        body = request.read()
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
-        for step in plan.before:
-            if isinstance(step, Block):
-                step.event.wait()
-            else:
-                self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Hangup):
-            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
-        return _response(request, plan.outcome, _Body(self, request, plan.outcome.body))
-
-    def _wait(self, request: httpx2.Request, seconds: float) -> None:
-        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
-        self._upstream.clock.sleep(duration)
-        if timed_out:
-            raise httpx2.ReadTimeout("The read operation timed out", request=request)
-
-
-class _Body(httpx2.SyncByteStream):
-    """A response body that can stall (against the current read timeout) and be cut."""
-
-    def __init__(self, transport: _Transport, request: httpx2.Request, steps: tuple[BodyStep, ...]) -> None:
-        self._transport = transport
-        self._request = request
-        self._steps = steps
-        self._position = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
-        # where the last pass stopped, and a cut connection stays cut.
-        while self._position < len(self._steps):
-            step = self._steps[self._position]
-            if isinstance(step, Hangup):
-                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
-            self._position += 1
-            if isinstance(step, Wait):
-                self._transport._wait(self._request, step.seconds)
-            else:
-                yield step
-
-
-class _AsyncTransport(httpx2.AsyncBaseTransport):
-    """Carries out plans in process with the upstream's clock (async); never blocks the loop."""
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        self._upstream = upstream
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        """Decide the answer to ``request``, wait as planned, then reply or drop."""
-        body = await request.aread()
-        plan = self._upstream._decide(request.method, request.url.path, dict(request.headers), body)
-        for step in plan.before:
-            if isinstance(step, Block):
-                # A threading.Event set from another thread cannot wake the loop, and waiting in a
-                # worker thread could not be cancelled: poll, so the loop never blocks.
-                while not step.event.is_set():  # noqa: ASYNC110
-                    await asyncio.sleep(0.001)
-            else:
-                await self._wait(request, step.seconds)
-        if isinstance(plan.outcome, Hangup):
-            raise httpx2.RemoteProtocolError(_RESET_MESSAGE, request=request)
-        return _response(request, plan.outcome, _AsyncBody(self, request, plan.outcome.body))
-
-    async def _wait(self, request: httpx2.Request, seconds: float) -> None:
-        duration, timed_out = wait_verdict(seconds, _read_timeout(request))
-        await self._upstream.clock.asleep(duration)
-        if timed_out:
-            raise httpx2.ReadTimeout("The read operation timed out", request=request)
-
-
-class _AsyncBody(httpx2.AsyncByteStream):
-    """A response body that can stall (against the current read timeout) and be cut."""
-
-    def __init__(
-        self, transport: _AsyncTransport, request: httpx2.Request, steps: tuple[BodyStep, ...]
-    ) -> None:
-        self._transport = transport
-        self._request = request
-        self._steps = steps
-        self._position = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # Single pass, like a socket: iterating again (the SDK drains what is left) resumes
-        # where the last pass stopped, and a cut connection stays cut.
-        while self._position < len(self._steps):
-            step = self._steps[self._position]
-            if isinstance(step, Hangup):
-                raise httpx2.RemoteProtocolError(_CUT_MESSAGE, request=self._request)
-            self._position += 1
-            if isinstance(step, Wait):
-                await self._transport._wait(self._request, step.seconds)
-            else:
-                yield step
