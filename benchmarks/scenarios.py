@@ -56,7 +56,19 @@ from resilient_openai.testing import (
 from ._common import BACKUP_MODEL, MESSAGES, MODEL, inprocess_client, markdown_table
 from ._handrolled import HandRolled
 
-__all__ = ["CLIENTS", "Answer", "Cell", "Plain", "Scenario", "ScenariosResult", "report", "run", "scenarios"]
+__all__ = [
+    "CLIENTS",
+    "Answer",
+    "Cell",
+    "Plain",
+    "Scenario",
+    "ScenariosResult",
+    "read",
+    "report",
+    "run",
+    "scenarios",
+    "table",
+]
 
 CLIENTS = ("raw SDK", "plain", "hand-rolled", "resilient")
 WARM_UP: list[Any] = [{"role": "user", "content": "warm-up"}]
@@ -212,38 +224,32 @@ class ScenariosResult:
 Caller = Callable[[list[Any], bool, list[str]], Answer]
 
 
-def _callers(upstream: FakeUpstream, timeout: float) -> dict[str, Caller]:
-    """For each client, a function making one call on ``upstream`` and reading its answer whole."""
-    raw = inprocess_client(upstream, max_retries=2).with_options(timeout=timeout)
-    plain = Plain(inprocess_client(upstream).with_options(timeout=timeout), BACKUP_MODEL)
-    hand = HandRolled(inprocess_client(upstream).with_options(timeout=timeout), fallback_model=BACKUP_MODEL)
-    policy = Policy(
-        timeouts=Timeouts(attempt=timeout, connect=timeout, first_token=timeout, stream_idle=timeout),
-        fallback=FallbackPolicy(
-            routes={MODEL: Route(steps=(FallbackStep(kind="model", model=BACKUP_MODEL),))}
-        ),
-    )
-    chain = resilient(inprocess_client(upstream), policy, clock=SYSTEM_CLOCK)
-
-    def through(client: openai.OpenAI) -> Caller:
-        return lambda messages, stream, seen: read(
-            client.chat.completions.create(model=MODEL, messages=messages, stream=stream), seen
+def _caller(client: str, upstream: FakeUpstream, timeout: float) -> Caller:
+    """A function making one call through ``client`` on ``upstream`` and reading the answer whole."""
+    if client == "plain":
+        plain = Plain(inprocess_client(upstream).with_options(timeout=timeout), BACKUP_MODEL)
+        return lambda messages, stream, seen: plain.create(model=MODEL, messages=messages, stream=stream)
+    if client == "hand-rolled":
+        hand = HandRolled(
+            inprocess_client(upstream).with_options(timeout=timeout), fallback_model=BACKUP_MODEL
         )
 
-    def call_plain(messages: list[Any], stream: bool, seen: list[str]) -> Answer:
-        return plain.create(model=MODEL, messages=messages, stream=stream)
+        def call_hand(messages: list[Any], stream: bool, seen: list[str]) -> Answer:
+            result, cached = hand.create(model=MODEL, messages=messages, stream=stream)
+            answer = read(result, seen)
+            return Answer("cache", answer.text) if cached else answer
 
-    def call_hand(messages: list[Any], stream: bool, seen: list[str]) -> Answer:
-        result, cached = hand.create(model=MODEL, messages=messages, stream=stream)
-        answer = read(result, seen)
-        return Answer("cache", answer.text) if cached else answer
-
-    return {
-        "raw SDK": through(raw),
-        "plain": call_plain,
-        "hand-rolled": call_hand,
-        "resilient": through(chain),
-    }
+        return call_hand
+    if client == "raw SDK":
+        sdk = inprocess_client(upstream, max_retries=2).with_options(timeout=timeout)
+    else:
+        limits = Timeouts(attempt=timeout, connect=timeout, first_token=timeout, stream_idle=timeout)
+        route = Route(steps=(FallbackStep(kind="model", model=BACKUP_MODEL),))
+        policy = Policy(timeouts=limits, fallback=FallbackPolicy(routes={MODEL: route}))
+        sdk = resilient(inprocess_client(upstream), policy, clock=SYSTEM_CLOCK)
+    return lambda messages, stream, seen: read(
+        sdk.chat.completions.create(model=MODEL, messages=messages, stream=stream), seen
+    )
 
 
 def _label(answer: Answer) -> str:
@@ -261,7 +267,7 @@ def _error(exc: Exception, seen: list[str]) -> str:
 def _cell(scenario: Scenario, client: str, timeout: float) -> Cell:
     """Warm the client up on a healthy upstream, then play the scenario through it."""
     upstream = FakeUpstream(clock=SYSTEM_CLOCK)
-    call = _callers(upstream, timeout)[client]
+    call = _caller(client, upstream, timeout)
     call(WARM_UP, scenario.stream, [])  # a different prompt: the hand-rolled cache has no answer for ours
     upstream.reset_counts()
     upstream.script(MODEL, scenario.script)
@@ -367,7 +373,10 @@ def report(result: ScenariosResult) -> str:
         "",
         "How to read it: **what the caller got** counts the calls by outcome: an answer written by the "
         "primary or the fallback model, or the exception the caller saw (a non-`openai` exception is "
-        "named with its package; *after N chunks* means a stream had already delivered N chunks). "
+        "named with its package; *after N chunks* means a stream had already delivered N chunks; an "
+        "`AttributeError` or `TypeError` is the caller's own `.choices[0]` failing on what the SDK "
+        "returned without complaint: the HTML page as a `str`, or a `ChatCompletion` whose `choices` "
+        "is `None`). "
         "**ms to answer** runs from the call to the whole answer (a stream read to its end) or the "
         "error: one value for a single call, else the median and the slowest; **total s** adds up a "
         "sequence's calls (a median hides a breaker that answers half the calls at once). **requests to "
