@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import chaos, concurrency, memory, outage, rejection, success_path
+from . import chaos, concurrency, memory, outage, rejection, scenarios, success_path
 from ._common import load_average, machine, markdown_table
 
 T = TypeVar("T")
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         down = _timed("outage", lambda: outage.run(config))
         memo = _timed("memory", lambda: memory.run(offered=1_000, calls=2_000, every=500, traced_calls=1_200))
         mayhem = _timed("chaos", lambda: chaos.run(seconds=2.0, threads=6, tasks=40, think_tasks=0.3))
+        played = _timed("scenarios", lambda: scenarios.run(timeout=0.1, sequence=2))
     else:
         success = _timed("success path", success_path.run)
         concurrent = _timed("concurrency", concurrency.run)
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         down = _timed("outage", outage.run)
         memo = _timed("memory", memory.run)
         mayhem = _timed("chaos", chaos.run)
+        played = _timed("scenarios", scenarios.run)
     outage.plot(down, output / IMAGE)
     elapsed = time.perf_counter() - started
     info["load average at end (1/5/15 min)"] = load_average()
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "to the raw SDK measured in the same run, or a distribution; these are measurements, not "
         "tests: nothing asserts a timing.",
         "",
-        "Re-run from the repository root (rewrites this file and `outage-timeline.png`; about 3 minutes):",
+        "Re-run from the repository root (rewrites this file and `outage-timeline.png`; about 4 minutes):",
         "",
         "```",
         "python -m benchmarks            # the published sizes",
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         outage.report(down, IMAGE),
         memory.report(memo),
         chaos.report(mayhem),
+        scenarios.report(played),
         "",
     ]
     (output / "RESULTS.md").write_text("\n".join(parts))

@@ -2,9 +2,10 @@
 
 Written the way it usually is: a ``@retry`` from tenacity (3 attempts, random exponential
 backoff, on connection errors, timeouts, 429 and 5xx) around ``pybreaker.CircuitBreaker.call``,
-and on a final failure the last good answer for the same request from a ``cachetools.TTLCache``
-guarded by a lock. It is a fair, typical comparison, not a straw man: it has no deadline, no
-per-attempt timeout, no provenance, and pybreaker holds its lock across the wrapped call.
+and on a final failure one call to ``fallback_model`` (when given), then the last good answer
+for the same request from a ``cachetools.TTLCache`` guarded by a lock. It is a fair, typical
+comparison, not a straw man: it has no deadline, no per-attempt timeout, no provenance, and
+pybreaker holds its lock across the wrapped call.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class HandRolled:
         backoff_max: float = 8.0,
         cache_entries: int = 1024,
         cache_ttl: float = 3600.0,
+        fallback_model: str | None = None,
     ) -> None:
         self.client = client
+        self.fallback_model = fallback_model
         self.breaker: Any = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout)
         self.cache: TTLCache[str, ChatCompletion] = TTLCache(maxsize=cache_entries, ttl=cache_ttl)
         self.lock = threading.Lock()
@@ -61,11 +64,22 @@ class HandRolled:
         return completion
 
     def create(self, **kwargs: Any) -> tuple[ChatCompletion, bool]:
-        """One chat completion; on a final failure the cached answer to the same request, if any."""
+        """One chat completion; on a final failure the fallback model's answer, else the cached one.
+
+        A fallback model's answer is not from the cache (``False``); its ``model`` names it.
+        """
         key = json.dumps(kwargs, sort_keys=True, default=str)
         try:
             completion = self._with_retries(**kwargs)
         except (openai.APIError, pybreaker.CircuitBreakerError):
+            if self.fallback_model is not None:
+                try:
+                    fallback: ChatCompletion = self.client.chat.completions.create(
+                        **{**kwargs, "model": self.fallback_model}
+                    )
+                    return fallback, False
+                except openai.APIError:
+                    pass
             with self.lock:
                 cached = self.cache.get(key)
             if cached is None:

@@ -11,7 +11,7 @@ from resilient_openai.testing import FakeUpstream
 # benchmarks/ is a top-level package of the repository, not part of the installed library.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import concurrency, memory, outage, rejection, success_path
+from benchmarks import concurrency, memory, outage, rejection, scenarios, success_path
 from benchmarks._common import server_fixes
 
 
@@ -71,3 +71,14 @@ def test_memory_keeps_the_cache_within_bounds() -> None:
     assert [r.calls for r in run.readings] == [10, 20, 30]
     assert all(r.cache_entries <= 5 for r in run.readings)
     assert "## 5. Memory" in memory.report(memory.MemoryResult([bound], run, run))
+
+
+def test_scenarios_play_every_client_in_every_scenario() -> None:
+    """The quick scenario table has a cell per scenario and client, each call accounted for."""
+    result = scenarios.run(timeout=0.1, sequence=2)
+    played = scenarios.scenarios(0.1, 2)
+    assert [(c.scenario.name, c.client) for c in result.cells] == [
+        (s.name, client) for s in played for client in scenarios.CLIENTS
+    ]
+    assert all(len(c.got) == len(c.seconds) == c.scenario.calls for c in result.cells)
+    assert "| **silent primary** | raw SDK |" in scenarios.report(result)
