@@ -62,18 +62,39 @@ def caller_limit(options: FinalRequestOptions, client: Any) -> float | None:
 
 
 def prepare_attempt(
-    options: FinalRequestOptions, *, read: float, connect: float, body: Mapping[str, Any] | None
+    options: FinalRequestOptions,
+    *,
+    read: float,
+    connect: float,
+    body: Mapping[str, Any] | None,
+    configured: bool = False,
 ) -> FinalRequestOptions:
     """Set one attempt's time limits and body on ``options``, with the SDK's retries off.
 
     The SDK builds a fresh options object for every call and copies it again inside
-    ``request()``, so the call's own copy is ours to adjust for each attempt.
+    ``request()``, so the call's own copy is ours to adjust for each attempt. ``configured``:
+    the limits are the policy's own (not cut short by the deadline), so their timeout object
+    is built once and shared.
     """
-    options.timeout = httpx2.Timeout(read, connect=connect)
-    options.max_retries = 0
-    if body is not None:
+    options.timeout = _timeout(read, connect) if configured else httpx2.Timeout(read, connect=connect)
+    if isinstance(options.max_retries, int) and options.max_retries:
+        options.max_retries = 0  # unset, the client's own 0 applies
+    if body is not None and options.json_data is not body:
         options.json_data = body
     return options
+
+
+_timeouts: dict[tuple[float, float], httpx2.Timeout] = {}
+
+
+def _timeout(read: float, connect: float) -> httpx2.Timeout:
+    """The httpx2 timeout of a configured (read, connect) pair, built once."""
+    found = _timeouts.get((read, connect))
+    if found is None:
+        found = httpx2.Timeout(read, connect=connect)
+        if len(_timeouts) < 64:
+            _timeouts[(read, connect)] = found
+    return found
 
 
 def with_body(options: FinalRequestOptions, body: Mapping[str, Any]) -> FinalRequestOptions:
@@ -248,14 +269,29 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
         yield chunk
 
 
+_model_types: dict[Any, bool] = {}
+
+
+def _is_model_type(cast_to: Any) -> bool:
+    """Whether ``cast_to`` is a pydantic model the SDK parses a JSON body into (remembered)."""
+    known = _model_types.get(cast_to)
+    if known is None:
+        known = (
+            inspect.isclass(cast_to)
+            and issubclass(cast_to, pydantic.BaseModel)
+            and not hasattr(cast_to, "build")  # the SDK's ModelBuilderProtocol: built from the response
+        )
+        if len(_model_types) < 256:
+            _model_types[cast_to] = known
+    return known
+
+
 def _is_plain(options: FinalRequestOptions, cast_to: Any, stream: bool) -> bool:
     """A call whose result is the parsed model itself (no stream, no raw wrapper)."""
-    if stream or not inspect.isclass(cast_to) or not issubclass(cast_to, pydantic.BaseModel):
-        return False
-    if hasattr(cast_to, "build"):  # the SDK's ModelBuilderProtocol: built from the response
+    if stream or not _is_model_type(cast_to):
         return False
     headers = options.headers
-    return not (isinstance(headers, Mapping) and _RAW_HEADER in headers)
+    return not (isinstance(headers, dict) and _RAW_HEADER in headers)
 
 
 def _plain_result(client: Any, cast_to: Any, options: FinalRequestOptions, answer: Mapping[str, Any]) -> Any:

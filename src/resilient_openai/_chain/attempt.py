@@ -36,9 +36,9 @@ def _prepare(call: Call, clock: Clock) -> None:
     body = call.body
     if model is not None and body is not None and body.get("model") != model:
         body = {**body, "model": model}
-    _sdk.prepare_attempt(
-        call.options, read=min(first, remaining), connect=min(limits.connect, remaining), body=body
-    )
+    read, connect = min(first, remaining), min(limits.connect, remaining)
+    configured = read == first and connect == limits.connect
+    _sdk.prepare_attempt(call.options, read=read, connect=connect, body=body, configured=configured)
 
 
 def _watch(
