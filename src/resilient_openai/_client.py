@@ -45,9 +45,6 @@ class _SyncShell:
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
         return self._resilience.call(self, cast_to, options, stream, stream_cls)
 
-    def _resilient_send(self, cast_to: Any, options: Any, *, stream: bool, stream_cls: Any) -> Any:
-        return self._resilience_base.request(self, cast_to, options, stream=stream, stream_cls=stream_cls)
-
     def copy(self, **kwargs: Any) -> Any:
         kwargs["max_retries"] = 0
         return self._resilience_base.copy(self, **kwargs)
@@ -63,11 +60,6 @@ class _AsyncShell:
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
         return await self._resilience.call(self, cast_to, options, stream, stream_cls)
-
-    async def _resilient_send(self, cast_to: Any, options: Any, *, stream: bool, stream_cls: Any) -> Any:
-        return await self._resilience_base.request(
-            self, cast_to, options, stream=stream, stream_cls=stream_cls
-        )
 
     def copy(self, **kwargs: Any) -> Any:
         kwargs["max_retries"] = 0
@@ -88,7 +80,6 @@ def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
         "_resilience": chain,
         "_resilience_base": base,
         "request": shell.request,
-        "_resilient_send": shell._resilient_send,
         "copy": shell.copy,
         "with_options": shell.copy,
         "_make_sse_decoder": _decoder,

@@ -68,7 +68,8 @@ class Call:
 
     The first block is fixed when the call is made. Then each field below has one owner: the
     fallback layer aims the call (``target``, ``has_next``, ``hooks``), the retry layer counts
-    ``attempt``, and every attempt appends its record to ``attempts``.
+    ``attempt`` and stamps ``attempt_started``, and every attempt appends its record to
+    ``attempts``.
     """
 
     operation: str
@@ -89,6 +90,8 @@ class Call:
     has_next: bool = False
     hooks: StreamHooks | None = None
     attempt: int = 0
+    #: When the current attempt began (clock time), read once by the layers below retry.
+    attempt_started: float = 0.0
 
     @property
     def model(self) -> str | None:

@@ -7,6 +7,7 @@ building each fallback provider's client once.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,7 @@ class Targets:
                 name=name,
                 label="primary",
                 source=Source.UPSTREAM if primary else Source.FALLBACK_MODEL,
-                send=caller._resilient_send,
+                send=functools.partial(type(caller)._resilience_base.request, caller),
                 client=caller,
                 retry=self._policy.retry,
                 timeouts=self._policy.timeouts,

@@ -22,9 +22,9 @@ from .terminal import failed
 __all__ = ["AsyncAttempt", "SyncAttempt"]
 
 
-def _prepare(call: Call, clock: Clock) -> None:
+def _prepare(call: Call) -> None:
     """Set this attempt's limits and body on the call's options."""
-    remaining = max(call.deadline - clock.now(), 0.001)
+    remaining = max(call.deadline - call.attempt_started, 0.001)
     target = call.target
     assert target is not None
     limits = target.timeouts
@@ -75,15 +75,14 @@ class SyncAttempt:
         self._bus = bus
 
     def __call__(self, call: Call, next: Handler) -> Outcome:
-        _prepare(call, self._clock)
-        sent = self._clock.now()
+        _prepare(call)
         outcome: Outcome = next(call)
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.SyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response, outcome.result, sent)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result, call.attempt_started)
         guard = SyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:
@@ -103,15 +102,14 @@ class AsyncAttempt:
         self._bus = bus
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
-        _prepare(call, self._clock)
-        sent = self._clock.now()
+        _prepare(call)
         outcome: Outcome = await next(call)
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
         if response is None or not isinstance(response.stream, httpx2.AsyncByteStream):
             return outcome
-        watch = _watch(call, self._clock, self._bus, response, outcome.result, sent)
+        watch = _watch(call, self._clock, self._bus, response, outcome.result, call.attempt_started)
         guard = AsyncStreamGuard(response.stream, watch, response.request)
         response.stream = guard
         try:

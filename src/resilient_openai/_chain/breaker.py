@@ -59,7 +59,7 @@ class SyncBreakerGate:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
             return _rejected(exc)
-        started = self._clock.now()
+        started = call.attempt_started
         try:
             outcome: Outcome = next(call)
         except BaseException as exc:
@@ -86,7 +86,7 @@ class AsyncBreakerGate:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
             return _rejected(exc)
-        started = self._clock.now()
+        started = call.attempt_started
         try:
             outcome: Outcome = await next(call)
         except BaseException as exc:

@@ -70,6 +70,8 @@ class Walker:
     def _roomy(self, call: Call) -> Callable[[FallbackStep], bool]:
         """Whether a step's model has a larger (or unknown) context window than the caller's."""
         validation, targets = self._validation, self._policy.targets
+        if not validation.context_windows:
+            return _unknown_window  # no window is known: every model may have room
         own = context_window(validation, call.requested_model)
 
         def roomy(step: FallbackStep) -> bool:
@@ -147,6 +149,10 @@ class Walker:
             and call.operation == "chat.completions"
             and any(is_live(step) for step in move.later)
         )
+
+
+def _unknown_window(step: FallbackStep) -> bool:
+    return True
 
 
 def _telling(previous: Outcome | None, latest: Outcome) -> Outcome:

@@ -52,7 +52,8 @@ class _Judge:
         Checked before the breaker is asked for a permit, so running out of time is never
         counted against a target that was not even called.
         """
-        if call.deadline - self._clock.now() > 0:
+        now = call.attempt_started = self._clock.now()
+        if call.deadline - now > 0:
             return None
         # Recorded like a rejection by an open circuit: refused, nothing was sent.
         call.record(DEADLINE_REFUSED, None, 0.0)
@@ -149,9 +150,8 @@ class SyncRetry:
             refused = judge.refused(call)
             if refused is not None:
                 return refused
-            started = clock.now()
             outcome: Outcome = next(call)
-            delay = judge.wait(call, outcome, started, waited_open)
+            delay = judge.wait(call, outcome, call.attempt_started, waited_open)
             if delay is None:
                 return outcome
             waited_open = waited_open or outcome.judged.verdict is Verdict.CIRCUIT_OPEN
@@ -182,9 +182,8 @@ class AsyncRetry:
             refused = judge.refused(call)
             if refused is not None:
                 return refused
-            started = clock.now()
             outcome: Outcome = await next(call)
-            delay = judge.wait(call, outcome, started, waited_open)
+            delay = judge.wait(call, outcome, call.attempt_started, waited_open)
             if delay is None:
                 return outcome
             waited_open = waited_open or outcome.judged.verdict is Verdict.CIRCUIT_OPEN
