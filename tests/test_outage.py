@@ -164,13 +164,13 @@ def test_defaults_ride_out_a_minute_long_outage_and_come_back_quickly(harness: H
     "body", ["<html><body>502 Bad Gateway</body></html>", {"unexpected": "shape"}], ids=["html", "no-choices"]
 )
 def test_a_malformed_200_is_a_failure_never_an_answer(harness: Harness, body: object) -> None:
-    """A 200 that is not an answer is retried, counted by the breaker, falls back, and is never
-    stored as "the last good answer"."""
+    """A 200 that is not an answer is counted by the breaker, falls back at once (the route goes
+    on), and is never stored as "the last good answer"."""
     harness.upstream.set_default("gpt-A", Garbage(body))  # type: ignore[arg-type]
     canned = FallbackStep(kind="canned", text="busy")
     policy = Policy(
         retry=RetryPolicy(rules={Verdict.MALFORMED_RESPONSE: RetryRule(attempts=2, base=0.01, cap=0.01)}),
-        breaker=BreakerPolicy(fail_max=4),
+        breaker=BreakerPolicy(fail_max=2),
         fallback=_route(FallbackStep(kind="cache"), canned),
     )
     client = harness.client(policy)
@@ -178,7 +178,7 @@ def test_a_malformed_200_is_a_failure_never_an_answer(harness: Harness, body: ob
         record = provenance(harness.chat(client))
         assert record is not None
         assert (record.source, record.reason) == ("canned", "malformed_response")
-    assert harness.upstream.count(model="gpt-A") == 4
+    assert harness.upstream.count(model="gpt-A") == 2
     assert [b["state"] for b in health(client)["breakers"]] == ["open"]
     assert health(client)["cache"]["stores"] == 0
 
@@ -424,3 +424,11 @@ def test_many_model_names_leave_memory_flat(upstream: FakeUpstream, clock: FakeC
     diff = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
     assert sum(stat.size_diff for stat in diff) < 16 * 1024
     assert len(health(client)["breakers"]) <= 16
+
+
+def test_without_a_next_step_a_malformed_200_is_retried_by_the_rules(harness: Harness) -> None:
+    """Nowhere else to go: a malformed 200 is retried like a server error, then raised."""
+    harness.upstream.set_default("gpt-A", Garbage("<html>oops</html>"))
+    with pytest.raises(openai.APIResponseValidationError):
+        harness.chat(harness.client(Policy()))
+    assert harness.upstream.count(model="gpt-A") == 3

@@ -29,6 +29,10 @@ def backoff_delay(rule: RetryRule, retry_number: int, rand: float) -> float:
     return max(delay * (1.0 - rule.jitter * rand), 0.0)
 
 
+#: Verdicts not retried on the same target while the route has somewhere else to go.
+_FAIL_OVER = frozenset({Verdict.TIMEOUT, Verdict.MALFORMED_RESPONSE})
+
+
 def decide_retry(
     outcome: Classification,
     *,
@@ -47,15 +51,16 @@ def decide_retry(
     than ``policy.max_retry_after``, or any wait that would not fit in the remaining budget — in
     those cases giving up now lets a fallback answer while there is still time.
 
-    A silent target is not waited on again when the route has another step (``has_next``): a
-    timeout, or any failure that took at least half the attempt's time ``limit`` (``spent``
-    seconds: an upstream that held the request and then hung up), fails over at once.
+    A silent or broken target is not asked again when the route has another step (``has_next``):
+    a timeout, a malformed 200 (a proxy's error page repeats), or any failure that took at least
+    half the attempt's time ``limit`` (``spent`` seconds: an upstream that held the request and
+    then hung up) fails over at once.
     """
     verdict = outcome.verdict
     rule = policy.rules.get(verdict)
     if rule is None:
         return RetryDecision(None, f"{verdict} is not retried")
-    if has_next and (verdict is Verdict.TIMEOUT or spent >= limit / 2):
+    if has_next and (verdict in _FAIL_OVER or spent >= limit / 2):
         return RetryDecision(None, f"{verdict} after {spent:.3g}s: failing over instead of waiting again")
     if policy.honor_should_retry and outcome.should_retry is False:
         return RetryDecision(None, "upstream said x-should-retry: false")
