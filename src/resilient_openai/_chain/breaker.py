@@ -4,21 +4,38 @@ The outcome below is already classified; the gate records its verdict on the per
 stream's outcome is only known when it ends, so its permit goes to the stream's watch, which
 records it then (completed: success; cut or stalled: failure; abandoned or cancelled by the
 caller: ignored).
+
+Quota belongs to a credential, not to the target: the breaker ignores an exhausted quota, and the
+gate tells the quota ledger instead, which then refuses that credential (the call's tenant scope)
+on this target for ``quota_break``, like an open circuit, while everyone else goes through.
 """
 
 from __future__ import annotations
 
-from .._breaker import Permit
+from .._breaker import CircuitBreaker, Permit, QuotaLedger, quota_hold
 from .._classify import Classification, Verdict, classify
 from .._clock import Clock
 from .._errors import CircuitOpenError
 from ._call import AsyncHandler, Call, Handler, Outcome
+from ._tenant import scope
 
 __all__ = ["AsyncBreakerGate", "SyncBreakerGate"]
 
 
 def _rejected(exc: CircuitOpenError) -> Outcome:
     return Outcome(error=exc, judged=Classification(Verdict.CIRCUIT_OPEN, retry_after=exc.retry_after))
+
+
+def _out_of_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> Outcome | None:
+    """The refusal of a call whose credential is out of quota on this target (None: it may go).
+    Only asked while some credential is (so the common call computes no scope)."""
+    if not quota:
+        return None
+    target = call.target
+    assert target is not None
+    credential = scope(target.client, call.options)
+    refused = quota.refusal(breaker.name, credential) if credential is not None else None
+    return None if refused is None else _rejected(refused)
 
 
 def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> Outcome:
@@ -36,18 +53,32 @@ def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> O
     return outcome
 
 
+def _note_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call, outcome: Outcome) -> Outcome:
+    """An exhausted quota holds the call's credential out of this target for ``quota_break``."""
+    hold = quota_hold(outcome.judged.verdict, breaker.policy)
+    if hold > 0:
+        target = call.target
+        assert target is not None
+        credential = scope(target.client, call.options)
+        if credential is not None:  # no stable credential: each of its calls asks the upstream
+            quota.exhausted(breaker.name, credential, hold)
+    return outcome
+
+
 def _interrupted(permit: Permit, exc: BaseException, clock: Clock, started: float) -> None:
     """The attempt ended by an exception that is not an outcome (cancellation): ignored, mostly."""
     permit.record(classify(exc).verdict, duration=clock.now() - started, error=exc)
 
 
 class SyncBreakerGate:
-    """Admits or rejects each attempt through the target's circuit breaker (threads)."""
+    """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
+    (threads)."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_quota")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
         self._clock = clock
+        self._quota = quota
 
     def __call__(self, call: Call, next: Handler) -> Outcome:
         target = call.target
@@ -55,6 +86,9 @@ class SyncBreakerGate:
         if breaker is None:
             result: Outcome = next(call)
             return result
+        refused = _out_of_quota(self._quota, breaker, call)
+        if refused is not None:
+            return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -65,16 +99,19 @@ class SyncBreakerGate:
         except BaseException as exc:
             _interrupted(permit, exc, self._clock, started)
             raise
-        return _report(permit, outcome, self._clock, started)
+        _report(permit, outcome, self._clock, started)
+        return _note_quota(self._quota, breaker, call, outcome)
 
 
 class AsyncBreakerGate:
-    """Admits or rejects each attempt through the target's circuit breaker (asyncio tasks)."""
+    """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
+    (asyncio tasks)."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_quota")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
         self._clock = clock
+        self._quota = quota
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
         target = call.target
@@ -82,6 +119,9 @@ class AsyncBreakerGate:
         if breaker is None:
             result: Outcome = await next(call)
             return result
+        refused = _out_of_quota(self._quota, breaker, call)
+        if refused is not None:
+            return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -93,4 +133,5 @@ class AsyncBreakerGate:
             # Cancellation lands here: the breaker counts it as ignored, never as a failure.
             _interrupted(permit, exc, self._clock, started)
             raise
-        return _report(permit, outcome, self._clock, started)
+        _report(permit, outcome, self._clock, started)
+        return _note_quota(self._quota, breaker, call, outcome)
