@@ -34,9 +34,9 @@ def test_a_held_credential_is_refused_on_its_target_only() -> None:
     """The hold covers one (target, credential) pair: other credentials and targets go through."""
     clock = FakeClock()
     ledger = _ledger(clock)
-    assert not ledger
+    assert not ledger.active
     ledger.exhausted("t", "one", 600.0)
-    assert ledger
+    assert ledger.active
     refused = ledger.refusal("t", "one")
     assert refused is not None
     assert (refused.breaker, refused.retry_after) == ("t", 600.0)
@@ -55,7 +55,7 @@ def test_the_hold_counts_down_and_ends_on_the_clock() -> None:
     assert refused.retry_after == pytest.approx(0.5)
     clock.advance(0.5)
     assert ledger.refusal("t", "one") is None
-    assert not ledger
+    assert not ledger.active
 
 
 def test_a_refusal_is_announced_like_an_open_circuits() -> None:

@@ -50,13 +50,9 @@ def _until(_key: object, until: float, _now: float) -> float:
 
 
 class QuotaLedger:
-    """The credentials out of quota, per target, shared by every breaker of one client's chain.
+    """The credentials out of quota, per target, shared by every breaker of one client's chain."""
 
-    Falsy while empty, so the gate asks nothing (and computes no credential) until some
-    credential ran out of quota.
-    """
-
-    __slots__ = ("_bus", "_clock", "_entries", "_lock")
+    __slots__ = ("_bus", "_clock", "_entries", "_lock", "active")
 
     def __init__(self, *, clock: Clock, bus: EventBus, maxsize: int = MAX_EXHAUSTED) -> None:
         self._clock = clock
@@ -65,23 +61,25 @@ class QuotaLedger:
             maxsize, ttu=_until, timer=clock.now
         )
         self._lock = threading.Lock()
-
-    def __bool__(self) -> bool:
-        # A single length read, without the lock: a moment-old answer only delays or adds one
-        # lookup. Expired entries count until the next refusal check drops them.
-        return bool(self._entries.currsize)
+        #: Some credential may be held out: until then the gate asks nothing and computes no
+        #: credential. A plain attribute, read without the lock on every call: a moment-old
+        #: value only adds or skips one lookup while a hold begins or ends.
+        self.active = False
 
     def exhausted(self, target: str, credential: str, hold: float) -> None:
         """``credential`` is out of quota on ``target`` for the next ``hold`` seconds."""
         with self._lock:
             self._entries[(target, credential)] = self._clock.now() + hold
+            self.active = True
 
     def refusal(self, target: str, credential: str) -> CircuitOpenError | None:
         """The error refusing a call with ``credential`` to ``target`` (announced like an open
         circuit's rejection), or None when it may go."""
         with self._lock:
-            self._entries.expire()  # cheap when nothing expired; lets the ledger go falsy again
-            until = self._entries.get((target, credential))
+            entries = self._entries
+            entries.expire()  # cheap when nothing expired
+            until = entries.get((target, credential))
+            self.active = bool(entries)
         if until is None:
             return None
         retry_after = max(until - self._clock.now(), 0.0)
@@ -94,5 +92,7 @@ class QuotaLedger:
     def forget(self, target: str) -> None:
         """Let every credential call ``target`` again (an operator closed or reset its breaker)."""
         with self._lock:
-            for key in [key for key in self._entries if key[0] == target]:
-                del self._entries[key]
+            entries = self._entries
+            for key in [key for key in entries if key[0] == target]:
+                del entries[key]
+            self.active = bool(entries)

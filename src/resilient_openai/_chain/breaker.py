@@ -28,9 +28,7 @@ def _rejected(exc: CircuitOpenError) -> Outcome:
 
 def _out_of_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> Outcome | None:
     """The refusal of a call whose credential is out of quota on this target (None: it may go).
-    Only asked while some credential is (so the common call computes no scope)."""
-    if not quota:
-        return None
+    Only asked while some credential is (``quota.active``), so the common call computes no scope."""
     target = call.target
     assert target is not None
     credential = scope(target.client, call.options)
@@ -38,7 +36,7 @@ def _out_of_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> Ou
     return None if refused is None else _rejected(refused)
 
 
-def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> Outcome:
+def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> None:
     watch = outcome.watch
     if watch is not None:
         watch.hand_permit(permit, started)
@@ -50,19 +48,16 @@ def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> O
             retry_after=judged.retry_after,
             error=outcome.error,
         )
-    return outcome
 
 
-def _note_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call, outcome: Outcome) -> Outcome:
-    """An exhausted quota holds the call's credential out of this target for ``quota_break``."""
-    hold = quota_hold(outcome.judged.verdict, breaker.policy)
-    if hold > 0:
-        target = call.target
-        assert target is not None
-        credential = scope(target.client, call.options)
-        if credential is not None:  # no stable credential: each of its calls asks the upstream
-            quota.exhausted(breaker.name, credential, hold)
-    return outcome
+def _note_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> None:
+    """The call's quota ran out: hold its credential out of this target for ``quota_break``."""
+    hold = quota_hold(Verdict.QUOTA_EXHAUSTED, breaker.policy)
+    target = call.target
+    assert target is not None
+    credential = scope(target.client, call.options) if hold > 0 else None
+    if credential is not None:  # None: no stable credential, each of its calls asks the upstream
+        quota.exhausted(breaker.name, credential, hold)
 
 
 def _interrupted(permit: Permit, exc: BaseException, clock: Clock, started: float) -> None:
@@ -86,9 +81,11 @@ class SyncBreakerGate:
         if breaker is None:
             result: Outcome = next(call)
             return result
-        refused = _out_of_quota(self._quota, breaker, call)
-        if refused is not None:
-            return refused
+        quota = self._quota
+        if quota.active:
+            refused = _out_of_quota(quota, breaker, call)
+            if refused is not None:
+                return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -100,7 +97,9 @@ class SyncBreakerGate:
             _interrupted(permit, exc, self._clock, started)
             raise
         _report(permit, outcome, self._clock, started)
-        return _note_quota(self._quota, breaker, call, outcome)
+        if outcome.judged.verdict is Verdict.QUOTA_EXHAUSTED:
+            _note_quota(quota, breaker, call)
+        return outcome
 
 
 class AsyncBreakerGate:
@@ -119,9 +118,11 @@ class AsyncBreakerGate:
         if breaker is None:
             result: Outcome = await next(call)
             return result
-        refused = _out_of_quota(self._quota, breaker, call)
-        if refused is not None:
-            return refused
+        quota = self._quota
+        if quota.active:
+            refused = _out_of_quota(quota, breaker, call)
+            if refused is not None:
+                return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -134,4 +135,6 @@ class AsyncBreakerGate:
             _interrupted(permit, exc, self._clock, started)
             raise
         _report(permit, outcome, self._clock, started)
-        return _note_quota(self._quota, breaker, call, outcome)
+        if outcome.judged.verdict is Verdict.QUOTA_EXHAUSTED:
+            _note_quota(quota, breaker, call)
+        return outcome
