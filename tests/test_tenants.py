@@ -243,3 +243,20 @@ def test_without_a_quota_break_every_call_asks_the_upstream(harness: Harness) ->
             harness.chat(client)
     assert _source(harness.chat(client)) == "upstream"
     assert harness.upstream.count() == 3
+
+
+def test_a_streaming_caller_out_of_quota_is_held_alone(harness: Harness) -> None:
+    """A stream refused with insufficient_quota before its first token holds its key the same way."""
+    harness.upstream.script("gpt-A", [QUOTA])
+    mine = harness.client(_quota_policy(FallbackStep(kind="canned", text=CANNED)), api_key=KEY_ONE)
+    for reason in ("quota_exhausted", "circuit_open"):
+        stream, chunks, error = harness.stream_chat(mine)
+        assert error is None
+        assert chunks
+        record = provenance(stream)
+        assert record is not None
+        assert (record.source, record.reason) == ("canned", reason)
+    assert harness.upstream.count() == 1
+    _, _, error = harness.stream_chat(mine.with_options(api_key=KEY_TWO))
+    assert error is None
+    assert harness.upstream.count() == 2
