@@ -3,8 +3,10 @@
 Everything else in the library speaks in verdicts, outcomes and plain values; only this module
 knows the SDK's private methods (``_build_request``, ``_process_response``,
 ``_process_response_data``, ``_make_status_error_from_response``), its request options object, the
-per-request timeout dict httpx2 keeps in request extensions, and how transport exceptions map to
-the SDK's own. An ``openai`` upgrade is read here.
+per-request timeout dict httpx2 keeps in request extensions, how transport exceptions map to
+the SDK's own, and how it merges a request's headers and query (``_merge_headers``,
+``_merge_mappings``, a client's ``_custom_headers`` and ``_custom_query``) to name its tenant.
+An ``openai`` upgrade is read here.
 """
 
 from __future__ import annotations
