@@ -295,7 +295,7 @@ class BreakerPolicy(_Model):
     failure_verdicts: Annotated[frozenset[BreakerVerdict], AfterValidator(_some_verdict)] = Field(
         default_factory=lambda: verdicts_where("breaker_failure")
     )
-    #: Quota exhaustion opens the target's circuit for this long (0 disables).
+    #: Quota exhaustion refuses that credential (not the target) for this long (0 disables).
     quota_break: Wait = 600.0
     #: Most breakers kept (least recently used are dropped when closed).
     max_breakers: Count = 1024

@@ -3,8 +3,10 @@
 Everything else in the library speaks in verdicts, outcomes and plain values; only this module
 knows the SDK's private methods (``_build_request``, ``_process_response``,
 ``_process_response_data``, ``_make_status_error_from_response``), its request options object, the
-per-request timeout dict httpx2 keeps in request extensions, and how transport exceptions map to
-the SDK's own. An ``openai`` upgrade is read here.
+per-request timeout dict httpx2 keeps in request extensions, how transport exceptions map to
+the SDK's own, and how it merges a request's headers and query (``_merge_headers``,
+``_merge_mappings``, a client's ``_custom_headers`` and ``_custom_query``) to name its tenant.
+An ``openai`` upgrade is read here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, cast
 import httpx2
 import openai
 import pydantic
+from openai._base_client import _merge_headers, _merge_mappings
 from openai._models import FinalRequestOptions
 from openai._streaming import ServerSentEvent, SSEDecoder
 
@@ -38,6 +41,8 @@ __all__ = [
     "response_of",
     "malformed",
     "malformed_error",
+    "selects_tenant",
+    "sent_selectors",
     "tenant",
     "with_body",
 ]
@@ -116,12 +121,52 @@ def base_url(client: Any) -> Any:
     return client._base_url
 
 
-def tenant(client: Any) -> tuple[str, str | None, str | None, str] | None:
-    """(api key, organization, project, base URL) of ``client``; None when the key is resolved
-    per request by a provider, so there is no stable tenant to scope a cache by."""
-    if getattr(client, "_api_key_provider", None) is not None or not client.api_key:
+#: The headers that carry a credential or pick a tenant, lower-cased (the SDK merges header
+#: names case-insensitively).
+TENANT_HEADERS = ("authorization", "api-key", "openai-organization", "openai-project")
+
+
+def tenant(client: Any) -> tuple[object, ...] | None:
+    """What ``client`` itself contributes to every request's tenant, as raw values a memo can
+    compare: (api key, organization, project, base URL object, custom default headers, custom
+    default query). None when the credentials are resolved per request (a key provider, workload
+    identity, a provider runtime) or there is no key: then there is no stable tenant."""
+    if (
+        getattr(client, "_api_key_provider", None) is not None
+        or getattr(client, "workload_identity", None) is not None
+        or getattr(client, "_provider_runtime", None) is not None
+        or not client.api_key
+    ):
         return None
-    return client.api_key, client.organization, client.project, str(client._base_url)
+    return (
+        client.api_key, client.organization, client.project, client._base_url,
+        client._custom_headers, client._custom_query,
+    )  # fmt: skip
+
+
+def selects_tenant(options: FinalRequestOptions) -> bool:
+    """Whether the request itself carries tenant selectors: one of :data:`TENANT_HEADERS` (in
+    any case, ``Omit`` included), query parameters, or a query in its URL."""
+    headers = options.headers
+    if isinstance(headers, Mapping) and any(name.lower() in TENANT_HEADERS for name in headers):
+        return True
+    return bool(options.params) or "?" in options.url
+
+
+def sent_selectors(client: Any, options: FinalRequestOptions) -> tuple[str | None, ...]:
+    """The tenant selectors a request made with ``options`` carries, merged as the SDK merges
+    them: each of :data:`TENANT_HEADERS` (None: not sent) from the client's auth and default
+    headers and the request's own, the query string from the client's default query and the
+    request's, the query written in the request's URL, and the base URL."""
+    own = options.headers if isinstance(options.headers, Mapping) else {}
+    merged = _merge_headers(client.auth_headers, client.default_headers, own)
+    sent = {name.lower(): value for name, value in merged.items()}
+    params = _merge_mappings(client.default_query, options.params)
+    query = client.qs.stringify(params) if params else ""
+    return (
+        *(sent.get(name) for name in TENANT_HEADERS), query, options.url.partition("?")[2],
+        str(client._base_url),
+    )  # fmt: skip
 
 
 def has_key_provider(client: Any) -> bool:

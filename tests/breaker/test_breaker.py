@@ -203,13 +203,13 @@ def test_a_retry_after_longer_than_the_break_is_honoured() -> None:
     assert _rejection(breaker).retry_after == 90.0
 
 
-def test_quota_exhaustion_opens_for_the_quota_break() -> None:
-    """One QUOTA_EXHAUSTED opens for quota_break at once."""
-    breaker = _breaker(fail_max=5, quota_break=600.0)
+def test_quota_exhaustion_leaves_the_circuit_closed() -> None:
+    """QUOTA_EXHAUSTED is one credential's problem: the shared circuit stays closed, uncounted."""
+    breaker = _breaker(fail_max=1, quota_break=600.0)
     _call(breaker, Verdict.QUOTA_EXHAUSTED)
-    assert breaker.state == "open"
-    assert _rejection(breaker).retry_after == 600.0
-    assert breaker.snapshot().last_failure == "quota_exhausted"
+    assert breaker.state == "closed"
+    snapshot = breaker.snapshot()
+    assert (snapshot.consecutive_failures, snapshot.last_failure) == (0, None)
 
 
 # -- half-open ----------------------------------------------------------------------------------

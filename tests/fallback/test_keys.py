@@ -216,3 +216,12 @@ def test_store_matters_for_responses() -> None:
 def test_uncacheable_requests_have_no_key(extra: dict[str, Any]) -> None:
     """Several choices, audio, server-side state and non-JSON bodies are never cached."""
     assert request_key("chat.completions", _chat(**extra), _scope()) is None
+
+
+@FEW
+@given(a=st.lists(OPTIONAL_TEXT, max_size=4), b=st.lists(OPTIONAL_TEXT, max_size=4))
+def test_tenant_selectors_separate_scopes(a: list[str | None], b: list[str | None]) -> None:
+    """Different selector lists (headers, query) give different scopes; equal ones the same."""
+    assume(a != b)
+    assert _scope(selectors=a) != _scope(selectors=b)
+    assert _scope(selectors=a) == _scope(selectors=list(a))

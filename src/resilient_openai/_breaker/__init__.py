@@ -5,10 +5,12 @@ call with no lock held, then record success, failure or *ignored* on the permit.
 same layers as Polly's and resilience4j's breakers: :class:`CircuitBreaker` (the thread-safe
 shell, events published after its lock is released) -> a pure state machine with a table of
 legal transitions -> health metrics (failures in a row, a time-bucketed sliding window).
-:class:`BreakerRegistry` keeps one breaker per target.
+:class:`BreakerRegistry` keeps one breaker per target, and a :class:`QuotaLedger` of the
+credentials out of quota on them (quota belongs to a credential, not to the target).
 """
 
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
+from ._quota import QuotaLedger, quota_hold
 from ._registry import BreakerRegistry, default_key
 from ._state import CLOSED, HALF_OPEN, ISOLATED, OPEN, IllegalTransitionError
 
@@ -22,5 +24,7 @@ __all__ = [
     "CircuitBreaker",
     "IllegalTransitionError",
     "Permit",
+    "QuotaLedger",
     "default_key",
+    "quota_hold",
 ]

@@ -94,9 +94,10 @@ class Permit:
         """Report how the call went: its verdict, how long it took, what the server asked.
 
         ``Verdict.SUCCESS`` is a success; a verdict in the policy's ``failure_verdicts`` is a
-        failure; quota exhaustion opens the circuit for ``quota_break``; anything else is
-        ignored (counts as neither, and frees a probe slot). ``error`` becomes the ``__cause__``
-        of rejections if this outcome opens the circuit. Only the first report counts.
+        failure; anything else is ignored (counts as neither, and frees a probe slot), quota
+        exhaustion too while ``quota_break > 0`` (the quota ledger holds that credential out).
+        ``error`` becomes the ``__cause__`` of rejections if this outcome opens the circuit.
+        Only the first report counts.
         """
         if not self._done:  # cheap early exit; the breaker re-checks under its lock
             self._breaker._settle(self, verdict, duration, retry_after, error)

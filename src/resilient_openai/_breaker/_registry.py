@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ._breaker import BreakerSnapshot, CircuitBreaker
+from ._quota import QuotaLedger
 from ._state import CLOSED, ISOLATED
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class BreakerRegistry:
         #: Bumped whenever a breaker is dropped: a holder of breakers taken from :meth:`get`
         #: earlier (a memo of targets) must take them again when it changed.
         self.epoch = 0
+        #: The credentials out of quota on these breakers' targets (quota is no breaker failure).
+        self.quota = QuotaLedger(clock=clock, bus=bus)
 
     def get(self, key: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
         """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
@@ -117,12 +120,16 @@ class BreakerRegistry:
         self.get(key).isolate()
 
     def close(self, key: str) -> None:
-        """Close ``key``'s circuit now. Raises ``KeyError`` for an unknown key."""
+        """Close ``key``'s circuit now and let every credential out of quota on it call again.
+        Raises ``KeyError`` for an unknown key."""
         self._existing(key).close()
+        self.quota.forget(key)
 
     def reset(self, key: str) -> None:
-        """Make ``key``'s breaker fresh and closed. Raises ``KeyError`` for an unknown key."""
+        """Make ``key``'s breaker fresh and closed, its quota holds forgotten. Raises
+        ``KeyError`` for an unknown key."""
         self._existing(key).reset()
+        self.quota.forget(key)
 
     def snapshot(self) -> list[BreakerSnapshot]:
         """A snapshot of every breaker, least recently used first."""

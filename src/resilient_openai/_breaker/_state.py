@@ -92,25 +92,25 @@ class Outcome(Enum):
 
     SUCCESS = "success"
     FAILURE = "failure"
-    #: The account is out of quota: open at once, for ``quota_break``.
-    QUOTA = "quota"
     #: Says nothing about the target's health (cancellation, the caller's own mistake...).
     IGNORED = "ignored"
 
 
 def outcome_of(verdict: Verdict | None, policy: BreakerPolicy) -> Outcome:
-    """Sort a verdict into success / failure / quota / ignored under ``policy``.
+    """Sort a verdict into success / failure / ignored under ``policy``.
 
     ``None`` (an explicit :meth:`Permit.ignore`) is ignored; so is everything when the policy is
-    disabled. Quota exhaustion is its own outcome only while ``quota_break > 0``; otherwise it is a
-    failure if listed in ``failure_verdicts`` and ignored if not, like any other verdict.
+    disabled. Quota exhaustion is ignored while ``quota_break > 0``: it belongs to one credential,
+    not to the target, and :class:`~resilient_openai._breaker.QuotaLedger` holds that credential
+    out instead. With ``quota_break = 0`` it is a failure if listed in ``failure_verdicts`` and
+    ignored if not, like any other verdict.
     """
     if verdict is None or not policy.enabled:
         return Outcome.IGNORED
     if verdict is Verdict.SUCCESS:
         return Outcome.SUCCESS
     if verdict is Verdict.QUOTA_EXHAUSTED and policy.quota_break > 0:
-        return Outcome.QUOTA
+        return Outcome.IGNORED
     if verdict in policy.failure_verdicts:
         return Outcome.FAILURE
     return Outcome.IGNORED
@@ -131,9 +131,9 @@ def break_for(policy: BreakerPolicy, reopenings: int) -> float:
 def honoured_retry_after(retry_after: float | None, cap: float) -> float:
     """The part of a server's Retry-After the breaker obeys: 0 when absent or unreadable.
 
-    A server may lengthen a break but never past ``cap`` (``break_max``; ``quota_break`` for a
-    quota break): the policy says how long a target may be kept out at most, and a garbled or
-    hostile header (``Retry-After: 86400``, an overflow) cannot keep it out for longer.
+    A server may lengthen a break but never past ``cap`` (``break_max``): the policy says how
+    long a target may be kept out at most, and a garbled or hostile header (``Retry-After:
+    86400``, an overflow) cannot keep it out for longer.
     """
     if retry_after is None or not retry_after > 0:  # None, negative, zero or NaN
         return 0.0
@@ -338,11 +338,7 @@ class BreakerState:
                     self._open(now, wall, reason, None, None)
             return
         self.last_failure = verdict
-        if outcome is Outcome.QUOTA:
-            # Quota does not come back by itself in seconds: skip the failure threshold and the
-            # growth schedule and open for the quota break.
-            self._open(now, wall, "quota exhausted", None, error, policy.quota_break)
-        elif state == HALF_OPEN:
+        if state == HALF_OPEN:
             self._open(now, wall, "probe failed", retry_after, error)
         else:
             self._window.record(now, True)
@@ -364,13 +360,11 @@ class BreakerState:
         reason: str,
         retry_after: float | None,
         error: BaseException | None,
-        length: float | None = None,
     ) -> None:
-        """Open for ``length`` seconds, or by default the grown break (or the honoured Retry-After)."""
+        """Open for the grown break (or the honoured Retry-After, when longer)."""
         policy = self.policy
         reopenings = self.reopen_count + (self._storage.state == HALF_OPEN)
-        if length is None:
-            length = max(break_for(policy, reopenings), honoured_retry_after(retry_after, policy.break_max))
+        length = max(break_for(policy, reopenings), honoured_retry_after(retry_after, policy.break_max))
         self._move(OPEN, reason, length)
         self.reopen_count = reopenings
         self._open_until = now + length

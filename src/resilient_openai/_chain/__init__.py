@@ -110,7 +110,7 @@ class Chain:
             "validate": (SyncValidate, AsyncValidate)[pick]() if policy.validation.enabled else None,
             "fallback": (SyncFallback, AsyncFallback)[pick](walker),
             "retry": (SyncRetry, AsyncRetry)[pick](clock, bus, budgets),
-            "breaker": (SyncBreakerGate, AsyncBreakerGate)[pick](clock),
+            "breaker": (SyncBreakerGate, AsyncBreakerGate)[pick](clock, breakers.quota),
             "attempt": (SyncAttempt, AsyncAttempt)[pick](clock, bus),
             "chaos": (SyncChaos, AsyncChaos)[pick](forced) if forced else None,
         }

@@ -18,11 +18,12 @@ from .. import _sdk
 from .._classify import Verdict
 from .._errors import IncompleteStreamError
 from .._fallback.cache import CachedAnswer, ResponseCache
-from .._fallback.keys import PROCESS_SECRET, request_key, scope_id
+from .._fallback.keys import request_key
 from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
 from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
 from ._stream import StreamHooks
+from ._tenant import scope
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -54,24 +55,6 @@ def _uses_cache(route: Route) -> bool:
     )
 
 
-def _scope(client: Any) -> str | None:
-    """The tenant scope of ``client``'s cache entries, remembered per client instance while its
-    credentials and endpoint stay the same (None: no stable tenant to scope by)."""
-    tenant = _sdk.tenant(client)
-    if tenant is None:
-        return None
-    memo = client.__dict__.get("_resilience_scope")
-    if memo is not None and memo[0] == tenant:
-        scope: str = memo[1]
-        return scope
-    api_key, organization, project, base_url = tenant
-    scope = scope_id(
-        api_key=api_key, organization=organization, project=project, base_url=base_url, secret=PROCESS_SECRET
-    )
-    client.__dict__["_resilience_scope"] = (tenant, scope)
-    return scope
-
-
 class Delivery:
     """Results and errors leave the chain through here, with their provenance."""
 
@@ -94,8 +77,8 @@ class Delivery:
             return None
         if not self._read_through and id(route) not in self._caching_routes:
             return None
-        scope = _scope(call.client)
-        return None if scope is None else request_key(call.operation, call.body, scope)
+        tenant = scope(call.client, call.options)
+        return None if tenant is None else request_key(call.operation, call.body, tenant)
 
     def read_through(self, key: str | None) -> LocalAnswer | None:
         """A cached answer served before any upstream is asked, when read-through is on."""

@@ -4,15 +4,20 @@ The outcome below is already classified; the gate records its verdict on the per
 stream's outcome is only known when it ends, so its permit goes to the stream's watch, which
 records it then (completed: success; cut or stalled: failure; abandoned or cancelled by the
 caller: ignored).
+
+Quota belongs to a credential, not to the target: the breaker ignores an exhausted quota, and the
+gate tells the quota ledger instead, which then refuses that credential (the call's tenant scope)
+on this target for ``quota_break``, like an open circuit, while everyone else goes through.
 """
 
 from __future__ import annotations
 
-from .._breaker import Permit
+from .._breaker import CircuitBreaker, Permit, QuotaLedger, quota_hold
 from .._classify import Classification, Verdict, classify
 from .._clock import Clock
 from .._errors import CircuitOpenError
 from ._call import AsyncHandler, Call, Handler, Outcome
+from ._tenant import scope
 
 __all__ = ["AsyncBreakerGate", "SyncBreakerGate"]
 
@@ -21,7 +26,17 @@ def _rejected(exc: CircuitOpenError) -> Outcome:
     return Outcome(error=exc, judged=Classification(Verdict.CIRCUIT_OPEN, retry_after=exc.retry_after))
 
 
-def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> Outcome:
+def _out_of_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> Outcome | None:
+    """The refusal of a call whose credential is out of quota on this target (None: it may go).
+    Only asked while some credential is (``quota.active``), so the common call computes no scope."""
+    target = call.target
+    assert target is not None
+    credential = scope(target.client, call.options)
+    refused = quota.refusal(breaker.name, credential) if credential is not None else None
+    return None if refused is None else _rejected(refused)
+
+
+def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> None:
     watch = outcome.watch
     if watch is not None:
         watch.hand_permit(permit, started)
@@ -33,7 +48,16 @@ def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> O
             retry_after=judged.retry_after,
             error=outcome.error,
         )
-    return outcome
+
+
+def _note_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> None:
+    """The call's quota ran out: hold its credential out of this target for ``quota_break``."""
+    hold = quota_hold(Verdict.QUOTA_EXHAUSTED, breaker.policy)
+    target = call.target
+    assert target is not None
+    credential = scope(target.client, call.options) if hold > 0 else None
+    if credential is not None:  # None: no stable credential, each of its calls asks the upstream
+        quota.exhausted(breaker.name, credential, hold)
 
 
 def _interrupted(permit: Permit, exc: BaseException, clock: Clock, started: float) -> None:
@@ -42,12 +66,14 @@ def _interrupted(permit: Permit, exc: BaseException, clock: Clock, started: floa
 
 
 class SyncBreakerGate:
-    """Admits or rejects each attempt through the target's circuit breaker (threads)."""
+    """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
+    (threads)."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_quota")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
         self._clock = clock
+        self._quota = quota
 
     def __call__(self, call: Call, next: Handler) -> Outcome:
         target = call.target
@@ -55,6 +81,11 @@ class SyncBreakerGate:
         if breaker is None:
             result: Outcome = next(call)
             return result
+        quota = self._quota
+        if quota.active:
+            refused = _out_of_quota(quota, breaker, call)
+            if refused is not None:
+                return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -65,16 +96,21 @@ class SyncBreakerGate:
         except BaseException as exc:
             _interrupted(permit, exc, self._clock, started)
             raise
-        return _report(permit, outcome, self._clock, started)
+        _report(permit, outcome, self._clock, started)
+        if outcome.judged.verdict is Verdict.QUOTA_EXHAUSTED:
+            _note_quota(quota, breaker, call)
+        return outcome
 
 
 class AsyncBreakerGate:
-    """Admits or rejects each attempt through the target's circuit breaker (asyncio tasks)."""
+    """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
+    (asyncio tasks)."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_quota")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
         self._clock = clock
+        self._quota = quota
 
     async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
         target = call.target
@@ -82,6 +118,11 @@ class AsyncBreakerGate:
         if breaker is None:
             result: Outcome = await next(call)
             return result
+        quota = self._quota
+        if quota.active:
+            refused = _out_of_quota(quota, breaker, call)
+            if refused is not None:
+                return refused
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
@@ -93,4 +134,7 @@ class AsyncBreakerGate:
             # Cancellation lands here: the breaker counts it as ignored, never as a failure.
             _interrupted(permit, exc, self._clock, started)
             raise
-        return _report(permit, outcome, self._clock, started)
+        _report(permit, outcome, self._clock, started)
+        if outcome.judged.verdict is Verdict.QUOTA_EXHAUSTED:
+            _note_quota(quota, breaker, call)
+        return outcome

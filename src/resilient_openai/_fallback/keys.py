@@ -3,9 +3,10 @@
 Both are pure functions of their arguments, with no I/O, so the fallback layer can decide whether a
 request may be answered from the cache before anything is sent.
 
-The scope is a keyed hash (HMAC-SHA256) of the tenant's credentials and endpoint. The key is a
-secret held only in this process (:data:`PROCESS_SECRET` by default), so a memory or cache dump
-holds neither the API key nor anything an attacker could brute-force it back from. Nothing in this
+The scope is a keyed hash (HMAC-SHA256) of the tenant's credentials, tenant selectors and
+endpoint. The key is a secret held only in this process (:data:`PROCESS_SECRET` by default), so
+a memory or cache dump holds neither the API key nor anything an attacker could brute-force it
+back from. Nothing in this
 module keeps a reference to the API key after the call returns.
 
 The request key hashes a canonical form of the request body together with the operation and the
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import openai
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "IGNORED_FIELDS",
@@ -84,18 +85,22 @@ def scope_id(
     project: str | None,
     base_url: str,
     secret: bytes,
+    selectors: Sequence[str | None] = (),
 ) -> str:
     """Identify a tenant (credentials plus endpoint) by an opaque, keyed hash.
 
-    Two clients share cached answers only when all four values are equal. ``None`` and ``""``
-    are different values. ``base_url`` is taken as given (the SDK already normalizes it), so a
-    spelling difference can only cost a cache miss, never share an entry. ``secret`` keys the
+    ``selectors`` are the other values a request carries that name or pick a tenant (credential
+    headers, query parameters; see :func:`resilient_openai._sdk.sent_selectors`). Two callers
+    share a scope only when all values are equal. ``None`` and ``""`` are different values.
+    ``base_url`` is taken as given (the SDK already normalizes it), so a spelling difference can
+    only cost a cache miss, never share an entry. ``secret`` keys the
     hash (pass :data:`PROCESS_SECRET` unless entries must match across processes) and must be at
     least 16 bytes long.
     """
     if len(secret) < _MIN_SECRET_BYTES:
         raise ValueError(f"secret must be at least {_MIN_SECRET_BYTES} bytes (got {len(secret)})")
-    message = b"".join(_frame(part) for part in (api_key, organization, project, base_url))
+    parts = (api_key, organization, project, base_url, *selectors)
+    message = b"".join(_frame(part) for part in parts)
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
