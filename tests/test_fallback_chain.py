@@ -147,6 +147,40 @@ def test_target_from_base_url_sends_through_the_http_client_factory(
     assert sent.headers["authorization"] == "Bearer sk-backup-key"
 
 
+def test_a_per_request_key_never_reaches_another_provider(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's own ``Authorization`` / org / project headers go to its provider only: the
+    fallback provider is called with its own key, other per-request headers intact."""
+    monkeypatch.setenv("RO_TEST_BACKUP_KEY", "sk-backup-key")
+    other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Ok(text="from backup"))
+
+    def http_client(target: Target) -> Any:
+        if harness.is_async:
+            return httpx2.AsyncClient(transport=other.async_transport())
+        return httpx2.Client(transport=other.transport())
+
+    harness.upstream.set_default("gpt-A", Status(503))
+    backup = Target(name="backup", base_url="http://backup.test/v1", api_key_env="RO_TEST_BACKUP_KEY")
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=(FallbackStep(kind="target", target="backup"),))},
+        targets={"backup": backup},
+    )
+    client = harness.client(
+        Policy(retry=RetryPolicy(rules={}), fallback=fallback), runtime={"http_client": http_client}
+    )
+    own = {"Authorization": "Bearer sk-caller-secret", "OpenAI-Organization": "org-caller", "X-Trace": "t1"}
+    result = harness.chat(client, extra_headers=own)
+    assert result.choices[0].message.content == "from backup"
+    [primary] = harness.upstream.requests
+    assert primary.headers["authorization"] == "Bearer sk-caller-secret"
+    [sent] = other.requests
+    assert sent.headers["authorization"] == "Bearer sk-backup-key"
+    assert "openai-organization" not in sent.headers
+    assert sent.headers["x-trace"] == "t1"
+
+
 def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> None:
     """stream=True with the primary down: the caller reads a complete stream from the fallback."""
     harness.upstream.set_default("gpt-A", Status(503))

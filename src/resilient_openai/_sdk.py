@@ -45,6 +45,7 @@ __all__ = [
     "sent_selectors",
     "tenant",
     "with_body",
+    "without_credentials",
 ]
 
 #: The SDK's per-request options (method, url, body, headers, timeout, post-parser).
@@ -151,6 +152,18 @@ def selects_tenant(options: FinalRequestOptions) -> bool:
     if isinstance(headers, Mapping) and any(name.lower() in TENANT_HEADERS for name in headers):
         return True
     return bool(options.params) or "?" in options.url
+
+
+def without_credentials(options: FinalRequestOptions) -> FinalRequestOptions:
+    """``options`` without the request's own credential headers (:data:`TENANT_HEADERS`), for a
+    call sent to another provider: its client's own credentials apply there, and the caller's
+    key must never reach it. The same object when there are none."""
+    headers = options.headers
+    if not isinstance(headers, Mapping) or not any(name.lower() in TENANT_HEADERS for name in headers):
+        return options
+    copied = options.model_copy()
+    copied.headers = {name: value for name, value in headers.items() if name.lower() not in TENANT_HEADERS}
+    return copied
 
 
 def sent_selectors(client: Any, options: FinalRequestOptions) -> tuple[str | None, ...]:

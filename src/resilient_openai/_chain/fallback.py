@@ -97,6 +97,8 @@ class Walker:
     def aim(self, call: Call, move: Send, key: str | None, continuation: StreamHooks | None) -> None:
         """Point the call at the target of ``move``, with what its stream should report."""
         call.target = self._targets.live(move.step, call.client, call.requested_model)
+        if move.step.kind == "target":
+            call.options = _sdk.without_credentials(call.options)  # never the caller's key elsewhere
         call.has_next = bool(move.later)
         call.hooks = (
             self.delivery.stream_hooks(call, key if move.step is PRIMARY else None, continuation)
@@ -126,6 +128,8 @@ class Walker:
         messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
         body = {**call.body, "messages": messages}
         options = _sdk.with_body(call.options, body)
+        if step.kind == "target":
+            options = _sdk.without_credentials(options)
         return dataclasses.replace(
             call, body=body, options=options, target=target, has_next=False, hooks=None
         )
@@ -133,7 +137,8 @@ class Walker:
     def regeneration_call(self, call: Call, step: FallbackStep) -> Call:
         """The same question, asked of ``step`` (its answer is spliced in where the caller is)."""
         target = self._targets.live(step, call.client, call.requested_model)
-        return dataclasses.replace(call, target=target, has_next=False, hooks=None)
+        options = _sdk.without_credentials(call.options) if step.kind == "target" else call.options
+        return dataclasses.replace(call, options=options, target=target, has_next=False, hooks=None)
 
     def rescued(self, call: Call, sub: Call, result: Any, how: str) -> None:
         """Another step is finishing the caller's stream: say so on it."""
