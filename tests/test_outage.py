@@ -432,3 +432,25 @@ def test_without_a_next_step_a_malformed_200_is_retried_by_the_rules(harness: Ha
     with pytest.raises(openai.APIResponseValidationError):
         harness.chat(harness.client(Policy()))
     assert harness.upstream.count(model="gpt-A") == 3
+
+
+def test_a_rate_limited_primary_fails_over_at_once_when_the_route_goes_on(harness: Harness) -> None:
+    """429 with a 1 s Retry-After and a fallback step: the backup answers now, and the limited
+    primary gets no second request."""
+    harness.upstream.set_default("gpt-A", Status(429, headers={"retry-after": "1"}))
+    harness.upstream.set_default("gpt-B", Ok(text="backup"))
+    started = harness.clock.now()
+    answer = harness.chat(harness.client(Policy(fallback=_route(BACKUP))))
+    assert answer.choices[0].message.content == "backup"
+    assert harness.clock.now() == started
+    assert harness.upstream.count(model="gpt-A") == 1
+
+
+def test_without_a_next_step_a_rate_limit_waits_the_servers_retry_after(harness: Harness) -> None:
+    """Nowhere else to go: the server's Retry-After is honoured, as the SDK does."""
+    harness.upstream.script("gpt-A", [Status(429, headers={"retry-after": "1"})])
+    harness.upstream.set_default("gpt-A", Ok(text="primary"))
+    started = harness.clock.now()
+    answer = harness.chat(harness.client(Policy()))
+    assert answer.choices[0].message.content == "primary"
+    assert harness.clock.now() - started == pytest.approx(1.0)

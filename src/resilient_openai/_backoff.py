@@ -29,8 +29,10 @@ def backoff_delay(rule: RetryRule, retry_number: int, rand: float) -> float:
     return max(delay * (1.0 - rule.jitter * rand), 0.0)
 
 
-#: Verdicts not retried on the same target while the route has somewhere else to go.
-_FAIL_OVER = frozenset({Verdict.TIMEOUT, Verdict.MALFORMED_RESPONSE})
+#: Verdicts not retried on the same target while the route has somewhere else to go: a silent
+#: target, a proxy's error page (it repeats), and a rate limit (the next step has its own, and
+#: the limited target needs less load, not the same load later).
+_FAIL_OVER = frozenset({Verdict.TIMEOUT, Verdict.MALFORMED_RESPONSE, Verdict.RATE_LIMITED})
 
 
 def decide_retry(
@@ -52,7 +54,7 @@ def decide_retry(
     those cases giving up now lets a fallback answer while there is still time.
 
     A silent or broken target is not asked again when the route has another step (``has_next``):
-    a timeout, a malformed 200 (a proxy's error page repeats), or any failure that took at least
+    a timeout, a malformed 200, a rate limit, or any failure that took at least
     half the attempt's time ``limit`` (``spent`` seconds: an upstream that held the request and
     then hung up) fails over at once.
     """
