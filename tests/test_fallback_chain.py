@@ -181,6 +181,41 @@ def test_a_per_request_key_never_reaches_another_provider(
     assert sent.headers["x-trace"] == "t1"
 
 
+def test_the_callers_key_goes_on_to_its_own_provider_after_another_providers_step(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Route: another provider, then a model on the caller's own client. The provider never sees
+    the caller's per-request key; the caller's own provider still gets it afterwards."""
+    monkeypatch.setenv("RO_TEST_BACKUP_KEY", "sk-backup-key")
+    other = FakeUpstream(clock=harness.clock)
+    other.set_default("gpt-A", Status(503))
+
+    def http_client(target: Target) -> Any:
+        if harness.is_async:
+            return httpx2.AsyncClient(transport=other.async_transport())
+        return httpx2.Client(transport=other.transport())
+
+    harness.upstream.set_default("gpt-A", Status(503))
+    harness.upstream.set_default("gpt-B", Ok(text="from gpt-B"))
+    steps = (FallbackStep(kind="target", target="backup"), FallbackStep(kind="model", model="gpt-B"))
+    fallback = FallbackPolicy(
+        routes={"gpt-A": Route(steps=steps)},
+        targets={
+            "backup": Target(
+                name="backup", base_url="http://backup.test/v1", api_key_env="RO_TEST_BACKUP_KEY"
+            )
+        },
+    )
+    client = harness.client(
+        Policy(retry=RetryPolicy(rules={}), fallback=fallback), runtime={"http_client": http_client}
+    )
+    result = harness.chat(client, extra_headers={"Authorization": "Bearer sk-caller-secret"})
+    assert result.choices[0].message.content == "from gpt-B"
+    assert [r.headers["authorization"] for r in other.requests] == ["Bearer sk-backup-key"]
+    [sent_b] = [r for r in harness.upstream.requests if r.model == "gpt-B"]
+    assert sent_b.headers["authorization"] == "Bearer sk-caller-secret"
+
+
 def test_streaming_caller_gets_a_complete_fallback_stream(harness: Harness) -> None:
     """stream=True with the primary down: the caller reads a complete stream from the fallback."""
     harness.upstream.set_default("gpt-A", Status(503))

@@ -131,6 +131,7 @@ class Chain:
             body=body,
             cast_to=cast_to,
             options=options,
+            caller_options=options,
             stream=stream,
             stream_cls=stream_cls,
             client=client,

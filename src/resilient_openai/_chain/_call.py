@@ -92,6 +92,9 @@ class Call:
     attempt: int = 0
     #: When the current attempt began (clock time), read once by the layers below retry.
     attempt_started: float = 0.0
+    #: The caller's own request options; ``options`` is what the current step sends (without the
+    #: caller's credential headers when the step is another provider).
+    caller_options: Options | None = None
 
     @property
     def model(self) -> str | None:

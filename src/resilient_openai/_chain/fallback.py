@@ -9,7 +9,6 @@ provenance.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -64,7 +63,8 @@ class Walker:
         """The call's cache key, and the walk over its route."""
         route = route_for(self._policy, call.requested_model)
         roomy = self._roomy(call)
-        moves = walk(route, context_first=self._oversized(call, route, roomy), roomy=roomy)
+        oversized = self._oversized(call, route, roomy)
+        moves = walk(route, context_first=oversized, roomy=roomy, model=call.requested_model)
         return self.delivery.cache_key(call, route), moves
 
     def _roomy(self, call: Call) -> Callable[[FallbackStep], bool]:
@@ -97,8 +97,7 @@ class Walker:
     def aim(self, call: Call, move: Send, key: str | None, continuation: StreamHooks | None) -> None:
         """Point the call at the target of ``move``, with what its stream should report."""
         call.target = self._targets.live(move.step, call.client, call.requested_model)
-        if move.step.kind == "target":
-            call.options = _sdk.without_credentials(call.options)  # never the caller's key elsewhere
+        call.options = self._options_for(call, move.step)
         call.has_next = bool(move.later)
         call.hooks = (
             self.delivery.stream_hooks(call, key if move.step is PRIMARY else None, continuation)
@@ -115,6 +114,12 @@ class Walker:
         """The code a ``function`` step names (checked to exist when the client was made)."""
         return self._functions[step.function or ""]
 
+    @staticmethod
+    def _options_for(call: Call, step: FallbackStep) -> _sdk.Options:
+        """The caller's options as ``step`` sends them: never the caller's key to another provider."""
+        own = call.caller_options or call.options
+        return _sdk.without_credentials(own) if step.kind == "target" else own
+
     def continuation_call(self, call: Call, step: FallbackStep, partial: str) -> Call | None:
         """A call asking ``step`` to continue ``partial`` as a prefill, when it declared it can.
 
@@ -127,18 +132,15 @@ class Walker:
             return None
         messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
         body = {**call.body, "messages": messages}
-        options = _sdk.with_body(call.options, body)
-        if step.kind == "target":
-            options = _sdk.without_credentials(options)
-        return dataclasses.replace(
-            call, body=body, options=options, target=target, has_next=False, hooks=None
-        )
+        options = _sdk.with_body(self._options_for(call, step), body)
+        # has_next: a rescue asks each step once, a silent one is not waited on again.
+        return dataclasses.replace(call, body=body, options=options, target=target, has_next=True, hooks=None)
 
     def regeneration_call(self, call: Call, step: FallbackStep) -> Call:
         """The same question, asked of ``step`` (its answer is spliced in where the caller is)."""
         target = self._targets.live(step, call.client, call.requested_model)
-        options = _sdk.without_credentials(call.options) if step.kind == "target" else call.options
-        return dataclasses.replace(call, options=options, target=target, has_next=False, hooks=None)
+        options = self._options_for(call, step)
+        return dataclasses.replace(call, options=options, target=target, has_next=True, hooks=None)
 
     def rescued(self, call: Call, sub: Call, result: Any, how: str) -> None:
         """Another step is finishing the caller's stream: say so on it."""
@@ -185,27 +187,27 @@ class SyncFallback:
         failure: Outcome | None = None
         reason: Verdict | None = None
         reply: Verdict | None = None
-        with contextlib.suppress(StopIteration):
-            while True:
+        while True:
+            try:
                 move = moves.send(reply)
-                if isinstance(move, Serve):
-                    local = self._local(call, move, key)
-                    if local is not None:
-                        return delivery.serve_sync(call, local, move.reason)
-                    reply = None
-                    continue
-                later = (
-                    _SyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
-                )
-                walker.aim(call, move, key, later.hooks() if later is not None else None)
-                outcome: Outcome = next(call)
-                if outcome.ok:
-                    if later is not None:
-                        later.result = outcome.result
-                    return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
-                failure = _telling(failure, outcome)
-                reply = outcome.judged.verdict
-                reason = reason or reply
+            except StopIteration:
+                break
+            if isinstance(move, Serve):
+                local = self._local(call, move, key)
+                if local is not None:
+                    return delivery.serve_sync(call, local, move.reason)
+                reply = None
+                continue
+            later = _SyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
+            walker.aim(call, move, key, later.hooks() if later is not None else None)
+            outcome: Outcome = next(call)
+            if outcome.ok:
+                if later is not None:
+                    later.result = outcome.result
+                return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
+            failure = _telling(failure, outcome)
+            reply = outcome.judged.verdict
+            reason = reason or reply
         error = walker.give_up(call, failure)
         try:
             raise error
@@ -248,27 +250,27 @@ class AsyncFallback:
         failure: Outcome | None = None
         reason: Verdict | None = None
         reply: Verdict | None = None
-        with contextlib.suppress(StopIteration):
-            while True:
+        while True:
+            try:
                 move = moves.send(reply)
-                if isinstance(move, Serve):
-                    local = await self._local(call, move, key)
-                    if local is not None:
-                        return await delivery.serve_async(call, local, move.reason)
-                    reply = None
-                    continue
-                later = (
-                    _AsyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
-                )
-                walker.aim(call, move, key, later.hooks() if later is not None else None)
-                outcome: Outcome = await next(call)
-                if outcome.ok:
-                    if later is not None:
-                        later.result = outcome.result
-                    return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
-                failure = _telling(failure, outcome)
-                reply = outcome.judged.verdict
-                reason = reason or reply
+            except StopIteration:
+                break
+            if isinstance(move, Serve):
+                local = await self._local(call, move, key)
+                if local is not None:
+                    return await delivery.serve_async(call, local, move.reason)
+                reply = None
+                continue
+            later = _AsyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
+            walker.aim(call, move, key, later.hooks() if later is not None else None)
+            outcome: Outcome = await next(call)
+            if outcome.ok:
+                if later is not None:
+                    later.result = outcome.result
+                return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
+            failure = _telling(failure, outcome)
+            reply = outcome.judged.verdict
+            reason = reason or reply
         error = walker.give_up(call, failure)
         try:
             raise error

@@ -7,6 +7,7 @@ every layer above to read: an exception, a 200 that is not an answer of the oper
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .. import _sdk
@@ -46,7 +47,7 @@ class SyncTerminal:
         assert target is not None
         try:
             result = target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except ValueError as exc:  # the SDK could not read the JSON body
+        except json.JSONDecodeError as exc:  # the SDK could not read the JSON body
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
@@ -67,7 +68,7 @@ class AsyncTerminal:
         send = target.send
         try:
             result = await send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except ValueError as exc:  # the SDK could not read the JSON body
+        except json.JSONDecodeError as exc:  # the SDK could not read the JSON body
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)

@@ -97,7 +97,13 @@ def _roomier(
     return [step for step in after if is_live(step) and roomy(step)]
 
 
-def walk(route: Route, *, context_first: bool = False, roomy: Callable[[FallbackStep], bool] = bool) -> Walk:
+def walk(
+    route: Route,
+    *,
+    context_first: bool = False,
+    roomy: Callable[[FallbackStep], bool] = bool,
+    model: str | None = None,
+) -> Walk:
     """The steps to try, in order, for a call on ``route``; see the module docs for the protocol.
 
     ``context_first``: the prompt is known to exceed the model's window, so the walk starts where
@@ -105,7 +111,7 @@ def walk(route: Route, *, context_first: bool = False, roomy: Callable[[Fallback
     outages go on down the route; a context-length error goes to ``context_model``, or else to
     the remaining model and target steps with room for it (``roomy(step)``: a larger or unknown
     window); a content-filtered one goes to the ``content_policy`` step; anything else ends the
-    walk (the failure is the answer).
+    walk (the failure is the answer). ``model`` is the caller's model, which ``PRIMARY`` asks.
     """
     steps: list[FallbackStep] = (
         _roomier(route, list(route.steps), roomy) if context_first else [PRIMARY, *route.steps]
@@ -127,7 +133,8 @@ def walk(route: Route, *, context_first: bool = False, roomy: Callable[[Fallback
             return
         if move is Move.CONTEXT:
             steps, index = _roomier(route, steps[index + 1 :], roomy), 0
-            if steps and steps[0].model == step.model and step.kind == "model":
+            asked = step.model or model  # PRIMARY stands for the caller's ``model``
+            if steps and step.kind == "model" and steps[0].model == asked:
                 steps = steps[1:]  # the context model itself said the prompt is too long
         elif move is Move.CONTENT:
             assert route.content_policy is not None

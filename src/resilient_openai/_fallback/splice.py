@@ -63,10 +63,13 @@ class Splice:
             raise SpliceFailed("not a single-choice chat chunk")
         if not choices:
             return None  # a usage chunk
-        delta = choices[0].get("delta") or {}
+        choice = choices[0]
+        delta = choice.get("delta") if isinstance(choice, Mapping) else None
+        if not isinstance(delta, Mapping) or not isinstance(delta.get("content") or "", str):
+            raise SpliceFailed("not a chat chunk")
         if set(delta) - {"role", "content", "refusal"} or delta.get("refusal"):
             raise SpliceFailed("the answer carries more than text")
-        if choices[0].get("finish_reason") is not None and not delta.get("content"):
+        if choice.get("finish_reason") is not None and not delta.get("content"):
             raise SpliceFailed("the new answer ended before reaching the delivered text")
         self._raw += delta.get("content") or ""
         seen, ends = _normalized(self._raw)
