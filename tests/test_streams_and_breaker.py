@@ -46,8 +46,9 @@ def test_cut_stream_counts_as_a_failure(harness: Harness) -> None:
         harness.chat(client)
 
 
-def test_abandoned_stream_is_ignored(harness: Harness) -> None:
-    """A caller that stops reading early neither succeeds nor fails: a half-open slot is freed."""
+def test_a_streamed_probe_closes_the_circuit_at_its_first_token(harness: Harness) -> None:
+    """A half-open probe that is a stream is judged at its first token (the target answers), so
+    it never holds the probe slot for the length of an answer, even if its caller abandons it."""
     client = _client(harness)
     harness.upstream.script("gpt-A", [Status(503)])
     with pytest.raises(openai.InternalServerError):
@@ -67,10 +68,9 @@ def test_abandoned_stream_is_ignored(harness: Harness) -> None:
         stream = client.chat.completions.create(**kwargs)
         next(iter(stream))
         stream.close()
-    assert _state(client) == "half-open"
-    _, _, error = harness.stream_chat(client)  # the slot was given back: a new probe is admitted
-    assert error is None
     assert _state(client) == "closed"
+    _, _, error = harness.stream_chat(client)
+    assert error is None
 
 
 def test_manual_isolate_and_close(harness: Harness) -> None:

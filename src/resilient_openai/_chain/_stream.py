@@ -67,6 +67,7 @@ class StreamWatch:
         "_idle",
         "_malformed_run",
         "_permit",
+        "_raised",
         "_request",
         "_started",
         "breaker",
@@ -100,6 +101,7 @@ class StreamWatch:
         #: When the first content event must have come (clock time), and the longest gap after it.
         self._first_token_by = first_token_by
         self._idle = idle
+        self._raised: IncompleteStreamError | None = None
         self.operation = operation
         #: What the caller holds (the SDK's Stream): its provenance is corrected if it breaks.
         self.result = result
@@ -229,7 +231,7 @@ class StreamWatch:
     def error(self, reason: str, detail: str) -> IncompleteStreamError:
         """The typed error for a stream that ends badly now, with what it delivered."""
         text = self.partial_text
-        return IncompleteStreamError(
+        error = self._raised = IncompleteStreamError(
             f"stream {reason} after {self.delivered} event(s): {detail}",
             partial_text=text,
             chunks=self.delivered,
@@ -238,6 +240,7 @@ class StreamWatch:
             operation=self.operation,
             model=self.model,
         )
+        return error
 
     def complete(self) -> bool:
         """At a clean end of the HTTP body: did the server finish the answer?"""
@@ -273,11 +276,28 @@ class StreamWatch:
         self.end(Verdict.STREAM_INTERRUPTED, error)
         return error
 
+    def rescuable(self, exc: Exception) -> bool:
+        """Whether another step may finish this answer: plain text was delivered, one choice, and
+        the call's deadline has not passed."""
+        if self._late(exc):
+            return False
+        return bool(self.partial_text.strip()) and bool(getattr(self._assembler, "text_only", False))
+
+    def _late(self, exc: Exception) -> bool:
+        reason = exc.reason if isinstance(exc, IncompleteStreamError) else None
+        return reason == "deadline" or self._clock.now() >= self._deadline
+
     def ended_by(self, exc: Exception) -> IncompleteStreamError:
-        """The stream broke mid-answer (its transport, or the watch itself): the error to raise."""
-        if isinstance(exc, IncompleteStreamError):
+        """The stream broke mid-answer: the error to raise, always describing what *this* stream
+        delivered (a rescuing stream's own error becomes its cause)."""
+        if isinstance(exc, IncompleteStreamError) and exc is self._raised:
             return self.fail(exc)
-        reason, detail = _broken(exc)
+        if self._late(exc):
+            reason, detail = "deadline", "the call's total deadline passed mid-stream"
+        elif isinstance(exc, IncompleteStreamError):
+            reason, detail = exc.reason, str(exc)
+        else:
+            reason, detail = _broken(exc)
         error = self.error(reason, detail)
         error.__cause__ = exc
         return self.fail(error)
@@ -296,7 +316,12 @@ class StreamWatch:
         self.outcome = None
 
     def hand_permit(self, permit: Any, started: float) -> None:
-        """Take over the breaker permit: the outcome is recorded when the stream ends."""
+        """Take over the breaker permit: the outcome is recorded when the stream ends. A half-open
+        probe is settled at once (its first token came: the target answers), so it never holds
+        the probe slot for the length of an answer."""
+        if permit.is_probe and not self.ended:
+            permit.record(Verdict.SUCCESS, duration=self._clock.now() - started)
+            return
         self._permit = permit
         self._started = started
         if self.ended:
@@ -345,11 +370,6 @@ def _error_message(event: dict[str, Any]) -> str:
 
 #: What breaks a stream after its first token: the transport, or what the watch saw in it.
 _BREAKS = (httpx2.TimeoutException, httpx2.TransportError, IncompleteStreamError)
-
-
-def _rescuable(exc: Exception) -> bool:
-    """Whether another step may finish the answer: not when the call's deadline has passed."""
-    return not isinstance(exc, IncompleteStreamError) or exc.reason in ("upstream_error", "unreadable")
 
 
 def _cause(exc: Exception) -> BaseException | None:
@@ -433,7 +453,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                 break
             except _BREAKS as exc:
                 go_on = watch.hooks.continue_sync
-                more = go_on(watch.partial_text) if go_on is not None and _rescuable(exc) else None
+                more = go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
                 if more is None:
                     raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()
@@ -503,7 +523,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                 break
             except _BREAKS as exc:
                 go_on = watch.hooks.continue_async
-                more = await go_on(watch.partial_text) if go_on is not None and _rescuable(exc) else None
+                more = await go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
                 if more is None:
                     raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()

@@ -220,6 +220,16 @@ class ChatStreamAssembler:
         self._chunks += carried
 
     @property
+    def text_only(self) -> bool:
+        """Whether the answer so far is one choice's plain text (what a rescue can finish)."""
+        if set(self._choices) - {0}:
+            return False
+        choice = self._choices.get(0)
+        return choice is None or not (
+            choice.refusal or choice.tool_calls or choice.function_call or choice.audio
+        )
+
+    @property
     def text(self) -> str:
         """Choice 0's content so far."""
         choice = self._choices.get(0)
