@@ -454,3 +454,34 @@ def test_without_a_next_step_a_rate_limit_waits_the_servers_retry_after(harness:
     answer = harness.chat(harness.client(Policy()))
     assert answer.choices[0].message.content == "primary"
     assert harness.clock.now() - started == pytest.approx(1.0)
+
+
+def test_a_rescued_stream_records_the_interruption_and_who_finished_it(harness: Harness) -> None:
+    """After a splice the primary's attempt reads as interrupted and the backup's as the answer."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Ok(text=ANSWER))
+    stream, _, error = harness.stream_chat(harness.client(_rescue_policy(BACKUP)))
+    assert error is None
+    record = provenance(stream)
+    assert record is not None
+    assert [(a.model, a.verdict) for a in record.attempts] == [
+        ("gpt-A", "stream_interrupted"),
+        ("gpt-B", "success"),
+    ]
+
+
+def test_a_rescue_that_breaks_too_still_reports_everything_delivered(harness: Harness) -> None:
+    """The backup's answer breaks as well and nothing else can finish it: the error carries all
+    the text the caller received, from both streams."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Cut(7, text=ANSWER))
+    _, chunks, error = harness.stream_chat(harness.client(_rescue_policy(BACKUP)))
+    assert isinstance(error, IncompleteStreamError)
+    assert text_of(chunks) == "one two three four five six seven"
+    assert error.partial_text == "one two three four five six seven"
+    record = provenance(error)
+    assert record is not None
+    assert [(a.model, a.verdict) for a in record.attempts] == [
+        ("gpt-A", "stream_interrupted"),
+        ("gpt-B", "stream_interrupted"),
+    ]

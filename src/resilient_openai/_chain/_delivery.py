@@ -41,6 +41,19 @@ _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBA
 _NO_CONTINUATION = StreamHooks()
 
 
+def interrupted(call: Call) -> str | None:
+    """Mark the attempt whose stream broke mid-answer (the last one that delivered) as
+    interrupted; its target's name, if there was one."""
+    for index in range(len(call.attempts) - 1, -1, -1):
+        record = call.attempts[index]
+        if record.verdict == Verdict.STREAM_INTERRUPTED.value:
+            return record.target  # marked already, when its rescue was tried
+        if record.verdict == Verdict.SUCCESS.value:
+            call.attempts[index] = dataclasses.replace(record, verdict=Verdict.STREAM_INTERRUPTED.value)
+            return record.target
+    return None
+
+
 class LocalAnswer(NamedTuple):
     """An answer made without a model: its JSON object, who made it, and the model it names."""
 
@@ -116,26 +129,19 @@ class Delivery:
         return StreamHooks(store, go_on.continue_sync, go_on.continue_async, ended)
 
     def _broken(self, call: Call, result: Any, error: IncompleteStreamError) -> None:
-        """A stream broke after its answer began: its attempt was no success after all. The error
-        and the caller's stream both say so."""
-        target = call.target
-        name = target.name if target is not None else None
-        attempts = list(call.attempts)
-        for index in range(len(attempts) - 1, -1, -1):
-            if attempts[index].target == name and attempts[index].verdict == Verdict.SUCCESS.value:
-                attempts[index] = dataclasses.replace(
-                    attempts[index], verdict=Verdict.STREAM_INTERRUPTED.value
-                )
-                break
+        """A stream broke after its answer began (its rescue too, if one was tried): the attempt
+        that was streaming was no success after all. The error and the caller's stream say so."""
+        name = interrupted(call)
         reason = Verdict.STREAM_INTERRUPTED.value
+        attempts = tuple(call.attempts)
         record = Provenance(
             source=None, model=None, requested_model=call.requested_model, target=name, reason=reason,
-            attempts=tuple(attempts),
+            attempts=attempts,
         )  # fmt: skip
         attach(error, record)
         delivered = provenance(result)
         if delivered is not None:
-            attach(result, dataclasses.replace(delivered, reason=reason, attempts=tuple(attempts)))
+            attach(result, dataclasses.replace(delivered, reason=reason, attempts=attempts))
 
     # -- local answers -----------------------------------------------------------------------
 

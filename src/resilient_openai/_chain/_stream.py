@@ -29,7 +29,15 @@ from .._fallback.assemble import assembler_for
 from .._fallback.splice import Splice
 from ..observe.events import EventBus, StreamEventSkipped
 
-__all__ = ["AsyncStreamGuard", "StreamHooks", "StreamWatch", "SyncStreamGuard", "splice_chunk"]
+__all__ = [
+    "AsyncJoined",
+    "AsyncStreamGuard",
+    "Joined",
+    "StreamHooks",
+    "StreamWatch",
+    "SyncStreamGuard",
+    "splice_chunk",
+]
 
 #: This many malformed events in a row make a stream unreadable.
 MAX_MALFORMED_IN_A_ROW = 3
@@ -397,6 +405,41 @@ def splice_chunk(splice: Splice, chunk: bytes) -> bytes:
     return _sdk.EventChunk(raw, tuple(kept))
 
 
+class Joined(httpx2.SyncByteStream):
+    """A regenerated stream from where it joined the caller's text: the held chunks, then the
+    rest; closing it closes the regenerated stream (its own guard records its outcome)."""
+
+    def __init__(self, held: list[bytes], rest: Iterator[bytes], stream: object) -> None:
+        self._held, self._rest, self._stream = held, rest, stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._held
+        yield from self._rest
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncJoined(httpx2.AsyncByteStream):
+    """The asyncio twin of :class:`Joined`."""
+
+    def __init__(self, held: list[bytes], rest: AsyncIterator[bytes], stream: object) -> None:
+        self._held, self._rest, self._stream = held, rest, stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._held:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def _broken(exc: Exception) -> tuple[str, str]:
     """Why a stream that had started broke: a stall (read timeout) or a cut (anything else)."""
     if isinstance(exc, httpx2.TimeoutException):
@@ -464,7 +507,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
     def close(self) -> None:
         self._watch.closed_early()
         self._raw.close()
-        for more in self._continuations:  # the continuing target's own guard records its outcome
+        for more in self._continuations:  # a rescuing stream's own guard records its outcome
             if isinstance(more, httpx2.SyncByteStream):
                 more.close()
 
@@ -543,6 +586,6 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         self._watch.closed_early()
         await self._raw.aclose()
-        for more in self._continuations:  # the continuing target's own guard records its outcome
+        for more in self._continuations:  # a rescuing stream's own guard records its outcome
             if isinstance(more, httpx2.AsyncByteStream):
                 await more.aclose()

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import itertools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
@@ -25,7 +24,8 @@ from .._fallback.plan import PRIMARY, Send, Serve, Walk, is_live, route_for, wal
 from .._fallback.splice import Splice, SpliceFailed
 from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
-from ._stream import StreamHooks, splice_chunk
+from ._delivery import interrupted
+from ._stream import AsyncJoined, Joined, StreamHooks, splice_chunk
 
 if TYPE_CHECKING:
     from .._policy import FallbackPolicy, FallbackStep, Route, ValidationPolicy
@@ -313,6 +313,7 @@ class _SyncRescue:
 
     def __call__(self, partial: str) -> Iterable[bytes] | None:
         walker, call = self._walker, self._call
+        interrupted(call)
         while self._later:
             step = self._later.pop(0)
             sub = walker.continuation_call(call, step, partial)
@@ -334,7 +335,7 @@ class _SyncRescue:
 
 def _join(chunks: Iterable[bytes], partial: str) -> Iterable[bytes] | None:
     """The regenerated stream from where the caller is, once it has joined ``partial`` (None: it
-    does not start with it, or broke first)."""
+    does not start with it, or broke first; the regenerated stream is then closed)."""
     splice = Splice(partial)
     source = iter(chunks)
     held: list[bytes] = []
@@ -344,12 +345,14 @@ def _join(chunks: Iterable[bytes], partial: str) -> Iterable[bytes] | None:
             if kept:
                 held.append(kept)
             if splice.joined:
-                return itertools.chain(held, source)
+                return Joined(held, source, chunks)
     except (SpliceFailed, IncompleteStreamError, httpx2.TransportError, httpx2.TimeoutException):
         pass
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()
+    finally:
+        if not splice.joined:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
     return None
 
 
@@ -372,6 +375,7 @@ class _AsyncRescue:
 
     async def __call__(self, partial: str) -> AsyncIterable[bytes] | None:
         walker, call = self._walker, self._call
+        interrupted(call)
         while self._later:
             step = self._later.pop(0)
             sub = walker.continuation_call(call, step, partial)
@@ -402,17 +406,12 @@ async def _ajoin(chunks: AsyncIterable[bytes], partial: str) -> AsyncIterable[by
             if kept:
                 held.append(kept)
             if splice.joined:
-                return _prepend(held, source)
+                return AsyncJoined(held, source, chunks)
     except (SpliceFailed, IncompleteStreamError, httpx2.TransportError, httpx2.TimeoutException):
         pass
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        await close()
+    finally:
+        if not splice.joined:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
     return None
-
-
-async def _prepend(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    for chunk in held:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
