@@ -183,3 +183,33 @@ def test_unreadable_body_is_a_retried_malformed_response(harness: Harness) -> No
     record = provenance(result)
     assert record is not None
     assert [a.verdict for a in record.attempts] == ["malformed_response", "success"]
+
+
+def test_a_compressed_stream_reaches_the_caller_whole() -> None:
+    """A gzip-encoded event stream (rare, but legal) streams as the plain SDK streams it."""
+    import gzip
+
+    def chunk(delta: dict[str, str], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        body = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-A",
+            "choices": [choice],
+        }
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    events = chunk({"role": "assistant", "content": "hello"}, None) + chunk({}, "stop") + b"data: [DONE]\n\n"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx2.Response(200, headers=headers, content=gzip.compress(events))
+
+    raw = openai.OpenAI(api_key="sk-x", base_url="http://gzip.test/v1",
+                        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))  # fmt: skip
+    client = resilient(raw, Policy(), clock=FakeClock())
+    stream = client.chat.completions.create(
+        model="gpt-A", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert text_of(list(stream)) == "hello"

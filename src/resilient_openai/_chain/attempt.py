@@ -65,6 +65,11 @@ def _watch(
     )  # fmt: skip
 
 
+def _encoded(response: httpx2.Response) -> bool:
+    """A compressed body: the guard reads raw bytes, so it leaves such a (rare) stream to the SDK."""
+    return response.headers.get("content-encoding", "identity").lower() not in ("identity", "")
+
+
 class SyncAttempt:
     """Per-attempt limits and stream priming (threads)."""
 
@@ -80,7 +85,7 @@ class SyncAttempt:
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
-        if response is None or not isinstance(response.stream, httpx2.SyncByteStream):
+        if response is None or not isinstance(response.stream, httpx2.SyncByteStream) or _encoded(response):
             return outcome
         watch = _watch(call, self._clock, self._bus, response, outcome.result, call.attempt_started)
         guard = SyncStreamGuard(response.stream, watch, response.request)
@@ -107,7 +112,7 @@ class AsyncAttempt:
         if not call.stream or not outcome.ok:
             return outcome
         response = _sdk.response_of(outcome.result)
-        if response is None or not isinstance(response.stream, httpx2.AsyncByteStream):
+        if response is None or not isinstance(response.stream, httpx2.AsyncByteStream) or _encoded(response):
             return outcome
         watch = _watch(call, self._clock, self._bus, response, outcome.result, call.attempt_started)
         guard = AsyncStreamGuard(response.stream, watch, response.request)

@@ -47,7 +47,7 @@ class SyncTerminal:
         assert target is not None
         try:
             result = target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except json.JSONDecodeError as exc:  # the SDK could not read the JSON body
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK could not read the body
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
@@ -68,7 +68,7 @@ class AsyncTerminal:
         send = target.send
         try:
             result = await send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except json.JSONDecodeError as exc:  # the SDK could not read the JSON body
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK could not read the body
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
