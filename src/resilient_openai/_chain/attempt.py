@@ -65,9 +65,14 @@ def _watch(
     )  # fmt: skip
 
 
+#: Encodings httpx2 decompresses (any other is passed through as it is).
+_COMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
 def _encoded(response: httpx2.Response) -> bool:
     """A compressed body: the guard reads raw bytes, so it leaves such a (rare) stream to the SDK."""
-    return response.headers.get("content-encoding", "identity").lower() not in ("identity", "")
+    encodings = response.headers.get("content-encoding", "").lower().replace(" ", "").split(",")
+    return any(encoding in _COMPRESSED for encoding in encodings)
 
 
 class SyncAttempt:
