@@ -82,14 +82,22 @@ def _chat_usage(prompt_tokens: int, completion_tokens: int) -> JSONDict:
 
 
 def chat_completion(
-    text: str, model: str, *, id: str | None = None, created: int | None = None, prompt_tokens: int = 0
+    text: str,
+    model: str,
+    *,
+    id: str | None = None,
+    created: int | None = None,
+    prompt_tokens: int = 0,
+    tool_call: tuple[str, str] | None = None,
 ) -> JSONDict:
     """A ``chat.completion`` object whose single assistant message is ``text``.
 
     ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`;
-    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text.
+    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text. ``tool_call``
+    (function name, arguments as JSON text) makes the message that one tool call instead, with
+    ``finish_reason="tool_calls"``.
     """
-    return {
+    completion: JSONDict = {
         "id": id if id is not None else f"chatcmpl-{_digest(model, text)[:29]}",
         "object": "chat.completion",
         "created": created if created is not None else DEFAULT_CREATED,
@@ -105,13 +113,27 @@ def chat_completion(
         "usage": _chat_usage(prompt_tokens, count_tokens(text)),
         "service_tier": "default",
     }
+    if tool_call is not None:
+        name, arguments = tool_call
+        choice: JSONDict = completion["choices"][0]
+        choice["finish_reason"] = "tool_calls"
+        choice["message"]["content"] = None
+        choice["message"]["tool_calls"] = [
+            {
+                "id": f"call_{_digest(name, arguments)[:24]}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+        ]
+    return completion
 
 
 def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
     """The ``chat.completion.chunk`` objects a server streams for ``completion``.
 
     Per choice: a first chunk with ``{"role": "assistant", "content": ""}``, one chunk per token of
-    the message content, then a chunk with an empty delta and the ``finish_reason``. With
+    the message content, one chunk per tool call (whole), then a chunk with an empty delta and
+    the ``finish_reason``. With
     ``include_usage`` (``stream_options.include_usage``) every chunk carries ``"usage": null`` and
     a last chunk with no choices carries the usage. All chunks share id, created and model.
     """
@@ -134,6 +156,10 @@ def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
         content = choice["message"].get("content") or ""
         chunks.append(chunk(index, {"role": "assistant", "content": ""}, None))
         chunks.extend(chunk(index, {"content": token}, None) for token in split_tokens(content))
+        chunks.extend(
+            chunk(index, {"tool_calls": [{"index": position, **call}]}, None)
+            for position, call in enumerate(choice["message"].get("tool_calls") or ())
+        )
         chunks.append(chunk(index, {}, choice["finish_reason"]))
     if include_usage:
         usage = completion.get("usage")

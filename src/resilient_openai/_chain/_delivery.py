@@ -20,6 +20,7 @@ from .._errors import IncompleteStreamError
 from .._fallback.cache import CachedAnswer, ResponseCache
 from .._fallback.keys import PROCESS_SECRET, request_key, scope_id
 from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
+from .._fallback.shape import Shape, canned_reply
 from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
 from ._stream import StreamHooks
@@ -157,14 +158,20 @@ class Delivery:
     # -- local answers -----------------------------------------------------------------------
 
     def local(
-        self, call: Call, step: FallbackStep, key: str | None, reason: Verdict | None
+        self, call: Call, step: FallbackStep, key: str | None, reason: Verdict | None, shape: Shape
     ) -> LocalAnswer | None:
-        """What a cache or canned step answers (None when it cannot: a miss, a non-text operation)."""
+        """What a cache or canned step answers (None when it cannot: a miss, a non-text operation,
+        a request shape the canned step has no answer for)."""
         if step.kind == "cache":
             return self.cached(key)
         if step.kind == "canned":
-            text = (step.text or "").format(model=call.requested_model or "", reason=str(reason or ""))
-            answer = text_answer(call.operation, text, CANNED_MODEL)
+            reply = canned_reply(step, shape)
+            if isinstance(reply, str):
+                return None
+            text = reply.text or ""
+            if reply.template:
+                text = text.format(model=call.requested_model or "", reason=str(reason or ""))
+            answer = text_answer(call.operation, text, CANNED_MODEL, reply.tool_call)
             return None if answer is None else LocalAnswer(answer, Source.CANNED, CANNED_MODEL)
         return None
 
@@ -297,9 +304,10 @@ class Delivery:
             )
         )  # fmt: skip
 
-    def give_up(self, call: Call, failure: Outcome) -> BaseException:
-        """Nothing answered: the failure is the answer, with its provenance attached."""
-        error = failure.error
+    def give_up(self, call: Call, failure: Outcome, error: BaseException | None = None) -> BaseException:
+        """Nothing answered: the failure (or ``error``, which says why) is the answer, with its
+        provenance attached."""
+        error = error or failure.error
         assert error is not None
         record = Provenance(
             source=None,
