@@ -21,6 +21,7 @@ from openai._models import FinalRequestOptions
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "CallerOutcome",
     "DecodedEvent",
     "EventChunk",
     "EventDecoder",
@@ -29,6 +30,7 @@ __all__ = [
     "caller_limit",
     "describe_request",
     "error_from_status",
+    "guard_parser",
     "has_key_provider",
     "local_result_async",
     "local_result_sync",
@@ -36,6 +38,7 @@ __all__ = [
     "prepare_attempt",
     "read_limit",
     "response_of",
+    "restore_parser",
     "malformed",
     "malformed_error",
     "tenant",
@@ -155,6 +158,43 @@ def mapped_transport_error(exc: Exception, request: httpx2.Request) -> Exception
     if isinstance(exc, httpx2.TimeoutException):
         return openai.APITimeoutError(request=request)
     return openai.APIConnectionError(request=request)
+
+
+class CallerOutcome(Exception):
+    """The caller's own post-parser (``parse()``'s ``response_format`` or tools) raised on an
+    answer the SDK read: ``error`` is the caller's outcome, not the upstream's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def guard_parser(options: FinalRequestOptions, cast_to: Any, stream: bool) -> Callable[[Any], Any] | None:
+    """Tell the caller's post-parser apart from the SDK reading the body, for one attempt.
+
+    The SDK applies ``options.post_parser`` (how ``parse()`` builds the caller's model and raises
+    ``ValidationError``, ``LengthFinishReasonError``...) inside its response processing, where a
+    truncated body also raises ``ValueError``. For a plain call with a post-parser, wrap it so
+    what it raises arrives as :class:`CallerOutcome`; returns the caller's parser, to put back
+    with :func:`restore_parser` (a raw wrapper's ``parse()`` runs it later, unwrapped).
+    """
+    parser = options.post_parser
+    if not callable(parser) or not _is_plain(options, cast_to, stream):
+        return None
+
+    def guarded(parsed: Any) -> Any:
+        try:
+            return parser(parsed)
+        except Exception as exc:
+            raise CallerOutcome(exc) from None
+
+    options.post_parser = guarded
+    return parser
+
+
+def restore_parser(options: FinalRequestOptions, parser: Callable[[Any], Any]) -> None:
+    """Put the caller's post-parser back after an attempt (see :func:`guard_parser`)."""
+    options.post_parser = parser
 
 
 def malformed_error(request: httpx2.Request, why: str) -> openai.APIResponseValidationError:

@@ -40,6 +40,19 @@ _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBA
 
 _NO_CONTINUATION = StreamHooks()
 
+#: What ``parse()`` adds to an answer (the caller's parsed objects): never part of the wire answer,
+#: so never stored (their declared type is a type variable, which the serializer warns about).
+_PARSED: Mapping[str, Any] = {
+    "chat.completions": {
+        "choices": {
+            "__all__": {
+                "message": {"parsed": True, "tool_calls": {"__all__": {"function": {"parsed_arguments"}}}}
+            }
+        }
+    },
+    "responses": {"output": {"__all__": {"parsed_arguments": True, "content": {"__all__": {"parsed"}}}}},
+}
+
 
 class LocalAnswer(NamedTuple):
     """An answer made without a model: its JSON object, who made it, and the model it names."""
@@ -231,7 +244,7 @@ class Delivery:
         # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
         if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
             return
-        body = result.model_dump_json(exclude_unset=True).encode()
+        body = result.model_dump_json(exclude_unset=True, exclude=_PARSED.get(call.operation)).encode()
         self._store(call, key, body, getattr(result, "model", None))
 
     def continued(
