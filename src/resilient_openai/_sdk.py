@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -32,10 +33,12 @@ __all__ = [
     "error_from_status",
     "guard_parser",
     "has_key_provider",
+    "label",
     "local_result_async",
     "local_result_sync",
     "mapped_transport_error",
     "prepare_attempt",
+    "raw_answer",
     "read_limit",
     "response_of",
     "restore_parser",
@@ -139,6 +142,46 @@ def response_of(result: Any) -> httpx2.Response | None:
         if isinstance(candidate, httpx2.Response):
             return candidate
     return None
+
+
+def raw_answer(result: Any) -> Mapping[str, Any] | None:
+    """The JSON object a raw-response wrapper (``with_raw_response``) already read, if any.
+
+    A wrapper whose body is not read yet (``with_streaming_response``) is left unread: the
+    caller reads it.
+    """
+    response = response_of(result)
+    if response is None or response.headers.get("content-type", "").split(";")[0] != "application/json":
+        return None
+    try:
+        answer = json.loads(response.content)
+    except (httpx2.ResponseNotRead, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def label(result: Any, headers: Mapping[str, str], on_parse: Callable[[Any], None]) -> None:
+    """Say where ``result`` came from wherever a caller or framework reads it: ``headers`` on the
+    HTTP response under it, and ``on_parse(parsed)`` for what a raw wrapper's ``parse()`` returns
+    (frameworks keep only the parsed object)."""
+    response = response_of(result)
+    if response is None:
+        return
+    response.headers.update(headers)
+    options = getattr(result, "_options", None)
+    if not isinstance(options, FinalRequestOptions):
+        return  # a Stream: it is what the caller holds
+    parser = options.post_parser
+
+    def labelled(parsed: Any) -> Any:
+        if callable(parser):
+            parsed = parser(parsed)
+        on_parse(parsed)
+        return parsed
+
+    copied = options.model_copy()
+    copied.post_parser = labelled
+    result._options = copied  # the wrapper's own copy: the call's options stay as they were
 
 
 def read_limit(request: httpx2.Request, seconds: float) -> None:

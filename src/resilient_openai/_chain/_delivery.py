@@ -8,8 +8,9 @@ the SDK's own result types, and stamps every result and every final error with i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pydantic
@@ -35,6 +36,8 @@ __all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
 
 #: Operations whose answers the cache can replay faithfully (as JSON and as a stream).
 CACHEABLE = frozenset({"chat.completions", "responses"})
+#: The list every answer of a cacheable operation carries.
+_ANSWER_FIELD: Mapping[str, str] = {"chat.completions": "choices", "responses": "output"}
 _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBACK_CLIENT})
 
 
@@ -60,6 +63,16 @@ class LocalAnswer(NamedTuple):
     answer: Mapping[str, Any]
     source: Source
     model: str | None
+
+
+def _headers(record: Provenance) -> dict[str, str]:
+    """The ``x-resilient-*`` headers a raw response carries: where its answer came from."""
+    headers = {"x-resilient-source": record.source.value if record.source is not None else ""}
+    if record.model is not None:
+        headers["x-resilient-model"] = record.model
+    if record.reason is not None:
+        headers["x-resilient-reason"] = record.reason
+    return headers
 
 
 def _uses_cache(route: Route) -> bool:
@@ -228,24 +241,56 @@ class Delivery:
     ) -> Any:
         """A live target answered: maybe store it, record provenance, tell the listeners."""
         result = outcome.result
-        if primary and key is not None and outcome.watch is None:
-            self._remember(call, result, key)
+        unstored = None
+        if primary and key is not None and outcome.watch is None and not self._remember(call, result, key):
+            unstored = key  # a wrapper with its body unread: stored when the caller parses it
         answered_by = getattr(result, "model", None)
         if not isinstance(answered_by, str):
             answered_by = call.model
         target = call.target
         assert target is not None
-        self._finish(call, result, target.source, answered_by, reason, completed=outcome.watch is None)
+        self._finish(
+            call, result, target.source, answered_by, reason, completed=outcome.watch is None, key=unstored
+        )
         return result
 
-    def _remember(self, call: Call, result: Any, key: str) -> None:
-        if not isinstance(result, pydantic.BaseModel):
-            return
-        # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
-        if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
-            return
-        body = result.model_dump_json(exclude_unset=True, exclude=_PARSED.get(call.operation)).encode()
-        self._store(call, key, body, getattr(result, "model", None))
+    def _remember(self, call: Call, result: Any, key: str) -> bool:
+        """Store an answer from the primary: a parsed one (plain, ``parse()``), or the body a
+        raw-response wrapper read (``with_raw_response``, as LangChain calls). False: there is
+        nothing to read yet (``with_streaming_response``)."""
+        if isinstance(result, pydantic.BaseModel):
+            # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
+            if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
+                return True
+            body = result.model_dump_json(exclude_unset=True, exclude=_PARSED.get(call.operation)).encode()
+            self._store(call, key, body, getattr(result, "model", None))
+            return True
+        answer = _sdk.raw_answer(result)
+        if answer is None:
+            return False
+        if not isinstance(answer.get(_ANSWER_FIELD[call.operation]), list):
+            return True  # not an answer of the operation: never served again
+        if call.operation == "responses" and answer.get("status", "completed") != "completed":
+            return True
+        model = answer.get("model")
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        self._store(call, key, body, model if isinstance(model, str) else None)
+        return True
+
+    def _parsed(self, call: Call, wrapper: Any, key: str | None) -> Callable[[Any], None]:
+        """What happens to what a raw wrapper's ``parse()`` returns: it carries the wrapper's
+        provenance (read then: a rescued stream's changes after delivery), and an answer parsed
+        from an unread body is stored under ``key``."""
+        cast_to = call.cast_to if key is not None and inspect.isclass(call.cast_to) else None
+
+        def parsed(value: Any) -> None:
+            record = provenance(wrapper)
+            if record is not None:
+                attach(value, record)
+            if cast_to is not None and key is not None and isinstance(value, cast_to):
+                self._remember(call, value, key)
+
+        return parsed
 
     def continued(
         self, call: Call, result: Any, target: LiveTarget, model: str | None, reason: Verdict, how: str
@@ -269,9 +314,10 @@ class Delivery:
         reason: Verdict | None,
         *,
         completed: bool = True,
+        key: str | None = None,
     ) -> None:
         """Stamp ``result`` with its provenance and tell the listeners; a live stream's call is
-        only ``completed`` when the stream ends."""
+        only ``completed`` when the stream ends. ``key``: store the answer when it is parsed."""
         target = call.target
         record = Provenance(
             source=source,
@@ -282,6 +328,8 @@ class Delivery:
             attempts=tuple(call.attempts),
         )
         attach(result, record)
+        if not isinstance(result, pydantic.BaseModel):  # a stream or a raw wrapper
+            _sdk.label(result, _headers(record), self._parsed(call, result, key))
         if completed:
             self._completed(call, record, None)
 
