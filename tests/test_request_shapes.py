@@ -25,7 +25,7 @@ from resilient_openai import (
     provenance,
 )
 from resilient_openai.observe.events import CallCompleted, Event
-from resilient_openai.testing import Ok, Status
+from resilient_openai.testing import Garbage, Ok, Status
 
 from .conftest import Harness
 
@@ -293,11 +293,34 @@ def test_plain_sdk_raises_the_same_validation_error(harness: Harness) -> None:
 
 def test_a_truncated_body_is_still_the_upstreams_failure(harness: Harness) -> None:
     """A 200 the SDK cannot read as JSON falls back, even for parse()."""
-    harness.upstream.set_default("gpt-A", Ok('{"name": "Ann", "age": 3}'))
-    harness.upstream.script("gpt-A", [Status(503)])
+    harness.upstream.set_default("gpt-A", Garbage('{"id": "chatcmpl-1", "choices": [{"ind'))
     client = harness.client(_policy(FallbackStep(kind="canned", json={"name": "C", "age": 1})))
     answer = _parse(harness, client, response_format=Person)
+    assert answer.choices[0].message.parsed == Person(name="C", age=1)
     assert _source(answer) == "canned"
+
+
+def test_a_length_finish_is_the_callers_outcome(harness: Harness) -> None:
+    """parse() of a well-formed answer cut by max_tokens: the SDK's LengthFinishReasonError, once."""
+    cut = {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-A",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": '{"name": "A'},
+                "finish_reason": "length",
+            }
+        ],
+    }
+    harness.upstream.set_default("gpt-A", Garbage(cut))
+    client = harness.client(_policy(FallbackStep(kind="canned", json={"name": "C", "age": 1})))
+    error = _parse(harness, client, response_format=Person)
+    assert isinstance(error, openai.LengthFinishReasonError)
+    assert harness.upstream.count("gpt-A") == 1
+    assert isinstance(_parse(harness, harness.raw(), response_format=Person), openai.LengthFinishReasonError)
 
 
 # -- every path fills and reads the cache; no warnings -------------------------------------------

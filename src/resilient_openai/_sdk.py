@@ -212,20 +212,26 @@ class CallerOutcome(Exception):
         self.error = error
 
 
-def guard_parser(options: FinalRequestOptions, cast_to: Any, stream: bool) -> Callable[[Any], Any] | None:
+def guard_parser(
+    options: FinalRequestOptions, cast_to: Any, stream: bool, operation: str
+) -> Callable[[Any], Any] | None:
     """Tell the caller's post-parser apart from the SDK reading the body, for one attempt.
 
     The SDK applies ``options.post_parser`` (how ``parse()`` builds the caller's model and raises
     ``ValidationError``, ``LengthFinishReasonError``...) inside its response processing, where a
     truncated body also raises ``ValueError``. For a plain call with a post-parser, wrap it so
-    what it raises arrives as :class:`CallerOutcome`; returns the caller's parser, to put back
-    with :func:`restore_parser` (a raw wrapper's ``parse()`` runs it later, unwrapped).
+    what it raises on an answer of ``operation`` arrives as :class:`CallerOutcome`; a body that
+    is no answer (the SDK hands the parser the text of unreadable JSON) skips the parser, to be
+    judged malformed. Returns the caller's parser, to put back with :func:`restore_parser` (a raw
+    wrapper's ``parse()`` runs it later, unwrapped).
     """
     parser = options.post_parser
     if not callable(parser) or not _is_plain(options, cast_to, stream):
         return None
 
     def guarded(parsed: Any) -> Any:
+        if _not_answer(parsed, operation) is not None:
+            return parsed
         try:
             return parser(parsed)
         except Exception as exc:
@@ -263,6 +269,11 @@ def malformed(
     """
     if not _is_plain(options, cast_to, stream):
         return None
+    return _not_answer(result, operation)
+
+
+def _not_answer(result: Any, operation: str) -> str | None:
+    """Why what the SDK read from a 200 is not an answer of ``operation`` (None: it is)."""
     if not isinstance(result, pydantic.BaseModel):
         return f"a {type(result).__name__} body instead of JSON"
     field = _ANSWER_FIELD.get(operation)

@@ -48,7 +48,7 @@ class SyncTerminal:
     def __call__(self, call: Call) -> Outcome:
         target = call.target
         assert target is not None
-        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream)
+        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream, call.operation)
         try:
             result = target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
         except _sdk.CallerOutcome as exc:
@@ -75,7 +75,7 @@ class AsyncTerminal:
         target = call.target
         assert target is not None
         send = target.send
-        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream)
+        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream, call.operation)
         try:
             result = await send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
         except _sdk.CallerOutcome as exc:
