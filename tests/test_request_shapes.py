@@ -129,6 +129,7 @@ def test_parse_with_only_canned_text_raises_unanswerable_not_validation_error(ha
     assert isinstance(error, UnanswerableError)
     assert isinstance(error, openai.OpenAIError)
     assert "JSON" in error.reason
+    assert error.attempts == 1
     assert isinstance(error.__cause__, openai.InternalServerError)
     record = provenance(error)
     assert record is not None

@@ -112,6 +112,14 @@ class UnanswerableError(ResilienceError):
     the attempts.
     """
 
-    def __init__(self, message: str, *, reason: str, operation: str | None = None, model: str | None = None):
-        super().__init__(message, operation=operation, model=model)
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        attempts: int = 0,
+        operation: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, attempts=attempts, operation=operation, model=model)
         self.reason = reason

@@ -137,7 +137,7 @@ class Walker:
         reason = "; ".join(declined)
         error = UnanswerableError(
             f"no fallback can answer this request as asked ({reason})",
-            reason=reason, operation=call.operation, model=call.requested_model,
+            reason=reason, attempts=len(call.attempts), operation=call.operation, model=call.requested_model,
         )  # fmt: skip
         error.__cause__ = failure.error
         return self.delivery.give_up(call, failure, error)
