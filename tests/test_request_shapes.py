@@ -426,3 +426,40 @@ def test_every_path_tells_listeners_how_the_call_ended(harness: Harness) -> None
         ("cache", "success", None),
         (None, "server_error", "UnanswerableError"),
     ]
+
+
+RESPONSES_TOOLS: list[Any] = [{"type": "function", "name": "lookup", **TOOLS[0]["function"]}]
+
+
+def test_responses_forced_tool_call_is_answered_by_a_canned_tool_call(harness: Harness) -> None:
+    """The Responses API's forced tool call gets the canned call as a function_call item."""
+    harness.upstream.set_default("gpt-A", Status(503))
+    client = harness.client(_policy(FallbackStep(kind="canned", text="busy", tool_call=LOOKUP)))
+    answer = _call(
+        harness,
+        lambda: client.responses.create(
+            model="gpt-A", input="who?", tools=RESPONSES_TOOLS, tool_choice="required"
+        ),
+    )
+    (item,) = answer.output
+    assert (item.type, item.name, item.arguments) == ("function_call", "lookup", '{"q":"status"}')
+    assert _source(answer) == "canned"
+
+
+def test_responses_forced_tool_call_is_streamed_from_a_canned_tool_call(harness: Harness) -> None:
+    """A streamed Responses request forcing a tool call gets function-call events."""
+    harness.upstream.set_default("gpt-A", Status(503))
+    client = harness.client(_policy(FallbackStep(kind="canned", tool_call=LOOKUP)))
+    request = {"model": "gpt-A", "input": "who?", "tools": RESPONSES_TOOLS, "tool_choice": "required"}
+    if harness.is_async:
+
+        async def consume() -> list[Any]:
+            stream = await client.responses.create(stream=True, **request)
+            return [event async for event in stream]
+
+        events = asyncio.run(consume())
+    else:
+        events = list(client.responses.create(stream=True, **request))
+    done = [event for event in events if event.type == "response.function_call_arguments.done"]
+    assert [(event.name, event.arguments) for event in done] == [("lookup", '{"q":"status"}')]
+    assert events[-1].response.output[0].type == "function_call"

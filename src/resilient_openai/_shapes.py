@@ -220,15 +220,34 @@ def response_object(
     item_id: str | None = None,
     created_at: int | None = None,
     input_tokens: int = 0,
+    tool_call: tuple[str, str] | None = None,
 ) -> JSONDict:
     """A completed Responses API ``response`` with one assistant message holding ``text``.
 
     ``id`` (``resp_...``) and ``item_id`` (``msg_...``) default to values derived from the model
     and text, ``created_at`` to :data:`DEFAULT_CREATED`; usage counts ``input_tokens`` and
-    :func:`count_tokens` of the text.
+    :func:`count_tokens` of the text. ``tool_call`` (function name, arguments as JSON text)
+    makes the output that one ``function_call`` item instead (``item_id``: ``fc_...``).
     """
-    digest = _digest(model, text)
+    digest = _digest(model, text) if tool_call is None else _digest(model, *tool_call)
     created = created_at if created_at is not None else DEFAULT_CREATED
+    item: JSONDict = {
+        "id": item_id if item_id is not None else f"msg_{digest[16:64]}",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [_output_text(text)],
+    }
+    if tool_call is not None:
+        name, arguments = tool_call
+        item = {
+            "id": item_id if item_id is not None else f"fc_{digest[16:64]}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": f"call_{digest[:24]}",
+            "name": name,
+            "arguments": arguments,
+        }
     return {
         "id": id if id is not None else f"resp_{digest[:48]}",
         "object": "response",
@@ -242,15 +261,7 @@ def response_object(
         "max_output_tokens": None,
         "max_tool_calls": None,
         "model": model,
-        "output": [
-            {
-                "id": item_id if item_id is not None else f"msg_{digest[16:64]}",
-                "type": "message",
-                "status": "completed",
-                "role": "assistant",
-                "content": [_output_text(text)],
-            }
-        ],
+        "output": [item],
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -275,8 +286,11 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
     then per message and per ``output_text`` part: ``response.output_item.added``,
     ``response.content_part.added``, one ``response.output_text.delta`` per token,
     ``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``;
-    finally ``response.completed`` with ``response`` itself. ``sequence_number`` counts from 0.
-    Only message outputs with ``output_text`` parts are supported.
+    per function call: ``response.output_item.added``, one
+    ``response.function_call_arguments.delta`` (the whole arguments),
+    ``response.function_call_arguments.done``, ``response.output_item.done``; finally
+    ``response.completed`` with ``response`` itself. ``sequence_number`` counts from 0.
+    Only message outputs with ``output_text`` parts and function calls are supported.
     """
     events: list[tuple[str, JSONDict]] = []
 
@@ -287,9 +301,27 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
     emit("response.created", response=pending)
     emit("response.in_progress", response=pending)
     for output_index, item in enumerate(response["output"]):
-        if item.get("type") != "message":
-            raise ValueError(f"response_events supports message outputs only, got {item.get('type')!r}")
         item_id = item["id"]
+        if item.get("type") == "function_call":
+            emit(
+                "response.output_item.added",
+                output_index=output_index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            where = {"item_id": item_id, "output_index": output_index}
+            emit("response.function_call_arguments.delta", **where, delta=item["arguments"])
+            emit(
+                "response.function_call_arguments.done",
+                **where,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
+            emit("response.output_item.done", output_index=output_index, item=item)
+            continue
+        if item.get("type") != "message":
+            raise ValueError(
+                f"response_events supports message and function_call outputs only, got {item.get('type')!r}"
+            )
         emit(
             "response.output_item.added",
             output_index=output_index,

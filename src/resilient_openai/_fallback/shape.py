@@ -116,8 +116,6 @@ def _tool_reply(step: FallbackStep, shape: Shape) -> Reply | str:
     call = step.tool_call
     if call is None:
         return "the request forces a tool call and the canned step has no 'tool_call'"
-    if shape.operation != "chat.completions":
-        return "a canned tool call answers chat completions only"
     if shape.tool_name is not None and call.name != shape.tool_name:
         return f"the request forces the tool {shape.tool_name!r}, the canned call is to {call.name!r}"
     if call.name not in shape.tools:
