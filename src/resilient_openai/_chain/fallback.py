@@ -3,8 +3,10 @@
 The walk itself is one pure generator (:func:`~resilient_openai._fallback.plan.walk`); the two
 drivers below only carry out its moves. Live steps (another model, another provider) go through
 the inner chain, each with its own retry rules and breaker; local steps (the cache, a canned
-text, a user function) answer at once, even after the deadline. Every answer leaves with its
-provenance.
+reply, a user function) answer at once, even after the deadline, when they can answer the
+request as asked (:mod:`~resilient_openai._fallback.shape`); when one was skipped for that and
+nothing answered, the caller gets :class:`~resilient_openai.UnanswerableError`. Every answer
+leaves with its provenance.
 """
 
 from __future__ import annotations
