@@ -394,7 +394,7 @@ ONE_MISTAKE: list[Any] = [
     pytest.param(
         with_steps({"kind": "cache", "colour": "red"}),
         "fallback.routes.gpt-4o.steps[0].colour",
-        "unknown key; allowed: accepts_prefill, function, kind, model, target, text",
+        "unknown key; allowed: accepts_prefill, function, json, kind, model, target, text, tool_call",
         id="step-unknown-key",
     ),
     pytest.param(
@@ -414,12 +414,6 @@ ONE_MISTAKE: list[Any] = [
         "fallback.routes.gpt-4o.steps[0].text",
         "cannot be formatted",
         id="template-spec",
-    ),
-    pytest.param(
-        with_steps({"kind": "canned", "text": "down"}, {"kind": "cache"}),
-        "fallback.routes.gpt-4o.steps[1]",
-        "unreachable: steps[0] is a canned reply",
-        id="step-after-canned",
     ),
     pytest.param(
         {"fallback": {"routes": {"gpt-4o": {"steps": {"kind": "cache"}}}}},

@@ -176,12 +176,6 @@ ONE_MISTAKE: list[Any] = [
         id="step-own-model",
     ),
     pytest.param(
-        lambda: Route(steps=(FallbackStep(kind="canned", text="down"), FallbackStep(kind="cache"))),
-        "steps[1]",
-        "unreachable: steps[0] is a canned reply",
-        id="step-after-canned",
-    ),
-    pytest.param(
         lambda: FallbackStep(kind="canned", text="{prompt}"),
         "text",
         "may only use {model} and {reason}",

@@ -25,6 +25,7 @@ from resilient_openai import (
     RequestRejectedError,
     ResilienceError,
     Source,
+    UnanswerableError,
     Verdict,
     classify,
     health,
@@ -81,7 +82,10 @@ def _provenance_types(record: Provenance) -> None:
 
 
 def _error_types(
-    open_error: CircuitOpenError, stream_error: IncompleteStreamError, rejected: RequestRejectedError
+    open_error: CircuitOpenError,
+    stream_error: IncompleteStreamError,
+    rejected: RequestRejectedError,
+    unanswerable: UnanswerableError,
 ) -> None:
     """Our errors are ``openai.OpenAIError`` and carry typed context."""
     assert_type(open_error.retry_after, float | None)
@@ -93,6 +97,7 @@ def _error_types(
     assert_type(stream_error.chunks, int)
     assert_type(stream_error.reason, str)
     assert_type(rejected.rule, str)
+    assert_type(unanswerable.reason, str)
     base: openai.OpenAIError = open_error
     ours: ResilienceError = stream_error
     value_error: ValueError = ConfigError(["retry.attempts: must be >= 1"])

@@ -14,11 +14,13 @@ from ._errors import (
     IncompleteStreamError,
     RequestRejectedError,
     ResilienceError,
+    UnanswerableError,
 )
 from ._health import breakers, health
 from ._policy import (
     BreakerPolicy,
     CachePolicy,
+    CannedToolCall,
     FallbackPolicy,
     FallbackStep,
     Policy,
@@ -37,6 +39,7 @@ __all__ = [
     "AttemptRecord",
     "BreakerPolicy",
     "CachePolicy",
+    "CannedToolCall",
     "CircuitOpenError",
     "Classification",
     "Clock",
@@ -57,6 +60,7 @@ __all__ = [
     "SystemClock",
     "Target",
     "Timeouts",
+    "UnanswerableError",
     "ValidationPolicy",
     "Verdict",
     "breakers",

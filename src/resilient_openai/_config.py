@@ -212,7 +212,7 @@ def _unknown(root: type[pydantic.BaseModel], loc: Loc) -> str:
     model = _model_at(root, loc[:-1])
     if model is None:
         return "unknown key"
-    allowed = sorted(model.model_fields)
+    allowed = sorted(field.alias or name for name, field in model.model_fields.items())
     guess = difflib.get_close_matches(key, allowed, n=1)
     return f"unknown key; allowed: {', '.join(allowed)}" + (f" (did you mean {guess[0]!r}?)" if guess else "")
 

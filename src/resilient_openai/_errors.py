@@ -19,6 +19,7 @@ __all__ = [
     "IncompleteStreamError",
     "RequestRejectedError",
     "ResilienceError",
+    "UnanswerableError",
 ]
 
 
@@ -100,3 +101,25 @@ class ConfigError(ResilienceError, ValueError):
         self.problems = tuple(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid resilience policy ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class UnanswerableError(ResilienceError):
+    """The target failed and no fallback step could answer the request *as asked*.
+
+    A canned reply or a function's text is never served in place of the JSON a structured
+    request asks for, or of the tool call it forces. ``reason`` says why each local step was
+    skipped; the target's failure is chained as ``__cause__``, and ``provenance(error)`` lists
+    the attempts.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        attempts: int = 0,
+        operation: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, attempts=attempts, operation=operation, model=model)
+        self.reason = reason

@@ -30,8 +30,8 @@ from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, va
 from ._errors import ConfigError
 
 __all__ = [
-    "BreakerPolicy", "CachePolicy", "FallbackPolicy", "FallbackStep", "Policy", "RetryBudget", "RetryPolicy",
-    "RetryRule", "Route", "Target", "Timeouts", "ValidationPolicy",
+    "BreakerPolicy", "CachePolicy", "CannedToolCall", "FallbackPolicy", "FallbackStep", "Policy",
+    "RetryBudget", "RetryPolicy", "RetryRule", "Route", "Target", "Timeouts", "ValidationPolicy",
 ]  # fmt: skip
 
 _M = TypeVar("_M", bound="_Model")
@@ -373,8 +373,24 @@ class Target(_Model):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
-#: The one field each kind of step needs besides ``kind`` (a ``cache`` step needs none).
-_STEP_FIELD: Final = {"model": "model", "target": "target", "canned": "text", "function": "function"}
+#: The one field each kind of step needs besides ``kind`` (a ``cache`` step needs none; a
+#: ``canned`` one needs one or more of ``_CANNED_FIELDS``).
+_STEP_FIELD: Final = {"model": "model", "target": "target", "function": "function"}
+#: What a canned step may answer with: text, a JSON value (structured requests), a tool call.
+_CANNED_FIELDS: Final = ("text", "json_value", "tool_call")
+#: Every field only some kinds of step use, by attribute, with the key a policy names it by.
+_KIND_FIELDS: Final = {
+    "model": "model", "target": "target", "text": "text", "json_value": "json", "tool_call": "tool_call",
+    "function": "function",
+}  # fmt: skip
+
+
+class CannedToolCall(_Model):
+    """The tool call a canned step answers a forced tool call with (``tool_choice="required"``
+    or a named function): the function's ``name`` and its ``arguments`` (a JSON object)."""
+
+    name: Name
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 def _template(text: str) -> str | None:
@@ -398,31 +414,43 @@ class FallbackStep(_Model):
 
     ``model``: ask ``model`` on the same client. ``target``: ask the :class:`Target` named
     ``target``. ``cache``: the last good answer to the same request. ``canned``: ``text``, a
-    ``str.format`` template that may use ``{model}`` and ``{reason}``. ``function``: call the
+    ``str.format`` template that may use ``{model}`` and ``{reason}``, answers plain requests;
+    ``json`` (a JSON object) answers structured ones (``response_format``, ``parse()``,
+    ``text.format``) when it is valid for the request's schema; ``tool_call`` answers a forced
+    tool call when it names a function the request offers. ``function``: call the
     function passed as ``resilient(..., functions={name: function})`` under the name
     ``function``, as ``function(request_body, reason)``; it returns the answer text (sync or
-    async). ``accepts_prefill`` (model steps; a target declares it on the :class:`Target`): the
-    model continues a trailing assistant message, so a stream cut mid-answer can be continued.
+    async), or None to decline; for a structured request the text must be JSON that fits its
+    schema. A step that cannot answer the request as asked is skipped. ``accepts_prefill``
+    (model steps; a target declares it on the :class:`Target`): the model continues a trailing
+    assistant message, so a stream cut mid-answer can be continued.
     """
+
+    model_config = ConfigDict(serialize_by_alias=True)
 
     kind: Literal["model", "target", "cache", "canned", "function"]
     model: Name | None = None
     target: Name | None = None
     text: Name | None = None
+    json_value: dict[str, Any] | None = Field(default=None, alias="json")
+    tool_call: CannedToolCall | None = None
     function: Name | None = None
     accepts_prefill: Flag = False
 
     @pydantic.model_validator(mode="after")
     def _fields_of_kind(self) -> Self:
         needed = _STEP_FIELD.get(self.kind)
-        allowed = ", ".join(["kind"] if needed is None else ["kind", needed])
+        own = _CANNED_FIELDS if self.kind == "canned" else () if needed is None else (needed,)
+        allowed = ", ".join(["kind", *(_KIND_FIELDS[name] for name in own)])
         found: list[tuple[Loc, str]] = [
             ((key,), f"not used by a {self.kind!r} step; allowed: {allowed}")
-            for key in ("model", "target", "text", "function")
-            if key != needed and getattr(self, key) is not None
+            for name, key in _KIND_FIELDS.items()
+            if name not in own and getattr(self, name) is not None
         ]
         if needed is not None and getattr(self, needed) is None:
             found.append(((needed,), f"required for a {self.kind!r} step"))
+        if self.kind == "canned" and all(getattr(self, name) is None for name in _CANNED_FIELDS):
+            found.append((("text",), "required for a 'canned' step, unless it gives json or tool_call"))
         elif self.kind == "canned" and self.text is not None and (wrong := _template(self.text)):
             found.append((("text",), wrong))
         if self.accepts_prefill and self.kind != "model":
@@ -448,14 +476,6 @@ class Route(_Model):
         if self.content_policy is not None:
             located.append((("content_policy",), self.content_policy))
         return located
-
-    @pydantic.model_validator(mode="after")
-    def _nothing_after_canned(self) -> Self:
-        kinds = [step.kind for step in self.steps]
-        first = kinds.index("canned") if "canned" in kinds else len(kinds)
-        message = f"unreachable: steps[{first}] is a canned reply, which always answers"
-        _refuse([(("steps", index), message) for index in range(first + 1, len(kinds))])
-        return self
 
 
 class FallbackPolicy(_Model):

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["FallbackFunction", "HttpClientFactory", "Runtime"]
 
-#: A ``function`` step's code: ``function(request_body, reason)`` returns the answer text.
-FallbackFunction = Callable[[Mapping[str, Any], str], "str | Awaitable[str]"]
+#: A ``function`` step's code: ``function(request_body, reason)`` returns the answer text, or
+#: None to decline (the walk goes on).
+FallbackFunction = Callable[[Mapping[str, Any], str], "str | Awaitable[str | None] | None"]
 #: Builds the ``httpx2.Client`` (or ``AsyncClient``) for a target made from ``base_url``.
 HttpClientFactory = Callable[["Target"], Any]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from openai._models import FinalRequestOptions
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "CallerOutcome",
     "DecodedEvent",
     "EventChunk",
     "EventDecoder",
@@ -32,13 +34,17 @@ __all__ = [
     "caller_limit",
     "describe_request",
     "error_from_status",
+    "guard_parser",
     "has_key_provider",
+    "label",
     "local_result_async",
     "local_result_sync",
     "mapped_transport_error",
     "prepare_attempt",
+    "raw_answer",
     "read_limit",
     "response_of",
+    "restore_parser",
     "malformed",
     "malformed_error",
     "selects_tenant",
@@ -196,6 +202,46 @@ def response_of(result: Any) -> httpx2.Response | None:
     return None
 
 
+def raw_answer(result: Any) -> Mapping[str, Any] | None:
+    """The JSON object a raw-response wrapper (``with_raw_response``) already read, if any.
+
+    A wrapper whose body is not read yet (``with_streaming_response``) is left unread: the
+    caller reads it.
+    """
+    response = response_of(result)
+    if response is None or response.headers.get("content-type", "").split(";")[0] != "application/json":
+        return None
+    try:
+        answer = json.loads(response.content)
+    except (httpx2.ResponseNotRead, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def label(result: Any, headers: Mapping[str, str], on_parse: Callable[[Any], None]) -> None:
+    """Say where ``result`` came from wherever a caller or framework reads it: ``headers`` on the
+    HTTP response under it, and ``on_parse(parsed)`` for what a raw wrapper's ``parse()`` returns
+    (frameworks keep only the parsed object)."""
+    response = response_of(result)
+    if response is None:
+        return
+    response.headers.update(headers)
+    options = getattr(result, "_options", None)
+    if not isinstance(options, FinalRequestOptions):
+        return  # a Stream: it is what the caller holds
+    parser = options.post_parser
+
+    def labelled(parsed: Any) -> Any:
+        if callable(parser):
+            parsed = parser(parsed)
+        on_parse(parsed)
+        return parsed
+
+    copied = options.model_copy()
+    copied.post_parser = labelled
+    result._options = copied  # the wrapper's own copy: the call's options stay as they were
+
+
 def read_limit(request: httpx2.Request, seconds: float) -> None:
     """Reads of the body answering ``request`` wait at most ``seconds``.
 
@@ -213,6 +259,49 @@ def mapped_transport_error(exc: Exception, request: httpx2.Request) -> Exception
     if isinstance(exc, httpx2.TimeoutException):
         return openai.APITimeoutError(request=request)
     return openai.APIConnectionError(request=request)
+
+
+class CallerOutcome(Exception):
+    """The caller's own post-parser (``parse()``'s ``response_format`` or tools) raised on an
+    answer the SDK read: ``error`` is the caller's outcome, not the upstream's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def guard_parser(
+    options: FinalRequestOptions, cast_to: Any, stream: bool, operation: str
+) -> Callable[[Any], Any] | None:
+    """Tell the caller's post-parser apart from the SDK reading the body, for one attempt.
+
+    The SDK applies ``options.post_parser`` (how ``parse()`` builds the caller's model and raises
+    ``ValidationError``, ``LengthFinishReasonError``...) inside its response processing, where a
+    truncated body also raises ``ValueError``. For a plain call with a post-parser, wrap it so
+    what it raises on an answer of ``operation`` arrives as :class:`CallerOutcome`; a body that
+    is no answer (the SDK hands the parser the text of unreadable JSON) skips the parser, to be
+    judged malformed. Returns the caller's parser, to put back with :func:`restore_parser` (a raw
+    wrapper's ``parse()`` runs it later, unwrapped).
+    """
+    parser = options.post_parser
+    if not callable(parser) or not _is_plain(options, cast_to, stream):
+        return None
+
+    def guarded(parsed: Any) -> Any:
+        if _not_answer(parsed, operation) is not None:
+            return parsed
+        try:
+            return parser(parsed)
+        except Exception as exc:
+            raise CallerOutcome(exc) from None
+
+    options.post_parser = guarded
+    return parser
+
+
+def restore_parser(options: FinalRequestOptions, parser: Callable[[Any], Any]) -> None:
+    """Put the caller's post-parser back after an attempt (see :func:`guard_parser`)."""
+    options.post_parser = parser
 
 
 def malformed_error(request: httpx2.Request, why: str) -> openai.APIResponseValidationError:
@@ -238,6 +327,11 @@ def malformed(
     """
     if not _is_plain(options, cast_to, stream):
         return None
+    return _not_answer(result, operation)
+
+
+def _not_answer(result: Any, operation: str) -> str | None:
+    """Why what the SDK read from a 200 is not an answer of ``operation`` (None: it is)."""
     if not isinstance(result, pydantic.BaseModel):
         return f"a {type(result).__name__} body instead of JSON"
     field = _ANSWER_FIELD.get(operation)

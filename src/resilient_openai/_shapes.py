@@ -82,14 +82,22 @@ def _chat_usage(prompt_tokens: int, completion_tokens: int) -> JSONDict:
 
 
 def chat_completion(
-    text: str, model: str, *, id: str | None = None, created: int | None = None, prompt_tokens: int = 0
+    text: str,
+    model: str,
+    *,
+    id: str | None = None,
+    created: int | None = None,
+    prompt_tokens: int = 0,
+    tool_call: tuple[str, str] | None = None,
 ) -> JSONDict:
     """A ``chat.completion`` object whose single assistant message is ``text``.
 
     ``id`` defaults to one derived from the model and text, ``created`` to :data:`DEFAULT_CREATED`;
-    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text.
+    usage counts ``prompt_tokens`` and :func:`count_tokens` of the text. ``tool_call``
+    (function name, arguments as JSON text) makes the message that one tool call instead, with
+    ``finish_reason="tool_calls"``.
     """
-    return {
+    completion: JSONDict = {
         "id": id if id is not None else f"chatcmpl-{_digest(model, text)[:29]}",
         "object": "chat.completion",
         "created": created if created is not None else DEFAULT_CREATED,
@@ -105,13 +113,27 @@ def chat_completion(
         "usage": _chat_usage(prompt_tokens, count_tokens(text)),
         "service_tier": "default",
     }
+    if tool_call is not None:
+        name, arguments = tool_call
+        choice: JSONDict = completion["choices"][0]
+        choice["finish_reason"] = "tool_calls"
+        choice["message"]["content"] = None
+        choice["message"]["tool_calls"] = [
+            {
+                "id": f"call_{_digest(name, arguments)[:24]}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+        ]
+    return completion
 
 
 def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
     """The ``chat.completion.chunk`` objects a server streams for ``completion``.
 
     Per choice: a first chunk with ``{"role": "assistant", "content": ""}``, one chunk per token of
-    the message content, then a chunk with an empty delta and the ``finish_reason``. With
+    the message content, one chunk per tool call (whole), then a chunk with an empty delta and
+    the ``finish_reason``. With
     ``include_usage`` (``stream_options.include_usage``) every chunk carries ``"usage": null`` and
     a last chunk with no choices carries the usage. All chunks share id, created and model.
     """
@@ -134,6 +156,10 @@ def chat_chunks(completion: JSONDict, *, include_usage: bool) -> list[JSONDict]:
         content = choice["message"].get("content") or ""
         chunks.append(chunk(index, {"role": "assistant", "content": ""}, None))
         chunks.extend(chunk(index, {"content": token}, None) for token in split_tokens(content))
+        chunks.extend(
+            chunk(index, {"tool_calls": [{"index": position, **call}]}, None)
+            for position, call in enumerate(choice["message"].get("tool_calls") or ())
+        )
         chunks.append(chunk(index, {}, choice["finish_reason"]))
     if include_usage:
         usage = completion.get("usage")
@@ -194,15 +220,34 @@ def response_object(
     item_id: str | None = None,
     created_at: int | None = None,
     input_tokens: int = 0,
+    tool_call: tuple[str, str] | None = None,
 ) -> JSONDict:
     """A completed Responses API ``response`` with one assistant message holding ``text``.
 
     ``id`` (``resp_...``) and ``item_id`` (``msg_...``) default to values derived from the model
     and text, ``created_at`` to :data:`DEFAULT_CREATED`; usage counts ``input_tokens`` and
-    :func:`count_tokens` of the text.
+    :func:`count_tokens` of the text. ``tool_call`` (function name, arguments as JSON text)
+    makes the output that one ``function_call`` item instead (``item_id``: ``fc_...``).
     """
-    digest = _digest(model, text)
+    digest = _digest(model, text) if tool_call is None else _digest(model, *tool_call)
     created = created_at if created_at is not None else DEFAULT_CREATED
+    item: JSONDict = {
+        "id": item_id if item_id is not None else f"msg_{digest[16:64]}",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [_output_text(text)],
+    }
+    if tool_call is not None:
+        name, arguments = tool_call
+        item = {
+            "id": item_id if item_id is not None else f"fc_{digest[16:64]}",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": f"call_{digest[:24]}",
+            "name": name,
+            "arguments": arguments,
+        }
     return {
         "id": id if id is not None else f"resp_{digest[:48]}",
         "object": "response",
@@ -216,15 +261,7 @@ def response_object(
         "max_output_tokens": None,
         "max_tool_calls": None,
         "model": model,
-        "output": [
-            {
-                "id": item_id if item_id is not None else f"msg_{digest[16:64]}",
-                "type": "message",
-                "status": "completed",
-                "role": "assistant",
-                "content": [_output_text(text)],
-            }
-        ],
+        "output": [item],
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -249,8 +286,11 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
     then per message and per ``output_text`` part: ``response.output_item.added``,
     ``response.content_part.added``, one ``response.output_text.delta`` per token,
     ``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``;
-    finally ``response.completed`` with ``response`` itself. ``sequence_number`` counts from 0.
-    Only message outputs with ``output_text`` parts are supported.
+    per function call: ``response.output_item.added``, one
+    ``response.function_call_arguments.delta`` (the whole arguments),
+    ``response.function_call_arguments.done``, ``response.output_item.done``; finally
+    ``response.completed`` with ``response`` itself. ``sequence_number`` counts from 0.
+    Only message outputs with ``output_text`` parts and function calls are supported.
     """
     events: list[tuple[str, JSONDict]] = []
 
@@ -261,9 +301,27 @@ def response_events(response: JSONDict) -> list[tuple[str, JSONDict]]:
     emit("response.created", response=pending)
     emit("response.in_progress", response=pending)
     for output_index, item in enumerate(response["output"]):
-        if item.get("type") != "message":
-            raise ValueError(f"response_events supports message outputs only, got {item.get('type')!r}")
         item_id = item["id"]
+        if item.get("type") == "function_call":
+            emit(
+                "response.output_item.added",
+                output_index=output_index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            where = {"item_id": item_id, "output_index": output_index}
+            emit("response.function_call_arguments.delta", **where, delta=item["arguments"])
+            emit(
+                "response.function_call_arguments.done",
+                **where,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
+            emit("response.output_item.done", output_index=output_index, item=item)
+            continue
+        if item.get("type") != "message":
+            raise ValueError(
+                f"response_events supports message and function_call outputs only, got {item.get('type')!r}"
+            )
         emit(
             "response.output_item.added",
             output_index=output_index,

@@ -189,11 +189,38 @@ def test_response_events_are_the_typed_stream() -> None:
 
 
 def test_response_events_reject_other_outputs() -> None:
-    """Only message outputs with output_text parts can be streamed."""
+    """Only message outputs with output_text parts and function calls can be streamed."""
     response = _shapes.response_object("x", "m")
-    response["output"] = [{"type": "function_call"}]
-    with pytest.raises(ValueError, match="message outputs only"):
+    response["output"] = [{"type": "reasoning", "id": "rs_1"}]
+    with pytest.raises(ValueError, match="message and function_call outputs only"):
         _shapes.response_events(response)
+
+
+def test_response_events_stream_a_function_call() -> None:
+    """A function_call output streams as added, its arguments, done."""
+    response = _shapes.response_object("", "m", tool_call=("lookup", '{"q":"x"}'))
+    kinds = [name for name, _ in _shapes.response_events(response)]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
+def test_chat_completion_with_a_tool_call_streams_it_whole() -> None:
+    """A tool-call completion has no content, finish_reason tool_calls, and one tool-call chunk."""
+    completion = _shapes.chat_completion("", "m", tool_call=("lookup", '{"q":"x"}'))
+    assert completion["choices"][0]["finish_reason"] == "tool_calls"
+    assert completion["choices"][0]["message"]["content"] is None
+    chunks = _shapes.chat_chunks(completion, include_usage=False)
+    calls = [
+        c["choices"][0]["delta"]["tool_calls"] for c in chunks if "tool_calls" in c["choices"][0]["delta"]
+    ]
+    assert [call[0]["function"] for call in calls] == [{"name": "lookup", "arguments": '{"q":"x"}'}]
 
 
 # -- embeddings, models, errors ----------------------------------------------------------------

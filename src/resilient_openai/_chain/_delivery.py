@@ -8,8 +8,9 @@ the SDK's own result types, and stamps every result and every final error with i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pydantic
@@ -20,6 +21,7 @@ from .._errors import IncompleteStreamError
 from .._fallback.cache import CachedAnswer, ResponseCache
 from .._fallback.keys import request_key
 from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
+from .._fallback.shape import Shape, canned_reply
 from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
 from ._stream import StreamHooks
@@ -35,10 +37,25 @@ __all__ = ["CACHEABLE", "Delivery", "LocalAnswer"]
 
 #: Operations whose answers the cache can replay faithfully (as JSON and as a stream).
 CACHEABLE = frozenset({"chat.completions", "responses"})
+#: The list every answer of a cacheable operation carries.
+_ANSWER_FIELD: Mapping[str, str] = {"chat.completions": "choices", "responses": "output"}
 _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBACK_CLIENT})
 
 
 _NO_CONTINUATION = StreamHooks()
+
+#: What ``parse()`` adds to an answer (the caller's parsed objects): never part of the wire answer,
+#: so never stored (their declared type is a type variable, which the serializer warns about).
+_PARSED: Mapping[str, Any] = {
+    "chat.completions": {
+        "choices": {
+            "__all__": {
+                "message": {"parsed": True, "tool_calls": {"__all__": {"function": {"parsed_arguments"}}}}
+            }
+        }
+    },
+    "responses": {"output": {"__all__": {"parsed_arguments": True, "content": {"__all__": {"parsed"}}}}},
+}
 
 
 def interrupted(call: Call) -> str | None:
@@ -60,6 +77,16 @@ class LocalAnswer(NamedTuple):
     answer: Mapping[str, Any]
     source: Source
     model: str | None
+
+
+def _headers(record: Provenance) -> dict[str, str]:
+    """The ``x-resilient-*`` headers a raw response carries: where its answer came from."""
+    headers = {"x-resilient-source": record.source.value if record.source is not None else ""}
+    if record.model is not None:
+        headers["x-resilient-model"] = record.model
+    if record.reason is not None:
+        headers["x-resilient-reason"] = record.reason
+    return headers
 
 
 def _uses_cache(route: Route) -> bool:
@@ -146,14 +173,20 @@ class Delivery:
     # -- local answers -----------------------------------------------------------------------
 
     def local(
-        self, call: Call, step: FallbackStep, key: str | None, reason: Verdict | None
+        self, call: Call, step: FallbackStep, key: str | None, reason: Verdict | None, shape: Shape
     ) -> LocalAnswer | None:
-        """What a cache or canned step answers (None when it cannot: a miss, a non-text operation)."""
+        """What a cache or canned step answers (None when it cannot: a miss, a non-text operation,
+        a request shape the canned step has no answer for)."""
         if step.kind == "cache":
             return self.cached(key)
         if step.kind == "canned":
-            text = (step.text or "").format(model=call.requested_model or "", reason=str(reason or ""))
-            answer = text_answer(call.operation, text, CANNED_MODEL)
+            reply = canned_reply(step, shape)
+            if isinstance(reply, str):
+                return None
+            text = reply.text or ""
+            if reply.template:
+                text = text.format(model=call.requested_model or "", reason=str(reason or ""))
+            answer = text_answer(call.operation, text, CANNED_MODEL, reply.tool_call)
             return None if answer is None else LocalAnswer(answer, Source.CANNED, CANNED_MODEL)
         return None
 
@@ -197,24 +230,56 @@ class Delivery:
     ) -> Any:
         """A live target answered: maybe store it, record provenance, tell the listeners."""
         result = outcome.result
-        if primary and key is not None and outcome.watch is None:
-            self._remember(call, result, key)
+        unstored = None
+        if primary and key is not None and outcome.watch is None and not self._remember(call, result, key):
+            unstored = key  # a wrapper with its body unread: stored when the caller parses it
         answered_by = getattr(result, "model", None)
         if not isinstance(answered_by, str):
             answered_by = call.model
         target = call.target
         assert target is not None
-        self._finish(call, result, target.source, answered_by, reason, completed=outcome.watch is None)
+        self._finish(
+            call, result, target.source, answered_by, reason, completed=outcome.watch is None, key=unstored
+        )
         return result
 
-    def _remember(self, call: Call, result: Any, key: str) -> None:
-        if not isinstance(result, pydantic.BaseModel):
-            return
-        # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
-        if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
-            return
-        body = result.model_dump_json(exclude_unset=True).encode()
-        self._store(call, key, body, getattr(result, "model", None))
+    def _remember(self, call: Call, result: Any, key: str) -> bool:
+        """Store an answer from the primary: a parsed one (plain, ``parse()``), or the body a
+        raw-response wrapper read (``with_raw_response``, as LangChain calls). False: there is
+        nothing to read yet (``with_streaming_response``)."""
+        if isinstance(result, pydantic.BaseModel):
+            # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
+            if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
+                return True
+            body = result.model_dump_json(exclude_unset=True, exclude=_PARSED.get(call.operation)).encode()
+            self._store(call, key, body, getattr(result, "model", None))
+            return True
+        answer = _sdk.raw_answer(result)
+        if answer is None:
+            return False
+        if not isinstance(answer.get(_ANSWER_FIELD[call.operation]), list):
+            return True  # not an answer of the operation: never served again
+        if call.operation == "responses" and answer.get("status", "completed") != "completed":
+            return True
+        model = answer.get("model")
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        self._store(call, key, body, model if isinstance(model, str) else None)
+        return True
+
+    def _parsed(self, call: Call, wrapper: Any, key: str | None) -> Callable[[Any], None]:
+        """What happens to what a raw wrapper's ``parse()`` returns: it carries the wrapper's
+        provenance (read then: a rescued stream's changes after delivery), and an answer parsed
+        from an unread body is stored under ``key``."""
+        cast_to = call.cast_to if key is not None and inspect.isclass(call.cast_to) else None
+
+        def parsed(value: Any) -> None:
+            record = provenance(wrapper)
+            if record is not None:
+                attach(value, record)
+            if cast_to is not None and key is not None and isinstance(value, cast_to):
+                self._remember(call, value, key)
+
+        return parsed
 
     def continued(
         self, call: Call, result: Any, target: LiveTarget, model: str | None, reason: Verdict, how: str
@@ -238,9 +303,10 @@ class Delivery:
         reason: Verdict | None,
         *,
         completed: bool = True,
+        key: str | None = None,
     ) -> None:
         """Stamp ``result`` with its provenance and tell the listeners; a live stream's call is
-        only ``completed`` when the stream ends."""
+        only ``completed`` when the stream ends. ``key``: store the answer when it is parsed."""
         target = call.target
         record = Provenance(
             source=source,
@@ -251,6 +317,8 @@ class Delivery:
             attempts=tuple(call.attempts),
         )
         attach(result, record)
+        if not isinstance(result, pydantic.BaseModel):  # a stream or a raw wrapper
+            _sdk.label(result, _headers(record), self._parsed(call, result, key))
         if completed:
             self._completed(call, record, None)
 
@@ -286,9 +354,10 @@ class Delivery:
             )
         )  # fmt: skip
 
-    def give_up(self, call: Call, failure: Outcome) -> BaseException:
-        """Nothing answered: the failure is the answer, with its provenance attached."""
-        error = failure.error
+    def give_up(self, call: Call, failure: Outcome, error: BaseException | None = None) -> BaseException:
+        """Nothing answered: the failure (or ``error``, which says why) is the answer, with its
+        provenance attached."""
+        error = error or failure.error
         assert error is not None
         record = Provenance(
             source=None,

@@ -3,8 +3,10 @@
 The walk itself is one pure generator (:func:`~resilient_openai._fallback.plan.walk`); the two
 drivers below only carry out its moves. Live steps (another model, another provider) go through
 the inner chain, each with its own retry rules and breaker; local steps (the cache, a canned
-text, a user function) answer at once, even after the deadline. Every answer leaves with its
-provenance.
+reply, a user function) answer at once, even after the deadline, when they can answer the
+request as asked (:mod:`~resilient_openai._fallback.shape`); when one was skipped for that and
+nothing answered, the caller gets :class:`~resilient_openai.UnanswerableError`. Every answer
+leaves with its provenance.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import httpx2
 
 from .. import _sdk
 from .._classify import Verdict
-from .._errors import DeadlineExceededError, IncompleteStreamError, RequestRejectedError
+from .._errors import DeadlineExceededError, IncompleteStreamError, RequestRejectedError, UnanswerableError
 from .._fallback.plan import PRIMARY, Send, Serve, Walk, is_live, route_for, walk
+from .._fallback.shape import PLAIN, Shape, misfit, refusal, shape_of
 from .._fallback.splice import Splice, SpliceFailed
 from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
@@ -59,13 +62,36 @@ class Walker:
         self._functions = functions
         self._continuation = policy.continuation
 
-    def start(self, call: Call) -> tuple[str | None, Walk]:
-        """The call's cache key, and the walk over its route."""
+    def start(self, call: Call) -> tuple[str | None, Walk, Shape]:
+        """The call's cache key, the walk over its route, and the shape of answer it asks for."""
         route = route_for(self._policy, call.requested_model)
         roomy = self._roomy(call)
         oversized = self._oversized(call, route, roomy)
         moves = walk(route, context_first=oversized, roomy=roomy, model=call.requested_model)
-        return self.delivery.cache_key(call, route), moves
+        shape = shape_of(call.operation, call.body) if route.steps or route.content_policy else PLAIN
+        return self.delivery.cache_key(call, route), moves, shape
+
+    @staticmethod
+    def refused(step: FallbackStep, shape: Shape, declined: list[str]) -> bool:
+        """Whether ``step`` cannot answer a request of ``shape`` (noted in ``declined``)."""
+        why = refusal(step, shape)
+        if why is not None:
+            declined.append(f"{step.kind}: {why}")
+        return why is not None
+
+    def from_function(
+        self, call: Call, produced: object, shape: Shape, declined: list[str]
+    ) -> LocalAnswer | None:
+        """The answer a function's text makes, when the function answered and its text fits."""
+        if produced is None:
+            declined.append("function: declined")
+            return None
+        text = str(produced)
+        why = misfit(shape, text)
+        if why is not None:
+            declined.append(f"function: {why}")
+            return None
+        return self.delivery.from_function(call, text)
 
     def _roomy(self, call: Call) -> Callable[[FallbackStep], bool]:
         """Whether a step's model has a larger (or unknown) context window than the caller's."""
@@ -105,10 +131,19 @@ class Walker:
             else None
         )
 
-    def give_up(self, call: Call, failure: Outcome | None) -> BaseException:
-        """Nothing answered: the telling failure, with its provenance."""
+    def give_up(self, call: Call, failure: Outcome | None, declined: list[str]) -> BaseException:
+        """Nothing answered: the telling failure, with its provenance; or, when a local step
+        could have answered but not as the request asks, :class:`UnanswerableError` saying why."""
         assert failure is not None
-        return self.delivery.give_up(call, failure)
+        if not declined:
+            return self.delivery.give_up(call, failure)
+        reason = "; ".join(declined)
+        error = UnanswerableError(
+            f"no fallback can answer this request as asked ({reason})",
+            reason=reason, attempts=len(call.attempts), operation=call.operation, model=call.requested_model,
+        )  # fmt: skip
+        error.__cause__ = failure.error
+        return self.delivery.give_up(call, failure, error)
 
     def function(self, step: FallbackStep) -> FallbackFunction:
         """The code a ``function`` step names (checked to exist when the client was made)."""
@@ -180,20 +215,21 @@ class SyncFallback:
     def __call__(self, call: Call, next: Handler) -> Any:
         walker = self._walker
         delivery = walker.delivery
-        key, moves = walker.start(call)
+        key, moves, shape = walker.start(call)
         hit = delivery.read_through(key)
         if hit is not None:
             return delivery.serve_sync(call, hit, None)
         failure: Outcome | None = None
         reason: Verdict | None = None
         reply: Verdict | None = None
+        declined: list[str] = []
         while True:
             try:
                 move = moves.send(reply)
             except StopIteration:
                 break
             if isinstance(move, Serve):
-                local = self._local(call, move, key)
+                local = self._local(call, move, key, shape, declined)
                 if local is not None:
                     return delivery.serve_sync(call, local, move.reason)
                 reply = None
@@ -208,16 +244,20 @@ class SyncFallback:
             failure = _telling(failure, outcome)
             reply = outcome.judged.verdict
             reason = reason or reply
-        error = walker.give_up(call, failure)
+        error = walker.give_up(call, failure, declined)
         try:
             raise error
         finally:
             del error, failure  # the traceback holds this frame: break the cycle for the GC
 
-    def _local(self, call: Call, move: Serve, key: str | None) -> LocalAnswer | None:
+    def _local(
+        self, call: Call, move: Serve, key: str | None, shape: Shape, declined: list[str]
+    ) -> LocalAnswer | None:
         walker = self._walker
+        if walker.refused(move.step, shape, declined):
+            return None
         if move.step.kind != "function":
-            return walker.delivery.local(call, move.step, key, move.reason)
+            return walker.delivery.local(call, move.step, key, move.reason, shape)
         if not walker.delivery.answers_text(call):
             return None
         try:
@@ -229,7 +269,7 @@ class SyncFallback:
         except Exception:
             _log.exception("fallback function %r failed; trying the next rung", move.step.function)
             return None
-        return walker.delivery.from_function(call, str(produced))
+        return walker.from_function(call, produced, shape, declined)
 
 
 class AsyncFallback:
@@ -243,20 +283,21 @@ class AsyncFallback:
     async def __call__(self, call: Call, next: AsyncHandler) -> Any:
         walker = self._walker
         delivery = walker.delivery
-        key, moves = walker.start(call)
+        key, moves, shape = walker.start(call)
         hit = delivery.read_through(key)
         if hit is not None:
             return await delivery.serve_async(call, hit, None)
         failure: Outcome | None = None
         reason: Verdict | None = None
         reply: Verdict | None = None
+        declined: list[str] = []
         while True:
             try:
                 move = moves.send(reply)
             except StopIteration:
                 break
             if isinstance(move, Serve):
-                local = await self._local(call, move, key)
+                local = await self._local(call, move, key, shape, declined)
                 if local is not None:
                     return await delivery.serve_async(call, local, move.reason)
                 reply = None
@@ -271,16 +312,20 @@ class AsyncFallback:
             failure = _telling(failure, outcome)
             reply = outcome.judged.verdict
             reason = reason or reply
-        error = walker.give_up(call, failure)
+        error = walker.give_up(call, failure, declined)
         try:
             raise error
         finally:
             del error, failure  # the traceback holds this frame: break the cycle for the GC
 
-    async def _local(self, call: Call, move: Serve, key: str | None) -> LocalAnswer | None:
+    async def _local(
+        self, call: Call, move: Serve, key: str | None, shape: Shape, declined: list[str]
+    ) -> LocalAnswer | None:
         walker = self._walker
+        if walker.refused(move.step, shape, declined):
+            return None
         if move.step.kind != "function":
-            return walker.delivery.local(call, move.step, key, move.reason)
+            return walker.delivery.local(call, move.step, key, move.reason, shape)
         if not walker.delivery.answers_text(call):
             return None
         try:
@@ -290,7 +335,7 @@ class AsyncFallback:
         except Exception:
             _log.exception("fallback function %r failed; trying the next rung", move.step.function)
             return None
-        return walker.delivery.from_function(call, str(produced))
+        return walker.from_function(call, produced, shape, declined)
 
 
 class _SyncRescue:

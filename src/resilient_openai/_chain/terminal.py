@@ -2,20 +2,23 @@
 
 Here an attempt becomes an :class:`~resilient_openai._chain._call.Outcome`, classified once, for
 every layer above to read: an exception, a 200 that is not an answer of the operation
-(malformed: HTML, truncated or shapeless JSON), or the answer.
+(malformed: HTML, truncated or shapeless JSON), or the answer. A well-formed answer that the
+caller's own ``parse()`` rejects (its model's validation, a length or content-filter finish) is
+the caller's outcome (``caller_error``): never retried, never a breaker failure, no fallback.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .. import _sdk
-from .._classify import classify
+from .._classify import Classification, Verdict, classify
 from .._clock import Clock
 from ._call import Call, Outcome
 
 __all__ = ["AsyncTerminal", "SyncTerminal", "failed"]
+
+_CALLERS = Classification(Verdict.CALLER_ERROR)
 
 
 def failed(exc: Exception, clock: Clock) -> Outcome:
@@ -45,12 +48,18 @@ class SyncTerminal:
     def __call__(self, call: Call) -> Outcome:
         target = call.target
         assert target is not None
+        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream, call.operation)
         try:
             result = target.send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK could not read the body
+        except _sdk.CallerOutcome as exc:
+            return Outcome(error=exc.error, judged=_CALLERS)
+        except ValueError as exc:  # the SDK could not read the body (JSON, text)
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
+        finally:
+            if parser is not None:
+                _sdk.restore_parser(call.options, parser)
         return _judged(call, result, self._clock)
 
 
@@ -66,10 +75,16 @@ class AsyncTerminal:
         target = call.target
         assert target is not None
         send = target.send
+        parser = _sdk.guard_parser(call.options, call.cast_to, call.stream, call.operation)
         try:
             result = await send(call.cast_to, call.options, stream=call.stream, stream_cls=call.stream_cls)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the SDK could not read the body
+        except _sdk.CallerOutcome as exc:
+            return Outcome(error=exc.error, judged=_CALLERS)
+        except ValueError as exc:  # the SDK could not read the body (JSON, text)
             return _malformed(call, f"unreadable JSON: {exc}", self._clock, exc)
         except Exception as exc:
             return failed(exc, self._clock)
+        finally:
+            if parser is not None:
+                _sdk.restore_parser(call.options, parser)
         return _judged(call, result, self._clock)

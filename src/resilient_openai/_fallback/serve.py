@@ -25,13 +25,18 @@ CANNED_MODEL = "resilient-openai/canned"
 FUNCTION_MODEL = "resilient-openai/function"
 
 
-def text_answer(operation: str, text: str, model: str) -> dict[str, Any] | None:
-    """A complete answer object holding ``text`` (None for operations that have no text answer)."""
+def text_answer(
+    operation: str, text: str, model: str, tool_call: tuple[str, str] | None = None
+) -> dict[str, Any] | None:
+    """A complete answer object holding ``text``, or the ``tool_call`` (name, arguments as JSON
+    text); None for operations that have no text answer."""
     ident = uuid.uuid4().hex[:24]
     if operation == "chat.completions":
-        return _shapes.chat_completion(text, model, id=f"chatcmpl-rs{ident}", created=int(time.time()))
+        return _shapes.chat_completion(
+            text, model, id=f"chatcmpl-rs{ident}", created=int(time.time()), tool_call=tool_call
+        )
     if operation == "responses":
-        return _shapes.response_object(text, model, id=f"resp_rs{ident}")
+        return _shapes.response_object(text, model, id=f"resp_rs{ident}", tool_call=tool_call)
     return None
 
 
