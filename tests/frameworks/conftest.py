@@ -70,6 +70,12 @@ def canned_json_step(value: dict[str, Any]) -> FallbackStep:
     return FallbackStep.model_validate({"kind": "canned", "text": "Sorry.", "json": value})
 
 
+def canned_tool_call_step(name: str, arguments: dict[str, Any]) -> FallbackStep:
+    """A canned step that also holds a tool call, for requests that force one (built from data too)."""
+    value = {"name": name, "arguments": arguments}
+    return FallbackStep.model_validate({"kind": "canned", "text": "Sorry.", "tool_call": value})
+
+
 def tool_call_answer(name: str, arguments: dict[str, Any], model: str = PRIMARY) -> Garbage:
     """A 200 chat completion whose answer is one call of tool ``name`` (non-streaming requests only).
 
