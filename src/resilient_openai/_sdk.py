@@ -35,7 +35,6 @@ __all__ = [
     "describe_request",
     "error_from_status",
     "guard_parser",
-    "has_key_provider",
     "label",
     "local_result_async",
     "local_result_sync",
@@ -186,11 +185,6 @@ def sent_selectors(client: Any, options: FinalRequestOptions) -> tuple[str | Non
         *(sent.get(name) for name in TENANT_HEADERS), query, options.url.partition("?")[2],
         str(client._base_url),
     )  # fmt: skip
-
-
-def has_key_provider(client: Any) -> bool:
-    """Whether ``client`` resolves its API key per request."""
-    return getattr(client, "_api_key_provider", None) is not None
 
 
 def response_of(result: Any) -> httpx2.Response | None:

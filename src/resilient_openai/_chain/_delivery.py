@@ -42,7 +42,7 @@ _ANSWER_FIELD: Mapping[str, str] = {"chat.completions": "choices", "responses": 
 _LIVE_SOURCES = frozenset({Source.UPSTREAM, Source.FALLBACK_MODEL, Source.FALLBACK_CLIENT})
 
 
-_NO_CONTINUATION = StreamHooks()
+_NO_RESCUE = StreamHooks()
 
 #: What ``parse()`` adds to an answer (the caller's parsed objects): never part of the wire answer,
 #: so never stored (their declared type is a type variable, which the serializer warns about).
@@ -152,8 +152,8 @@ class Delivery:
                 self._broken(call, result, error)
             self._completed(call, provenance(result), error)
 
-        go_on = continuation or _NO_CONTINUATION
-        return StreamHooks(store, go_on.continue_sync, go_on.continue_async, ended)
+        go_on = continuation or _NO_RESCUE
+        return StreamHooks(store, go_on.rescue_sync, go_on.rescue_async, ended)
 
     def _broken(self, call: Call, result: Any, error: IncompleteStreamError) -> None:
         """A stream broke after its answer began (its rescue too, if one was tried): the attempt
@@ -281,7 +281,7 @@ class Delivery:
 
         return parsed
 
-    def continued(
+    def rescued(
         self, call: Call, result: Any, target: LiveTarget, model: str | None, reason: Verdict, how: str
     ) -> None:
         """A stream cut mid-answer is being finished by another target: say so on the result

@@ -50,8 +50,8 @@ class StreamHooks:
     #: Called with the assembled answer when the stream completes (the cache stores it).
     on_complete: Callable[[dict[str, Any]], None] | None = None
     #: Given the partial text of a stream cut mid-answer, another target's bytes continuing it.
-    continue_sync: Callable[[str], Iterable[bytes] | None] | None = None
-    continue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
+    rescue_sync: Callable[[str], Iterable[bytes] | None] | None = None
+    rescue_async: Callable[[str], Awaitable[AsyncIterable[bytes] | None]] | None = None
     #: Told (the caller's stream, the error or None) when the stream ends: the call completes then.
     on_end: Callable[[Any, IncompleteStreamError | None], None] | None = None
 
@@ -79,7 +79,6 @@ class StreamWatch:
         "_request",
         "_started",
         "breaker",
-        "continued",
         "delivered",
         "done_seen",
         "ended",
@@ -87,8 +86,8 @@ class StreamWatch:
         "model",
         "operation",
         "outcome",
+        "rescued",
         "result",
-        "skipped",
     )  # fmt: skip
 
     def __init__(
@@ -126,14 +125,13 @@ class StreamWatch:
         self._started = 0.0
         self._first_token: float | None = None
         self.delivered = 0
-        self.skipped = 0
         self.done_seen = False
         self.ended = False
         self.outcome: Verdict | None = None
         #: What the fallback layer wants told: the completed answer, and how to continue a cut.
         self.hooks = hooks or _NO_HOOKS
-        #: The stream broke mid-answer and another target is continuing it.
-        self.continued = False
+        #: The stream broke mid-answer and another step is finishing it.
+        self.rescued = False
 
     @property
     def started(self) -> bool:
@@ -224,7 +222,6 @@ class StreamWatch:
         raise self.error("upstream_error", message)
 
     def _malformed(self) -> None:
-        self.skipped += 1
         self._malformed_run += 1
         if self._bus:
             self._bus.emit(StreamEventSkipped(self._clock.wall(), self.operation, self.model, self.breaker))
@@ -267,7 +264,9 @@ class StreamWatch:
 
     def first_token(self) -> None:
         """The answer began now (called once, when priming ends): from here on a read may wait
-        the idle limit, never past the deadline."""
+        the idle limit, never past the deadline. The asyncio guard enforces this on every read;
+        httpcore fixes a body's read limit when the body starts, so for a sync stream the new
+        limit reaches only a transport that reads it per read (the fake upstream)."""
         now = self._first_token = self._clock.now()
         _sdk.read_limit(self._request, max(min(self._idle, self._deadline - now), 0.001))
 
@@ -318,7 +317,7 @@ class StreamWatch:
 
     def hand_over(self) -> None:
         """This target broke mid-answer and another one continues: record the failure now."""
-        self.continued = True
+        self.rescued = True
         self.outcome = Verdict.STREAM_INTERRUPTED
         self._settle()
         self.outcome = None
@@ -342,7 +341,7 @@ class StreamWatch:
         self.ended = True
         self.outcome = outcome
         hooks = self.hooks
-        if outcome is Verdict.SUCCESS and hooks.on_complete is not None and not self.continued:
+        if outcome is Verdict.SUCCESS and hooks.on_complete is not None and not self.rescued:
             answer = self._complete_answer()
             if answer is not None:
                 hooks.on_complete(answer)
@@ -456,7 +455,7 @@ class SyncStreamGuard(httpx2.SyncByteStream):
         self._request = request
         self._source: Iterator[bytes] = iter(raw)
         self._pending: list[bytes] = []
-        self._continuations: list[object] = []
+        self._rescues: list[object] = []
 
     def prime(self) -> None:
         """Read up to the first piece of the answer, inside the chain: failures here are retryable.
@@ -495,19 +494,19 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                         yield kept
                 break
             except _BREAKS as exc:
-                go_on = watch.hooks.continue_sync
+                go_on = watch.hooks.rescue_sync
                 more = go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
                 if more is None:
                     raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()
-                self._continuations.append(more)
+                self._rescues.append(more)
                 self._source = iter(more)
         watch.truncated()
 
     def close(self) -> None:
         self._watch.closed_early()
         self._raw.close()
-        for more in self._continuations:  # a rescuing stream's own guard records its outcome
+        for more in self._rescues:  # a rescuing stream's own guard records its outcome
             if isinstance(more, httpx2.SyncByteStream):
                 more.close()
 
@@ -521,7 +520,7 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
         self._request = request
         self._source: AsyncIterator[bytes] = aiter(raw)
         self._pending: list[bytes] = []
-        self._continuations: list[object] = []
+        self._rescues: list[object] = []
 
     async def prime(self) -> None:
         """Read up to the first piece of the answer, inside the chain: failures here are retryable.
@@ -565,12 +564,12 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
                         yield kept
                 break
             except _BREAKS as exc:
-                go_on = watch.hooks.continue_async
+                go_on = watch.hooks.rescue_async
                 more = await go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
                 if more is None:
                     raise watch.ended_by(exc) from _cause(exc)
                 watch.hand_over()
-                self._continuations.append(more)
+                self._rescues.append(more)
                 self._source = aiter(more)
         watch.truncated()
 
@@ -586,6 +585,6 @@ class AsyncStreamGuard(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         self._watch.closed_early()
         await self._raw.aclose()
-        for more in self._continuations:  # a rescuing stream's own guard records its outcome
+        for more in self._rescues:  # a rescuing stream's own guard records its outcome
             if isinstance(more, httpx2.AsyncByteStream):
                 await more.aclose()

@@ -1,8 +1,8 @@
 """The attempt layer: give each attempt its time limits, and watch a stream's first event.
 
-Non-streaming attempts get ``timeouts.attempt`` for every network wait; streams get
-``timeouts.first_token`` until the response arrives, then ``timeouts.stream_idle`` between
-events. Every limit is cut to the time left before the call's deadline, so a silent upstream
+Non-streaming attempts get ``timeouts.attempt`` for every network wait; a stream gets
+``timeouts.first_token`` from sending to its first content event, then ``timeouts.stream_idle``
+between events. Every limit is cut to the time left before the call's deadline, so a silent upstream
 costs at most what is left, never attempts x timeout.
 """
 

@@ -44,7 +44,7 @@ _log = logging.getLogger(__name__)
 class Walker:
     """What both drivers share: the route, the targets, delivery, and the walk's bookkeeping."""
 
-    __slots__ = ("_continuation", "_functions", "_policy", "_targets", "_validation", "delivery")
+    __slots__ = ("_functions", "_policy", "_rescue", "_targets", "_validation", "delivery")
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class Walker:
         self._targets = targets
         self.delivery = delivery
         self._functions = functions
-        self._continuation = policy.continuation
+        self._rescue = policy.continuation
 
     def start(self, call: Call) -> tuple[str | None, Walk, Shape]:
         """The call's cache key, the walk over its route, and the shape of answer it asks for."""
@@ -181,12 +181,12 @@ class Walker:
         """Another step is finishing the caller's stream: say so on it."""
         target = sub.target
         assert target is not None
-        self.delivery.continued(call, result, target, sub.model, Verdict.STREAM_INTERRUPTED, how)
+        self.delivery.rescued(call, result, target, sub.model, Verdict.STREAM_INTERRUPTED, how)
 
     def wants_rescue(self, call: Call, move: Send) -> bool:
         """Whether a chat stream broken mid-answer on this move's target may be finished later."""
         return (
-            self._continuation
+            self._rescue
             and call.stream
             and call.operation == "chat.completions"
             and any(is_live(step) for step in move.later)
@@ -354,7 +354,7 @@ class _SyncRescue:
         self.result: Any = None
 
     def hooks(self) -> StreamHooks:
-        return StreamHooks(continue_sync=self)
+        return StreamHooks(rescue_sync=self)
 
     def __call__(self, partial: str) -> Iterable[bytes] | None:
         walker, call = self._walker, self._call
@@ -416,7 +416,7 @@ class _AsyncRescue:
         self.result: Any = None
 
     def hooks(self) -> StreamHooks:
-        return StreamHooks(continue_async=self)
+        return StreamHooks(rescue_async=self)
 
     async def __call__(self, partial: str) -> AsyncIterable[bytes] | None:
         walker, call = self._walker, self._call
