@@ -104,6 +104,16 @@ class Call:
             return target.model
         return self.requested_model
 
+    def first_limit(self) -> float:
+        """The current attempt's own limit: to the answer (``attempt``), or for a stream to its
+        first token (``first_token``), cut to the read limit the caller set, if shorter."""
+        target = self.target
+        assert target is not None
+        limits = target.timeouts
+        limit = limits.first_token if self.stream else limits.attempt
+        own = self.caller_timeout
+        return limit if own is None or own >= limit else own
+
     def record(self, verdict: str, status: int | None, duration: float) -> None:
         """Append the outcome of the current attempt on the current target."""
         target = self.target

@@ -28,10 +28,7 @@ def _prepare(call: Call) -> None:
     target = call.target
     assert target is not None
     limits = target.timeouts
-    first = limits.first_token if call.stream else limits.attempt
-    own = call.caller_timeout
-    if own is not None:
-        first = min(first, own)
+    first = call.first_limit()
     model = target.model
     body = call.body
     if model is not None and body is not None and body.get("model") != model:
@@ -49,10 +46,7 @@ def _watch(
     target = call.target
     assert target is not None
     limits = target.timeouts
-    first = (
-        limits.first_token if call.caller_timeout is None else min(limits.first_token, call.caller_timeout)
-    )
-    first_token_by = sent + first
+    first_token_by = sent + call.first_limit()
     now = clock.now()
     # The transport fixes one read limit for the whole body: long enough for the first token and
     # for an idle gap, never past the deadline (the asyncio guard bounds each read exactly).

@@ -81,10 +81,7 @@ class _Judge:
         if outcome.ok:
             return None
         remaining = call.deadline - now
-        limits = target.timeouts
-        limit = limits.first_token if call.stream else limits.attempt
-        if call.caller_timeout is not None:
-            limit = min(limit, call.caller_timeout)
+        limit = call.first_limit()
         delay = decide_retry(
             judged, policy=target.retry, attempt=call.attempt, remaining=remaining, rand=self._rand(),
             has_next=call.has_next, spent=now - started, limit=limit,
