@@ -29,6 +29,7 @@ from resilient_openai import (
     RetryRule,
     Route,
     Timeouts,
+    ValidationPolicy,
     Verdict,
     health,
     provenance,
@@ -485,3 +486,37 @@ def test_a_rescue_that_breaks_too_still_reports_everything_delivered(harness: Ha
         ("gpt-A", "stream_interrupted"),
         ("gpt-B", "stream_interrupted"),
     ]
+
+
+# -- requests the upstream will never accept ---------------------------------------------------
+
+
+def test_a_context_length_error_walks_to_a_roomier_model_never_to_cache_or_canned(harness: Harness) -> None:
+    """No ``context_model``: a too-long prompt goes to the route's model step with a larger window,
+    skipping one with a smaller window and never answered by the cache or a canned text."""
+    harness.upstream.set_default("gpt-A", Status(400, code_str="context_length_exceeded"))
+    harness.upstream.set_default("gpt-big", Ok(text="roomy"))
+    steps = (
+        FallbackStep(kind="model", model="gpt-small"),
+        FallbackStep(kind="cache"),
+        FallbackStep(kind="model", model="gpt-big"),
+        FallbackStep(kind="canned", text="busy"),
+    )
+    windows = ValidationPolicy(context_windows={"gpt-A": 8_000, "gpt-small": 4_000, "gpt-big": 128_000})
+    policy = Policy(validation=windows, fallback=_route(*steps))
+    answer = harness.chat(harness.client(policy))
+    assert answer.choices[0].message.content == "roomy"
+    assert harness.upstream.count(model="gpt-small") == 0
+    record = provenance(answer)
+    assert record is not None
+    assert (record.source, record.reason) == ("fallback_model", "context_length_exceeded")
+
+
+def test_a_context_length_error_with_nowhere_roomier_is_the_callers_error(harness: Harness) -> None:
+    """Only smaller models, the cache and a canned text: the caller gets the upstream's own 400."""
+    harness.upstream.set_default("gpt-A", Status(400, code_str="context_length_exceeded"))
+    steps = (FallbackStep(kind="model", model="gpt-small"), FallbackStep(kind="canned", text="busy"))
+    windows = ValidationPolicy(context_windows={"gpt-A": 8_000, "gpt-small": 4_000})
+    with pytest.raises(openai.BadRequestError):
+        harness.chat(harness.client(Policy(validation=windows, fallback=_route(*steps))))
+    assert harness.upstream.count(model="gpt-small") == 0
