@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from resilient_openai._classify import Verdict
 from resilient_openai._config import load_file
 from resilient_openai._errors import ConfigError
+from resilient_openai._fields import RETRYABLE_VERDICTS
 from resilient_openai._policy import (
-    RETRYABLE_VERDICTS,
     BreakerPolicy,
     CachePolicy,
     FallbackStep,

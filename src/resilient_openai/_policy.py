@@ -18,147 +18,43 @@ import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self, TypeVar
+from typing import Annotated, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, field_serializer
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, ConfigDict, Field, Strict, field_serializer
 
 from ._classify import Verdict, verdicts_where
-from ._config import SECRET_MESSAGE, Loc, Problems, load_file, path_of, show, validated
+from ._config import SECRET_MESSAGE, Loc, load_file, path_of, show
 from ._errors import ConfigError
+from ._fields import (
+    RETRYABLE_VERDICTS,
+    BreakerVerdict,
+    Count,
+    Flag,
+    ForceableVerdict,
+    Fraction,
+    Key,
+    Model,
+    Name,
+    PerSecond,
+    Ratio,
+    RetryableVerdict,
+    Seconds,
+    Text,
+    Wait,
+    must_be,
+    ordered,
+    refuse,
+)
 
 __all__ = [
     "BreakerPolicy", "CachePolicy", "CannedToolCall", "FallbackPolicy", "FallbackStep", "Policy",
     "RetryBudget", "RetryPolicy", "RetryRule", "Route", "Target", "Timeouts", "ValidationPolicy",
 ]  # fmt: skip
 
-_M = TypeVar("_M", bound="_Model")
 
-#: The verdicts' traits come from one table (:data:`resilient_openai._classify.TRAITS`).
-#: Verdicts a retry rule may be given for; the rest are never retried.
-RETRYABLE_VERDICTS = verdicts_where("retryable")
-_DAY: Final = 86_400
-_MAX_COUNT: Final = 1_000_000
-
-
-def _must_be(allowed: str, above: str | None = None) -> pydantic.WrapValidator:
-    """Let pydantic check a scalar, and report any mistake as ``must be <allowed>``, nothing else.
-
-    ``above`` replaces ``allowed`` for a value over the upper bound. The message adds what was
-    given (see :mod:`._config`), so pydantic's own text, which echoes inputs, goes nowhere.
-    """
-
-    def check(value: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(value)
-        except pydantic.ValidationError as exc:
-            kind = exc.errors()[0]["type"]
-        note = " (not a finite number)" if kind == "finite_number" else ""
-        raise PydanticCustomError(
-            "scalar", above if above and kind == "less_than_equal" else allowed, {"note": note}
-        )
-
-    return pydantic.WrapValidator(check)
-
-
-# Scalars: strict (no bool for a number, no 5.0 for a count), finite (model config), bounded.
-Seconds = Annotated[float, Strict(), Field(gt=0, le=_DAY), _must_be("a number > 0", f"a number <= {_DAY}")]
-Wait = Annotated[float, Strict(), Field(ge=0, le=_DAY), _must_be("a number >= 0", f"a number <= {_DAY}")]
-Count = Annotated[
-    int, Strict(), Field(ge=1, le=_MAX_COUNT), _must_be("an integer >= 1", f"an integer <= {_MAX_COUNT}")
-]
-Ratio = Annotated[float, Strict(), Field(gt=0, le=1), _must_be("a number in (0, 1]")]
-Fraction = Annotated[float, Strict(), Field(ge=0, le=1), _must_be("a number in [0, 1]")]
-PerSecond = Annotated[
-    float, Strict(), Field(ge=0, le=_MAX_COUNT), _must_be("a number >= 0", f"a number <= {_MAX_COUNT}")
-]
-Flag = Annotated[bool, Strict(), _must_be("true or false")]
-Text = Annotated[str, Strict(), _must_be("a non-empty string")]
-Key = Annotated[str, Strict(), Field(min_length=1), _must_be("a non-empty string")]
-
-
-def _non_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-Name = Annotated[Text, AfterValidator(_non_blank)]
-
-
-def _verdict(allowed: frozenset[Verdict], why: str) -> BeforeValidator:
-    """A verdict given by name (or as a Verdict) that must be one of ``allowed``."""
-    names = ", ".join(sorted(verdict.value for verdict in allowed))
-
-    def check(value: Any) -> Verdict:
-        try:
-            verdict = Verdict(value)
-        except ValueError:
-            raise ValueError(f"unknown verdict {show(value)}; allowed: {names}") from None
-        if verdict not in allowed:
-            raise ValueError(f"{verdict.value!r} {why}; allowed: {names}")
-        return verdict
-
-    return BeforeValidator(check)
-
-
-RetryableVerdict = Annotated[
-    Verdict, _verdict(RETRYABLE_VERDICTS, "is never retried (retrying cannot change it)")
-]
-#: Breaker failures may not be verdicts that say nothing about a target's health.
-BreakerVerdict = Annotated[
-    Verdict, _verdict(verdicts_where("may_trip"), "says nothing about the target's health")
-]
-ForceableVerdict = Annotated[Verdict, _verdict(verdicts_where("forced_as"), "is not a failure")]
-
-
-class _Model(pydantic.BaseModel):
-    """Frozen, strict, closed: built once and valid, or a ConfigError naming every mistake."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    def __init__(self, /, **data: Any) -> None:
-        validated(type(self), lambda: super(_Model, self).__init__(**data))
-
-    @classmethod
-    def model_validate(cls, obj: Any, **options: Any) -> Self:
-        """Validate ``obj`` (a dict, or an instance); a mistake is a ConfigError, as in ``__init__``."""
-        return validated(cls, lambda: super(_Model, cls).model_validate(obj, **options))
-
-
-def _refuse(found: list[tuple[Loc, str]]) -> None:
-    """Raise the mistakes a model's own check found, if any."""
-    if found:
-        raise Problems(found)
-
-
-def _ordered(model: _M, pairs: list[tuple[str, str]], why: str) -> _M:
-    """Refuse every ``low <= high`` pair ``model`` breaks, blamed on the key that was set.
-
-    The blame goes to the key the caller set (the higher one when both were); a pair left at
-    its defaults cannot break.
-    """
-    needs: dict[str, list[str]] = {}
-    for low, high in pairs:
-        low_value, high_value = getattr(model, low), getattr(model, high)
-        if low_value <= high_value:
-            continue
-        if high in model.model_fields_set:
-            needs.setdefault(high, []).append(f">= {low} ({low_value!r})")
-        else:
-            needs.setdefault(low, []).append(f"<= {high} ({high_value!r})")
-    _refuse(
-        [
-            ((key,), f"must be {' and '.join(need)}, got {getattr(model, key)!r} ({why})")
-            for key, need in needs.items()
-        ]
-    )
-    return model
-
-
-class RetryRule(_Model):
+class RetryRule(Model):
     """How one verdict is retried: total ``attempts`` (>= 1) and exponential backoff.
 
     The n-th retry waits ``min(base * 2**(n-1), cap)``, reduced by a random fraction of up to
@@ -172,10 +68,10 @@ class RetryRule(_Model):
 
     @pydantic.model_validator(mode="after")
     def _base_within_cap(self) -> Self:
-        return _ordered(self, [("base", "cap")], "cap is the longest wait")
+        return ordered(self, [("base", "cap")], "cap is the longest wait")
 
 
-class RetryBudget(_Model):
+class RetryBudget(Model):
     """How many retries one target may get: a share of its recent requests, plus a small floor.
 
     Over the last ``window`` seconds a target may be retried ``ratio`` times as often as it was
@@ -200,11 +96,11 @@ class RetryBudget(_Model):
         if self.enabled and self.ratio == 0 and self.min_per_second == 0:
             message = "must be > 0 when ratio is 0, or no retry could ever be made"
             message += " (to turn the budget off, set enabled = false)"
-            _refuse([(("min_per_second",), message)])
+            refuse([(("min_per_second",), message)])
         return self
 
 
-class RetryPolicy(_Model):
+class RetryPolicy(Model):
     """Per-verdict retry rules, how far to trust the server's own advice, and the retry budget."""
 
     rules: Mapping[RetryableVerdict, RetryRule] = Field(
@@ -227,7 +123,7 @@ class RetryPolicy(_Model):
         return {verdict.value: rules[verdict] for verdict in sorted(rules)}
 
 
-class Timeouts(_Model):
+class Timeouts(Model):
     """Time limits, in seconds.
 
     ``total`` bounds one call end to end, fallbacks included. ``attempt`` bounds every wait on
@@ -237,9 +133,9 @@ class Timeouts(_Model):
 
     total: Seconds = 60.0
     attempt: Seconds = 30.0
-    connect: Annotated[
-        float, Strict(), Field(gt=0, le=3600), _must_be("a number > 0", "a number <= 3600")
-    ] = 5.0
+    connect: Annotated[float, Strict(), Field(gt=0, le=3600), must_be("a number > 0", "a number <= 3600")] = (
+        5.0
+    )
     first_token: Seconds = 30.0
     stream_idle: Seconds = 20.0
 
@@ -251,7 +147,7 @@ class Timeouts(_Model):
             ("first_token", "total"),
             ("stream_idle", "total"),
         ]
-        return _ordered(self, pairs, "a limit longer than the one bounding it could never fire")
+        return ordered(self, pairs, "a limit longer than the one bounding it could never fire")
 
 
 def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
@@ -260,7 +156,7 @@ def _some_verdict(verdicts: frozenset[Verdict]) -> frozenset[Verdict]:
     return verdicts
 
 
-class BreakerPolicy(_Model):
+class BreakerPolicy(Model):
     """When a target's circuit opens, how long it stays open, and how it closes again."""
 
     enabled: Flag = True
@@ -283,7 +179,7 @@ class BreakerPolicy(_Model):
     #: Retry-After may lengthen a break, never past it.
     break_duration: Seconds = 5.0
     break_multiplier: Annotated[
-        float, Strict(), Field(ge=1, le=1000), _must_be("a number >= 1", "a number <= 1000")
+        float, Strict(), Field(ge=1, le=1000), must_be("a number >= 1", "a number <= 1000")
     ] = 2.0
     break_max: Seconds = 20.0
     #: Half-open: at most this many probes in flight; this many successes close the circuit.
@@ -309,7 +205,7 @@ class BreakerPolicy(_Model):
         if "break_max" not in self.model_fields_set and self.break_duration > self.break_max:
             # A longer first break given alone raises the (default) cap with it.
             object.__setattr__(self, "break_max", self.break_duration)
-        return _ordered(self, [("break_duration", "break_max")], "break_max caps every open period")
+        return ordered(self, [("break_duration", "break_max")], "break_max caps every open period")
 
 
 def _http_url(value: str) -> str:
@@ -347,7 +243,7 @@ def _set_variable(value: str) -> str:
     return value
 
 
-class Target(_Model):
+class Target(Model):
     """Another client to fall back to: a provider, region, or local OpenAI-compatible server.
 
     Built from ``base_url``, with the key read from the environment variable named by
@@ -385,7 +281,7 @@ _KIND_FIELDS: Final = {
 }  # fmt: skip
 
 
-class CannedToolCall(_Model):
+class CannedToolCall(Model):
     """The tool call a canned step answers a forced tool call with (``tool_choice="required"``
     or a named function): the function's ``name`` and its ``arguments`` (a JSON object)."""
 
@@ -409,7 +305,7 @@ def _template(text: str) -> str | None:
     return None
 
 
-class FallbackStep(_Model):
+class FallbackStep(Model):
     """One rung of a fallback chain.
 
     ``model``: ask ``model`` on the same client. ``target``: ask the :class:`Target` named
@@ -455,11 +351,11 @@ class FallbackStep(_Model):
             found.append((("text",), wrong))
         if self.accepts_prefill and self.kind != "model":
             found.append((("accepts_prefill",), "only for 'model' steps (a target declares it itself)"))
-        _refuse(found)
+        refuse(found)
         return self
 
 
-class Route(_Model):
+class Route(Model):
     """The fallback chain for the models a route matches (a model name, or ``"*"``)."""
 
     steps: tuple[FallbackStep, ...] = ()
@@ -478,7 +374,7 @@ class Route(_Model):
         return located
 
 
-class FallbackPolicy(_Model):
+class FallbackPolicy(Model):
     """Fallback routes by model name (``"*"`` matches any), alternate targets, continuation."""
 
     routes: Mapping[Key, Route] = Field(default_factory=dict)
@@ -511,24 +407,24 @@ class FallbackPolicy(_Model):
                 if step.kind == "target" and step.target not in self.targets:
                     message = f"unknown target {show(step.target)}; defined targets: {defined}"
                     found.append((("routes", key, *at, "target"), message))
-        _refuse(found)
+        refuse(found)
         return self
 
 
-class CachePolicy(_Model):
+class CachePolicy(Model):
     """The response cache: bounded by entries and bytes, with a TTL, scoped per tenant."""
 
     enabled: Flag = True
     max_entries: Count = 1024
     max_bytes: Annotated[
-        int, Strict(), Field(ge=1, le=2**36), _must_be("an integer >= 1", f"an integer <= {2**36}")
+        int, Strict(), Field(ge=1, le=2**36), must_be("an integer >= 1", f"an integer <= {2**36}")
     ] = 16 * 1024 * 1024
     ttl: Seconds = 3600.0
     #: Serve a hit before calling the upstream at all (off: the cache only answers outages).
     read_through: Flag = False
 
 
-class ValidationPolicy(_Model):
+class ValidationPolicy(Model):
     """Checks made before sending, so a request that cannot succeed never reaches a breaker."""
 
     enabled: Flag = True
@@ -536,12 +432,12 @@ class ValidationPolicy(_Model):
     context_windows: Mapping[
         Key,
         Annotated[
-            int, Strict(), Field(ge=1, le=10**8), _must_be("an integer >= 1", "an integer <= 100000000")
+            int, Strict(), Field(ge=1, le=10**8), must_be("an integer >= 1", "an integer <= 100000000")
         ],
     ] = Field(default_factory=dict)
 
 
-class Policy(_Model):
+class Policy(Model):
     """Everything the chain needs, as data a file can hold. ``Policy()`` is a sensible default."""
 
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -589,7 +485,7 @@ def _over(base: Mapping[str, Any], section: Any) -> Any:
     return merged
 
 
-def _valid(model: type[_Model], section: Any) -> dict[str, Any]:
+def _valid(model: type[Model], section: Any) -> dict[str, Any]:
     """The keys a top-level section sets, when it is valid (else nothing: it is reported there)."""
     if not isinstance(section, Mapping):
         return {}
