@@ -32,6 +32,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "RetryPolicy",
         "RetryRule",
         "Route",
+        "SharedPolicy",
         "Source",
         "SystemClock",
         "Target",

@@ -50,7 +50,8 @@ from ._fields import (
 
 __all__ = [
     "BreakerPolicy", "CachePolicy", "CannedToolCall", "FallbackPolicy", "FallbackStep", "Policy",
-    "RetryBudget", "RetryPolicy", "RetryRule", "Route", "Target", "Timeouts", "ValidationPolicy",
+    "RetryBudget", "RetryPolicy", "RetryRule", "Route", "SharedPolicy", "Target", "Timeouts",
+    "ValidationPolicy",
 ]  # fmt: skip
 
 
@@ -437,6 +438,54 @@ class ValidationPolicy(Model):
     ] = Field(default_factory=dict)
 
 
+class SharedPolicy(Model):
+    """State shared by every worker through Redis (the ``redis`` extra): breakers and the cache.
+
+    The URL comes from the environment variable ``url_env`` names (or ``url``, which must not
+    carry a password: ``password_env`` names the variable holding it); ``rediss://`` for TLS.
+    """
+
+    url_env: Name | None = None
+    url: Text | None = None
+    password_env: Name | None = None
+    #: Every key lives under this prefix, so two applications can share one Redis.
+    namespace: Name = "resilient-openai"
+    #: The longest any call waits on Redis, in seconds.
+    timeout: Annotated[float, Strict(), Field(gt=0, le=10), must_be("a number > 0", "a number <= 10")] = 0.05
+    #: While Redis cannot be reached: "local" (each worker decides alone), "open" (targets are
+    #: treated as open: fallbacks answer), "closed" (calls are admitted).
+    on_unavailable: Literal["local", "open", "closed"] = "local"
+    #: Share the stale-if-error cache too.
+    cache: Flag = True
+    #: The variable holding the secret that keys the cache's tenant hash, the same in every
+    #: worker (unset: the cache is not shared, each worker keys its own).
+    key_secret_env: Name | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_url(self) -> Self:
+        found: list[tuple[Loc, str]] = []
+        if (self.url is None) == (self.url_env is None):
+            found.append((("url",), "give exactly one of url and url_env"))
+        elif self.url is not None and (wrong := _redis_url(self.url)):
+            found.append((("url",), wrong))
+        refuse(found)
+        return self
+
+
+def _redis_url(value: str) -> str | None:
+    """Why ``value`` is not a usable Redis URL (never echoing it: it might hold a password)."""
+    try:
+        parts = urlsplit(value)
+        has_password = parts.password is not None
+    except ValueError:
+        return "must be a redis:// or rediss:// URL such as 'redis://127.0.0.1:6379/0'"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must be a redis:// or rediss:// URL such as 'redis://127.0.0.1:6379/0'"
+    if has_password:
+        return "must not carry a password (not shown): name the variable holding it in password_env"
+    return None
+
+
 class Policy(Model):
     """Everything the chain needs, as data a file can hold. ``Policy()`` is a sensible default."""
 
@@ -446,6 +495,8 @@ class Policy(Model):
     fallback: FallbackPolicy = Field(default_factory=FallbackPolicy)
     cache: CachePolicy = Field(default_factory=CachePolicy)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    #: Shared state through Redis; None (the default): every process keeps its own.
+    shared: SharedPolicy | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
