@@ -23,7 +23,7 @@ from resilient_openai import (
     provenance,
 )
 from resilient_openai.observe.events import Event, RetryBudgetExhausted
-from resilient_openai.testing import Ok, Status
+from resilient_openai.testing import Ok, Reset, Status
 
 from .conftest import Harness
 
@@ -34,7 +34,8 @@ NO_WAIT = RetryRule(attempts=3, base=0.0, cap=0.0)
 
 def _policy(budget: RetryBudget, **sections: object) -> Policy:
     """Retries without waits and no breaker (so only the budget stops retries), plus ``sections``."""
-    retry = RetryPolicy(rules={Verdict.SERVER_ERROR: NO_WAIT}, budget=budget)
+    rules = {Verdict.SERVER_ERROR: NO_WAIT, Verdict.CONNECTION_ERROR: NO_WAIT}
+    retry = RetryPolicy(rules=rules, budget=budget)
     return Policy.model_validate({"retry": retry, "breaker": BreakerPolicy(enabled=False), **sections})
 
 
@@ -111,8 +112,9 @@ def test_the_budget_is_whole_again_after_its_window(harness: Harness) -> None:
 
 
 def test_a_spent_budget_moves_the_fallback_walk_on(harness: Harness) -> None:
-    """When gpt-A's budget refuses a retry, the route's next step answers at once."""
-    harness.upstream.set_default("gpt-A", Status(503))
+    """When gpt-A's budget refuses a retry (of a quick connection drop, the one failure retried
+    while the route goes on), the route's next step answers at once."""
+    harness.upstream.set_default("gpt-A", Reset())
     harness.upstream.set_default("gpt-B", Ok(text="backup"))
     route = FallbackPolicy(routes={"gpt-A": Route(steps=(FallbackStep(kind="model", model="gpt-B"),))})
     budget = RetryBudget(ratio=0.0, window=10.0, min_per_second=0.1)

@@ -20,7 +20,7 @@ from resilient_openai import (
 )
 from resilient_openai._chain import ORDER
 from resilient_openai._classify import TRAITS
-from resilient_openai.testing import Status
+from resilient_openai.testing import Reset, Status
 
 from .conftest import Harness
 
@@ -33,22 +33,35 @@ def test_one_order_for_both_flavours() -> None:
     assert ORDER == ("validate", "fallback", "retry", "breaker", "attempt", "chaos")
 
 
-def test_fallback_answers_after_the_retries_and_the_breaker_stops_them(harness: Harness) -> None:
-    """Retry outside the breaker, fallback outside retry: each attempt is counted, the second
-    failure opens the circuit, which stops the third attempt at once, and then the canned step
-    answers."""
+def test_the_breaker_sees_each_retry_and_stops_the_next(harness: Harness) -> None:
+    """Retry outside the breaker: each attempt is counted, the second failure opens the circuit,
+    which stops the third attempt at once (nothing else to go to: the failure is the answer)."""
     harness.upstream.set_default("gpt-A", Status(503))
     policy = Policy(
         retry=RetryPolicy(rules={Verdict.SERVER_ERROR: FAST}),
         breaker=BreakerPolicy(fail_max=2, break_duration=300.0),
-        fallback=FallbackPolicy(routes={"gpt-A": Route(steps=(CANNED,))}),
     )
-    answer = harness.chat(harness.client(policy))
-    record = provenance(answer)
+    with pytest.raises(openai.InternalServerError) as caught:
+        harness.chat(harness.client(policy))
+    record = provenance(caught.value)
     assert record is not None
-    assert record.source == "canned"
     assert [a.verdict for a in record.attempts] == ["server_error", "server_error"]
     assert harness.upstream.count() == 2
+
+
+def test_the_fallback_answers_after_the_primarys_own_retry(harness: Harness) -> None:
+    """Fallback outside retry: a quick connection drop (the one failure retried while the route
+    goes on) is tried again on the primary before the route's next step answers."""
+    harness.upstream.set_default("gpt-A", Reset())
+    policy = Policy(
+        retry=RetryPolicy(rules={Verdict.CONNECTION_ERROR: FAST}),
+        fallback=FallbackPolicy(routes={"gpt-A": Route(steps=(CANNED,))}),
+    )
+    record = provenance(harness.chat(harness.client(policy)))
+    assert record is not None
+    assert record.source == "canned"
+    assert [a.verdict for a in record.attempts] == ["connection_error"] * 3
+    assert harness.upstream.count() == 3
 
 
 def test_validation_comes_before_everything(harness: Harness) -> None:
@@ -84,9 +97,9 @@ def test_every_verdict_has_its_row() -> None:
         assert not traits.breaker_failure or traits.may_trip, verdict
 
 
-def test_a_conflict_is_retried_and_fallen_back_from_but_never_trips(harness: Harness) -> None:
-    """What happens to a 409, in one place: retried, then the route answers, and the circuit
-    stays closed however many conflicts arrive."""
+def test_a_conflict_is_fallen_back_from_but_never_trips(harness: Harness) -> None:
+    """What happens to a 409, in one place: the route answers (with a next step the target is not
+    asked again), and the circuit stays closed however many conflicts arrive."""
     harness.upstream.set_default("gpt-A", Status(409))
     policy = Policy(
         retry=RetryPolicy(rules={Verdict.CONFLICT: FAST}),
@@ -99,5 +112,5 @@ def test_a_conflict_is_retried_and_fallen_back_from_but_never_trips(harness: Har
         assert record is not None
         assert record.source == "canned"
         assert record.reason == "conflict"
-    assert harness.upstream.count() == 9
+    assert harness.upstream.count() == 3
     assert [b["state"] for b in health(client)["breakers"]] == ["closed"]

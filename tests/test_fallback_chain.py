@@ -83,8 +83,13 @@ def test_fallback_model_answers_with_its_own_model_and_usage(harness: Harness) -
 
 
 def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
-    """With the breaker out of the way, the primary gets exactly its rule's attempts first."""
+    """With the breaker out of the way and nowhere else to go, the primary gets exactly its
+    rule's attempts; with a next step it is not asked again: the route answers at once."""
     harness.upstream.set_default("gpt-A", Status(503))
+    alone = Policy(retry=RetryPolicy(), breaker=BreakerPolicy(fail_max=50))
+    with pytest.raises(openai.InternalServerError):
+        _ask(harness, harness.client(alone), "P")
+    assert harness.upstream.count(model="gpt-A") == 3
     policy = _policy(
         harness,
         FallbackStep(kind="model", model="gpt-B"),
@@ -92,7 +97,7 @@ def test_primary_attempts_bounded_by_its_rule(harness: Harness) -> None:
         breaker=BreakerPolicy(fail_max=50),
     )
     result = _ask(harness, harness.client(policy), "P")
-    assert harness.upstream.count(model="gpt-A") == 3
+    assert harness.upstream.count(model="gpt-A") == 3 + 1
     assert result.model == "gpt-B"
 
 

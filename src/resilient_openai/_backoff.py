@@ -29,10 +29,9 @@ def backoff_delay(rule: RetryRule, retry_number: int, rand: float) -> float:
     return max(delay * (1.0 - rule.jitter * rand), 0.0)
 
 
-#: Verdicts not retried on the same target while the route has somewhere else to go: a silent
-#: target, a proxy's error page (it repeats), and a rate limit (the next step has its own, and
-#: the limited target needs less load, not the same load later).
-_FAIL_OVER = frozenset({Verdict.TIMEOUT, Verdict.MALFORMED_RESPONSE, Verdict.RATE_LIMITED})
+#: The one failure retried on the same target even when the route has somewhere else to go: a
+#: connection dropped at once (a stale pooled connection) costs nothing to try again.
+_WORTH_AGAIN = Verdict.CONNECTION_ERROR
 
 
 def decide_retry(
@@ -53,16 +52,17 @@ def decide_retry(
     than ``policy.max_retry_after``, or any wait that would not fit in the remaining budget — in
     those cases giving up now lets a fallback answer while there is still time.
 
-    A silent or broken target is not asked again when the route has another step (``has_next``):
-    a timeout, a malformed 200, a rate limit, or any failure that took at least
+    When the route has another step (``has_next``) a failed target is not asked again: the next
+    step answers now, and a struggling target gets less load, not the same load later. Only a
+    connection dropped quickly (a stale pooled connection) is tried again; one that took at least
     half the attempt's time ``limit`` (``spent`` seconds: an upstream that held the request and
-    then hung up) fails over at once.
+    then hung up) fails over too.
     """
     verdict = outcome.verdict
     rule = policy.rules.get(verdict)
     if rule is None:
         return RetryDecision(None, f"{verdict} is not retried")
-    if has_next and (verdict in _FAIL_OVER or spent >= limit / 2):
+    if has_next and (verdict is not _WORTH_AGAIN or spent >= limit / 2):
         return RetryDecision(None, f"{verdict} after {spent:.3g}s: failing over instead of waiting again")
     if policy.honor_should_retry and outcome.should_retry is False:
         return RetryDecision(None, "upstream said x-should-retry: false")
