@@ -8,6 +8,7 @@ its pid.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import re
@@ -41,7 +42,7 @@ from resilient_openai import (
 )
 from resilient_openai._fallback.cache import CachedAnswer
 from resilient_openai._fallback.shared_cache import RECHECK, SharedCache, settings_from
-from resilient_openai.testing import FakeUpstream, Ok, Status
+from resilient_openai.testing import FakeClock, FakeUpstream, Ok, Status
 
 from ..conftest import API_KEY, BASE_URL, Harness
 
@@ -265,6 +266,20 @@ class PrivateRedis:
         assert _until(lambda: _answers(client), limit=5.0), "the private redis-server did not start"
         client.close()
 
+    def sleep(self, seconds: float) -> threading.Thread:
+        """Put the server to sleep for ``seconds`` (``DEBUG SLEEP``), from a thread; it is asleep
+        when this returns."""
+        client = redis.Redis.from_url(self.url)
+
+        def sleep() -> None:
+            client.execute_command("DEBUG", "SLEEP", str(seconds))  # type: ignore[no-untyped-call]
+            client.close()
+
+        sleeping = threading.Thread(target=sleep)
+        sleeping.start()
+        time.sleep(0.05)
+        return sleeping
+
     def kill(self) -> None:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
@@ -351,47 +366,72 @@ def test_a_slow_redis_costs_a_call_at_most_the_timeout(harness: Harness, private
     """A Redis that does not answer in ``timeout`` is a miss after ``timeout``, then marked down."""
     private.start()
     client = harness.client(_policy("slow", timeout=0.1))
-    blocker = redis.Redis.from_url(private.url)
-    sleeping = threading.Thread(target=lambda: blocker.execute_command("DEBUG", "SLEEP", "0.6"))  # type: ignore[no-untyped-call]
-    sleeping.start()
-    time.sleep(0.05)  # the server is now asleep
+    sleeping = private.sleep(0.6)
     harness.upstream.set_default("gpt-A", Status(503))
     took = _missed(harness, client)
+    assert _shared(client)["state"] == "down"  # until a ping after the server wakes
     sleeping.join()
-    blocker.close()
     assert 0.1 <= took < 0.1 + 0.1
-    assert _shared(client)["state"] == "down"
     assert _until(lambda: _shared(client)["state"] == "up")
+
+
+def test_an_asyncio_read_of_a_slow_redis_never_blocks_the_loop(
+    upstream: FakeUpstream, clock: FakeClock, private: PrivateRedis
+) -> None:
+    """While an asyncio call waits on a sleeping Redis, the loop's other tasks keep running."""
+    private.start()
+    client = Harness("async", upstream, clock).client(_policy("loop", timeout=0.2))
+    upstream.set_default("gpt-A", Status(503))
+    sleeping = private.sleep(0.5)
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        for _ in range(15):
+            started = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - started)
+
+    async def both() -> tuple[Any, BaseException | None]:
+        call = client.chat.completions.create(model="gpt-A", messages=[{"role": "user", "content": PROMPT}])
+        return await asyncio.gather(call, tick(), return_exceptions=True)
+
+    outcome, _ = asyncio.run(both())
+    assert _shared(client)["state"] == "down"  # the read ran late: it did wait on Redis
+    sleeping.join()
+    assert isinstance(outcome, openai.InternalServerError)
+    assert max(gaps) < 0.1
 
 
 # -- two worker processes ------------------------------------------------------------------------
 
 
-def _worker(policy: Policy, fault: Ok | Status, results: Any) -> None:
-    """One worker process: its own upstream, client and local cache; reports what answered."""
+def _client_on(fault: Ok | Status, policy: Policy) -> openai.OpenAI:
+    """A resilient client on an upstream of its own that always answers with ``fault``."""
     upstream = FakeUpstream()
     upstream.set_default("gpt-A", fault)
-    raw = openai.OpenAI(
-        api_key=API_KEY, base_url=BASE_URL, http_client=httpx2.Client(transport=upstream.transport())
-    )
-    client = resilient(raw, policy)
-    try:
-        answer = client.chat.completions.create(model="gpt-A", messages=[{"role": "user", "content": PROMPT}])
-    except Exception as error:
-        results.put(type(error).__name__)
-        return
-    if isinstance(fault, Ok):
+    http = httpx2.Client(transport=upstream.transport())
+    return resilient(openai.OpenAI(api_key=API_KEY, base_url=BASE_URL, http_client=http), policy)
+
+
+def _worker(client: openai.OpenAI | None, policy: Policy, results: Any) -> None:
+    """One worker process: asks once with ``client`` (or, if None, a client it makes on a failing
+    upstream), waits for what it stored to reach Redis, and reports what answered."""
+    client = client or _client_on(Status(503), policy)
+    answer = client.chat.completions.create(model="gpt-A", messages=[{"role": "user", "content": PROMPT}])
+    source = _source(answer)
+    if source == "upstream":
         assert _stored(client)
-    results.put((_source(answer), answer.choices[0].message.content, _shared(client)["stored"]))
+    results.put((source, answer.choices[0].message.content, _shared(client)["stored"]))
 
 
 def test_a_worker_serves_what_another_worker_stored(namespace: str) -> None:
-    """Worker 1 answers from the upstream and shares it; worker 2, in an outage, serves it."""
+    """Worker 1 (its client made before the fork, as with a preloading server) answers from the
+    upstream and shares the answer; worker 2, in an outage, serves it from Redis."""
     policy = _policy(namespace)
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    for fault in (Ok(text="Paris"), Status(503)):
-        worker = context.Process(target=_worker, args=(policy, fault, results))
+    for client in (_client_on(Ok(text="Paris"), policy), None):
+        worker = context.Process(target=_worker, args=(client, policy, results))
         worker.start()
         worker.join(timeout=10)
         assert worker.exitcode == 0

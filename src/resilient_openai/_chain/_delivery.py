@@ -103,7 +103,7 @@ class Delivery:
     __slots__ = ("_bus", "_caching_routes", "_clock", "_read_through", "_secret", "cache", "shared")
 
     def __init__(
-        self, policy: Policy, *, clock: Clock, bus: EventBus, shared: SharedCacheSettings | None = None
+        self, policy: Policy, *, clock: Clock, bus: EventBus, shared: SharedCacheSettings | None
     ) -> None:
         self._clock = clock
         self._bus = bus

@@ -317,7 +317,8 @@ class SharedCache:
             link.count("dropped")
 
     def stats(self) -> SharedCacheStats:
-        link = self._link
+        """This process's counters, and whether Redis is up (that is: not known to be down)."""
+        link = self._here()
         with link.lock:
             counts = dict(link.counts)
         return SharedCacheStats(state="up" if link.up else "down", **counts)
