@@ -135,6 +135,18 @@ def test_two_clients_share_an_answer_through_redis(harness: Harness, namespace: 
     assert health(second)["cache"]["entries"] == 1  # kept locally too
 
 
+def test_read_through_serves_another_clients_answer_without_asking(harness: Harness, namespace: str) -> None:
+    """With ``read_through``, a second client answers from Redis before asking the upstream."""
+    policy = _policy(namespace).model_copy(update={"cache": CachePolicy(read_through=True)})
+    first, second = harness.client(policy), harness.client(policy)
+    harness.upstream.set_default("gpt-A", Ok(text="Paris"))
+    harness.chat(first)
+    assert _stored(first)
+    answer = harness.chat(second)
+    assert (_source(answer), answer.choices[0].message.content) == ("cache", "Paris")
+    assert harness.upstream.count(model="gpt-A") == 1
+
+
 def test_different_tenants_never_share(harness: Harness, namespace: str) -> None:
     """A client with another API key misses what the first stored: the key scopes the entry."""
     policy = _policy(namespace)
@@ -178,15 +190,18 @@ def test_an_answer_over_the_size_bound_is_not_shared(
 
 
 def test_an_answer_that_is_not_strict_json_is_refused(namespace: str, store: redis.Redis) -> None:
-    """A body with ``NaN`` or bytes that are not UTF-8 never reaches Redis."""
+    """A body that is not a strict JSON object (``NaN``, not UTF-8, a list, nested past the parser's
+    depth, not JSON at all) never reaches Redis, and the writer goes on."""
     settings, problems = settings_from(_policy(namespace), os.environ)
     assert settings is not None, problems
     cache = SharedCache(settings)
-    for body in (b'{"x": NaN}', b'{"x": "\xff"}'):
+    bodies = (b'{"x": NaN}', b'{"x": "\xff"}', b"[1]", b"[" * 100_000, b"not json")
+    for body in bodies:
         cache.put(uuid.uuid4().hex, CachedAnswer("chat.completions", "m", body, 0.0))
-    assert _until(lambda: cache.stats().refused == 2)
+    assert _until(lambda: cache.stats().refused == len(bodies))
     assert list(store.scan_iter(f"{namespace}:*")) == []
-    assert cache.stats().stored == 0
+    cache.put("fine", CachedAnswer("chat.completions", "m", '{"x":"é \\ud800"}'.encode(), 0.0))
+    assert _until(lambda: cache.stats().stored == 1)
 
 
 def test_a_shared_answer_expires_after_the_ttl(harness: Harness, namespace: str, store: redis.Redis) -> None:

@@ -125,25 +125,27 @@ def settings_from(policy: Policy, environ: Mapping[str, str]) -> tuple[SharedCac
 
 
 def _encode(answer: CachedAnswer) -> bytes | None:
-    """The JSON stored for ``answer``, or None when its body is not strict JSON."""
+    """The JSON stored for ``answer`` (its body as it is, in an envelope), or None when the body
+    is not strict JSON: not UTF-8, ``NaN`` or ``Infinity``, not an object."""
 
     def refuse(constant: str) -> Any:
         raise ValueError(constant)
 
     try:
-        body = json.loads(answer.body, parse_constant=refuse)
-    except ValueError:  # also UnicodeDecodeError and JSONDecodeError
+        body = json.loads(answer.body.decode("utf-8"), parse_constant=refuse)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError and JSONDecodeError
         return None
-    operation, model, stored_at = answer.operation, answer.model, answer.stored_at
-    envelope = {"operation": operation, "model": model, "stored_at": stored_at, "body": body}
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    if not isinstance(body, dict):
+        return None
+    head = {"operation": answer.operation, "model": answer.model, "stored_at": answer.stored_at}
+    return json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"body":' + answer.body + b"}"
 
 
 def _decode(raw: bytes) -> CachedAnswer | None:
     """The answer a stored value holds, or None for a value this version cannot read."""
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(value, dict):
         return None
