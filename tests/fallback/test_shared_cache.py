@@ -233,6 +233,18 @@ def test_missing_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> 
     assert "short" not in message.replace("shared", "")
 
 
+def test_a_url_that_is_not_a_redis_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL variable holding no usable Redis URL fails at ``resilient()``, its value not shown."""
+    monkeypatch.setenv(URL_ENV, "redis://user:hunter2@host:notaport/0")
+    monkeypatch.setenv(SECRET_ENV, "s" * 32)
+    with pytest.raises(
+        ConfigError, match=f"shared.url_env: the variable {URL_ENV!r} must be a redis"
+    ) as caught:
+        resilient(openai.OpenAI(api_key=API_KEY, base_url=BASE_URL), _policy("ns"))
+    assert "hunter2" not in str(caught.value)
+    assert "notaport" not in str(caught.value)
+
+
 def test_without_the_redis_extra_a_shared_cache_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """With redis-py not importable, ``[shared]`` says which extra to install."""
     monkeypatch.setitem(__import__("sys").modules, "redis", None)

@@ -95,15 +95,21 @@ def settings_from(policy: Policy, environ: Mapping[str, str]) -> tuple[SharedCac
     if shared is None or not shared.cache or shared.key_secret_env is None:
         return None, []
     problems: list[str] = []
+    url, where = shared.url, "shared.url"
+    if shared.url_env is not None:
+        url, where = environ.get(shared.url_env) or None, f"shared.url_env: the variable {shared.url_env!r}"
+        if url is None:
+            problems.append(f"{where} is not set")
     try:
-        import redis  # noqa: F401  (only checking that the extra is installed)
+        import redis
     except ImportError:
         problems.append("shared: needs redis-py; install the extra: pip install 'resilient-openai[redis]'")
-    url = shared.url
-    if shared.url_env is not None:
-        url = environ.get(shared.url_env) or None
-        if url is None:
-            problems.append(f"shared.url_env: the variable {shared.url_env!r} is not set")
+    else:
+        try:
+            if url is not None:
+                redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError:  # its message may quote the URL, and a URL may hold a password
+            problems.append(f"{where} must be a redis://, rediss:// or unix:// URL (not shown)")
     password = None
     if shared.password_env is not None:
         password = environ.get(shared.password_env) or None
