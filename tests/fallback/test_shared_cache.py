@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -247,7 +248,7 @@ def test_a_url_that_is_not_a_redis_url_is_a_config_error(monkeypatch: pytest.Mon
 
 def test_without_the_redis_extra_a_shared_cache_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """With redis-py not importable, ``[shared]`` says which extra to install."""
-    monkeypatch.setitem(__import__("sys").modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.setenv(SECRET_ENV, "s" * 32)
     monkeypatch.setenv(URL_ENV, REDIS_URL)
     with pytest.raises(ConfigError, match=r"resilient-openai\[redis\]"):

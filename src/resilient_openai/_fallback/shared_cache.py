@@ -19,8 +19,9 @@ its tenant scope, itself an HMAC keyed by the secret every worker reads from ``k
 no API key, prompt or answer text is ever part of a key. An answer larger than ``cache.max_bytes``,
 or whose body is not strict JSON (``NaN``, invalid UTF-8), is refused.
 
-redis-py is imported only when a shared cache is made, so the ``redis`` extra stays optional. No
-redis-py exception leaves this module. No lock is held across I/O: the link's lock guards counters.
+redis-py is imported only when ``[shared]`` shares the cache, so the ``redis`` extra stays
+optional. No redis-py exception leaves this module. No lock is held across I/O: the link's lock
+guards counters.
 """
 
 from __future__ import annotations
