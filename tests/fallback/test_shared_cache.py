@@ -394,7 +394,7 @@ def test_a_slow_redis_costs_a_call_at_most_the_timeout(harness: Harness, private
     """A Redis that does not answer in ``timeout`` is a miss after ``timeout``, then marked down."""
     private.start()
     client = harness.client(_policy("slow", timeout=0.1))
-    sleeping = private.sleep(0.6)
+    sleeping = private.sleep(0.35)
     harness.upstream.set_default("gpt-A", Status(503))
     took = _missed(harness, client)
     assert _shared(client)["state"] == "down"  # until a ping after the server wakes
