@@ -20,6 +20,7 @@ from ._chain import Chain
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import path_of, show
 from ._errors import ConfigError
+from ._fallback.shared_cache import settings_from
 from ._policy import Policy
 from ._runtime import FallbackFunction, HttpClientFactory, Runtime
 
@@ -171,6 +172,8 @@ def _runtime(
         refuse("breaker_key", "None or callable as breaker_key(base_url, model)", breaker_key)
     if http_client is not None and not callable(http_client):
         refuse("http_client", "None or callable as http_client(target)", http_client)
+    shared_cache, unshared = settings_from(policy, os.environ)
+    problems += unshared
     if problems:
         raise ConfigError(problems)
     return Runtime(
@@ -180,6 +183,7 @@ def _runtime(
         functions=functions,
         breaker_key=cast("Callable[[str, str | None], str] | None", breaker_key),
         http_client=cast("HttpClientFactory | None", http_client),
+        shared_cache=shared_cache,
     )
 
 

@@ -28,15 +28,21 @@ def health(client: object) -> dict[str, Any]:
 
     ``status`` is ``"ok"`` when every breaker is closed, ``"degraded"`` otherwise. Each entry of
     ``budgets`` holds a target's first attempts (``requests``) and ``retries`` in the budget's
-    window, the retries it allows (``limit``) and whether it is ``exhausted``. Holds names,
+    window, the retries it allows (``limit``) and whether it is ``exhausted``. ``cache["shared"]``
+    is the Redis level when ``[shared]`` shares the cache (``state`` ``"up"`` or ``"down"``,
+    ``hits``, ``misses``, ``stored``, ``dropped``, ``refused``), else None. Holds names,
     states, counts and times only: never keys, prompts or answers.
     """
     chain = _chain(client)
     snapshots = [dataclasses.asdict(s) for s in chain.breakers.snapshot()]
-    cache = chain.cache
+    cache: dict[str, Any] | None = None
+    if chain.cache is not None:
+        cache = dataclasses.asdict(chain.cache.stats())
+        shared = chain.shared_cache
+        cache["shared"] = dataclasses.asdict(shared.stats()) if shared is not None else None
     return {
         "status": "ok" if all(s["state"] == "closed" for s in snapshots) else "degraded",
         "breakers": snapshots,
         "budgets": [dataclasses.asdict(s) for s in chain.budgets.snapshot()],
-        "cache": dataclasses.asdict(cache.stats()) if cache is not None else None,
+        "cache": cache,
     }

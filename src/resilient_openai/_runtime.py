@@ -3,7 +3,8 @@
 A :class:`~resilient_openai.Policy` is data a file can hold; a :class:`Runtime` holds what only
 code can give: the clock, event listeners, ready clients for fallback targets, the functions that
 ``function`` steps name, and how to build HTTP clients for targets made from configuration. Each
-is a keyword argument of :func:`~resilient_openai.resilient`.
+is a keyword argument of :func:`~resilient_openai.resilient`. What ``[shared]`` reads from the
+environment (the Redis URL, the cache's key secret) is resolved here too, once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
+    from ._fallback.shared_cache import SharedCacheSettings
     from ._policy import Target
     from .observe.events import Listener
 
@@ -41,3 +43,6 @@ class Runtime:
     breaker_key: Callable[[str, str | None], str] | None = None
     #: Builds the HTTP client of a target made from ``base_url``; None: the SDK's default.
     http_client: HttpClientFactory | None = None
+    #: The Redis level of the answer cache, read from ``[shared]`` and the environment; None:
+    #: the cache is this process's alone.
+    shared_cache: SharedCacheSettings | None = None

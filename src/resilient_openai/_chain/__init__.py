@@ -40,6 +40,7 @@ from .validate import AsyncValidate, SyncValidate
 
 if TYPE_CHECKING:
     from .._fallback.cache import ResponseCache
+    from .._fallback.shared_cache import SharedCache
     from .._policy import Policy
     from .._runtime import Runtime
 
@@ -88,6 +89,7 @@ class Chain:
     breakers: BreakerRegistry
     budgets: BudgetRegistry
     cache: ResponseCache | None
+    shared_cache: SharedCache | None
     _policy: Policy
     _runtime: Runtime
 
@@ -99,7 +101,7 @@ class Chain:
         breakers = BreakerRegistry(policy.breaker, clock=clock, bus=bus)
         # One retry budget per target, as many as there may be breakers.
         budgets = BudgetRegistry(clock=clock, limit=policy.breaker.max_breakers)
-        delivery = Delivery(policy, clock=clock, bus=bus)
+        delivery = Delivery(policy, clock=clock, bus=bus, shared=runtime.shared_cache)
         walker = Walker(
             policy.fallback, policy.validation, functions=runtime.functions, delivery=delivery,
             targets=Targets(policy, runtime, breakers, is_async=is_async),
@@ -116,7 +118,9 @@ class Chain:
         }
         layers = [made[name] for name in ORDER if made[name] is not None]
         terminal = (SyncTerminal, AsyncTerminal)[pick](clock)
-        return cls(_fold(layers, terminal), breakers, budgets, delivery.cache, policy, runtime)
+        return cls(
+            _fold(layers, terminal), breakers, budgets, delivery.cache, delivery.shared, policy, runtime
+        )
 
     def call(self, client: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
         """Run one SDK request made through ``client`` (a coroutine for an asyncio client)."""

@@ -19,9 +19,10 @@ from .. import _sdk
 from .._classify import Verdict
 from .._errors import IncompleteStreamError
 from .._fallback.cache import CachedAnswer, ResponseCache
-from .._fallback.keys import request_key
+from .._fallback.keys import PROCESS_SECRET, request_key
 from .._fallback.serve import CANNED_MODEL, FUNCTION_MODEL, answer_body, text_answer
 from .._fallback.shape import Shape, canned_reply
+from .._fallback.shared_cache import SharedCache
 from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
 from ._stream import StreamHooks
@@ -29,6 +30,7 @@ from ._tenant import scope
 
 if TYPE_CHECKING:
     from .._clock import Clock
+    from .._fallback.shared_cache import SharedCacheSettings
     from .._policy import FallbackStep, Policy, Route
     from ..observe.events import EventBus
     from ._call import Call, LiveTarget, Outcome
@@ -98,9 +100,11 @@ def _uses_cache(route: Route) -> bool:
 class Delivery:
     """Results and errors leave the chain through here, with their provenance."""
 
-    __slots__ = ("_bus", "_caching_routes", "_clock", "_read_through", "cache")
+    __slots__ = ("_bus", "_caching_routes", "_clock", "_read_through", "_secret", "cache", "shared")
 
-    def __init__(self, policy: Policy, *, clock: Clock, bus: EventBus) -> None:
+    def __init__(
+        self, policy: Policy, *, clock: Clock, bus: EventBus, shared: SharedCacheSettings | None
+    ) -> None:
         self._clock = clock
         self._bus = bus
         self._read_through = policy.cache.read_through
@@ -108,6 +112,10 @@ class Delivery:
         self._caching_routes = {id(route) for route in policy.fallback.routes.values() if _uses_cache(route)}
         uses_cache = self._read_through or bool(self._caching_routes)
         self.cache = ResponseCache(policy.cache, clock=clock) if policy.cache.enabled and uses_cache else None
+        #: The Redis level behind the local cache (made only when there is a local cache).
+        self.shared = SharedCache(shared) if shared is not None and self.cache is not None else None
+        #: Keys the tenant hash: the secret every worker holds when the cache is shared.
+        self._secret = self.shared.secret if self.shared is not None else PROCESS_SECRET
 
     # -- the cache ---------------------------------------------------------------------------
 
@@ -117,25 +125,48 @@ class Delivery:
             return None
         if not self._read_through and id(route) not in self._caching_routes:
             return None
-        tenant = scope(call.client, call.options)
+        tenant = scope(call.client, call.options, self._secret)
         return None if tenant is None else request_key(call.operation, call.body, tenant)
 
     def read_through(self, key: str | None) -> LocalAnswer | None:
         """A cached answer served before any upstream is asked, when read-through is on."""
         return self.cached(key) if self._read_through else None
 
+    async def read_through_async(self, key: str | None) -> LocalAnswer | None:
+        """:meth:`read_through` for asyncio tasks (a Redis read never blocks the loop)."""
+        return await self.cached_async(key) if self._read_through else None
+
     def cached(self, key: str | None) -> LocalAnswer | None:
-        """The last good answer stored under ``key``, if any."""
+        """The last good answer stored under ``key``: the local cache's, else the shared one's."""
         if key is None or self.cache is None:
             return None
         hit = self.cache.get(key)
-        if hit is None:
+        if hit is None and self.shared is not None:
+            hit = self._adopt(key, self.shared.get(key))
+        return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
+
+    async def cached_async(self, key: str | None) -> LocalAnswer | None:
+        """:meth:`cached` for asyncio tasks (a Redis read never blocks the loop)."""
+        if key is None or self.cache is None:
             return None
-        return LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
+        hit = self.cache.get(key)
+        if hit is None and self.shared is not None:
+            hit = self._adopt(key, await self.shared.get_async(key))
+        return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
+
+    def _adopt(self, key: str, hit: CachedAnswer | None) -> CachedAnswer | None:
+        """An answer another worker shared, kept locally too (for ``ttl`` from now)."""
+        if hit is not None:
+            assert self.cache is not None
+            self.cache.put(key, hit)
+        return hit
 
     def _store(self, call: Call, key: str, body: bytes, model: str | None) -> None:
         assert self.cache is not None
-        self.cache.put(key, CachedAnswer(call.operation, model, body, self._clock.wall()))
+        answer = CachedAnswer(call.operation, model, body, self._clock.wall())
+        self.cache.put(key, answer)
+        if self.shared is not None:
+            self.shared.put(key, answer)  # queued: the caller never waits on Redis
 
     def stream_hooks(self, call: Call, key: str | None, continuation: StreamHooks | None) -> StreamHooks:
         """What a live stream reports when it ends: a finished answer from the primary is stored

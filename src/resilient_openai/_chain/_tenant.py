@@ -21,28 +21,29 @@ from .._fallback.keys import PROCESS_SECRET, scope_id
 __all__ = ["scope"]
 
 
-def _computed(client: Any, options: _sdk.Options) -> str:
+def _computed(client: Any, options: _sdk.Options, secret: bytes) -> str:
     return scope_id(
         api_key=client.api_key, organization=client.organization, project=client.project,
-        base_url=str(_sdk.base_url(client)), secret=PROCESS_SECRET,
+        base_url=str(_sdk.base_url(client)), secret=secret,
         selectors=_sdk.sent_selectors(client, options),
     )  # fmt: skip
 
 
-def scope(client: Any, options: _sdk.Options) -> str | None:
+def scope(client: Any, options: _sdk.Options, secret: bytes = PROCESS_SECRET) -> str | None:
     """The tenant scope of a request made through ``client`` with ``options`` (None: no stable
-    tenant, as when the key is resolved per request)."""
+    tenant, as when the key is resolved per request), keyed by ``secret`` (the process's own, or
+    the one all workers sharing a cache hold)."""
     parts = _sdk.tenant(client)
     if parts is None:
         return None
     if _sdk.selects_tenant(options):
-        return _computed(client, options)
-    memo = client.__dict__.get("_resilience_scope")
+        return _computed(client, options, secret)
+    memos: dict[bytes, tuple[Any, str]] = client.__dict__.setdefault("_resilience_scope", {})
+    memo = memos.get(secret)
     if memo is not None and memo[0] == parts:
-        remembered: str = memo[1]
-        return remembered
-    made = _computed(client, options)
+        return memo[1]
+    made = _computed(client, options, secret)
     # Copies of the default headers and query, so a change made to them in place is seen.
     kept = tuple(dict(part) if isinstance(part, dict) else part for part in parts)
-    client.__dict__["_resilience_scope"] = (kept, made)
+    memos[secret] = (kept, made)
     return made

@@ -284,7 +284,7 @@ class AsyncFallback:
         walker = self._walker
         delivery = walker.delivery
         key, moves, shape = walker.start(call)
-        hit = delivery.read_through(key)
+        hit = await delivery.read_through_async(key)
         if hit is not None:
             return await delivery.serve_async(call, hit, None)
         failure: Outcome | None = None
@@ -324,6 +324,8 @@ class AsyncFallback:
         walker = self._walker
         if walker.refused(move.step, shape, declined):
             return None
+        if move.step.kind == "cache":
+            return await walker.delivery.cached_async(key)
         if move.step.kind != "function":
             return walker.delivery.local(call, move.step, key, move.reason, shape)
         if not walker.delivery.answers_text(call):

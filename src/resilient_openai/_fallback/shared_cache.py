@@ -1,0 +1,339 @@
+"""The answer cache shared by every worker through Redis (``[shared]`` with ``cache = true``).
+
+The local :class:`~resilient_openai._fallback.cache.ResponseCache` stays the first place looked
+and the only one a call depends on; Redis is a second level behind it, best effort:
+
+* **Reads** (a local miss) run on a small pool of reader threads and the caller waits at most
+  ``shared.timeout`` for the answer, sync or asyncio alike. A read that fails or runs late marks
+  Redis *down*; while it is down no call asks it at all.
+* **Writes** never wait: an answer goes into a bounded queue (:data:`QUEUE_BOUND`) that one
+  writer thread encodes and stores (``SET ... PX ttl``); when the queue is full, or Redis is
+  down, the answer is dropped and counted (it is still in the local cache).
+* **Coming back**: while Redis is down the writer pings it every :data:`RECHECK` seconds and
+  marks it *up* again on the first answer, so workers are back on the shared cache within
+  ``RECHECK + timeout`` of Redis answering (restarted empty or flushed: a miss, nothing more).
+
+Values are JSON (never pickle): ``{"operation", "model", "stored_at", "body"}`` with the answer
+object as ``body``. Keys are ``<namespace>:cache:<request key>``, a SHA-256 over the request and
+its tenant scope, itself an HMAC keyed by the secret every worker reads from ``key_secret_env``:
+no API key, prompt or answer text is ever part of a key. An answer larger than ``cache.max_bytes``,
+or whose body is not strict JSON (``NaN``, invalid UTF-8), is refused.
+
+redis-py is imported only when ``[shared]`` shares the cache, so the ``redis`` extra stays
+optional. No redis-py exception leaves this module. No lock is held across I/O: the link's lock
+guards counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from .cache import CachedAnswer
+
+if TYPE_CHECKING:
+    import redis
+
+    from .._policy import Policy
+
+__all__ = ["RECHECK", "SharedCache", "SharedCacheSettings", "SharedCacheStats", "settings_from"]
+
+#: Seconds between pings while Redis is down (the reconnection bound, plus ``timeout``).
+RECHECK: Final = 0.5
+#: Answers waiting for the writer; more are dropped (and counted) rather than queued.
+QUEUE_BOUND: Final = 256
+_READERS: Final = 4
+_MIN_SECRET_BYTES: Final = 16
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SharedCacheSettings:
+    """What a shared cache needs, read from the policy and the environment once, at start-up.
+
+    ``repr`` is off: ``password`` and ``secret`` must never reach a log.
+    """
+
+    url: str
+    password: str | None
+    secret: bytes
+    namespace: str
+    timeout: float
+    ttl: float
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCacheStats:
+    """The shared level for ``health()``: ``state`` is ``"up"`` or ``"down"``; since start-up,
+    ``hits`` and ``misses`` of reads asked of Redis, answers ``stored`` in it, answers
+    ``dropped`` (queue full, Redis down or failing), answers ``refused`` (too large, not JSON)."""
+
+    state: str
+    hits: int
+    misses: int
+    stored: int
+    dropped: int
+    refused: int
+
+
+def settings_from(policy: Policy, environ: Mapping[str, str]) -> tuple[SharedCacheSettings | None, list[str]]:
+    """The shared cache's settings (None: the cache is not shared), or the problems that stop it.
+
+    The cache is shared when ``[shared]`` is set with ``cache = true`` and ``key_secret_env``.
+    Problems name keys and variables, never their values.
+    """
+    shared = policy.shared
+    if shared is None or not shared.cache or shared.key_secret_env is None:
+        return None, []
+    problems: list[str] = []
+    url, where = shared.url, "shared.url"
+    if shared.url_env is not None:
+        url, where = environ.get(shared.url_env) or None, f"shared.url_env: the variable {shared.url_env!r}"
+        if url is None:
+            problems.append(f"{where} is not set")
+    try:
+        import redis
+    except ImportError:
+        problems.append("shared: needs redis-py; install the extra: pip install 'resilient-openai[redis]'")
+    else:
+        try:
+            if url is not None:
+                redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError:  # its message may quote the URL, and a URL may hold a password
+            problems.append(f"{where} must be a redis://, rediss:// or unix:// URL (not shown)")
+    password = None
+    if shared.password_env is not None:
+        password = environ.get(shared.password_env) or None
+        if password is None:
+            problems.append(f"shared.password_env: the variable {shared.password_env!r} is not set")
+    secret = environ.get(shared.key_secret_env, "").encode()
+    if len(secret) < _MIN_SECRET_BYTES:
+        problems.append(
+            f"shared.key_secret_env: the variable {shared.key_secret_env!r} must hold a secret of at "
+            f"least {_MIN_SECRET_BYTES} bytes, the same in every worker"
+        )
+    if problems or url is None:
+        return None, problems
+    made = SharedCacheSettings(
+        url=url, password=password, secret=secret, namespace=shared.namespace, timeout=shared.timeout,
+        ttl=policy.cache.ttl, max_bytes=policy.cache.max_bytes,
+    )  # fmt: skip
+    return made, []
+
+
+def _encode(answer: CachedAnswer) -> bytes | None:
+    """The JSON stored for ``answer`` (its body as it is, in an envelope), or None when the body
+    is not strict JSON: not UTF-8, ``NaN`` or ``Infinity``, not an object."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        body = json.loads(answer.body.decode("utf-8"), parse_constant=refuse)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError and JSONDecodeError
+        return None
+    if not isinstance(body, dict):
+        return None
+    head = {"operation": answer.operation, "model": answer.model, "stored_at": answer.stored_at}
+    return json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"body":' + answer.body + b"}"
+
+
+def _decode(raw: bytes) -> CachedAnswer | None:
+    """The answer a stored value holds, or None for a value this version cannot read."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    operation, model, stored_at, body = (value.get(k) for k in ("operation", "model", "stored_at", "body"))
+    if (
+        not isinstance(operation, str)
+        or not (model is None or isinstance(model, str))
+        or not isinstance(stored_at, int | float)
+        or not isinstance(body, dict)
+    ):
+        return None
+    return CachedAnswer(operation, model, json.dumps(body, separators=(",", ":")).encode(), float(stored_at))
+
+
+class _Link:
+    """The connection and its health, shared by the callers' side and the writer thread.
+
+    ``up`` is one attribute, read without the lock (a stale read costs one skipped or one
+    timed-out Redis read, never a wrong answer). The lock guards the counters only.
+    """
+
+    def __init__(self, settings: SharedCacheSettings) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.redis: redis.Redis = redis.Redis.from_url(
+            settings.url,
+            password=settings.password,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            retry=Retry(NoBackoff(), 0),  # one try: a failure marks Redis down, the writer retries
+            health_check_interval=0,
+        )
+        self.ttl_ms = max(int(settings.ttl * 1000), 1)
+        self.up = True
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = {"hits": 0, "misses": 0, "stored": 0, "dropped": 0, "refused": 0}
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.counts[name] += 1
+
+    def read(self, name: str) -> bytes | None:
+        """GET ``name`` (on a reader thread); a failure marks Redis down and reads as a miss."""
+        try:
+            raw: Any = self.redis.get(name)
+        except Exception:  # whatever redis-py raises stays on the reader thread
+            self.up = False
+            return None
+        return raw if isinstance(raw, bytes) else None
+
+    def close(self) -> None:
+        self.closed.set()
+        self.redis.close()
+
+
+def _write(link: _Link, pending: queue.Queue[tuple[str, CachedAnswer]]) -> None:
+    """The writer thread: encode and store queued answers; while Redis is down, drop and ping."""
+    next_ping = 0.0
+    while not link.closed.is_set():
+        try:
+            item: tuple[str, CachedAnswer] | None = pending.get(timeout=RECHECK)
+        except queue.Empty:
+            item = None
+        if not link.up and time.monotonic() >= next_ping:
+            next_ping = time.monotonic() + RECHECK
+            with contextlib.suppress(Exception):  # whatever redis-py raises stays in this thread
+                link.up = bool(link.redis.ping())
+        if item is None:
+            continue
+        name, answer = item
+        value = _encode(answer)
+        if value is None:
+            link.count("refused")
+        elif not link.up:
+            link.count("dropped")
+        else:
+            try:
+                link.redis.set(name, value, px=link.ttl_ms)
+            except Exception:  # whatever redis-py raises stays in this thread
+                link.up = False
+                link.count("dropped")
+            else:
+                link.count("stored")
+
+
+class SharedCache:
+    """The Redis level of the answer cache: bounded waits on reads, no wait at all on writes.
+
+    Thread-safe and usable from asyncio tasks. Made again in a forked worker on first use (threads
+    do not survive ``fork``); closed when garbage-collected.
+    """
+
+    def __init__(self, settings: SharedCacheSettings) -> None:
+        self.secret = settings.secret
+        self._prefix = f"{settings.namespace}:cache:"
+        self._timeout = settings.timeout
+        self._max_bytes = settings.max_bytes
+        self._settings = settings
+        self._start_lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        """A link, a writer thread and reader threads for this process."""
+        link = _Link(self._settings)
+        pending: queue.Queue[tuple[str, CachedAnswer]] = queue.Queue(QUEUE_BOUND)
+        readers = concurrent.futures.ThreadPoolExecutor(_READERS, thread_name_prefix="resilient-cache-r")
+        writer = threading.Thread(target=_write, args=(link, pending), name="resilient-cache-w", daemon=True)
+        writer.start()
+        self._pid = os.getpid()
+        self._link, self._pending, self._readers = link, pending, readers
+        self._finalizer = weakref.finalize(self, _close, link, readers)
+
+    def _here(self) -> _Link:
+        """This process's link (a forked worker starts its own)."""
+        if self._pid != os.getpid():
+            with self._start_lock:
+                if self._pid != os.getpid():
+                    self._finalizer.detach()
+                    self._start()
+        return self._link
+
+    def _submit(self, key: str) -> concurrent.futures.Future[bytes | None] | None:
+        link = self._here()
+        if not link.up:
+            return None
+        return self._readers.submit(link.read, self._prefix + key)
+
+    def _took(self, raw: bytes | None) -> CachedAnswer | None:
+        answer = _decode(raw) if raw is not None else None
+        self._link.count("misses" if answer is None else "hits")
+        return answer
+
+    def get(self, key: str) -> CachedAnswer | None:
+        """The answer stored under ``key`` by any worker; None on a miss, or when Redis is down
+        or slower than ``timeout`` (then marked down)."""
+        future = self._submit(key)
+        if future is None:
+            return None
+        try:
+            raw = future.result(timeout=self._timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self._link.up = False
+            return None
+        return self._took(raw)
+
+    async def get_async(self, key: str) -> CachedAnswer | None:
+        """:meth:`get` for asyncio tasks: the loop is never blocked, the wait as bounded."""
+        future = self._submit(key)
+        if future is None:
+            return None
+        try:
+            raw = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except TimeoutError:
+            self._link.up = False
+            return None
+        return self._took(raw)
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        """Queue ``answer`` for Redis and return at once (a full queue drops it, counted)."""
+        link = self._here()
+        if len(answer.body) > self._max_bytes:
+            link.count("refused")
+            return
+        try:
+            self._pending.put_nowait((self._prefix + key, answer))
+        except queue.Full:
+            link.count("dropped")
+
+    def stats(self) -> SharedCacheStats:
+        """This process's counters, and whether Redis is up (that is: not known to be down)."""
+        link = self._here()
+        with link.lock:
+            counts = dict(link.counts)
+        return SharedCacheStats(state="up" if link.up else "down", **counts)
+
+
+def _close(link: _Link, readers: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Stop the writer (within :data:`RECHECK`), the readers and the connections."""
+    link.close()
+    readers.shutdown(wait=False, cancel_futures=True)
