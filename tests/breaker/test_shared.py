@@ -6,16 +6,20 @@ import math
 import threading
 import time
 
+import httpx2
+import openai
 import pybreaker
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from resilient_openai import CircuitOpenError
+from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, breakers, health, resilient
 from resilient_openai._breaker import SharedCircuitBreaker
 from resilient_openai._breaker._redis import RedisBreakerStorage, Reply
 from resilient_openai._breaker._shared import Admission, View, admission, view_of
 from resilient_openai._classify import Verdict
-from resilient_openai._policy import BreakerPolicy
+from resilient_openai._policy import SharedPolicy
 from resilient_openai.observe.events import BreakerStateChanged, Event
+from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from .conftest import MakeRegistry, wait_for
 
@@ -266,3 +270,42 @@ def test_a_plain_pybreaker_shares_the_state(make_registry: MakeRegistry) -> None
     wait_for(lambda: ours.state == "open")
     with pytest.raises(pybreaker.CircuitBreakerError):
         plain[1].call(lambda: None)
+
+
+# -- through resilient() ------------------------------------------------------------------------
+
+
+def test_two_clients_share_a_trip_health_and_operator_actions(redis_url: str, namespace: str) -> None:
+    """Client A's failures open the circuit for client B: refused without a request; health says so."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(503))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=2, break_duration=5.0),
+        shared=SharedPolicy(url=redis_url, namespace=namespace),
+    )
+
+    def client() -> openai.OpenAI:
+        http = httpx2.Client(transport=upstream.transport())
+        sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+        return resilient(sdk, policy)
+
+    a, b = client(), client()
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            a.chat.completions.create(model="m", messages=messages)
+    wait_for(lambda: health(a)["status"] == "degraded")
+    with pytest.raises(CircuitOpenError):  # B's first call: its new breaker reads the shared state
+        b.chat.completions.create(model="m", messages=messages)
+    assert upstream.count() == 2
+    assert health(b)["status"] == "degraded"
+    key = next(iter(breakers(b))).name
+    breakers(b).close(key)
+    wait_for(lambda: health(a)["status"] == "ok")
+    upstream.set_default("m", Ok("back"))
+    assert a.chat.completions.create(model="m", messages=messages).choices[0].message.content == "back"
+    for made in (a, b):
+        link = breakers(made).link
+        assert link is not None
+        link.close()

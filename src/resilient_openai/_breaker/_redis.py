@@ -57,6 +57,8 @@ FLUSH_INTERVAL: Final = 0.05
 REFRESH_INTERVAL: Final = 0.5
 #: While Redis is unreachable it is pinged this often; the first answer resynchronises everything.
 RECONNECT_INTERVAL: Final = 0.25
+#: How long the listener waits for a message before checking whether it should stop.
+LISTEN_POLL: Final = 0.05
 #: Most outcomes waiting to be sent; past it the oldest are dropped (only under extreme load).
 QUEUE_LIMIT: Final = 65536
 
@@ -298,7 +300,10 @@ class RedisLink:
         return self._errors
 
     def close(self) -> None:
-        """Stop both threads and close the connection (the link is unusable after)."""
+        """Stop both threads and close the connection (the link is unusable after).
+
+        Takes up to :data:`LISTEN_POLL` seconds: the listener ends at its next poll.
+        """
         self._stop.set()
         self.wake.set()
         for thread in self._threads:
@@ -349,7 +354,7 @@ def _listen_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
                 pubsub = link.pubsub()
                 # Subscribed now: anything published before is caught by one refresh.
                 link.wake.set()
-            message = pubsub.get_message(timeout=0.2)
+            message = pubsub.get_message(timeout=LISTEN_POLL)
             if message is not None and message.get("type") == "message":
                 link.pushed(str(message["data"]))
         except link.errors as exc:
