@@ -66,9 +66,9 @@ def test_admission_table(view: View, now: float, expected: Admission) -> None:
 
 def test_a_half_open_refusal_is_held_at_most_the_refresh_interval() -> None:
     """Every slot taken for a long lease: this worker asks again within 0.5 s, not 60 s."""
-    view = view_of(Reply("half-open", 4, 60.0, 0, 1, None, False, ""), 100.0)
+    view = view_of(Reply("half-open", 4, 60.0, 0, 1, None, False, "", ""), 100.0)
     assert view.until == 100.5
-    assert view_of(Reply("isolated", 4, -1.0, 0, 0, None, False, ""), 100.0).until == math.inf
+    assert view_of(Reply("isolated", 4, -1.0, 0, 0, None, False, "", ""), 100.0).until == math.inf
 
 
 # -- one cluster-wide state ---------------------------------------------------------------------

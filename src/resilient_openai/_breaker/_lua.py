@@ -29,11 +29,12 @@ lease, break_duration, break_multiplier, break_max, arg1, arg2``. Ops:
 * ``isolate`` / ``close`` / ``reset``: the operator's actions;
 * ``set``: ``arg1`` a state name (pybreaker's storage setter).
 
-Each op replies ``{state, gen, wait_ms, failures, reopens, opened_at, admitted, by}``: ``wait_ms``
+Each op replies ``{state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason}``
+(``by`` and ``reason`` of the last transition): ``wait_ms``
 is how long until a call could be admitted (open: the rest of the break; half-open with every slot
 taken: until the soonest lease expires; isolated: -1), ``admitted`` 1 when ``admit`` took a slot.
-A transition (and a settled probe, which frees a slot) is published on ``channel`` as
-``name, state, gen, wait_ms, failures, reopens, opened_at, by, reason, old`` joined by newlines.
+A transition (and a settled probe, which frees a slot) is published on ``channel``: the reply's
+fields, then the breaker's name, joined by newlines.
 """
 
 from __future__ import annotations
@@ -189,9 +190,9 @@ elseif state == 'half-open' then
   if live >= probes and soonest ~= nil then wait = math.ceil((soonest - now) * 1000) end
 end
 local opened_at = redis.call('HGET', key, 'opened_at') or ''
+local reply = {state, gen, wait, failures, reopens, opened_at, admitted, by, reason or h['reason'] or ''}
 if reason ~= nil or announce then
-  redis.call('PUBLISH', channel, table.concat(
-    {name, state, gen, wait, failures, reopens, opened_at, by, reason or 'probe settled', old}, '\\n'))
+  redis.call('PUBLISH', channel, table.concat(reply, '\\n') .. '\\n' .. name)
 end
-return {state, gen, wait, failures, reopens, opened_at, admitted, by}
+return reply
 """

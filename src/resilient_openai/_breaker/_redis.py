@@ -22,8 +22,10 @@ import os
 import secrets
 import socket
 import threading
+import time
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
@@ -34,8 +36,6 @@ from ._lua import BREAKER_SCRIPT
 from ._state import CLOSED
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import redis
     from redis.commands.core import Script
 
@@ -76,32 +76,19 @@ class Reply(NamedTuple):
     reopens: int
     opened_at: float | None
     admitted: bool
+    #: The worker (``pid@host``) that made the last transition, and why.
     by: str
+    reason: str
 
     @classmethod
-    def parse(cls, raw: Any) -> Reply:
-        """From the script's reply list (``admitted`` last but one, as the script returns it)."""
-        state, gen, wait_ms, failures, reopens, opened_at, admitted, by = raw
+    def parse(cls, raw: Sequence[Any]) -> Reply:
+        """From the script's reply (or a published message's fields), in the script's order."""
+        state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason = raw
         wait = -1.0 if int(wait_ms) < 0 else int(wait_ms) / 1000
         return cls(
             str(state), int(gen), wait, int(failures), int(reopens),
-            float(opened_at) if opened_at else None, bool(admitted), str(by),
+            float(opened_at) if opened_at else None, bool(int(admitted)), str(by), str(reason),
         )  # fmt: skip
-
-
-class Pushed(NamedTuple):
-    """A transition (or a freed probe slot) another worker published."""
-
-    name: str
-    reply: Reply
-    reason: str
-    old: str
-
-    @classmethod
-    def parse(cls, message: str) -> Pushed:
-        name, state, gen, wait_ms, failures, reopens, opened_at, by, reason, old = message.split("\n")
-        reply = Reply.parse([state, gen, wait_ms, failures, reopens, opened_at, 0, by])
-        return cls(name, reply, reason, old)
 
 
 class Follower(Protocol):
@@ -110,7 +97,7 @@ class Follower(Protocol):
     name: str
     policy: BreakerPolicy
 
-    def adopt(self, reply: Reply, *, reason: str | None = None, force: bool = False) -> None: ...
+    def adopt(self, reply: Reply, *, force: bool = False) -> None: ...
 
     def link_changed(self, up: bool) -> None: ...
 
@@ -248,13 +235,16 @@ class RedisLink:
             ops = [(breaker, "report", gen, "".join(seq)) for (_, gen), (breaker, seq) in batches.items()]
             self._pipeline(ops)
 
-    def refresh(self, *, force: bool = False) -> None:
+    def refresh(self, *, force: bool = False) -> bool:
         """Re-read every followed breaker (``force``: adopt Redis's view even if it went back)."""
-        self._pipeline([(breaker, "read", "", "") for breaker in list(self._followers.values())], force=force)
+        return self._pipeline(
+            [(breaker, "read", "", "") for breaker in list(self._followers.values())], force=force
+        )
 
-    def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str]], *, force: bool = False) -> None:
+    def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str]], *, force: bool = False) -> bool:
+        """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
         if not ops:
-            return
+            return True
         pipe = self._client.pipeline(transaction=False)
         for breaker, op, arg1, arg2 in ops:
             args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2]
@@ -263,15 +253,16 @@ class RedisLink:
             replies = pipe.execute()
         except self._errors as exc:
             self.mark_down(exc)
-            return
+            return False
         for (breaker, *_), raw in zip(ops, replies, strict=True):
             breaker.adopt(Reply.parse(raw), force=force)
+        return True
 
     def reconnect(self) -> bool:
         """Try Redis once; when it answers, resynchronise every breaker and mark the link up."""
-        if not self._ping():
+        # The refresh comes before `up`: callers switch over to a current view.
+        if not (self._ping() and self.refresh(force=True)):
             return False
-        self.refresh(force=True)  # before `up`: callers switch over to a current view
         self.up = True
         _log.warning("shared breakers: Redis available again")
         for breaker in list(self._followers.values()):
@@ -280,13 +271,15 @@ class RedisLink:
 
     def pushed(self, message: str) -> None:
         """A published transition: hand it to the breaker it names, if this process has one."""
-        try:
-            push = Pushed.parse(message)
-        except ValueError:
+        *fields, name = message.split("\n", len(Reply._fields))
+        breaker = self._followers.get(name)
+        if breaker is None:
             return
-        breaker = self._followers.get(push.name)
-        if breaker is not None:
-            breaker.adopt(push.reply, reason=f"{push.reason} (worker {push.reply.by})")
+        try:
+            reply = Reply.parse(fields)
+        except ValueError:  # not ours: the periodic refresh still brings the state
+            return
+        breaker.adopt(reply)
 
     def pubsub(self) -> Any:
         """A subscription to the namespace's channel (redis-py's PubSub)."""
@@ -314,7 +307,7 @@ class RedisLink:
 
 def _flush_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
     """The flusher: outcomes out, refresh, reconnect. Ends with ``stop`` or the link's collection."""
-    since_refresh = 0.0
+    refreshed = time.monotonic()
     while not stop.is_set():
         link = ref()
         if link is None:
@@ -322,19 +315,18 @@ def _flush_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
         wake = link.wake
         interval = FLUSH_INTERVAL if link.up else RECONNECT_INTERVAL
         del link  # hold no reference while waiting, so an unused link can be collected
-        woken = wake.wait(interval)
+        wake.wait(interval)
         wake.clear()
         link = ref()
         if link is None or stop.is_set():
             return
         if not link.up:
-            link.reconnect()
-            since_refresh = 0.0
+            if link.reconnect():
+                refreshed = time.monotonic()
             continue
         link.flush()
-        since_refresh += 0.0 if woken else interval
-        if since_refresh >= REFRESH_INTERVAL and link.up:
-            since_refresh = 0.0
+        if time.monotonic() - refreshed >= REFRESH_INTERVAL and link.up:
+            refreshed = time.monotonic()
             link.refresh()
 
 

@@ -95,10 +95,10 @@ class SharedCircuitBreaker:
         self._outcomes = {verdict: outcome_of(verdict, policy) for verdict in (*Verdict, None)}
         #: Decides alone while Redis is unreachable (``on_unavailable = "local"``).
         self._local = CircuitBreaker(name, policy, clock=clock, bus=bus)
-        # Guards a permit's one report; never held across I/O.
+        # Guards a permit's one report and the view's replacement; never held across I/O.
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
-        self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "")
+        self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "")
         reply = link.follow(self)
         if reply is not None:
             self.adopt(reply, force=True)
@@ -177,23 +177,28 @@ class SharedCircuitBreaker:
             link.queue.append((self, permit._generation, "F"))
             link.wake.set()  # a failure may trip the circuit: no batching delay
 
-    def adopt(self, reply: Reply, *, reason: str | None = None, force: bool = False) -> None:
-        """Take Redis's word for this breaker's state (a newer generation, or ``force``)."""
-        old = self._view
-        if reply.gen < old.gen and not force:
-            return  # an answer overtaken by a newer one
-        self._view = view_of(reply, self._clock.now())
-        self._reply = reply
+    def adopt(self, reply: Reply, *, force: bool = False) -> None:
+        """Take Redis's word for this breaker's state (a newer generation, or ``force``).
+
+        Replies and pushes arrive from callers, the flusher and the listener at once; the lock
+        keeps an older answer from overwriting a newer one between the check and the write.
+        """
+        with self._lock:
+            old = self._view
+            if reply.gen < old.gen and not force:
+                return  # an answer overtaken by a newer one
+            self._view = view_of(reply, self._clock.now())
+            self._reply = reply
         if old.state != reply.state and self._bus:
             retry_after = reply.wait if reply.wait >= 0 else None
-            why = reason or f"shared state (worker {reply.by})"
+            why = f"{reply.reason} (worker {reply.by})"
             at = self._clock.wall()
             self._bus.emit(BreakerStateChanged(at, self.name, old.state, reply.state, why, retry_after))
 
     def link_changed(self, up: bool) -> None:
-        """Redis went away or came back; coming back, the local breaker starts afresh next time."""
+        """Redis went away or came back; coming back, the next outage starts a fresh local breaker."""
         if up:
-            self._local.reset()
+            self._local = CircuitBreaker(self.name, self.policy, clock=self._clock, bus=self._bus)
 
     def _act(self, op: str) -> None:
         reply = self._link.run(self, op)
