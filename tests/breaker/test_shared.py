@@ -107,7 +107,7 @@ def test_a_success_in_between_resets_the_count(make_registry: MakeRegistry) -> N
     _fail(a)
     time.sleep(0.1)
     assert a.state == "closed"
-    reply = a._link.run(a, "read")
+    reply = a._link.run(a.name, a.policy, "read")
     assert reply is not None
     assert reply.failures == 1
 
@@ -159,14 +159,14 @@ def test_a_failed_probe_reopens_with_a_longer_break(make_registry: MakeRegistry)
     for _ in range(3):
         _fail(a)
     wait_for(lambda: a.state == "open")
-    first = a._link.run(a, "read")
+    first = a._link.run(a.name, a.policy, "read")
     assert first is not None
     assert first.opened_at is not None
     assert first.opened_at != int(first.opened_at)  # microseconds, not whole seconds
     time.sleep(0.21)
     probe = b.acquire()
     probe.record(Verdict.SERVER_ERROR, duration=0.01)
-    again = a._link.run(a, "read")
+    again = a._link.run(a.name, a.policy, "read")
     assert again is not None
     assert again.state == "open"
     assert again.reopens == 1
@@ -204,7 +204,7 @@ def test_stale_outcomes_are_dropped(make_registry: MakeRegistry) -> None:
     a.reset()
     old.record(Verdict.SERVER_ERROR, duration=0.01)
     time.sleep(0.1)
-    reply = a._link.run(a, "read")
+    reply = a._link.run(a.name, a.policy, "read")
     assert reply is not None
     assert reply.failures == 0
 

@@ -99,7 +99,7 @@ class Follower(Protocol):
 
     def adopt(self, reply: Reply, *, force: bool = False) -> None: ...
 
-    def link_changed(self, up: bool) -> None: ...
+    def reconnected(self) -> None: ...
 
 
 def _args(policy: BreakerPolicy) -> list[str | int | float]:
@@ -178,10 +178,9 @@ class RedisLink:
         """The hash holding breaker ``name``."""
         return f"{self.shared.namespace}:breaker:{name}"
 
-    def follow(self, breaker: Follower) -> Reply | None:
-        """Start keeping ``breaker``'s view current; its shared state now (None: Redis is down)."""
+    def follow(self, breaker: Follower) -> None:
+        """Keep ``breaker``'s view current from now on (pushes, refreshes, reconnections)."""
         self._followers[breaker.name] = breaker
-        return self.run(breaker, "read")
 
     def probe_id(self) -> int:
         """A probe token, unique in this process (> 0, as a :class:`Permit` wants)."""
@@ -191,11 +190,11 @@ class RedisLink:
         """Probe ``probe``'s lease owner: unique across the cluster (pid, host, a random tag)."""
         return f"{self._probe_prefix}:{probe}"
 
-    def run(self, breaker: Follower, op: str, arg1: str | int = "", arg2: str = "") -> Reply | None:
-        """Run ``op`` on ``breaker``'s hash; None (and the link marked down) if Redis failed."""
-        args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2]
+    def run(self, name: str, policy: BreakerPolicy, op: str, arg1: str = "", arg2: str = "") -> Reply | None:
+        """Run ``op`` on breaker ``name``'s hash; None (and the link marked down) if Redis failed."""
+        args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2]
         try:
-            raw = self._script(keys=[self.key(breaker.name)], args=args)
+            raw = self._script(keys=[self.key(name)], args=args)
         except self._errors as exc:
             self.mark_down(exc)
             return None
@@ -208,8 +207,6 @@ class RedisLink:
             _log.warning("shared breakers: Redis unavailable (%s); on_unavailable=%s",
                          type(exc).__name__, self.shared.on_unavailable)  # fmt: skip
             self.queue.clear()
-            for breaker in list(self._followers.values()):
-                breaker.link_changed(False)
         self.wake.set()
 
     def _ping(self) -> bool:
@@ -266,7 +263,7 @@ class RedisLink:
         self.up = True
         _log.warning("shared breakers: Redis available again")
         for breaker in list(self._followers.values()):
-            breaker.link_changed(True)
+            breaker.reconnected()
         return True
 
     def pushed(self, message: str) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._policy import BreakerPolicy
     from ..observe.events import EventBus
-    from ._redis import RedisLink
+    from ._redis import RedisLink, Reply
 
 __all__ = ["AnyBreaker", "BreakerRegistry", "default_key", "is_shareable"]
 
@@ -97,23 +97,31 @@ class BreakerRegistry:
         A per-target ``policy`` applies when the breaker is created; a breaker that already
         exists keeps the policy it was created with.
         """
+        policy = policy or self.policy
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
                 self._breakers.move_to_end(key)
                 return breaker
-            breaker = self._make(key, policy or self.policy)
+        link = self.link
+        # A shared breaker starts from the shared state, read (bounded by the link's timeout)
+        # with no lock held; a racing get for the same key may read too, and one of them wins.
+        reply = link.run(key, policy, "read") if link is not None and is_shareable(policy) else None
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is not None:
+                self._breakers.move_to_end(key)
+                return breaker
+            breaker = self._make(key, policy, reply)
             self._breakers[key] = breaker
             if len(self._breakers) > self.policy.max_breakers:
                 self._evict_locked(keep=key)
             return breaker
 
-    def _make(self, key: str, policy: BreakerPolicy) -> AnyBreaker:
+    def _make(self, key: str, policy: BreakerPolicy, reply: Reply | None) -> AnyBreaker:
         link = self.link
         if link is not None and is_shareable(policy):
-            # Reads the shared state once (bounded by the link's timeout), under the registry's
-            # lock: a second caller for the same key must not make a second breaker meanwhile.
-            return SharedCircuitBreaker(key, policy, clock=self._clock, bus=self._bus, link=link)
+            return SharedCircuitBreaker(key, policy, clock=self._clock, bus=self._bus, link=link, reply=reply)
         return CircuitBreaker(key, policy, clock=self._clock, bus=self._bus)
 
     def _evict_locked(self, *, keep: str) -> None:

@@ -84,8 +84,16 @@ class SharedCircuitBreaker:
     )  # fmt: skip
 
     def __init__(
-        self, name: str, policy: BreakerPolicy, *, clock: Clock, bus: EventBus, link: RedisLink
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        *,
+        clock: Clock,
+        bus: EventBus,
+        link: RedisLink,
+        reply: Reply | None = None,
     ) -> None:
+        """``reply``: the shared state read just before (None: Redis did not answer; closed)."""
         self.name = name
         self.policy = policy
         self._clock = clock
@@ -99,9 +107,9 @@ class SharedCircuitBreaker:
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
         self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "")
-        reply = link.follow(self)
         if reply is not None:
             self.adopt(reply, force=True)
+        link.follow(self)
 
     @property
     def state(self) -> str:
@@ -122,7 +130,7 @@ class SharedCircuitBreaker:
         verdict = admission(view, now)
         if verdict is Admission.ASK:
             probe = link.probe_id()
-            reply = link.run(self, "admit", link.lease(probe))
+            reply = link.run(self.name, self.policy, "admit", link.lease(probe))
             if reply is None:
                 return self._unavailable()
             self.adopt(reply)
@@ -167,7 +175,9 @@ class SharedCircuitBreaker:
         if permit._probe:
             code = {Outcome.SUCCESS: "S", Outcome.FAILURE: "F", Outcome.IGNORED: "I"}[outcome]
             # A probe's outcome decides the circuit: sent now, in the caller's thread (bounded).
-            reply = link.run(self, "settle", link.lease(permit._probe), f"{permit._generation}:{code}")
+            reply = link.run(
+                self.name, self.policy, "settle", link.lease(permit._probe), f"{permit._generation}:{code}"
+            )
             if reply is not None:
                 self.adopt(reply)
             return
@@ -195,13 +205,12 @@ class SharedCircuitBreaker:
             at = self._clock.wall()
             self._bus.emit(BreakerStateChanged(at, self.name, old.state, reply.state, why, retry_after))
 
-    def link_changed(self, up: bool) -> None:
-        """Redis went away or came back; coming back, the next outage starts a fresh local breaker."""
-        if up:
-            self._local = CircuitBreaker(self.name, self.policy, clock=self._clock, bus=self._bus)
+    def reconnected(self) -> None:
+        """Redis is back: the shared state rules again, and the next outage starts a fresh local breaker."""
+        self._local = CircuitBreaker(self.name, self.policy, clock=self._clock, bus=self._bus)
 
     def _act(self, op: str) -> None:
-        reply = self._link.run(self, op)
+        reply = self._link.run(self.name, self.policy, op)
         if reply is not None:
             self.adopt(reply, force=True)
         # The local breaker follows the operator too, for the time Redis is away.
