@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -13,12 +14,13 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, breakers, health, resilient
-from resilient_openai._breaker import SharedCircuitBreaker
-from resilient_openai._breaker._redis import RedisBreakerStorage, Reply
+from resilient_openai._breaker import BreakerRegistry, SharedCircuitBreaker
+from resilient_openai._breaker._redis import RedisBreakerStorage, Reply, connect
 from resilient_openai._breaker._shared import Admission, View, admission, view_of
 from resilient_openai._classify import Verdict
+from resilient_openai._clock import SystemClock
 from resilient_openai._policy import SharedPolicy
-from resilient_openai.observe.events import BreakerStateChanged, Event
+from resilient_openai.observe.events import BreakerStateChanged, Event, EventBus
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from .conftest import MakeRegistry, wait_for
@@ -212,9 +214,11 @@ def test_stale_outcomes_are_dropped(make_registry: MakeRegistry) -> None:
 def test_isolate_close_and_reset_act_cluster_wide(make_registry: MakeRegistry) -> None:
     """An operator on one worker isolates, closes and resets the breaker of every worker."""
     events: list[Event] = []
-    ra = make_registry(FAST)
+    mine: list[Event] = []
+    ra = make_registry(FAST, events=mine)
     rb = make_registry(FAST, events=events)
     ra.isolate("target")
+    assert [(e.old, e.new) for e in mine if isinstance(e, BreakerStateChanged)] == [("closed", "isolated")]
     b = rb.get("target")
     wait_for(lambda: b.state == "isolated")
     with pytest.raises(CircuitOpenError) as refused:
@@ -239,6 +243,20 @@ def test_snapshot_shows_the_shared_state(make_registry: MakeRegistry) -> None:
     snap = b.snapshot()
     assert snap.state == "open"
     assert snap.retry_after is not None
+
+
+def test_a_forgotten_links_threads_end(namespace: str, redis_url: str) -> None:
+    """No close(): once the registry (and its link) is collected, both background threads end."""
+    registry = BreakerRegistry(
+        BreakerPolicy(), clock=SystemClock(), bus=EventBus(),
+        link=connect(SharedPolicy(url=redis_url, namespace=namespace)),
+    )  # fmt: skip
+    registry.get("target")
+    assert registry.link is not None
+    threads = list(registry.link._threads)
+    del registry
+    gc.collect()
+    wait_for(lambda: not any(thread.is_alive() for thread in threads))
 
 
 def test_ratio_mode_stays_per_process(make_registry: MakeRegistry) -> None:

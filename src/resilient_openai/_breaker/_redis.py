@@ -222,7 +222,7 @@ class RedisLink:
         while queue:
             try:
                 breaker, gen, outcome = queue.popleft()
-            except IndexError:  # another thread drained it (close() racing a flush)
+            except IndexError:  # emptied meanwhile by mark_down() in another thread
                 break
             _, seq = batches.setdefault((breaker.name, gen), (breaker, []))
             # Successes in a row mean the same as one: the count of failures in a row is reset.

@@ -213,11 +213,15 @@ class SharedCircuitBreaker:
         reply = self._link.run(self.name, self.policy, op)
         if reply is not None:
             self.adopt(reply, force=True)
-        # The local breaker follows the operator too, for the time Redis is away.
-        getattr(self._local, op)()
+        else:  # Redis did not answer: the operator acts on this worker's own breaker only
+            getattr(self._local, op)()
 
     def isolate(self) -> None:
-        """Force the circuit open for every worker until :meth:`close` or :meth:`reset`."""
+        """Force the circuit open for every worker until :meth:`close` or :meth:`reset`.
+
+        While Redis cannot be reached, this (like :meth:`close` and :meth:`reset`) acts on this
+        worker's local breaker only.
+        """
         self._act("isolate")
 
     def close(self) -> None:
