@@ -259,9 +259,37 @@ def test_a_forgotten_links_threads_end(namespace: str, redis_url: str) -> None:
     wait_for(lambda: not any(thread.is_alive() for thread in threads))
 
 
-def test_ratio_mode_stays_per_process(make_registry: MakeRegistry) -> None:
-    """Ratio and slow-call tripping keep their sliding window in the process (not shared yet)."""
-    registry = make_registry(BreakerPolicy(mode="ratio"))
+def test_ratio_mode_counts_every_workers_calls_in_one_window(make_registry: MakeRegistry) -> None:
+    """min_calls 4, ratio 0.5: two successes in one worker and two failures in another trip it."""
+    policy = BreakerPolicy(mode="ratio", min_calls=4, failure_ratio=0.5, window=10.0, break_duration=1.0)
+    a, b = _shared(make_registry, policy), _shared(make_registry, policy)
+    for _ in range(2):
+        a.acquire().record(Verdict.SUCCESS, duration=0.01)
+    time.sleep(0.1)  # a's batch is in
+    _fail(b)
+    time.sleep(0.1)
+    assert a.state == b.state == "closed"  # 1 of 3 calls failed: under min_calls
+    _fail(b)
+    wait_for(lambda: a.state == "open" and b.state == "open")
+    snap = a.snapshot()
+    assert snap.state == "open"
+
+
+def test_ratio_mode_forgets_calls_that_left_the_window(make_registry: MakeRegistry) -> None:
+    """window 0.5 s: three failures, then one more after the window: only one call is counted."""
+    policy = BreakerPolicy(mode="ratio", min_calls=4, failure_ratio=0.5, window=0.5)
+    a, b = _shared(make_registry, policy), _shared(make_registry, policy)
+    for _ in range(3):
+        _fail(a)
+    time.sleep(0.6)
+    _fail(b)
+    time.sleep(0.1)
+    assert b.state == "closed"
+
+
+def test_slow_call_tripping_stays_per_process(make_registry: MakeRegistry) -> None:
+    """Slow-call tripping keeps its window in the process (not shared yet)."""
+    registry = make_registry(BreakerPolicy(slow_call_threshold=5.0))
     assert not isinstance(registry.get("r"), SharedCircuitBreaker)
 
 

@@ -11,17 +11,20 @@ The hash (``<namespace>:breaker:<name>``) holds::
     failures    failures in a row while closed (all workers together)
     successes   probe successes in the current half-open period
     reopens     reopenings since the circuit last closed: the k in the growing break
+    w:<n>, x:<n>  ratio mode: calls and failures in the n-th tenth of ``window`` (server time)
     opened_at   server time (seconds, microsecond precision) it last opened or was isolated
     open_until  server time the current break ends
     by, reason  the worker (``pid@host``) and the reason of the last transition
     lease:<id>  one per probe out in half-open: its lease's expiry (server time)
 
 ``KEYS[1]`` is the hash; ``ARGV`` is ``op, channel, who, name, fail_max, probes, close_after,
-lease, break_duration, break_multiplier, break_max, arg1, arg2``. Ops:
+lease, break_duration, break_multiplier, break_max, mode, failure_ratio, window, min_calls, arg1,
+arg2``. Ops:
 
 * ``read``: nothing changes;
 * ``report``: ``arg1`` the generation the calls were admitted in, ``arg2`` their outcomes in
-  order (``S`` success, ``F`` failure); counted only while closed and in that generation;
+  order (``S`` success, ``F`` failure); counted only while closed and in that generation: in a
+  row (consecutive mode trips at ``fail_max``) and, in ratio mode, in the window's tenths;
 * ``admit``: ``arg1`` a probe id; moves open to half-open once the break is over, then takes a
   probe slot (a lease) if one is free;
 * ``settle``: ``arg1`` the probe id, ``arg2`` its generation and outcome (``5:S``); frees the slot
@@ -49,7 +52,8 @@ local op, channel, who, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fail_max, probes, close_after = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease, duration = tonumber(ARGV[8]), tonumber(ARGV[9])
 local multiplier, cap = tonumber(ARGV[10]), tonumber(ARGV[11])
-local arg1, arg2 = ARGV[12], ARGV[13]
+local mode, ratio, window, min_calls = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local arg1, arg2 = ARGV[16], ARGV[17]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -111,7 +115,41 @@ local function open(why, grow)
     'open_until', string.format('%.6f', open_until))
 end
 
+local function forget_window()
+  for field, _ in pairs(h) do
+    local kind = string.sub(field, 1, 2)
+    if kind == 'w:' or kind == 'x:' then
+      redis.call('HDEL', key, field)
+      h[field] = nil
+    end
+  end
+end
+
+-- Ratio mode: count `calls` and `fails` in the live tenth of the window, drop the tenths that
+-- left it, and return the totals over the window.
+local function count_window(calls, fails)
+  local slice = math.floor(now / (window / 10))
+  if calls > 0 then h['w:' .. slice] = redis.call('HINCRBY', key, 'w:' .. slice, calls) end
+  if fails > 0 then h['x:' .. slice] = redis.call('HINCRBY', key, 'x:' .. slice, fails) end
+  local total_calls, total_fails = 0, 0
+  for field, value in pairs(h) do
+    local kind = string.sub(field, 1, 2)
+    if kind == 'w:' or kind == 'x:' then
+      if tonumber(string.sub(field, 3)) <= slice - 10 then
+        redis.call('HDEL', key, field)
+        h[field] = nil
+      elseif kind == 'w:' then
+        total_calls = total_calls + tonumber(value)
+      else
+        total_fails = total_fails + tonumber(value)
+      end
+    end
+  end
+  return total_calls, total_fails
+end
+
 local function close(why)
+  forget_window()
   move('closed', why)
   failures = 0
   reopens = 0
@@ -121,10 +159,12 @@ end
 
 if op == 'report' then
   if state == 'closed' and tonumber(arg1) == gen then
+    local fails = 0
     for i = 1, #arg2 do
       if string.sub(arg2, i, i) == 'F' then
+        fails = fails + 1
         failures = failures + 1
-        if failures >= fail_max then
+        if mode == 'consecutive' and failures >= fail_max then
           redis.call('HSET', key, 'failures', failures)
           open(failures .. ' consecutive failures', false)
           break
@@ -133,7 +173,15 @@ if op == 'report' then
         failures = 0
       end
     end
-    if state == 'closed' then redis.call('HSET', key, 'failures', failures) end
+    if state == 'closed' then
+      redis.call('HSET', key, 'failures', failures)
+      if mode == 'ratio' then
+        local calls, failed = count_window(#arg2, fails)
+        if fails > 0 and calls >= min_calls and failed / calls >= ratio then
+          open(failed .. ' of ' .. calls .. ' calls failed in ' .. window .. 's', false)
+        end
+      end
+    end
   end
 elseif op == 'admit' then
   if state == 'open' and now >= open_until then move('half-open', 'break elapsed') end

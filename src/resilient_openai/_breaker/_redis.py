@@ -106,6 +106,7 @@ def _args(policy: BreakerPolicy) -> list[str | int | float]:
     return [
         policy.fail_max, policy.half_open_probes, policy.close_after, policy.probe_lease,
         policy.break_duration, policy.break_multiplier, policy.break_max,
+        policy.mode, policy.failure_ratio, policy.window, policy.min_calls,
     ]  # fmt: skip
 
 
@@ -225,8 +226,9 @@ class RedisLink:
             except IndexError:  # emptied meanwhile by mark_down() in another thread
                 break
             _, seq = batches.setdefault((breaker.name, gen), (breaker, []))
-            # Successes in a row mean the same as one: the count of failures in a row is reset.
-            if not (outcome == "S" and seq and seq[-1] == "S"):
+            # In consecutive mode successes in a row mean the same as one (the count of failures
+            # in a row is reset); ratio mode counts every call.
+            if not (outcome == "S" and seq and seq[-1] == "S" and breaker.policy.mode == "consecutive"):
                 seq.append(outcome)
         if batches:
             ops = [(breaker, "report", gen, "".join(seq)) for (_, gen), (breaker, seq) in batches.items()]

@@ -31,11 +31,11 @@ AnyBreaker: TypeAlias = CircuitBreaker | SharedCircuitBreaker
 
 
 def is_shareable(policy: BreakerPolicy) -> bool:
-    """Whether a breaker under ``policy`` can be shared: consecutive mode, no slow-call tripping.
+    """Whether a breaker under ``policy`` can be shared: either mode, but no slow-call tripping.
 
-    Ratio and slow-call tripping keep a sliding window per process (documented limitation).
+    Slow-call tripping keeps its window per process (a documented limitation).
     """
-    return policy.mode == "consecutive" and policy.slow_call_threshold is None
+    return policy.slow_call_threshold is None
 
 
 def default_key(base_url: str, model: str | None) -> str:
