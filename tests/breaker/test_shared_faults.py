@@ -9,15 +9,18 @@ from __future__ import annotations
 import socket
 import time
 
+import httpx2
 import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionMessageParam
 
-from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, resilient
+from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, breakers, resilient
 from resilient_openai._breaker import SharedCircuitBreaker
 from resilient_openai._breaker._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL
 from resilient_openai._classify import Verdict
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
+from resilient_openai.testing import FakeUpstream, Ok
 
 from .conftest import MakeRegistry, PrivateRedis, wait_for
 
@@ -153,3 +156,27 @@ def test_an_unset_url_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     policy = Policy(shared=SharedPolicy(url_env="RO_TEST_NO_SUCH_URL"), retry=RetryPolicy(rules={}))
     with pytest.raises(ConfigError, match="RO_TEST_NO_SUCH_URL"):
         resilient(openai.OpenAI(api_key="sk-test"), policy)
+
+
+def test_calls_through_the_chain_never_see_redis_fail(private_redis: PrivateRedis) -> None:
+    """Redis killed under a resilient client: every call is still answered, none waits on Redis."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Ok("fine"))
+    shared = SharedPolicy(url=private_redis.url, namespace="chain")
+    http = httpx2.Client(transport=upstream.transport())
+    sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    client = resilient(sdk, Policy(retry=RetryPolicy(rules={}), shared=shared))
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+    def answer() -> str | None:
+        return client.chat.completions.create(model="m", messages=messages).choices[0].message.content
+
+    assert answer() == "fine"
+    private_redis.stop()
+    for _ in range(10):
+        start = time.monotonic()
+        assert answer() == "fine"
+        assert time.monotonic() - start < 0.1
+    link = breakers(client).link
+    assert link is not None
+    link.close()
