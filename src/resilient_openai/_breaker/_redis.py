@@ -115,13 +115,13 @@ def worker_id() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def connect(shared: SharedPolicy, *, environ: dict[str, str] | None = None) -> RedisLink:
+def connect(shared: SharedPolicy) -> RedisLink:
     """A started :class:`RedisLink` for ``shared``, or ConfigError (no ``redis`` extra, no URL).
 
     Redis being unreachable is no error: the link starts down and follows ``on_unavailable``
     until Redis answers.
     """
-    env = os.environ if environ is None else environ
+    env = os.environ
     try:
         import redis
         from redis.backoff import NoBackoff
@@ -152,11 +152,12 @@ class RedisLink:
         import redis as redis_module
 
         self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
-        self._client = client
+        #: The connection (every command bounded by ``shared.timeout``) and the loaded script.
+        self.client = client
         self.shared = shared
         self.who = worker_id()
         self.channel = f"{shared.namespace}:breakers"
-        self._script: Script = client.register_script(BREAKER_SCRIPT)
+        self.script: Script = client.register_script(BREAKER_SCRIPT)
         self._followers: weakref.WeakValueDictionary[str, Follower] = weakref.WeakValueDictionary()
         #: Outcomes waiting for the flusher: (breaker, generation, "S" | "F").
         self.queue: deque[tuple[Follower, int, str]] = deque(maxlen=QUEUE_LIMIT)
@@ -195,7 +196,7 @@ class RedisLink:
         """Run ``op`` on breaker ``name``'s hash; None (and the link marked down) if Redis failed."""
         args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2]
         try:
-            raw = self._script(keys=[self.key(name)], args=args)
+            raw = self.script(keys=[self.key(name)], args=args)
         except self._errors as exc:
             self.mark_down(exc)
             return None
@@ -212,7 +213,7 @@ class RedisLink:
 
     def _ping(self) -> bool:
         try:
-            return bool(self._client.ping())
+            return bool(self.client.ping())
         except self._errors:
             return False
 
@@ -244,10 +245,10 @@ class RedisLink:
         """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
         if not ops:
             return True
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for breaker, op, arg1, arg2 in ops:
             args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2]
-            self._script(keys=[self.key(breaker.name)], args=args, client=pipe)
+            self.script(keys=[self.key(breaker.name)], args=args, client=pipe)
         try:
             replies = pipe.execute()
         except self._errors as exc:
@@ -282,7 +283,7 @@ class RedisLink:
 
     def pubsub(self) -> Any:
         """A subscription to the namespace's channel (redis-py's PubSub)."""
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.channel)
         return pubsub
 
@@ -301,7 +302,7 @@ class RedisLink:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2)
-        self._client.close()
+        self.client.close()
 
 
 def _flush_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
@@ -379,7 +380,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         super().__init__(name)
         self._link = link
         self.policy = policy
-        self._client = link._client
+        self._client = link.client
         self._key = link.key(name)
 
     @property
@@ -391,7 +392,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         args = [
             "set", self._link.channel, self._link.who, self.name, *_args(self.policy), state, "",
         ]  # fmt: skip
-        self._link._script(keys=[self._key], args=args)
+        self._link.script(keys=[self._key], args=args)
 
     def increment_counter(self) -> None:
         self._client.hincrby(self._key, "failures", 1)
