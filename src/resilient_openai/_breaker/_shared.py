@@ -49,6 +49,8 @@ class View(NamedTuple):
 
 
 class Admission(Enum):
+    """What a worker does with a call, from its view alone."""
+
     ADMIT = "admit"
     REFUSE = "refuse"
     ASK = "ask"
@@ -124,7 +126,7 @@ class SharedCircuitBreaker:
         if not link.up:
             return self._unavailable()
         view = self._view
-        if view.state == CLOSED:  # the fast path: no lock, no Redis
+        if view.state == CLOSED:  # admission()'s first rule, inlined: no clock read, no lock, no Redis
             return Permit(self, view.gen, 0)
         now = self._clock.now()
         verdict = admission(view, now)
