@@ -108,6 +108,26 @@ def test_redis_killed_mid_run_then_restarted_empty(
     wait_for(lambda: a.state == "open" and b.state == "open")
 
 
+def test_a_flushed_redis_is_followed_within_the_refresh_interval(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """FLUSHALL after a trip and a close: the generation went back, and trips work again."""
+    a = _shared(make_registry, url=private_redis.url)
+    b = _shared(make_registry, url=private_redis.url)
+    for _ in range(3):
+        _fail(a)
+    wait_for(lambda: b.state == "open")
+    a.close()
+    wait_for(lambda: b.state == "closed")
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.flushall()
+    admin.close()
+    time.sleep(REFRESH_INTERVAL + 0.1)
+    for breaker in (a, b, a):
+        _fail(breaker)
+    wait_for(lambda: a.state == "open" and b.state == "open")
+
+
 def test_slow_redis_never_holds_a_call_past_the_timeout(
     make_registry: MakeRegistry, private_redis: PrivateRedis
 ) -> None:

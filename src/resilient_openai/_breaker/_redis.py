@@ -235,11 +235,15 @@ class RedisLink:
             ops = [(breaker, "report", gen, "".join(seq)) for (_, gen), (breaker, seq) in batches.items()]
             self._pipeline(ops)
 
-    def refresh(self, *, force: bool = False) -> bool:
-        """Re-read every followed breaker (``force``: adopt Redis's view even if it went back)."""
-        return self._pipeline(
-            [(breaker, "read", "", "") for breaker in list(self._followers.values())], force=force
-        )
+    def refresh(self) -> bool:
+        """Re-read every followed breaker and adopt what Redis says, even an older generation.
+
+        Forced, because a generation that went back means the hash was lost (Redis restarted
+        empty, flushed, or the key evicted): the fresh read is the truth, and adopting it lets
+        this worker's reports count again.
+        """
+        ops = [(breaker, "read", "", "") for breaker in list(self._followers.values())]
+        return self._pipeline(ops, force=True)
 
     def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str]], *, force: bool = False) -> bool:
         """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
@@ -261,7 +265,7 @@ class RedisLink:
     def reconnect(self) -> bool:
         """Try Redis once; when it answers, resynchronise every breaker and mark the link up."""
         # The refresh comes before `up`: callers switch over to a current view.
-        if not (self._ping() and self.refresh(force=True)):
+        if not (self._ping() and self.refresh()):
             return False
         self.up = True
         _log.warning("shared breakers: Redis available again")
