@@ -28,8 +28,7 @@ from .conftest import MakeRegistry, wait_for
 FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
 
 
-def _fail(breaker: SharedCircuitBreaker | object) -> None:
-    assert isinstance(breaker, SharedCircuitBreaker)
+def _fail(breaker: SharedCircuitBreaker) -> None:
     breaker.acquire().record(Verdict.SERVER_ERROR, duration=0.01)
 
 
