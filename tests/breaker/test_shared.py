@@ -354,3 +354,36 @@ def test_two_clients_share_a_trip_health_and_operator_actions(redis_url: str, na
         link = breakers(made).link
         assert link is not None
         link.close()
+
+
+async def test_an_asyncio_clients_failures_trip_a_sync_clients_breaker(
+    redis_url: str, namespace: str
+) -> None:
+    """The asyncio shell shares the same state: its failures open the circuit for a sync client."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(503))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=2, break_duration=5.0),
+        shared=SharedPolicy(url=redis_url, namespace=namespace),
+    )
+    http = httpx2.AsyncClient(transport=upstream.async_transport())
+    a = resilient(
+        openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http), policy
+    )
+    sync_http = httpx2.Client(transport=upstream.transport())
+    b = resilient(
+        openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=sync_http), policy
+    )
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await a.chat.completions.create(model="m", messages=messages)
+    wait_for(lambda: health(a)["status"] == "degraded")
+    with pytest.raises(CircuitOpenError):
+        b.chat.completions.create(model="m", messages=messages)
+    assert upstream.count() == 2
+    for made in (a, b):
+        link = breakers(made).link
+        assert link is not None
+        link.close()
