@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from resilient_openai._breaker import BreakerRegistry, CircuitBreaker, default_key
+from resilient_openai._breaker import AnyBreaker, BreakerRegistry, default_key
 from resilient_openai._classify import Verdict
 from resilient_openai._policy import BreakerPolicy
 from resilient_openai.observe.events import EventBus
@@ -18,7 +18,7 @@ def _registry(**policy: Any) -> BreakerRegistry:
     return BreakerRegistry(BreakerPolicy(**policy), clock=FakeClock(), bus=EventBus())
 
 
-def _trip(breaker: CircuitBreaker) -> None:
+def _trip(breaker: AnyBreaker) -> None:
     while breaker.state == "closed":
         breaker.acquire().record(Verdict.SERVER_ERROR, duration=0.1)
 
@@ -48,7 +48,7 @@ def test_concurrent_gets_of_one_key_share_one_breaker() -> None:
     """32 threads asking for the same new key all get the same breaker."""
     registry = _registry()
     barrier = threading.Barrier(32)
-    found: list[CircuitBreaker] = []
+    found: list[AnyBreaker] = []
 
     def fetch() -> None:
         barrier.wait()

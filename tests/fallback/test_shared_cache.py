@@ -88,7 +88,7 @@ def _policy(namespace: str, *, ttl: float = 60.0, max_bytes: int = 1 << 20, time
     return Policy.from_dict(
         {
             "retry": {"rules": {}},
-            "breaker": {"fail_max": 100},
+            "breaker": {"enabled": False},  # the cache alone: no breaker, shared or not
             "cache": {"ttl": ttl, "max_bytes": max_bytes},
             "fallback": {"routes": {"gpt-A": {"steps": [{"kind": "cache"}]}}},
             "shared": {

@@ -7,11 +7,14 @@ shell, events published after its lock is released) -> a pure state machine with
 legal transitions -> health metrics (failures in a row, a time-bucketed sliding window).
 :class:`BreakerRegistry` keeps one breaker per target, and a :class:`QuotaLedger` of the
 credentials out of quota on them (quota belongs to a credential, not to the target).
+With ``[shared]`` in the policy, breakers are :class:`SharedCircuitBreaker` over Redis
+(``_redis.py``, ``_lua.py``): one state for every worker.
 """
 
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
 from ._quota import QuotaLedger, quota_hold
-from ._registry import BreakerRegistry, default_key
+from ._registry import AnyBreaker, BreakerRegistry, default_key, is_shareable
+from ._shared import SharedCircuitBreaker
 from ._state import CLOSED, HALF_OPEN, ISOLATED, OPEN, IllegalTransitionError
 
 __all__ = [
@@ -19,12 +22,15 @@ __all__ = [
     "HALF_OPEN",
     "ISOLATED",
     "OPEN",
+    "AnyBreaker",
     "BreakerRegistry",
     "BreakerSnapshot",
     "CircuitBreaker",
     "IllegalTransitionError",
     "Permit",
     "QuotaLedger",
+    "SharedCircuitBreaker",
     "default_key",
+    "is_shareable",
     "quota_hold",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pybreaker
 
@@ -57,6 +57,21 @@ class BreakerSnapshot:
     last_failure: str | None
 
 
+class Settles(Protocol):
+    """What a permit reports to: a breaker, in-process or shared."""
+
+    name: str
+
+    def _settle(
+        self,
+        permit: Permit,
+        verdict: Verdict | None,
+        duration: float,
+        retry_after: float | None,
+        error: BaseException | None,
+    ) -> None: ...
+
+
 class Permit:
     """The right to make one call through a breaker, and the duty to say how it went.
 
@@ -67,7 +82,7 @@ class Permit:
 
     __slots__ = ("_breaker", "_done", "_generation", "_probe")
 
-    def __init__(self, breaker: CircuitBreaker, generation: int, probe: int) -> None:
+    def __init__(self, breaker: Settles, generation: int, probe: int) -> None:
         self._breaker = breaker
         self._generation = generation
         self._probe = probe

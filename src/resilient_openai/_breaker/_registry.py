@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
 from ._breaker import BreakerSnapshot, CircuitBreaker
 from ._quota import QuotaLedger
+from ._shared import SharedCircuitBreaker
 from ._state import CLOSED, ISOLATED
 
 if TYPE_CHECKING:
@@ -21,8 +22,20 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._policy import BreakerPolicy
     from ..observe.events import EventBus
+    from ._redis import RedisLink, Reply
 
-__all__ = ["BreakerRegistry", "default_key"]
+__all__ = ["AnyBreaker", "BreakerRegistry", "default_key", "is_shareable"]
+
+#: A target's breaker: in-process, or shared through Redis.
+AnyBreaker: TypeAlias = CircuitBreaker | SharedCircuitBreaker
+
+
+def is_shareable(policy: BreakerPolicy) -> bool:
+    """Whether a breaker under ``policy`` can be shared: either mode, but no slow-call tripping.
+
+    Slow-call tripping keeps its window per process (a documented limitation).
+    """
+    return policy.slow_call_threshold is None
 
 
 def default_key(base_url: str, model: str | None) -> str:
@@ -60,13 +73,17 @@ class BreakerRegistry:
     operations only, never a breaker's own work or its listeners.
     """
 
-    def __init__(self, policy: BreakerPolicy, *, clock: Clock, bus: EventBus) -> None:
+    def __init__(
+        self, policy: BreakerPolicy, *, clock: Clock, bus: EventBus, link: RedisLink | None = None
+    ) -> None:
         self.policy = policy
+        #: Redis, when breakers are shared (``[shared]``); None: each process keeps its own.
+        self.link = link
         self._clock = clock
         self._bus = bus
         # OrderedDict rather than cachetools.LRUCache: choosing the victim by state means walking
         # the recency order, which LRUCache keeps private.
-        self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
+        self._breakers: OrderedDict[str, AnyBreaker] = OrderedDict()
         self._lock = threading.Lock()
         #: Bumped whenever a breaker is dropped: a holder of breakers taken from :meth:`get`
         #: earlier (a memo of targets) must take them again when it changed.
@@ -74,22 +91,38 @@ class BreakerRegistry:
         #: The credentials out of quota on these breakers' targets (quota is no breaker failure).
         self.quota = QuotaLedger(clock=clock, bus=bus)
 
-    def get(self, key: str, policy: BreakerPolicy | None = None) -> CircuitBreaker:
+    def get(self, key: str, policy: BreakerPolicy | None = None) -> AnyBreaker:
         """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
 
         A per-target ``policy`` applies when the breaker is created; a breaker that already
         exists keeps the policy it was created with.
         """
+        policy = policy or self.policy
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
                 self._breakers.move_to_end(key)
                 return breaker
-            breaker = CircuitBreaker(key, policy or self.policy, clock=self._clock, bus=self._bus)
+        link = self.link
+        # A shared breaker starts from the shared state, read (bounded by the link's timeout)
+        # with no lock held; a racing get for the same key may read too, and one of them wins.
+        reply = link.run(key, policy, "read") if link is not None and is_shareable(policy) else None
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is not None:
+                self._breakers.move_to_end(key)
+                return breaker
+            breaker = self._make(key, policy, reply)
             self._breakers[key] = breaker
             if len(self._breakers) > self.policy.max_breakers:
                 self._evict_locked(keep=key)
             return breaker
+
+    def _make(self, key: str, policy: BreakerPolicy, reply: Reply | None) -> AnyBreaker:
+        link = self.link
+        if link is not None and is_shareable(policy):
+            return SharedCircuitBreaker(key, policy, clock=self._clock, bus=self._bus, link=link, reply=reply)
+        return CircuitBreaker(key, policy, clock=self._clock, bus=self._bus)
 
     def _evict_locked(self, *, keep: str) -> None:
         """Drop one breaker (never ``keep``, the one just created). Caller holds the lock."""
@@ -105,7 +138,7 @@ class BreakerRegistry:
         del self._breakers[victim]
         self.epoch += 1
 
-    def _existing(self, key: str) -> CircuitBreaker:
+    def _existing(self, key: str) -> AnyBreaker:
         with self._lock:
             breaker = self._breakers.get(key)
         if breaker is None:
@@ -135,7 +168,7 @@ class BreakerRegistry:
         """A snapshot of every breaker, least recently used first."""
         return [breaker.snapshot() for breaker in self]
 
-    def __iter__(self) -> Iterator[CircuitBreaker]:
+    def __iter__(self) -> Iterator[AnyBreaker]:
         """The breakers (a copy of the list: safe while others create or evict)."""
         with self._lock:
             breakers = list(self._breakers.values())

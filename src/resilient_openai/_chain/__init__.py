@@ -98,7 +98,12 @@ class Chain:
         """Make every layer with its collaborators and fold them in :data:`ORDER`."""
         clock = runtime.clock
         bus = EventBus(runtime.listeners)
-        breakers = BreakerRegistry(policy.breaker, clock=clock, bus=bus)
+        link = None
+        if policy.shared is not None:
+            from .._breaker._redis import connect  # the redis extra, only when asked for
+
+            link = connect(policy.shared)
+        breakers = BreakerRegistry(policy.breaker, clock=clock, bus=bus, link=link)
         # One retry budget per target, as many as there may be breakers.
         budgets = BudgetRegistry(clock=clock, limit=policy.breaker.max_breakers)
         delivery = Delivery(policy, clock=clock, bus=bus, shared=runtime.shared_cache)

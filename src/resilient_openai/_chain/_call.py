@@ -11,7 +11,7 @@ from .._classify import Classification, Verdict
 from .._provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
-    from .._breaker import CircuitBreaker
+    from .._breaker import AnyBreaker
     from .._policy import RetryPolicy, Timeouts
     from .._sdk import Options
     from ._stream import StreamHooks, StreamWatch
@@ -38,7 +38,7 @@ class LiveTarget:
     client: Any
     retry: RetryPolicy
     timeouts: Timeouts
-    breaker: CircuitBreaker | None
+    breaker: AnyBreaker | None
     model: str | None
     accepts_prefill: bool = False
 

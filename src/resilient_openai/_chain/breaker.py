@@ -12,7 +12,7 @@ on this target for ``quota_break``, like an open circuit, while everyone else go
 
 from __future__ import annotations
 
-from .._breaker import CircuitBreaker, Permit, QuotaLedger, quota_hold
+from .._breaker import AnyBreaker, Permit, QuotaLedger, quota_hold
 from .._classify import Classification, Verdict, classify
 from .._clock import Clock
 from .._errors import CircuitOpenError
@@ -26,7 +26,7 @@ def _rejected(exc: CircuitOpenError) -> Outcome:
     return Outcome(error=exc, judged=Classification(Verdict.CIRCUIT_OPEN, retry_after=exc.retry_after))
 
 
-def _out_of_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> Outcome | None:
+def _out_of_quota(quota: QuotaLedger, breaker: AnyBreaker, call: Call) -> Outcome | None:
     """The refusal of a call whose credential is out of quota on this target (None: it may go).
     Only asked while some credential is (``quota.active``), so the common call computes no scope."""
     target = call.target
@@ -50,7 +50,7 @@ def _report(permit: Permit, outcome: Outcome, clock: Clock, started: float) -> N
         )
 
 
-def _note_quota(quota: QuotaLedger, breaker: CircuitBreaker, call: Call) -> None:
+def _note_quota(quota: QuotaLedger, breaker: AnyBreaker, call: Call) -> None:
     """The call's quota ran out: hold its credential out of this target for ``quota_break``."""
     hold = quota_hold(Verdict.QUOTA_EXHAUSTED, breaker.policy)
     target = call.target

@@ -1,0 +1,431 @@
+"""The I/O side of shared breakers: one process's link to Redis, and a pybreaker storage over it.
+
+:class:`RedisLink` owns the connection (every command bounded by ``shared.timeout``, no
+retries inside redis-py), runs :data:`~._lua.BREAKER_SCRIPT`, and keeps two daemon threads:
+
+* the *flusher* sends the outcomes queued by callers (successes batched every
+  :data:`FLUSH_INTERVAL`, a failure at once), re-reads every breaker every
+  :data:`REFRESH_INTERVAL` (the backstop of the push), and while Redis is unreachable pings it
+  every :data:`RECONNECT_INTERVAL`, resynchronising every breaker as soon as it answers;
+* the *listener* follows the namespace's channel, where every transition is published, so a
+  trip reaches every worker in milliseconds.
+
+No lock is held across I/O, and no redis-py exception leaves this module: a failed command marks
+the link down (callers then follow ``on_unavailable``) and returns None. ``redis`` is imported
+here only, lazily, through :func:`connect`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+
+import pybreaker
+
+from .._errors import ConfigError
+from ._lua import BREAKER_SCRIPT
+from ._state import CLOSED
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+    from .._policy import BreakerPolicy, SharedPolicy
+
+__all__ = [
+    "FLUSH_INTERVAL",
+    "RECONNECT_INTERVAL",
+    "REFRESH_INTERVAL",
+    "RedisBreakerStorage",
+    "RedisLink",
+    "Reply",
+    "connect",
+]
+
+#: Longest a success waits in the queue before it is sent (failures are sent at once).
+FLUSH_INTERVAL: Final = 0.05
+#: Every breaker is re-read this often: the bound on staleness if a published change is lost.
+REFRESH_INTERVAL: Final = 0.5
+#: While Redis is unreachable it is pinged this often; the first answer resynchronises everything.
+RECONNECT_INTERVAL: Final = 0.25
+#: How long the listener waits for a message before checking whether it should stop.
+LISTEN_POLL: Final = 0.05
+#: Most outcomes waiting to be sent; past it the oldest are dropped (only under extreme load).
+QUEUE_LIMIT: Final = 65536
+
+_log = logging.getLogger("resilient_openai.shared")
+
+
+class Reply(NamedTuple):
+    """What the script answers: a breaker's shared state right after the op."""
+
+    state: str
+    gen: int
+    #: Seconds until a call could be admitted (0: now; -1: never by itself, isolated).
+    wait: float
+    failures: int
+    reopens: int
+    opened_at: float | None
+    admitted: bool
+    #: The worker (``pid@host``) that made the last transition, and why.
+    by: str
+    reason: str
+
+    @classmethod
+    def parse(cls, raw: Sequence[Any]) -> Reply:
+        """From the script's reply (or a published message's fields), in the script's order."""
+        state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason = raw
+        wait = -1.0 if int(wait_ms) < 0 else int(wait_ms) / 1000
+        return cls(
+            str(state), int(gen), wait, int(failures), int(reopens),
+            float(opened_at) if opened_at else None, bool(int(admitted)), str(by), str(reason),
+        )  # fmt: skip
+
+
+class Follower(Protocol):
+    """A shared breaker, as the link sees it: a name, a policy and a local view to update."""
+
+    name: str
+    policy: BreakerPolicy
+
+    def adopt(self, reply: Reply, *, force: bool = False) -> None: ...
+
+    def reconnected(self) -> None: ...
+
+
+def _args(policy: BreakerPolicy) -> list[str | int | float]:
+    return [
+        policy.fail_max, policy.half_open_probes, policy.close_after, policy.probe_lease,
+        policy.break_duration, policy.break_multiplier, policy.break_max,
+        policy.mode, policy.failure_ratio, policy.window, policy.min_calls,
+    ]  # fmt: skip
+
+
+def worker_id() -> str:
+    """This process, as events and the hash name it: ``pid@host``."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def connect(shared: SharedPolicy) -> RedisLink:
+    """A started :class:`RedisLink` for ``shared``, or ConfigError (no ``redis`` extra, no URL).
+
+    Redis being unreachable is no error: the link starts down and follows ``on_unavailable``
+    until Redis answers.
+    """
+    env = os.environ
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ConfigError(["shared: needs the redis extra: pip install 'resilient-openai[redis]'"]) from None
+    url = shared.url
+    if url is None:
+        url = env.get(shared.url_env or "")
+        if not url:
+            raise ConfigError([f"shared.url_env: the variable {shared.url_env} is not set"])
+    password = env.get(shared.password_env) if shared.password_env else None
+    client = redis.Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=shared.timeout,
+        socket_connect_timeout=shared.timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+    return RedisLink(client, shared)
+
+
+class RedisLink:
+    """One process's connection to the shared breakers of one namespace (see the module docs)."""
+
+    def __init__(self, client: redis.Redis, shared: SharedPolicy) -> None:
+        import redis as redis_module
+
+        self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
+        #: The connection (every command bounded by ``shared.timeout``) and the loaded script.
+        self.client = client
+        self.shared = shared
+        self.who = worker_id()
+        self.channel = f"{shared.namespace}:breakers"
+        self.script: Script = client.register_script(BREAKER_SCRIPT)
+        self._followers: weakref.WeakValueDictionary[str, Follower] = weakref.WeakValueDictionary()
+        #: Outcomes waiting for the flusher: (breaker, generation, "S" | "F").
+        self.queue: deque[tuple[Follower, int, str]] = deque(maxlen=QUEUE_LIMIT)
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._probe_ids = iter(range(1, 1 << 62))
+        self._probe_prefix = f"{self.who}:{secrets.token_hex(4)}"
+        #: Whether Redis answered the last command. Read without a lock: a moment's staleness
+        #: only sends one more call down the path it would have taken a moment earlier.
+        self.up = self._ping()
+        ref = weakref.ref(self)
+        self._threads = [
+            threading.Thread(target=loop, args=(ref, self._stop), name=f"ro-shared-{what}", daemon=True)
+            for loop, what in ((_flush_loop, "flush"), (_listen_loop, "listen"))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def key(self, name: str) -> str:
+        """The hash holding breaker ``name``."""
+        return f"{self.shared.namespace}:breaker:{name}"
+
+    def follow(self, breaker: Follower) -> None:
+        """Keep ``breaker``'s view current from now on (pushes, refreshes, reconnections)."""
+        self._followers[breaker.name] = breaker
+
+    def probe_id(self) -> int:
+        """A probe token, unique in this process (> 0, as a :class:`Permit` wants)."""
+        return next(self._probe_ids)
+
+    def lease(self, probe: int) -> str:
+        """Probe ``probe``'s lease owner: unique across the cluster (pid, host, a random tag)."""
+        return f"{self._probe_prefix}:{probe}"
+
+    def run(self, name: str, policy: BreakerPolicy, op: str, arg1: str = "", arg2: str = "") -> Reply | None:
+        """Run ``op`` on breaker ``name``'s hash; None (and the link marked down) if Redis failed."""
+        args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2]
+        try:
+            raw = self.script(keys=[self.key(name)], args=args)
+        except self._errors as exc:
+            self.mark_down(exc)
+            return None
+        return Reply.parse(raw)
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Redis failed: callers follow ``on_unavailable`` until the flusher reconnects."""
+        if self.up:
+            self.up = False
+            _log.warning("shared breakers: Redis unavailable (%s); on_unavailable=%s",
+                         type(exc).__name__, self.shared.on_unavailable)  # fmt: skip
+            self.queue.clear()
+        self.wake.set()
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except self._errors:
+            return False
+
+    def flush(self) -> None:
+        """Send the queued outcomes: one round trip, each breaker's run of successes folded."""
+        queue = self.queue
+        batches: dict[tuple[str, int], tuple[Follower, list[str]]] = {}
+        while queue:
+            try:
+                breaker, gen, outcome = queue.popleft()
+            except IndexError:  # emptied meanwhile by mark_down() in another thread
+                break
+            _, seq = batches.setdefault((breaker.name, gen), (breaker, []))
+            # In consecutive mode successes in a row mean the same as one (the count of failures
+            # in a row is reset); ratio mode counts every call.
+            if not (outcome == "S" and seq and seq[-1] == "S" and breaker.policy.mode == "consecutive"):
+                seq.append(outcome)
+        if batches:
+            ops = [(breaker, "report", gen, "".join(seq)) for (_, gen), (breaker, seq) in batches.items()]
+            self._pipeline(ops)
+
+    def refresh(self) -> bool:
+        """Re-read every followed breaker and adopt what Redis says, even an older generation.
+
+        Forced, because a generation that went back means the hash was lost (Redis restarted
+        empty, flushed, or the key evicted): the fresh read is the truth, and adopting it lets
+        this worker's reports count again.
+        """
+        ops = [(breaker, "read", "", "") for breaker in list(self._followers.values())]
+        return self._pipeline(ops, force=True)
+
+    def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str]], *, force: bool = False) -> bool:
+        """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
+        if not ops:
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        for breaker, op, arg1, arg2 in ops:
+            args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2]
+            self.script(keys=[self.key(breaker.name)], args=args, client=pipe)
+        try:
+            replies = pipe.execute()
+        except self._errors as exc:
+            self.mark_down(exc)
+            return False
+        for (breaker, *_), raw in zip(ops, replies, strict=True):
+            breaker.adopt(Reply.parse(raw), force=force)
+        return True
+
+    def reconnect(self) -> bool:
+        """Try Redis once; when it answers, resynchronise every breaker and mark the link up."""
+        # The refresh comes before `up`: callers switch over to a current view.
+        if not (self._ping() and self.refresh()):
+            return False
+        self.up = True
+        _log.warning("shared breakers: Redis available again")
+        for breaker in list(self._followers.values()):
+            breaker.reconnected()
+        return True
+
+    def pushed(self, message: str) -> None:
+        """A published transition: hand it to the breaker it names, if this process has one."""
+        *fields, name = message.split("\n", len(Reply._fields))
+        breaker = self._followers.get(name)
+        if breaker is None:
+            return
+        try:
+            reply = Reply.parse(fields)
+        except ValueError:  # not ours: the periodic refresh still brings the state
+            return
+        breaker.adopt(reply)
+
+    def pubsub(self) -> Any:
+        """A subscription to the namespace's channel (redis-py's PubSub)."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(self.channel)
+        return pubsub
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What redis-py (and the socket under it) may raise."""
+        return self._errors
+
+    def close(self) -> None:
+        """Stop both threads and close the connection (the link is unusable after).
+
+        Takes up to :data:`LISTEN_POLL` seconds: the listener ends at its next poll.
+        """
+        self._stop.set()
+        self.wake.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=2)
+        self.client.close()
+
+
+def _flush_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
+    """The flusher: outcomes out, refresh, reconnect. Ends with ``stop`` or the link's collection."""
+    refreshed = time.monotonic()
+    while not stop.is_set():
+        link = ref()
+        if link is None:
+            return
+        wake = link.wake
+        interval = FLUSH_INTERVAL if link.up else RECONNECT_INTERVAL
+        del link  # hold no reference while waiting, so an unused link can be collected
+        wake.wait(interval)
+        wake.clear()
+        link = ref()
+        if link is None or stop.is_set():
+            return
+        try:
+            if not link.up:
+                if link.reconnect():
+                    refreshed = time.monotonic()
+                continue
+            link.flush()
+            if time.monotonic() - refreshed >= REFRESH_INTERVAL and link.up:
+                refreshed = time.monotonic()
+                link.refresh()
+        except Exception as exc:  # a daemon thread outlives anything: down until it reconnects
+            link.mark_down(exc)
+
+
+def _listen_loop(ref: weakref.ref[RedisLink], stop: threading.Event) -> None:
+    """The listener: every published transition to its breaker; resubscribes after a failure."""
+    pubsub: Any = None
+    while not stop.is_set():
+        link = ref()
+        if link is None:
+            break
+        try:
+            if pubsub is None:
+                if not link.up:
+                    del link
+                    stop.wait(RECONNECT_INTERVAL)
+                    continue
+                pubsub = link.pubsub()
+                # Subscribed now: anything published before is caught by one refresh.
+                link.wake.set()
+            message = pubsub.get_message(timeout=LISTEN_POLL)
+            if message is not None and message.get("type") == "message":
+                link.pushed(str(message["data"]))
+        except Exception as exc:  # any failure (a redis error or worse): resubscribe later
+            link.mark_down(exc)
+            _closed(pubsub)
+            pubsub = None
+        del link
+    _closed(pubsub)
+
+
+def _closed(pubsub: Any) -> None:
+    if pubsub is not None:
+        try:
+            pubsub.close()
+        except Exception:  # closing a broken connection: nothing left to save
+            _log.debug("closing the subscription failed", exc_info=True)
+
+
+class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
+    """A ``pybreaker.CircuitBreakerStorage`` over a shared breaker's Redis hash.
+
+    A plain ``pybreaker.CircuitBreaker(state_storage=...)`` shares its state with every worker
+    (and with this library's shared breakers of the same name and namespace): state changes go
+    through the same script, so they bump the generation and are published; counters are single
+    atomic ``HINCRBY`` commands; ``opened_at`` keeps microseconds. Unlike the library's own
+    breakers it makes Redis round trips on every call (that is pybreaker's model), and redis-py
+    errors reach pybreaker (which treats a storage error as its own failure).
+    """
+
+    def __init__(self, link: RedisLink, name: str, policy: BreakerPolicy) -> None:
+        super().__init__(name)
+        self._link = link
+        self.policy = policy
+        self._client = link.client
+        self._key = link.key(name)
+
+    @property
+    def state(self) -> str:
+        return str(self._client.hget(self._key, "state") or CLOSED)
+
+    @state.setter
+    def state(self, state: str) -> None:
+        args = [
+            "set", self._link.channel, self._link.who, self.name, *_args(self.policy), state, "",
+        ]  # fmt: skip
+        self._link.script(keys=[self._key], args=args)
+
+    def increment_counter(self) -> None:
+        self._client.hincrby(self._key, "failures", 1)
+
+    def reset_counter(self) -> None:
+        self._client.hset(self._key, "failures", 0)
+
+    def increment_success_counter(self) -> None:
+        self._client.hincrby(self._key, "successes", 1)
+
+    def reset_success_counter(self) -> None:
+        self._client.hset(self._key, "successes", 0)
+
+    @property
+    def counter(self) -> int:
+        return int(self._client.hget(self._key, "failures") or 0)
+
+    @property
+    def success_counter(self) -> int:
+        return int(self._client.hget(self._key, "successes") or 0)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        value = self._client.hget(self._key, "opened_at")
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._client.hset(self._key, "opened_at", f"{value.timestamp():.6f}")

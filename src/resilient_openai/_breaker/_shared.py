@@ -1,0 +1,257 @@
+"""A circuit breaker whose state every worker shares through Redis (``[shared]`` in the policy).
+
+The same permit protocol as :class:`~._breaker.CircuitBreaker`. Each worker acts on a *local
+view* of the shared state (state, generation, until when a refusal holds), kept current by the
+link's pushes and refreshes (:mod:`._redis`); :func:`admission` decides from it alone:
+
+* closed: admit, lock-free, no Redis round trip; the outcome is queued and sent in the
+  background (successes batched, a failure at once: it can trip the circuit);
+* open inside its break, isolated, or half-open with every probe slot taken: refuse locally;
+* otherwise (a break just ended, a probe slot may be free): ask Redis, bounded by ``timeout``,
+  for one of the ``half_open_probes`` slots of the whole cluster (a lease that a dead worker's
+  probe gives back when it expires).
+
+While Redis is unreachable, ``on_unavailable`` decides: ``local`` hands every call to an
+in-process breaker (a fresh start each time Redis comes back), ``open`` refuses, ``closed``
+admits without counting.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from enum import Enum
+from typing import TYPE_CHECKING, NamedTuple
+
+from .._classify import Verdict
+from .._errors import CircuitOpenError
+from ..observe.events import BreakerStateChanged, CallRejected
+from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
+from ._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL, Reply
+from ._state import CLOSED, HALF_OPEN, OPEN, Outcome, outcome_of
+
+if TYPE_CHECKING:
+    from .._clock import Clock
+    from .._policy import BreakerPolicy
+    from ..observe.events import EventBus
+    from ._redis import RedisLink
+
+__all__ = ["Admission", "SharedCircuitBreaker", "View", "admission"]
+
+
+class View(NamedTuple):
+    """What this worker knows of a shared breaker, replaced whole (one atomic attribute write)."""
+
+    state: str
+    gen: int
+    #: Monotonic time until which a call is refused without asking Redis (inf: isolated).
+    until: float
+
+
+class Admission(Enum):
+    """What a worker does with a call, from its view alone."""
+
+    ADMIT = "admit"
+    REFUSE = "refuse"
+    ASK = "ask"
+
+
+def admission(view: View, now: float) -> Admission:
+    """Whether a call is admitted, refused, or must ask Redis for a probe slot. Pure."""
+    if view.state == CLOSED:
+        return Admission.ADMIT
+    if now < view.until:
+        return Admission.REFUSE
+    return Admission.ASK
+
+
+def view_of(reply: Reply, now: float) -> View:
+    """The local view a script's reply gives, at monotonic ``now``.
+
+    A half-open refusal is held at most :data:`REFRESH_INTERVAL` locally: a slot freed without a
+    published change would otherwise wait for a whole lease.
+    """
+    if reply.wait < 0:
+        return View(reply.state, reply.gen, math.inf)
+    wait = min(reply.wait, REFRESH_INTERVAL) if reply.state == HALF_OPEN else reply.wait
+    return View(reply.state, reply.gen, now + wait)
+
+
+class SharedCircuitBreaker:
+    """One target's breaker, shared by every worker through ``link`` (see the module docs)."""
+
+    __slots__ = (
+        "__weakref__", "_bus", "_clock", "_link", "_local", "_lock", "_outcomes", "_reply",
+        "_view", "name", "policy",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        *,
+        clock: Clock,
+        bus: EventBus,
+        link: RedisLink,
+        reply: Reply | None = None,
+    ) -> None:
+        """``reply``: the shared state read just before (None: Redis did not answer; closed)."""
+        self.name = name
+        self.policy = policy
+        self._clock = clock
+        self._bus = bus
+        self._link = link
+        # Judged once per verdict, so the hot path is one dict lookup.
+        self._outcomes = {verdict: outcome_of(verdict, policy) for verdict in (*Verdict, None)}
+        #: Decides alone while Redis is unreachable (``on_unavailable = "local"``).
+        self._local = CircuitBreaker(name, policy, clock=clock, bus=bus)
+        # Guards a permit's one report and the view's replacement; never held across I/O.
+        self._lock = threading.Lock()
+        self._view = View(CLOSED, 0, 0.0)
+        self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "")
+        if reply is not None:
+            self.adopt(reply, force=True)
+        link.follow(self)
+
+    @property
+    def state(self) -> str:
+        """The shared state as this worker last saw it (the local breaker's while Redis is down)."""
+        if not self._link.up and self._link.shared.on_unavailable == "local":
+            return self._local.state
+        return self._view.state
+
+    def acquire(self) -> Permit:
+        """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once."""
+        link = self._link
+        if not link.up:
+            return self._unavailable()
+        view = self._view
+        if view.state == CLOSED:  # admission()'s first rule, inlined: no clock read, no lock, no Redis
+            return Permit(self, view.gen, 0)
+        now = self._clock.now()
+        verdict = admission(view, now)
+        if verdict is Admission.ASK:
+            probe = link.probe_id()
+            reply = link.run(self.name, self.policy, "admit", link.lease(probe))
+            if reply is None:
+                return self._unavailable()
+            self.adopt(reply)
+            if reply.admitted:
+                return Permit(self, reply.gen, 0 if reply.state == CLOSED else probe)
+        return self._refuse(self._view, now)
+
+    def _refuse(self, view: View, now: float) -> Permit:
+        retry_after = None if math.isinf(view.until) else max(view.until - now, 0.0)
+        if self._bus:
+            shown = math.inf if retry_after is None else retry_after
+            self._bus.emit(CallRejected(self._clock.wall(), self.name, shown))
+        raise CircuitOpenError(f"circuit '{self.name}' is open", breaker=self.name, retry_after=retry_after)
+
+    def _unavailable(self) -> Permit:
+        mode = self._link.shared.on_unavailable
+        if mode == "local":
+            return self._local.acquire()
+        if mode == "open":
+            now = self._clock.now()
+            return self._refuse(View(OPEN, 0, now + RECONNECT_INTERVAL), now)
+        return Permit(self, -1, 0)  # "closed": admitted, and its outcome goes nowhere
+
+    def _settle(
+        self,
+        permit: Permit,
+        verdict: Verdict | None,
+        duration: float,
+        retry_after: float | None,
+        error: BaseException | None,
+    ) -> None:
+        """Queue ``permit``'s outcome for Redis (a probe's goes at once); only the first counts."""
+        with self._lock:
+            # Checked and set under the lock: a stream's watch and an error path may race.
+            if permit._done:
+                return
+            permit._done = True
+        outcome = self._outcomes[verdict]
+        link = self._link
+        if permit._generation < 0 or not link.up:
+            return
+        if permit._probe:
+            code = {Outcome.SUCCESS: "S", Outcome.FAILURE: "F", Outcome.IGNORED: "I"}[outcome]
+            # A probe's outcome decides the circuit: sent now, in the caller's thread (bounded).
+            reply = link.run(
+                self.name, self.policy, "settle", link.lease(permit._probe), f"{permit._generation}:{code}"
+            )
+            if reply is not None:
+                self.adopt(reply)
+            return
+        if outcome is Outcome.SUCCESS:
+            link.queue.append((self, permit._generation, "S"))
+        elif outcome is Outcome.FAILURE:
+            link.queue.append((self, permit._generation, "F"))
+            link.wake.set()  # a failure may trip the circuit: no batching delay
+
+    def adopt(self, reply: Reply, *, force: bool = False) -> None:
+        """Take Redis's word for this breaker's state (a newer generation, or ``force``).
+
+        Replies and pushes arrive from callers, the flusher and the listener at once; the lock
+        keeps an older answer from overwriting a newer one between the check and the write.
+        """
+        with self._lock:
+            old = self._view
+            if reply.gen < old.gen and not force:
+                return  # an answer overtaken by a newer one
+            self._view = view_of(reply, self._clock.now())
+            self._reply = reply
+        if old.state != reply.state and self._bus:
+            retry_after = reply.wait if reply.wait >= 0 else None
+            why = f"{reply.reason} (worker {reply.by})"
+            at = self._clock.wall()
+            self._bus.emit(BreakerStateChanged(at, self.name, old.state, reply.state, why, retry_after))
+
+    def reconnected(self) -> None:
+        """Redis is back: the shared state rules again, and the next outage starts a fresh local breaker."""
+        self._local = CircuitBreaker(self.name, self.policy, clock=self._clock, bus=self._bus)
+
+    def _act(self, op: str) -> None:
+        reply = self._link.run(self.name, self.policy, op)
+        if reply is not None:
+            self.adopt(reply, force=True)
+        else:  # Redis did not answer: the operator acts on this worker's own breaker only
+            getattr(self._local, op)()
+
+    def isolate(self) -> None:
+        """Force the circuit open for every worker until :meth:`close` or :meth:`reset`.
+
+        While Redis cannot be reached, this (like :meth:`close` and :meth:`reset`) acts on this
+        worker's local breaker only.
+        """
+        self._act("isolate")
+
+    def close(self) -> None:
+        """Close the circuit for every worker now, clearing its counters."""
+        self._act("close")
+
+    def reset(self) -> None:
+        """Make the breaker fresh and closed for every worker; older outcomes are dropped."""
+        self._act("reset")
+
+    def snapshot(self) -> BreakerSnapshot:
+        """The shared state as this worker last saw it (refreshed at least every 0.5 s)."""
+        if not self._link.up and self._link.shared.on_unavailable == "local":
+            return self._local.snapshot()
+        view, reply = self._view, self._reply
+        now = self._clock.now()
+        return BreakerSnapshot(
+            name=self.name,
+            state=view.state,
+            consecutive_failures=reply.failures,
+            window_calls=0,
+            window_failures=0,
+            window_slow=0,
+            opened_at=reply.opened_at if view.state != CLOSED else None,
+            retry_after=max(view.until - now, 0.0) if view.state == OPEN else None,
+            reopen_count=reply.reopens,
+            last_failure=None,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SharedCircuitBreaker {self.name!r} {self.state}>"

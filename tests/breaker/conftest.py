@@ -1,0 +1,122 @@
+"""Fixtures for shared breakers: the real Redis (a namespace per test), private Redis servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from resilient_openai._breaker import BreakerRegistry
+from resilient_openai._breaker._redis import RedisLink, connect
+from resilient_openai._clock import SystemClock
+from resilient_openai._policy import BreakerPolicy, SharedPolicy
+from resilient_openai.observe.events import Event, EventBus
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: Builds a registry of shared breakers: ``make(url=..., events=..., **shared_fields)``.
+MakeRegistry = Callable[..., BreakerRegistry]
+
+
+def wait_for(predicate: Callable[[], bool], within: float = 3.0) -> float:
+    """Poll ``predicate`` every millisecond until it holds; the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < within, "condition never became true"
+        time.sleep(0.001)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared test Redis (``REDIS_URL``), or the test is skipped when it does not answer."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis answers at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A namespace of this test's own; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def make_registry(namespace: str, redis_url: str) -> Iterator[MakeRegistry]:
+    """Registries as separate workers would have them (each its own link); closed afterwards."""
+    links: list[RedisLink] = []
+
+    def make(
+        policy: BreakerPolicy | None = None,
+        *,
+        url: str | None = None,
+        events: list[Event] | None = None,
+        **shared: Any,
+    ) -> BreakerRegistry:
+        link = connect(SharedPolicy(url=url or redis_url, namespace=namespace, **shared))
+        links.append(link)
+        bus = EventBus([events.append] if events is not None else [])
+        return BreakerRegistry(policy or BreakerPolicy(), clock=SystemClock(), bus=bus, link=link)
+
+    yield make
+    for link in links:
+        link.close()
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own on a free port, stopped and restarted by its pid."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no"]
+        self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=0.2)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.01)
+        client.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+            self._process = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A started private Redis (skipped when ``redis-server`` is not on PATH); stopped afterwards."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH: the Redis fault tests need a private server")
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()

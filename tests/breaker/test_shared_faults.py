@@ -1,0 +1,202 @@
+"""Shared breakers when Redis fails: down at start-up, killed mid-run, slow, restarted empty.
+
+Each fault runs on a private ``redis-server`` (started on a free port, stopped by its pid), so the
+shared test Redis is never disturbed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx2
+import openai
+import pytest
+import redis
+from openai.types.chat import ChatCompletionMessageParam
+
+from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, breakers, resilient
+from resilient_openai._breaker import SharedCircuitBreaker
+from resilient_openai._breaker._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL
+from resilient_openai._classify import Verdict
+from resilient_openai._policy import BreakerPolicy, SharedPolicy
+from resilient_openai.testing import FakeUpstream, Ok
+
+from .conftest import MakeRegistry, PrivateRedis, wait_for
+
+FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
+#: How long after Redis answers again every worker is back on the shared state.
+RESYNC_BOUND = RECONNECT_INTERVAL + REFRESH_INTERVAL
+
+
+def _unused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _shared(make: MakeRegistry, **kw: object) -> SharedCircuitBreaker:
+    breaker = make(FAST, **kw).get("target")
+    assert isinstance(breaker, SharedCircuitBreaker)
+    return breaker
+
+
+def _fail(breaker: SharedCircuitBreaker) -> None:
+    breaker.acquire().record(Verdict.SERVER_ERROR, duration=0.01)
+
+
+def _timed_acquire(breaker: SharedCircuitBreaker) -> tuple[str, float]:
+    """``"admitted"`` or ``"refused"``, and how long acquiring took."""
+    start = time.monotonic()
+    try:
+        breaker.acquire().record(Verdict.SUCCESS, duration=0.01)
+        outcome = "admitted"
+    except CircuitOpenError:
+        outcome = "refused"
+    return outcome, time.monotonic() - start
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("closed", "admitted"), ("open", "refused")])
+def test_redis_down_at_start_up_follows_on_unavailable(
+    make_registry: MakeRegistry, mode: str, expected: str
+) -> None:
+    """Nothing listens: no error at start-up, and calls are admitted or refused at once."""
+    breaker = _shared(make_registry, url=_unused_url(), on_unavailable=mode)
+    assert not breaker._link.up
+    for _ in range(5):
+        outcome, took = _timed_acquire(breaker)
+        assert outcome == expected
+        assert took < 0.05
+
+
+def test_redis_down_at_start_up_local_decides_alone(make_registry: MakeRegistry) -> None:
+    """on_unavailable local: the in-process breaker trips after this worker's own fail_max."""
+    breaker = _shared(make_registry, url=_unused_url(), on_unavailable="local")
+    for _ in range(3):
+        _fail(breaker)
+    assert breaker.state == "open"
+    assert _timed_acquire(breaker)[0] == "refused"
+
+
+def test_redis_killed_mid_run_then_restarted_empty(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """Killed: calls go on locally, no redis-py error; restarted empty: back in sync within the bound."""
+    a = _shared(make_registry, url=private_redis.url)
+    b = _shared(make_registry, url=private_redis.url)
+    for _ in range(3):
+        _fail(a)
+    wait_for(lambda: b.state == "open")
+    private_redis.stop()
+    for _ in range(20):  # the first call or two find out; none waits, none sees redis-py
+        assert _timed_acquire(b)[1] < 0.1
+    wait_for(lambda: not b._link.up)
+    assert b.state == "closed"  # the local breaker, fresh: this worker decides alone now
+    for _ in range(3):
+        _fail(b)
+    assert b.state == "open"
+    private_redis.start()
+    took = wait_for(lambda: a._link.up and b._link.up)
+    assert took < RESYNC_BOUND + 0.1
+    # Redis forgot everything: closed for both, and failures count together again.
+    assert a.state == b.state == "closed"
+    assert _timed_acquire(b)[0] == "admitted"
+    time.sleep(0.25)  # both listeners resubscribed (they retry every 0.25 s)
+    for breaker in (a, b, a):
+        _fail(breaker)
+    wait_for(lambda: a.state == "open" and b.state == "open")
+
+
+def test_a_flushed_redis_is_followed_within_the_refresh_interval(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """FLUSHALL after a trip and a close: the generation went back, and trips work again."""
+    a = _shared(make_registry, url=private_redis.url)
+    b = _shared(make_registry, url=private_redis.url)
+    for _ in range(3):
+        _fail(a)
+    wait_for(lambda: b.state == "open")
+    a.close()
+    wait_for(lambda: b.state == "closed")
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.flushall()
+    admin.close()
+    time.sleep(REFRESH_INTERVAL + 0.1)
+    for breaker in (a, b, a):
+        _fail(breaker)
+    wait_for(lambda: a.state == "open" and b.state == "open")
+
+
+def test_slow_redis_never_holds_a_call_past_the_timeout(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """Redis paused (CLIENT PAUSE) when a call must ask it: the call waits at most ``timeout``."""
+    breaker = _shared(make_registry, url=private_redis.url, timeout=0.05)
+    for _ in range(3):
+        _fail(breaker)
+    wait_for(lambda: breaker.state == "open")
+    time.sleep(0.21)  # the break is over: the next call asks Redis for a probe slot
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.client_pause(1000)
+    outcome, took = _timed_acquire(breaker)
+    assert took < 0.05 + 0.05
+    assert outcome == "admitted"  # local: the fresh in-process breaker admits
+    assert not breaker._link.up
+    admin.close()
+
+
+def test_the_closed_success_path_sends_nothing_per_call(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """2000 successes cost a handful of batched commands, not one per call."""
+    breaker = _shared(make_registry, url=private_redis.url)
+    admin = redis.Redis.from_url(private_redis.url)
+    time.sleep(0.1)
+    before = int(admin.info("stats")["total_commands_processed"])
+    for _ in range(2000):
+        breaker.acquire().record(Verdict.SUCCESS, duration=0.001)
+    time.sleep(0.1)  # the last batch flushed
+    sent = int(admin.info("stats")["total_commands_processed"]) - before - 1  # minus the INFO
+    assert sent < 20
+    admin.close()
+
+
+def test_a_missing_redis_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py installed, resilient() refuses a policy with [shared], naming the extra."""
+    monkeypatch.setitem(__import__("sys").modules, "redis", None)
+    policy = Policy(shared=SharedPolicy(url="redis://127.0.0.1:6379/9", namespace="x"))
+    with pytest.raises(ConfigError, match=r"resilient-openai\[redis\]"):
+        resilient(openai.OpenAI(api_key="sk-test"), policy)
+
+
+def test_an_unset_url_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """url_env names a variable that is not set: ConfigError naming it, never a connection attempt."""
+    monkeypatch.delenv("RO_TEST_NO_SUCH_URL", raising=False)
+    policy = Policy(shared=SharedPolicy(url_env="RO_TEST_NO_SUCH_URL"), retry=RetryPolicy(rules={}))
+    with pytest.raises(ConfigError, match="RO_TEST_NO_SUCH_URL"):
+        resilient(openai.OpenAI(api_key="sk-test"), policy)
+
+
+def test_calls_through_the_chain_never_see_redis_fail(private_redis: PrivateRedis) -> None:
+    """Redis killed under a resilient client: every call is still answered, none waits on Redis."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Ok("fine"))
+    shared = SharedPolicy(url=private_redis.url, namespace="chain")
+    http = httpx2.Client(transport=upstream.transport())
+    sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    client = resilient(sdk, Policy(retry=RetryPolicy(rules={}), shared=shared))
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+    def answer() -> str | None:
+        return client.chat.completions.create(model="m", messages=messages).choices[0].message.content
+
+    assert answer() == "fine"
+    private_redis.stop()
+    for _ in range(10):
+        start = time.monotonic()
+        assert answer() == "fine"
+        assert time.monotonic() - start < 0.1
+    link = breakers(client).link
+    assert link is not None
+    link.close()
