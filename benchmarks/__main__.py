@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import chaos, concurrency, memory, outage, rejection, scenarios, success_path
+from . import chaos, concurrency, fleet, memory, outage, rejection, scenarios, success_path
 from ._common import load_average, machine, markdown_table
 
 T = TypeVar("T")
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         memo = _timed("memory", lambda: memory.run(offered=1_000, calls=2_000, every=500, traced_calls=1_200))
         mayhem = _timed("chaos", lambda: chaos.run(seconds=2.0, threads=6, tasks=40, think_tasks=0.3))
         played = _timed("scenarios", lambda: scenarios.run(timeout=0.1, sequence=2))
+        fleet_config = fleet.FleetConfig(
+            rate=10.0, outage_start=0.5, outage_end=2.0, duration=2.5, break_duration=0.5, rounds=6, batch=10
+        )
+        workers = _timed("fleet", lambda: fleet.run(fleet_config))
     else:
         success = _timed("success path", success_path.run)
         concurrent = _timed("concurrency", concurrency.run)
@@ -61,11 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         memo = _timed("memory", memory.run)
         mayhem = _timed("chaos", chaos.run)
         played = _timed("scenarios", scenarios.run)
+        workers = _timed("fleet", fleet.run)
     outage.plot(down, output / IMAGE)
     elapsed = time.perf_counter() - started
     info["load average at end (1/5/15 min)"] = load_average()
 
-    goals = success_path.headline(success) + concurrency.headline(concurrent) + rejection.headline(rejected)
+    goals = (
+        success_path.headline(success)
+        + concurrency.headline(concurrent)
+        + rejection.headline(rejected)
+        + fleet.headline(workers)
+    )
     machine_rows = [[key, value] for key, value in info.items()]
     parts = [
         "# Benchmarks",
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         memory.report(memo),
         chaos.report(mayhem),
         scenarios.report(played),
+        fleet.report(workers),
         "",
     ]
     (output / "RESULTS.md").write_text("\n".join(parts))

@@ -6,12 +6,15 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+import redis
+
 from resilient_openai.testing import FakeUpstream
 
 # benchmarks/ is a top-level package of the repository, not part of the installed library.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import concurrency, memory, outage, rejection, scenarios, success_path
+from benchmarks import concurrency, fleet, memory, outage, rejection, scenarios, success_path
 from benchmarks._common import server_fixes
 
 
@@ -82,3 +85,46 @@ def test_scenarios_play_every_client_in_every_scenario() -> None:
     ]
     assert all(len(c.got) == len(c.seconds) == c.scenario.calls for c in result.cells)
     assert "| **silent primary** | raw SDK |" in scenarios.report(result)
+
+
+def test_fleet_summarizes_what_the_upstream_saw() -> None:
+    """Two workers, one upstream's record: requests during the outage, stop, probes, recovery.
+
+    (The worker processes themselves take seconds to spawn: ``python -m benchmarks --quick`` runs them.)
+    """
+    config = fleet.FleetConfig(workers=2, rate=10.0, outage_start=1.0, outage_end=3.0, break_duration=0.5)
+    # Worker 0 fails at 1.0 and 1.1, worker 1 at 1.05; both are refused from 1.2 on; one probe at
+    # 2.0, then both are answered from 3.0 (worker 1 from 3.05).
+    requests = [(0, 1.0), (1, 1.05), (0, 1.1), (0, 2.0), (0, 3.0), (1, 3.05)]
+    calls: list[tuple[int, float, str]] = [
+        (0, 1.0, fleet.FAILED),
+        (1, 1.05, fleet.FAILED),
+        (0, 1.1, fleet.FAILED),
+        (1, 1.15, fleet.REFUSED),
+        (0, 1.2, fleet.REFUSED),
+        (0, 2.0, fleet.FAILED),
+        (0, 3.0, fleet.ANSWERED),
+        (1, 3.05, fleet.ANSWERED),
+    ]
+    variant = fleet.VARIANTS[1]
+    result = fleet.FleetResult(config, {variant: requests}, {variant: calls}, (1.0, 3.0))
+    summary = {s.variant: s for s in fleet.summarize(result)}[variant]
+    assert summary.during_outage == 4
+    assert summary.stopped_after == pytest.approx(0.1)
+    assert summary.probes == 1
+    assert summary.first_back == 0.0
+    assert summary.all_back == pytest.approx(0.05)
+    assert "| shared (Redis) | 4 | 0.10 | 1 (0.3) | 0.00 / 0.05 | - |" in fleet.report(result)
+
+
+def test_fleet_success_path_measures_every_mode() -> None:
+    """Local, shared and pybreaker+Redis success paths are timed in process (needs the test Redis)."""
+    try:
+        redis.Redis.from_url(fleet.REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis answers at {fleet.REDIS_URL}")
+    samples = fleet.measure_success(fleet.FleetConfig(), rounds=2, batch=2)
+    assert set(samples) == set(fleet.VARIANTS)
+    assert all(len(values) == 2 for values in samples.values())
+    result = fleet.FleetResult(fleet.FleetConfig(), success=samples)
+    assert fleet.headline(result)[0][2] == "<= 1.02x"
