@@ -289,6 +289,7 @@ def measure_success(config: FleetConfig, *, rounds: int, batch: int) -> dict[str
     finally:
         for client in (local, shared, raw):
             client.close()
+        time.sleep(0.2)  # the shared breaker reports its last successes in the background
         _forget(prefix)
 
 
