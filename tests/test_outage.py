@@ -521,3 +521,15 @@ def test_a_context_length_error_with_nowhere_roomier_is_the_callers_error(harnes
     with pytest.raises(openai.BadRequestError):
         harness.chat(harness.client(Policy(validation=windows, fallback=_route(*steps))))
     assert harness.upstream.count(model="gpt-small") == 0
+
+
+def test_a_step_that_fails_its_prefill_with_an_outage_is_not_asked_again(harness: Harness) -> None:
+    """The prefill attempt meets a 503: that step is down, so the rescue moves on instead of
+    asking it to regenerate; with nothing after it, the caller gets the partial text."""
+    harness.upstream.set_default("gpt-A", Cut(6, text=ANSWER))
+    harness.upstream.set_default("gpt-B", Status(503))
+    step = FallbackStep(kind="model", model="gpt-B", accepts_prefill=True)
+    _, _, error = harness.stream_chat(harness.client(_rescue_policy(step)))
+    assert isinstance(error, IncompleteStreamError)
+    assert error.partial_text == "one two three four five six"
+    assert harness.upstream.count(model="gpt-B") == 1

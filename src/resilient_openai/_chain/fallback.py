@@ -197,6 +197,12 @@ def _unknown_window(step: FallbackStep) -> bool:
     return True
 
 
+def _refused_prefill(outcome: Outcome) -> bool:
+    """A prefill answered by the step's own 4xx (it does not take one): asking it the plain
+    question may still work; an outage means the step is down."""
+    return outcome.judged.verdict is Verdict.CALLER_ERROR
+
+
 def _telling(previous: Outcome | None, latest: Outcome) -> Outcome:
     """The failure worth raising if nothing answers: a real failure beats running out of time."""
     if previous is not None and isinstance(latest.error, DeadlineExceededError):
@@ -370,6 +376,8 @@ class _SyncRescue:
                 if stream is not None:
                     walker.rescued(call, sub, self.result, "continued")
                     return cast("Iterable[bytes]", stream.stream)
+                if not _refused_prefill(outcome):
+                    continue  # the step is failing, not refusing the prefill: don't ask it again
             sub = walker.regeneration_call(call, step)
             outcome = self._next(sub)
             stream = _sdk.response_of(outcome.result) if outcome.ok else None
@@ -432,6 +440,8 @@ class _AsyncRescue:
                 if stream is not None:
                     walker.rescued(call, sub, self.result, "continued")
                     return cast("AsyncIterable[bytes]", stream.stream)
+                if not _refused_prefill(outcome):
+                    continue  # the step is failing, not refusing the prefill: don't ask it again
             sub = walker.regeneration_call(call, step)
             outcome = await self._next(sub)
             stream = _sdk.response_of(outcome.result) if outcome.ok else None
