@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
@@ -346,10 +346,42 @@ class AsyncFallback:
         return walker.from_function(call, produced, shape, declined)
 
 
+#: What :func:`_rescue` asks its driver: ``("send", sub_call)`` is answered with the Outcome,
+#: ``("join", stream)`` with the regenerated stream joined where the caller is (or None).
+RescueMove = tuple[str, Any]
+
+
+def _rescue(
+    walker: Walker, call: Call, later: list[FallbackStep], partial: str, result: Any
+) -> Generator[RescueMove, Any, Any]:
+    """The rescue of a chat stream that broke after its first token, decided once for both
+    drivers: on each later live step (each tried once per stream), continue from a prefill where
+    the step accepts one, else ask again and splice the new answer in where the caller is.
+    Returns the bytes that finish the answer, or None when no step could."""
+    interrupted(call)
+    while later:
+        step = later.pop(0)
+        sub = walker.continuation_call(call, step, partial)
+        if sub is not None:
+            outcome: Outcome = yield ("send", sub)
+            stream = _sdk.response_of(outcome.result) if outcome.ok else None
+            if stream is not None:
+                walker.rescued(call, sub, result, "continued")
+                return stream.stream
+            if not _refused_prefill(outcome):
+                continue  # the step is failing, not refusing the prefill: don't ask it again
+        sub = walker.regeneration_call(call, step)
+        outcome = yield ("send", sub)
+        stream = _sdk.response_of(outcome.result) if outcome.ok else None
+        joined = (yield ("join", stream.stream)) if stream is not None else None
+        if joined is not None:
+            walker.rescued(call, sub, result, "spliced")
+            return joined
+    return None
+
+
 class _SyncRescue:
-    """Finishes a chat stream that broke after its first token (threads): on each later live step,
-    continue from a prefill where the step accepts one, else ask again and splice the new answer
-    in where the caller is. Each step is tried once per stream."""
+    """Drives :func:`_rescue` for a stream read in a thread."""
 
     __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
@@ -365,27 +397,14 @@ class _SyncRescue:
         return StreamHooks(rescue_sync=self)
 
     def __call__(self, partial: str) -> Iterable[bytes] | None:
-        walker, call = self._walker, self._call
-        interrupted(call)
-        while self._later:
-            step = self._later.pop(0)
-            sub = walker.continuation_call(call, step, partial)
-            if sub is not None:
-                outcome: Outcome = self._next(sub)
-                stream = _sdk.response_of(outcome.result) if outcome.ok else None
-                if stream is not None:
-                    walker.rescued(call, sub, self.result, "continued")
-                    return cast("Iterable[bytes]", stream.stream)
-                if not _refused_prefill(outcome):
-                    continue  # the step is failing, not refusing the prefill: don't ask it again
-            sub = walker.regeneration_call(call, step)
-            outcome = self._next(sub)
-            stream = _sdk.response_of(outcome.result) if outcome.ok else None
-            joined = _join(cast("Iterable[bytes]", stream.stream), partial) if stream is not None else None
-            if joined is not None:
-                walker.rescued(call, sub, self.result, "spliced")
-                return joined
-        return None
+        moves = _rescue(self._walker, self._call, self._later, partial, self.result)
+        reply: Any = None
+        while True:
+            try:
+                kind, arg = moves.send(reply)
+            except StopIteration as done:
+                return cast("Iterable[bytes] | None", done.value)
+            reply = self._next(arg) if kind == "send" else _join(arg, partial)
 
 
 def _join(chunks: Iterable[bytes], partial: str) -> Iterable[bytes] | None:
@@ -412,7 +431,7 @@ def _join(chunks: Iterable[bytes], partial: str) -> Iterable[bytes] | None:
 
 
 class _AsyncRescue:
-    """The asyncio twin of :class:`_SyncRescue`."""
+    """Drives :func:`_rescue` for a stream read in an asyncio task."""
 
     __slots__ = ("_call", "_later", "_next", "_walker", "result")
 
@@ -429,27 +448,14 @@ class _AsyncRescue:
         return StreamHooks(rescue_async=self)
 
     async def __call__(self, partial: str) -> AsyncIterable[bytes] | None:
-        walker, call = self._walker, self._call
-        interrupted(call)
-        while self._later:
-            step = self._later.pop(0)
-            sub = walker.continuation_call(call, step, partial)
-            if sub is not None:
-                outcome: Outcome = await self._next(sub)
-                stream = _sdk.response_of(outcome.result) if outcome.ok else None
-                if stream is not None:
-                    walker.rescued(call, sub, self.result, "continued")
-                    return cast("AsyncIterable[bytes]", stream.stream)
-                if not _refused_prefill(outcome):
-                    continue  # the step is failing, not refusing the prefill: don't ask it again
-            sub = walker.regeneration_call(call, step)
-            outcome = await self._next(sub)
-            stream = _sdk.response_of(outcome.result) if outcome.ok else None
-            joined = await _ajoin(cast("AsyncIterable[bytes]", stream.stream), partial) if stream else None
-            if joined is not None:
-                walker.rescued(call, sub, self.result, "spliced")
-                return joined
-        return None
+        moves = _rescue(self._walker, self._call, self._later, partial, self.result)
+        reply: Any = None
+        while True:
+            try:
+                kind, arg = moves.send(reply)
+            except StopIteration as done:
+                return cast("AsyncIterable[bytes] | None", done.value)
+            reply = await self._next(arg) if kind == "send" else await _ajoin(arg, partial)
 
 
 async def _ajoin(chunks: AsyncIterable[bytes], partial: str) -> AsyncIterable[bytes] | None:
