@@ -62,18 +62,23 @@ class Provenance:
         return sum(1 for a in self.attempts if a.target == self.target) > 1
 
 
-_by_id: dict[int, tuple[Provenance, weakref.ref[Any]]] = {}
+class _Held(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to an object that carries a provenance, knowing its own key."""
+
+    __slots__ = ("key", "record")
+    key: int
+    record: Provenance
+
+
+_by_id: dict[int, _Held] = {}
 _lock = threading.Lock()
 
 
-def _forgetter(key: int) -> Any:
-    def forget(ref: weakref.ref[Any]) -> None:
-        with _lock:
-            entry = _by_id.get(key)
-            if entry is not None and entry[1] is ref:
-                del _by_id[key]
-
-    return forget
+def _forget(ref: _Held) -> None:
+    """The object behind ``ref`` is gone: drop its entry (unless a newer one took the key)."""
+    with _lock:
+        if _by_id.get(ref.key) is ref:
+            del _by_id[ref.key]
 
 
 def attach(obj: Any, record: Provenance) -> None:
@@ -81,16 +86,17 @@ def attach(obj: Any, record: Provenance) -> None:
 
     Objects that cannot be weakly referenced (built-in exceptions) carry it as an attribute.
     """
-    key = id(obj)
     try:
-        ref = weakref.ref(obj, _forgetter(key))
+        ref = _Held(obj, _forget)
     except TypeError:
         # Objects of builtin types (str, bytes) can carry nothing: they go without.
         with contextlib.suppress(AttributeError, TypeError):
             obj.__resilient_provenance__ = record
         return
+    ref.key = key = id(obj)
+    ref.record = record
     with _lock:
-        _by_id[key] = (record, ref)
+        _by_id[key] = ref
 
 
 def provenance(obj: object) -> Provenance | None:
@@ -98,8 +104,8 @@ def provenance(obj: object) -> Provenance | None:
 
     None for objects that did not come out of a resilient client.
     """
-    entry = _by_id.get(id(obj))
-    if entry is not None and entry[1]() is obj:
-        return entry[0]
+    held = _by_id.get(id(obj))
+    if held is not None and held() is obj:
+        return held.record
     found: Provenance | None = getattr(obj, "__resilient_provenance__", None)
     return found

@@ -1,4 +1,5 @@
-"""The middleware chain: each layer is ``(call, next) -> result``; first listed is outermost.
+"""The middleware chain: each layer is made around the handler below it and called as
+``layer(call) -> result``; first listed is outermost.
 
 The order is :data:`ORDER`, one tuple for both flavours, pinned by a test::
 
@@ -73,11 +74,13 @@ def operation_of(url: str) -> str:
     return name
 
 
-def _fold(layers: list[Any], terminal: Callable[[Call], Any]) -> Callable[[Call], Any]:
-    """Fold ``layers`` around ``terminal``, the first one outermost. Built once, then frozen."""
+def _fold(makers: list[Callable[[Any], Any]], terminal: Callable[[Call], Any]) -> Callable[[Call], Any]:
+    """Make each layer around the handler below it, the first one outermost. Built once, then
+    frozen: each layer holds the next handler as a bound method, so passing a call down costs
+    one call, not a partial's argument merging."""
     handler = terminal
-    for layer in reversed(layers):
-        handler = partial(layer, next=handler)
+    for make in reversed(makers):
+        handler = make(handler).__call__
     return handler
 
 
@@ -109,22 +112,23 @@ class Chain:
         delivery = Delivery(policy, clock=clock, bus=bus, shared=runtime.shared_cache)
         walker = Walker(
             policy.fallback, policy.validation, functions=runtime.functions, delivery=delivery,
-            targets=Targets(policy, runtime, breakers, is_async=is_async),
+            targets=Targets(policy, runtime, breakers, budgets, is_async=is_async),
         )  # fmt: skip
         forced = policy.fallback.forced_failures
         pick = 1 if is_async else 0
-        made: Mapping[str, Any] = {
-            "validate": (SyncValidate, AsyncValidate)[pick]() if policy.validation.enabled else None,
-            "fallback": (SyncFallback, AsyncFallback)[pick](walker),
-            "retry": (SyncRetry, AsyncRetry)[pick](clock, bus, budgets),
-            "breaker": (SyncBreakerGate, AsyncBreakerGate)[pick](clock, breakers.quota),
-            "attempt": (SyncAttempt, AsyncAttempt)[pick](clock, bus),
-            "chaos": (SyncChaos, AsyncChaos)[pick](forced) if forced else None,
+        # Each maker takes the handler below it; None: the layer is off.
+        made: Mapping[str, Callable[[Any], Any] | None] = {
+            "validate": (SyncValidate, AsyncValidate)[pick] if policy.validation.enabled else None,
+            "fallback": partial((SyncFallback, AsyncFallback)[pick], walker=walker),
+            "retry": partial((SyncRetry, AsyncRetry)[pick], clock=clock, bus=bus),
+            "breaker": partial((SyncBreakerGate, AsyncBreakerGate)[pick], clock=clock, quota=breakers.quota),
+            "attempt": partial((SyncAttempt, AsyncAttempt)[pick], clock=clock, bus=bus),
+            "chaos": partial((SyncChaos, AsyncChaos)[pick], forced=forced) if forced else None,
         }
-        layers = [made[name] for name in ORDER if made[name] is not None]
+        makers = [maker for name in ORDER if (maker := made[name]) is not None]
         terminal = (SyncTerminal, AsyncTerminal)[pick](clock)
         return cls(
-            _fold(layers, terminal), breakers, budgets, delivery.cache, delivery.shared, policy, runtime
+            _fold(makers, terminal), breakers, budgets, delivery.cache, delivery.shared, policy, runtime
         )
 
     def call(self, client: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:

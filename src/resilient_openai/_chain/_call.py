@@ -12,6 +12,7 @@ from .._provenance import AttemptRecord, Source
 
 if TYPE_CHECKING:
     from .._breaker import AnyBreaker
+    from .._budget import TargetBudget
     from .._policy import RetryPolicy, Timeouts
     from .._sdk import Options
     from ._stream import StreamHooks, StreamWatch
@@ -28,7 +29,7 @@ class LiveTarget:
 
     ``send(cast_to, options, stream=..., stream_cls=...)`` is the SDK's own ``request`` with the
     SDK's retries off; ``name`` is the breaker's name; ``label`` is ``"primary"``, or the
-    :class:`~resilient_openai.Target`'s name.
+    :class:`~resilient_openai.Target`'s name; ``budget`` is the target's retry budget (None: off).
     """
 
     name: str
@@ -39,6 +40,7 @@ class LiveTarget:
     retry: RetryPolicy
     timeouts: Timeouts
     breaker: AnyBreaker | None
+    budget: TargetBudget | None
     model: str | None
     accepts_prefill: bool = False
 

@@ -15,6 +15,7 @@ import openai
 
 from .. import _sdk
 from .._breaker import BreakerRegistry, default_key
+from .._budget import BudgetRegistry
 from .._provenance import Source
 from ._call import LiveTarget
 
@@ -28,14 +29,23 @@ __all__ = ["Targets"]
 class Targets:
     """The live targets of one resilient client (and all its copies)."""
 
-    __slots__ = ("_breaker_key", "_breakers", "_clients", "_is_async", "_lock", "_policy", "_runtime")
+    __slots__ = (
+        "_breaker_key", "_breakers", "_budgets", "_clients", "_is_async", "_lock", "_policy", "_runtime",
+    )  # fmt: skip
 
     def __init__(
-        self, policy: Policy, runtime: Runtime, breakers: BreakerRegistry, *, is_async: bool
+        self,
+        policy: Policy,
+        runtime: Runtime,
+        breakers: BreakerRegistry,
+        budgets: BudgetRegistry,
+        *,
+        is_async: bool,
     ) -> None:
         self._policy = policy
         self._runtime = runtime
         self._breakers = breakers
+        self._budgets = budgets
         self._breaker_key = runtime.breaker_key or default_key
         self._is_async = is_async
         self._clients: dict[str, Any] = {}
@@ -50,15 +60,17 @@ class Targets:
             client = self._client(step.target)
             model = target.model or requested_model
             name = self._breaker_key(str(client.base_url), model)
+            retry = target.retry or policy.retry
             return LiveTarget(
                 name=name,
                 label=target.name,
                 source=Source.FALLBACK_CLIENT,
                 send=client.request,
                 client=client,
-                retry=target.retry or policy.retry,
+                retry=retry,
                 timeouts=policy.timeouts,
                 breaker=self._breaker(name, target.breaker),
+                budget=self._budgets.get(name, retry.budget),
                 model=model,
                 accepts_prefill=target.accepts_prefill,
             )
@@ -93,6 +105,7 @@ class Targets:
                 retry=self._policy.retry,
                 timeouts=self._policy.timeouts,
                 breaker=self._breaker(name, None),
+                budget=self._budgets.get(name, self._policy.retry.budget),
                 model=None if primary else model,
             )
             if len(known) < self._policy.breaker.max_breakers:  # no more than there are breakers

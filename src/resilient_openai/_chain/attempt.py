@@ -72,13 +72,15 @@ def _encoded(response: httpx2.Response) -> bool:
 class SyncAttempt:
     """Per-attempt limits and stream priming (threads)."""
 
-    __slots__ = ("_bus", "_clock")
+    __slots__ = ("_bus", "_clock", "_next")
 
-    def __init__(self, clock: Clock, bus: EventBus) -> None:
+    def __init__(self, next: Handler, clock: Clock, bus: EventBus) -> None:
+        self._next = next
         self._clock = clock
         self._bus = bus
 
-    def __call__(self, call: Call, next: Handler) -> Outcome:
+    def __call__(self, call: Call) -> Outcome:
+        next = self._next
         _prepare(call)
         outcome: Outcome = next(call)
         if not call.stream or not outcome.ok:
@@ -99,13 +101,15 @@ class SyncAttempt:
 class AsyncAttempt:
     """Per-attempt limits and stream priming (asyncio tasks)."""
 
-    __slots__ = ("_bus", "_clock")
+    __slots__ = ("_bus", "_clock", "_next")
 
-    def __init__(self, clock: Clock, bus: EventBus) -> None:
+    def __init__(self, next: AsyncHandler, clock: Clock, bus: EventBus) -> None:
+        self._next = next
         self._clock = clock
         self._bus = bus
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+    async def __call__(self, call: Call) -> Outcome:
+        next = self._next
         _prepare(call)
         outcome: Outcome = await next(call)
         if not call.stream or not outcome.ok:

@@ -69,13 +69,15 @@ class SyncBreakerGate:
     """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
     (threads)."""
 
-    __slots__ = ("_clock", "_quota")
+    __slots__ = ("_clock", "_next", "_quota")
 
-    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
+    def __init__(self, next: Handler, clock: Clock, quota: QuotaLedger) -> None:
+        self._next = next
         self._clock = clock
         self._quota = quota
 
-    def __call__(self, call: Call, next: Handler) -> Outcome:
+    def __call__(self, call: Call) -> Outcome:
+        next = self._next
         target = call.target
         breaker = target.breaker if target is not None else None
         if breaker is None:
@@ -106,13 +108,15 @@ class AsyncBreakerGate:
     """Admits or rejects each attempt through the target's circuit breaker and the quota ledger
     (asyncio tasks)."""
 
-    __slots__ = ("_clock", "_quota")
+    __slots__ = ("_clock", "_next", "_quota")
 
-    def __init__(self, clock: Clock, quota: QuotaLedger) -> None:
+    def __init__(self, next: AsyncHandler, clock: Clock, quota: QuotaLedger) -> None:
+        self._next = next
         self._clock = clock
         self._quota = quota
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+    async def __call__(self, call: Call) -> Outcome:
+        next = self._next
         target = call.target
         breaker = target.breaker if target is not None else None
         if breaker is None:

@@ -62,9 +62,14 @@ class _Forced:
 class SyncChaos(_Forced):
     """Fails the call's target or model on purpose, as configured (threads)."""
 
-    __slots__ = ()
+    __slots__ = ("_next",)
 
-    def __call__(self, call: Call, next: Handler) -> Outcome:
+    def __init__(self, next: Handler, forced: Mapping[str, Verdict]) -> None:
+        super().__init__(forced)
+        self._next = next
+
+    def __call__(self, call: Call) -> Outcome:
+        next = self._next
         forced = self.outcome(call)
         if forced is not None:
             return forced
@@ -75,9 +80,14 @@ class SyncChaos(_Forced):
 class AsyncChaos(_Forced):
     """Fails the call's target or model on purpose, as configured (asyncio tasks)."""
 
-    __slots__ = ()
+    __slots__ = ("_next",)
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+    def __init__(self, next: AsyncHandler, forced: Mapping[str, Verdict]) -> None:
+        super().__init__(forced)
+        self._next = next
+
+    async def __call__(self, call: Call) -> Outcome:
+        next = self._next
         forced = self.outcome(call)
         if forced is not None:
             return forced

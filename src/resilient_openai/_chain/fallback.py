@@ -213,12 +213,14 @@ def _telling(previous: Outcome | None, latest: Outcome) -> Outcome:
 class SyncFallback:
     """Drives the fallback walk (threads)."""
 
-    __slots__ = ("_walker",)
+    __slots__ = ("_next", "_walker")
 
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, next: Handler, walker: Walker) -> None:
+        self._next = next
         self._walker = walker
 
-    def __call__(self, call: Call, next: Handler) -> Any:
+    def __call__(self, call: Call) -> Any:
+        next = self._next
         walker = self._walker
         delivery = walker.delivery
         key, moves, shape = walker.start(call)
@@ -281,12 +283,14 @@ class SyncFallback:
 class AsyncFallback:
     """Drives the fallback walk (asyncio tasks)."""
 
-    __slots__ = ("_walker",)
+    __slots__ = ("_next", "_walker")
 
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, next: AsyncHandler, walker: Walker) -> None:
+        self._next = next
         self._walker = walker
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
+    async def __call__(self, call: Call) -> Any:
+        next = self._next
         walker = self._walker
         delivery = walker.delivery
         key, moves, shape = walker.start(call)

@@ -14,12 +14,11 @@ import random
 from collections.abc import Callable
 
 from .._backoff import decide_open_circuit_wait, decide_retry
-from .._budget import BudgetRegistry, TargetBudget
 from .._classify import Classification, Verdict
 from .._clock import Clock
 from .._errors import DeadlineExceededError
 from ..observe.events import AttemptFailed, EventBus, RetryBudgetExhausted, RetryScheduled
-from ._call import AsyncHandler, Call, Handler, LiveTarget, Outcome
+from ._call import AsyncHandler, Call, Handler, Outcome
 
 __all__ = ["AsyncRetry", "SyncRetry"]
 
@@ -32,19 +31,12 @@ _DEADLINE = Classification(Verdict.TIMEOUT)
 class _Judge:
     """What both shells share: the deadline check and the decision after each attempt."""
 
-    __slots__ = ("_budgets", "_bus", "_clock", "_rand")
+    __slots__ = ("_bus", "_clock", "_rand")
 
-    def __init__(
-        self, clock: Clock, bus: EventBus, budgets: BudgetRegistry, rand: Callable[[], float]
-    ) -> None:
+    def __init__(self, clock: Clock, bus: EventBus, rand: Callable[[], float]) -> None:
         self._clock = clock
         self._bus = bus
-        self._budgets = budgets
         self._rand = rand
-
-    def _budget_of(self, target: LiveTarget) -> TargetBudget | None:
-        """The retry budget of ``target`` (None when its retry policy turns the budget off)."""
-        return self._budgets.get(target.name, target.retry.budget)
 
     def refused(self, call: Call) -> Outcome | None:
         """An attempt refused because the call's deadline has passed (None: go ahead).
@@ -75,7 +67,7 @@ class _Judge:
         assert target is not None
         if call.attempt == 1 and judged.verdict is not Verdict.CIRCUIT_OPEN:
             # A first attempt that reached the target (an open circuit's rejection sent nothing).
-            budget = self._budget_of(target)
+            budget = target.budget
             if budget is not None:
                 budget.deposit()
         if outcome.ok:
@@ -92,7 +84,7 @@ class _Judge:
             if breaker is not None and breaker.state in _SHUT:
                 # This failure (or a racing one) opened the circuit: waiting would only buy a rejection.
                 delay = None
-            elif (budget := self._budget_of(target)) is not None and not budget.withdraw():
+            elif (budget := target.budget) is not None and not budget.withdraw():
                 # Asked last, so only a retry that is really made is taken from the budget.
                 delay, over_budget = None, True
         elif not waited_open:
@@ -126,19 +118,21 @@ class _Judge:
 class SyncRetry:
     """Retries one target in a thread, sleeping on the injected clock."""
 
-    __slots__ = ("_clock", "_judge")
+    __slots__ = ("_clock", "_judge", "_next")
 
     def __init__(
         self,
+        next: Handler,
         clock: Clock,
         bus: EventBus,
-        budgets: BudgetRegistry,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        self._next = next
         self._clock = clock
-        self._judge = _Judge(clock, bus, budgets, rand)
+        self._judge = _Judge(clock, bus, rand)
 
-    def __call__(self, call: Call, next: Handler) -> Outcome:
+    def __call__(self, call: Call) -> Outcome:
+        next = self._next
         clock, judge = self._clock, self._judge
         call.attempt = 0
         waited_open = False
@@ -158,19 +152,21 @@ class SyncRetry:
 class AsyncRetry:
     """Retries one target in a task, sleeping on the injected clock. Cancellation is never retried."""
 
-    __slots__ = ("_clock", "_judge")
+    __slots__ = ("_clock", "_judge", "_next")
 
     def __init__(
         self,
+        next: AsyncHandler,
         clock: Clock,
         bus: EventBus,
-        budgets: BudgetRegistry,
         rand: Callable[[], float] = random.random,
     ) -> None:
+        self._next = next
         self._clock = clock
-        self._judge = _Judge(clock, bus, budgets, rand)
+        self._judge = _Judge(clock, bus, rand)
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Outcome:
+    async def __call__(self, call: Call) -> Outcome:
+        next = self._next
         clock, judge = self._clock, self._judge
         call.attempt = 0
         waited_open = False

@@ -28,9 +28,13 @@ def _check(call: Call) -> None:
 class SyncValidate:
     """Checks each request before the chain spends anything on it (threads)."""
 
-    __slots__ = ()
+    __slots__ = ("_next",)
 
-    def __call__(self, call: Call, next: Handler) -> Any:
+    def __init__(self, next: Handler) -> None:
+        self._next = next
+
+    def __call__(self, call: Call) -> Any:
+        next = self._next
         _check(call)
         return next(call)
 
@@ -38,8 +42,12 @@ class SyncValidate:
 class AsyncValidate:
     """Checks each request before the chain spends anything on it (asyncio tasks)."""
 
-    __slots__ = ()
+    __slots__ = ("_next",)
 
-    async def __call__(self, call: Call, next: AsyncHandler) -> Any:
+    def __init__(self, next: AsyncHandler) -> None:
+        self._next = next
+
+    async def __call__(self, call: Call) -> Any:
+        next = self._next
         _check(call)
         return await next(call)
