@@ -37,7 +37,7 @@ from .chaos import AsyncChaos, SyncChaos
 from .fallback import AsyncFallback, SyncFallback, Walker
 from .retry import AsyncRetry, SyncRetry
 from .terminal import AsyncTerminal, SyncTerminal
-from .validate import AsyncValidate, SyncValidate
+from .validate import Validate
 
 if TYPE_CHECKING:
     from .._fallback.cache import ResponseCache
@@ -118,7 +118,7 @@ class Chain:
         pick = 1 if is_async else 0
         # Each maker takes the handler below it; None: the layer is off.
         made: Mapping[str, Callable[[Any], Any] | None] = {
-            "validate": (SyncValidate, AsyncValidate)[pick] if policy.validation.enabled else None,
+            "validate": Validate if policy.validation.enabled else None,
             "fallback": partial((SyncFallback, AsyncFallback)[pick], walker=walker),
             "retry": partial((SyncRetry, AsyncRetry)[pick], clock=clock, bus=bus),
             "breaker": partial((SyncBreakerGate, AsyncBreakerGate)[pick], clock=clock, quota=breakers.quota),

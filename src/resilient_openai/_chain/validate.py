@@ -10,9 +10,9 @@ from typing import Any
 
 from .._errors import RequestRejectedError
 from .._validate import check_request
-from ._call import AsyncHandler, Call, Handler
+from ._call import Call, Handler
 
-__all__ = ["AsyncValidate", "SyncValidate"]
+__all__ = ["Validate"]
 
 
 def _check(call: Call) -> None:
@@ -25,8 +25,13 @@ def _check(call: Call) -> None:
         raise RequestRejectedError(message, rule=rule, operation=call.operation, model=call.requested_model)
 
 
-class SyncValidate:
-    """Checks each request before the chain spends anything on it (threads)."""
+class Validate:
+    """Checks each request before the chain spends anything on it.
+
+    The same layer serves both flavours: it raises before anything is sent, or hands the call
+    down and returns what the layer below returns (for an asyncio chain, its coroutine,
+    awaited by the caller: this layer costs no coroutine of its own).
+    """
 
     __slots__ = ("_next",)
 
@@ -34,20 +39,5 @@ class SyncValidate:
         self._next = next
 
     def __call__(self, call: Call) -> Any:
-        next = self._next
         _check(call)
-        return next(call)
-
-
-class AsyncValidate:
-    """Checks each request before the chain spends anything on it (asyncio tasks)."""
-
-    __slots__ = ("_next",)
-
-    def __init__(self, next: AsyncHandler) -> None:
-        self._next = next
-
-    async def __call__(self, call: Call) -> Any:
-        next = self._next
-        _check(call)
-        return await next(call)
+        return self._next(call)
