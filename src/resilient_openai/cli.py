@@ -220,7 +220,7 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
             bars = [(start, stop - start) for start, stop, s in spans if s == state]
             if bars:
                 states_ax.broken_barh(bars, (row - 0.35, 0.7), facecolors=color)
-    states_ax.set_yticks(range(len(timeline)), [result.breaker_label(name) for name, _ in timeline])
+    states_ax.set_yticks(range(len(timeline)), [label for label, _ in timeline])
     states_ax.set_ylim(max(len(timeline), 1) - 0.4, -0.6)
     states_ax.set_ylabel("breaker")
     patches = [Patch(color=color, label=state) for state, color in STATE_COLORS.items() if state in seen]
