@@ -59,6 +59,7 @@ __all__ = [
     "percentile",
     "phase_at",
     "phase_faults",
+    "warm_up",
 ]
 
 #: The phases a scenario may name, each a way the fake upstream behaves (see :func:`phase_faults`).
@@ -273,6 +274,8 @@ class DemoResult:
     workers: tuple[WorkerStatus, ...] = ()
     #: A workers run: where its breakers live (shared on Redis, or each worker's own, and why).
     sharing: str = ""
+    #: A workers run whose workers share their breakers on Redis.
+    shared: bool = False
 
     @property
     def phase(self) -> Phase:
@@ -391,6 +394,17 @@ class Stage:
             Arrival(r.at - origin, r.model, int(w) if (w := r.headers.get(WORKER_HEADER)) else None)
             for r in self.upstream.requests
         )
+
+
+def warm_up(base_url: str, policy: Policy) -> None:
+    """One call to ``base_url`` (model ``warm-up``) through a throwaway client of ``policy``.
+
+    Made before a run's clock starts, so the SDK's and the chain's lazy imports and the first
+    connection do not make the run's first calls look slow. Shares no state (``shared`` is off).
+    """
+    local = policy.model_copy(update={"shared": None})
+    with resilient(openai.OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key"), local) as client:
+        client.chat.completions.create(model="warm-up", messages=[{"role": "user", "content": "hi"}])
 
 
 class Caller:
