@@ -6,7 +6,8 @@ rate through one resilient client, from threads or asyncio tasks driven by the s
 driver, :mod:`resilient_openai.testing._load`). The workers mode
 (:mod:`resilient_openai._demo_workers`) plays one stage to a caller in each worker process. A
 :class:`DemoResult` is the run so far (for a live view) or finished: every call as a
-:class:`CallRecord`, every breaker transition, and a :class:`PhaseSummary` per phase.
+:class:`CallRecord`, every breaker transition, and a :class:`PhaseSummary` per phase (those
+records live in :mod:`resilient_openai._demo_result`, and are exported from here too).
 
 Nothing here draws or prints, and nothing needs typer, rich or matplotlib: the CLI renders what
 this produces, and tests run it headless.
@@ -19,17 +20,28 @@ import math
 import random
 import threading
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 import openai
 
-from ._breaker import default_key
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK
+from ._demo_result import (
+    DEMO_MODEL,
+    FAILING_PHASES,
+    Arrival,
+    BreakerChange,
+    CallRecord,
+    DemoResult,
+    Phase,
+    PhaseSummary,
+    WorkerStatus,
+    breaker_timeline,
+    phase_at,
+)
 from ._fallback.plan import route_for
 from ._health import health
 from ._policy import Policy
@@ -51,6 +63,8 @@ __all__ = [
     "DemoConfig",
     "DemoResult",
     "DemoRun",
+    "Phase",
+    "PhaseSummary",
     "Stage",
     "WorkerStatus",
     "breaker_timeline",
@@ -65,10 +79,7 @@ __all__ = [
 #: The phases a scenario may name, each a way the fake upstream behaves (see :func:`phase_faults`).
 PHASE_KINDS: Final = ("healthy", "storm", "slow", "recovery")
 DEFAULT_SCENARIO: Final = "healthy:5,storm:8,slow:4,recovery:6"
-DEMO_MODEL: Final = "gpt-demo"
 DEMO_FALLBACK_MODEL: Final = "gpt-demo-mini"
-#: The phases in which the primary model fails (answers 503, or too late).
-FAILING_PHASES: Final = ("storm", "slow")
 #: The header a worker process's client sends, so the one upstream counts requests per worker.
 WORKER_HEADER: Final = "x-demo-worker"
 
@@ -88,15 +99,6 @@ TICK: Final = 0.05
 _MAX_BUG_REPORTS: Final = 5
 
 _ClientT = TypeVar("_ClientT", openai.OpenAI, openai.AsyncOpenAI)
-
-
-@dataclass(frozen=True, slots=True)
-class Phase:
-    """One stretch of the scenario: what the upstream does (``name``), from ``start`` to ``end`` s."""
-
-    name: str
-    start: float
-    end: float
 
 
 def parse_scenario(text: str, *, total: float | None = None) -> tuple[Phase, ...]:
@@ -125,17 +127,6 @@ def parse_scenario(text: str, *, total: float | None = None) -> tuple[Phase, ...
         raise ValueError("the scenario names no phase; e.g. " + DEFAULT_SCENARIO)
     scale = 1.0 if total is None else total / phases[-1].end
     return tuple(Phase(p.name, p.start * scale, p.end * scale) for p in phases)
-
-
-def phase_at(phases: Sequence[Phase], elapsed: float) -> tuple[int, float]:
-    """The index of the phase running ``elapsed`` s into the run, and how far into it (0..1).
-
-    Past the end it stays in the last phase (calls still in flight finish there).
-    """
-    for index, phase in enumerate(phases):
-        if elapsed < phase.end:
-            return index, max(elapsed - phase.start, 0.0) / (phase.end - phase.start)
-    return len(phases) - 1, 1.0
 
 
 def phase_faults(kind: str, fraction: float, *, slow_delay: float, rng: random.Random) -> tuple[Fault, Fault]:
@@ -177,169 +168,6 @@ def demo_policy(model: str, fallback_model: str, *, break_duration: float = 3.0)
         ]}}},
         "cache": {"ttl": 600.0},
     })  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One call of the demo: when it started (s after the run's start), in which phase, how it ended.
-
-    ``source`` is the provenance's source (``"upstream"``, ``"cache"``...) or None on an error;
-    ``error`` the exception's class name; ``bug`` is True for an exception that is not an
-    ``openai.OpenAIError`` (or an answer with no provenance): the library broke its contract.
-    ``worker`` is the worker process that made the call (None in a one-process run).
-    """
-
-    start: float
-    latency: float
-    phase: int
-    source: str | None
-    error: str | None
-    bug: bool
-    worker: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerChange:
-    """A breaker changed state ``at`` s after the run's start, as ``worker`` saw it (None: one process)."""
-
-    at: float
-    breaker: str
-    new: str
-    worker: int | None = None
-
-
-class Arrival(NamedTuple):
-    """One request the upstream received: when (s after the run's start), for which model, from whom."""
-
-    at: float
-    model: str | None
-    worker: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """A worker process of a workers run, as its latest report tells: pid, breakers, calls in flight."""
-
-    index: int
-    pid: int
-    #: ``health(client)["breakers"]`` of the worker's client, sorted by name.
-    breakers: tuple[Mapping[str, Any], ...]
-    in_flight: int
-    #: The worker has made its last call and reported it.
-    done: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PhaseSummary:
-    """The calls that started in one phase (or the whole run) and the upstream requests it saw."""
-
-    phase: Phase
-    calls: int
-    by_source: Counter[str]
-    errors: int
-    p50: float | None
-    p99: float | None
-    upstream_requests: int
-    #: Upstream requests that asked for the primary model.
-    to_primary: int
-
-    @classmethod
-    def of(cls, phase: Phase, records: Sequence[CallRecord], models: Sequence[str | None]) -> PhaseSummary:
-        """Sum up ``records`` and the ``models`` of the upstream requests of ``phase``."""
-        latencies = [r.latency for r in records]
-        return cls(
-            phase, len(records), Counter(r.source for r in records if r.source is not None),
-            sum(1 for r in records if r.error is not None), percentile(latencies, 50),
-            percentile(latencies, 99), len(models), models.count(DEMO_MODEL),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class DemoResult:
-    """A run as it stands (a live view's snapshot) or finished: its calls, requests and breakers."""
-
-    phases: tuple[Phase, ...]
-    base_url: str
-    elapsed: float
-    in_flight: int
-    records: tuple[CallRecord, ...]
-    #: Every request the upstream received.
-    arrivals: tuple[Arrival, ...]
-    breaker_changes: tuple[BreakerChange, ...]
-    #: ``health(client)["breakers"]``, sorted by name: one dict per breaker (name, state...).
-    breakers: tuple[Mapping[str, Any], ...]
-    #: Tracebacks of the first few unexpected exceptions.
-    bug_reports: tuple[str, ...]
-    #: A workers run's processes, by index (empty in a one-process run).
-    workers: tuple[WorkerStatus, ...] = ()
-    #: A workers run: where its breakers live (shared on Redis, or each worker's own, and why).
-    sharing: str = ""
-    #: A workers run whose workers share their breakers on Redis.
-    shared: bool = False
-
-    @property
-    def phase(self) -> Phase:
-        """The phase playing at ``elapsed``."""
-        return self.phases[phase_at(self.phases, self.elapsed)[0]]
-
-    @property
-    def summaries(self) -> tuple[PhaseSummary, ...]:
-        """One summary per phase: calls by the phase they started in, requests by arrival."""
-        models: list[list[str | None]] = [[] for _ in self.phases]
-        for arrival in self.arrivals:
-            models[phase_at(self.phases, arrival.at)[0]].append(arrival.model)
-        return tuple(
-            PhaseSummary.of(phase, [r for r in self.records if r.phase == i], models[i])
-            for i, phase in enumerate(self.phases)
-        )
-
-    @property
-    def total(self) -> PhaseSummary:
-        """The whole run summed up, as a phase named ``total``."""
-        return PhaseSummary.of(
-            Phase("total", 0.0, self.duration), self.records, [arrival.model for arrival in self.arrivals]
-        )
-
-    @property
-    def duration(self) -> float:
-        """Seconds from the start to the last call's end."""
-        return max((r.start + r.latency for r in self.records), default=0.0)
-
-    @property
-    def upstream_requests(self) -> int:
-        """Requests the fake upstream received."""
-        return len(self.arrivals)
-
-    @property
-    def bugs(self) -> int:
-        """How many calls ended in something other than an answer or an ``openai.OpenAIError``."""
-        return sum(1 for record in self.records if record.bug)
-
-    @property
-    def ok(self) -> bool:
-        """True when every call ended with an answer or a documented error."""
-        return self.bugs == 0
-
-    def by_source(self) -> Counter[str]:
-        """Answers per source over the whole run."""
-        return self.total.by_source
-
-    def errors(self) -> Counter[str]:
-        """Errors per exception class over the whole run."""
-        return Counter(record.error for record in self.records if record.error is not None)
-
-    def outage_requests(self) -> Counter[int | None]:
-        """Requests to the primary model while it was failing (:data:`FAILING_PHASES`), per worker."""
-        failing = {i for i, phase in enumerate(self.phases) if phase.name in FAILING_PHASES}
-        return Counter(
-            a.worker
-            for a in self.arrivals
-            if a.model == DEMO_MODEL and phase_at(self.phases, a.at)[0] in failing
-        )
-
-    def breaker_label(self, name: str) -> str:
-        """A breaker's name without the fake's ``host:port/path:`` (its port means nothing to a reader)."""
-        return name.removeprefix(default_key(self.base_url, None) + ":")
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,37 +417,3 @@ class DemoRun:
             breakers=tuple(self._caller.breakers()),
             bug_reports=reports,
         )
-
-
-def breaker_timeline(result: DemoResult) -> Iterator[tuple[str, list[tuple[float, float, str]]]]:
-    """Rows of breaker states as ``(start, end, state)`` spans over the run, each with its label.
-
-    One row per breaker in a one-process run; in a workers run one row per worker, its breaker of
-    :data:`DEMO_MODEL` (shared breakers' rows move together). A breaker is taken as closed from
-    the start of the run until its first recorded change.
-    """
-    end = max(result.duration, result.phases[-1].end)
-    if result.workers:
-        for worker in result.workers:
-            mine = [
-                c for c in result.breaker_changes
-                if c.worker == worker.index and result.breaker_label(c.breaker) == DEMO_MODEL
-            ]  # fmt: skip
-            yield f"worker {worker.index} (pid {worker.pid})", _spans(mine, end)
-        return
-    names = [str(b["name"]) for b in result.breakers] + [c.breaker for c in result.breaker_changes]
-    for name in dict.fromkeys(names):
-        mine = [c for c in result.breaker_changes if c.breaker == name]
-        yield result.breaker_label(name), _spans(mine, end)
-
-
-def _spans(changes: Sequence[BreakerChange], end: float) -> list[tuple[float, float, str]]:
-    """One breaker's ``changes`` (in time order) as spans from 0 to ``end``, closed at first."""
-    spans: list[tuple[float, float, str]] = []
-    state, since = "closed", 0.0
-    for change in changes:
-        if change.at > since:
-            spans.append((since, change.at, state))
-        state, since = change.new, change.at
-    spans.append((since, max(end, since), state))
-    return spans
