@@ -5,8 +5,23 @@ Run it from this directory with ``OPENAI_API_KEY`` set::
     RESILIENT_OPENAI_POLICY=resilience.toml uvicorn fastapi_app:app
 
 ``RESILIENT_OPENAI_POLICY`` names a policy file (TOML, or YAML with the ``yaml`` extra); without
-it the service uses :data:`BUILT_IN_POLICY`. The client is built once, at start-up, and shared by
-every request; log redaction is installed then too.
+it the service uses :data:`BUILT_IN_POLICY`. The client is built at start-up (in the lifespan,
+never at import), shared by every request of the process, and closed at shut-down; log
+redaction is installed then too.
+
+Several workers, one view of the upstream. With ``--workers 4`` each worker process runs the
+lifespan and builds its own client; the policy's ``[shared]`` section (``resilience.toml`` has
+one) makes them share one breaker per target and the answer cache through Redis, so an outage
+costs the fleet ``fail_max`` requests, not 4 x ``fail_max``, and a worker that never saw a
+request can still answer it from the cache::
+
+    REDIS_URL=redis://127.0.0.1:6379/0 RESILIENT_CACHE_SECRET="$(openssl rand -hex 32)" \
+    RESILIENT_OPENAI_POLICY=resilience.toml uvicorn fastapi_app:app --workers 4
+
+``REDIS_URL`` and ``RESILIENT_CACHE_SECRET`` are the variables ``[shared]`` names (``url_env``,
+``key_secret_env``; the secret must be the same in every worker). A Redis that does not answer
+is no error: each worker then keeps its own breakers until it does. Without Redis at all, leave
+``[shared]`` out of the policy. ``/health`` says which worker answered (``pid``).
 
 Routes:
 
@@ -19,7 +34,9 @@ Routes:
     before sending, or by the upstream), 503 and ``Retry-After`` (the circuit is open) or 502 (the
     upstream failed). Messages go through :func:`~resilient_openai.observe.redact.redact`.
 ``GET /health``
-    :func:`resilient_openai.health`: every breaker's state and the cache's counters. Always 200,
+    :func:`resilient_openai.health`: every breaker's state and the cache's counters, and the
+    ``pid`` of the worker process that answered (shared breakers read the same in every one;
+    a worker lists a target's breaker once it has called that target). Always 200,
     also when ``status`` is ``"degraded"``: an open breaker means the *upstream* is failing, not
     this process, which still answers through its fallbacks; a load balancer that took every
     instance out of rotation during an upstream outage would turn a degraded service into a
@@ -203,7 +220,7 @@ def create_app(
     @app.get("/health")
     async def health_route(strict: bool = False) -> JSONResponse:
         """Breakers and cache; 503 only with ``strict=true`` and a breaker not closed."""
-        snapshot = health(running().client)
+        snapshot = health(running().client) | {"pid": os.getpid()}
         degraded = snapshot["status"] != "ok"
         return JSONResponse(snapshot, status_code=503 if strict and degraded else 200)
 

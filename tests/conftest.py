@@ -4,19 +4,46 @@ same scenario through the sync and the async client shells."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
 import pytest
+import redis
 
 from resilient_openai import Policy, resilient
 from resilient_openai.testing import FakeClock, FakeUpstream
 
 API_KEY = "sk-test-0123456789abcdefTESTKEY"
 BASE_URL = "http://fake.test/v1"
+#: The Redis the tests of shared state use, each in a namespace of its own.
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared test Redis (``REDIS_URL``), or the test is skipped when it does not answer."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis answers at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A namespace of this test's own; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

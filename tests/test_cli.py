@@ -108,7 +108,7 @@ def test_breaker_timeline_spans_cover_the_run(tiny_run: DemoResult) -> None:
     for name, parts in spans.items():
         assert parts[0][0] == 0.0, name
         assert all(a[1] == b[0] for a, b in itertools.pairwise(parts)), name
-    assert "open" in {state for _, _, state in spans[_primary(tiny_run)]}
+    assert "open" in {state for _, _, state in spans[DEMO_MODEL]}
 
 
 def test_demo_counts_a_foreign_exception_as_a_bug() -> None:

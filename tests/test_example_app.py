@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,8 +160,10 @@ def test_metrics_show_our_counters_after_a_call(service: TestClient, upstream: F
 
 
 def test_health_is_ok_before_any_failure(service: TestClient) -> None:
-    """A fresh service is healthy, strict or not."""
-    assert service.get("/health").json()["status"] == "ok"
+    """A fresh service is healthy, strict or not, and says which process answered."""
+    report = service.get("/health").json()
+    assert report["status"] == "ok"
+    assert report["pid"] == os.getpid()
     assert service.get("/health", params={"strict": "true"}).status_code == 200
 
 

@@ -1,11 +1,13 @@
 """The engine behind ``resilient-openai demo``: a scripted outage under steady load, as records.
 
-:class:`DemoRun` serves the fake upstream on a loopback socket, sends chat completions at a
-steady rate through one resilient client, from threads or asyncio tasks driven by the shared
-load driver (:mod:`resilient_openai.testing._load`), and switches the fake's faults as the
-scenario's phases go by. A :class:`DemoResult` is the run so far (for a live view) or finished:
-every call as a :class:`CallRecord`, every breaker transition, and a :class:`PhaseSummary` per
-phase.
+:class:`DemoRun` plays a :class:`Stage` (the fake upstream on a loopback socket, its faults
+switched as the scenario's phases go by) to one :class:`Caller` (chat completions at a steady
+rate through one resilient client, from threads or asyncio tasks driven by the shared load
+driver, :mod:`resilient_openai.testing._load`). The workers mode
+(:mod:`resilient_openai._demo_workers`) plays one stage to a caller in each worker process. A
+:class:`DemoResult` is the run so far (for a live view) or finished: every call as a
+:class:`CallRecord`, every breaker transition, and a :class:`PhaseSummary` per phase (those
+records live in :mod:`resilient_openai._demo_result`, and are exported from here too).
 
 Nothing here draws or prints, and nothing needs typer, rich or matplotlib: the CLI renders what
 this produces, and tests run it headless.
@@ -18,16 +20,28 @@ import math
 import random
 import threading
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import openai
 
-from ._breaker import default_key
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK
+from ._demo_result import (
+    DEMO_MODEL,
+    FAILING_PHASES,
+    Arrival,
+    BreakerChange,
+    CallRecord,
+    DemoResult,
+    Phase,
+    PhaseSummary,
+    WorkerStatus,
+    breaker_timeline,
+    phase_at,
+)
 from ._fallback.plan import route_for
 from ._health import health
 from ._policy import Policy
@@ -40,22 +54,34 @@ __all__ = [
     "DEFAULT_SCENARIO",
     "DEMO_FALLBACK_MODEL",
     "DEMO_MODEL",
+    "FAILING_PHASES",
+    "WORKER_HEADER",
+    "Arrival",
+    "BreakerChange",
+    "CallRecord",
+    "Caller",
     "DemoConfig",
     "DemoResult",
     "DemoRun",
+    "Phase",
+    "PhaseSummary",
+    "Stage",
+    "WorkerStatus",
     "breaker_timeline",
     "demo_policy",
     "parse_scenario",
     "percentile",
     "phase_at",
     "phase_faults",
+    "warm_up",
 ]
 
 #: The phases a scenario may name, each a way the fake upstream behaves (see :func:`phase_faults`).
 PHASE_KINDS: Final = ("healthy", "storm", "slow", "recovery")
 DEFAULT_SCENARIO: Final = "healthy:5,storm:8,slow:4,recovery:6"
-DEMO_MODEL: Final = "gpt-demo"
 DEMO_FALLBACK_MODEL: Final = "gpt-demo-mini"
+#: The header a worker process's client sends, so the one upstream counts requests per worker.
+WORKER_HEADER: Final = "x-demo-worker"
 
 #: Questions the load cycles through: few enough that the cache has answers when the storm hits.
 DEMO_PROMPTS: Final = (
@@ -73,15 +99,6 @@ TICK: Final = 0.05
 _MAX_BUG_REPORTS: Final = 5
 
 _ClientT = TypeVar("_ClientT", openai.OpenAI, openai.AsyncOpenAI)
-
-
-@dataclass(frozen=True, slots=True)
-class Phase:
-    """One stretch of the scenario: what the upstream does (``name``), from ``start`` to ``end`` s."""
-
-    name: str
-    start: float
-    end: float
 
 
 def parse_scenario(text: str, *, total: float | None = None) -> tuple[Phase, ...]:
@@ -110,17 +127,6 @@ def parse_scenario(text: str, *, total: float | None = None) -> tuple[Phase, ...
         raise ValueError("the scenario names no phase; e.g. " + DEFAULT_SCENARIO)
     scale = 1.0 if total is None else total / phases[-1].end
     return tuple(Phase(p.name, p.start * scale, p.end * scale) for p in phases)
-
-
-def phase_at(phases: Sequence[Phase], elapsed: float) -> tuple[int, float]:
-    """The index of the phase running ``elapsed`` s into the run, and how far into it (0..1).
-
-    Past the end it stays in the last phase (calls still in flight finish there).
-    """
-    for index, phase in enumerate(phases):
-        if elapsed < phase.end:
-            return index, max(elapsed - phase.start, 0.0) / (phase.end - phase.start)
-    return len(phases) - 1, 1.0
 
 
 def phase_faults(kind: str, fraction: float, *, slow_delay: float, rng: random.Random) -> tuple[Fault, Fault]:
@@ -165,130 +171,6 @@ def demo_policy(model: str, fallback_model: str, *, break_duration: float = 3.0)
 
 
 @dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One call of the demo: when it started (s after the run's start), in which phase, how it ended.
-
-    ``source`` is the provenance's source (``"upstream"``, ``"cache"``...) or None on an error;
-    ``error`` the exception's class name; ``bug`` is True for an exception that is not an
-    ``openai.OpenAIError`` (or an answer with no provenance): the library broke its contract.
-    """
-
-    start: float
-    latency: float
-    phase: int
-    source: str | None
-    error: str | None
-    bug: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerChange:
-    """A breaker changed state ``at`` seconds after the run's start."""
-
-    at: float
-    breaker: str
-    new: str
-
-
-@dataclass(frozen=True, slots=True)
-class PhaseSummary:
-    """The calls that started in one phase (or the whole run) and the upstream requests it saw."""
-
-    phase: Phase
-    calls: int
-    by_source: Counter[str]
-    errors: int
-    p50: float | None
-    p99: float | None
-    upstream_requests: int
-    #: Upstream requests that asked for the primary model.
-    to_primary: int
-
-    @classmethod
-    def of(cls, phase: Phase, records: Sequence[CallRecord], models: Sequence[str | None]) -> PhaseSummary:
-        """Sum up ``records`` and the ``models`` of the upstream requests of ``phase``."""
-        latencies = [r.latency for r in records]
-        return cls(
-            phase, len(records), Counter(r.source for r in records if r.source is not None),
-            sum(1 for r in records if r.error is not None), percentile(latencies, 50),
-            percentile(latencies, 99), len(models), models.count(DEMO_MODEL),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class DemoResult:
-    """A run as it stands (a live view's snapshot) or finished: its calls, requests and breakers."""
-
-    phases: tuple[Phase, ...]
-    base_url: str
-    elapsed: float
-    in_flight: int
-    records: tuple[CallRecord, ...]
-    #: Each upstream request's arrival (s after the run's start) and model.
-    arrivals: tuple[tuple[float, str | None], ...]
-    breaker_changes: tuple[BreakerChange, ...]
-    #: ``health(client)["breakers"]``, sorted by name: one dict per breaker (name, state...).
-    breakers: tuple[Mapping[str, Any], ...]
-    #: Tracebacks of the first few unexpected exceptions.
-    bug_reports: tuple[str, ...]
-
-    @property
-    def phase(self) -> Phase:
-        """The phase playing at ``elapsed``."""
-        return self.phases[phase_at(self.phases, self.elapsed)[0]]
-
-    @property
-    def summaries(self) -> tuple[PhaseSummary, ...]:
-        """One summary per phase: calls by the phase they started in, requests by arrival."""
-        models: list[list[str | None]] = [[] for _ in self.phases]
-        for at, model in self.arrivals:
-            models[phase_at(self.phases, at)[0]].append(model)
-        return tuple(
-            PhaseSummary.of(phase, [r for r in self.records if r.phase == i], models[i])
-            for i, phase in enumerate(self.phases)
-        )
-
-    @property
-    def total(self) -> PhaseSummary:
-        """The whole run summed up, as a phase named ``total``."""
-        return PhaseSummary.of(
-            Phase("total", 0.0, self.duration), self.records, [model for _, model in self.arrivals]
-        )
-
-    @property
-    def duration(self) -> float:
-        """Seconds from the start to the last call's end."""
-        return max((r.start + r.latency for r in self.records), default=0.0)
-
-    @property
-    def upstream_requests(self) -> int:
-        """Requests the fake upstream received."""
-        return len(self.arrivals)
-
-    @property
-    def bugs(self) -> int:
-        """How many calls ended in something other than an answer or an ``openai.OpenAIError``."""
-        return sum(1 for record in self.records if record.bug)
-
-    @property
-    def ok(self) -> bool:
-        """True when every call ended with an answer or a documented error."""
-        return self.bugs == 0
-
-    def by_source(self) -> Counter[str]:
-        """Answers per source over the whole run."""
-        return self.total.by_source
-
-    def errors(self) -> Counter[str]:
-        """Errors per exception class over the whole run."""
-        return Counter(record.error for record in self.records if record.error is not None)
-
-    def breaker_label(self, name: str) -> str:
-        """A breaker's name without the fake's ``host:port/path:`` (its port means nothing to a reader)."""
-        return name.removeprefix(default_key(self.base_url, None) + ":")
-
-
-@dataclass(frozen=True, slots=True)
 class DemoConfig:
     """How to run the demo: the phases play out on :data:`DEMO_MODEL` and the models of its route."""
 
@@ -302,124 +184,138 @@ class DemoConfig:
     http_client: HttpClientFactory | None = None
 
 
-class DemoRun:
-    """One run of the demo: ``run()`` blocks until every call has ended and returns the result.
+class Stage:
+    """The fake upstream of a run, served on loopback, its faults switched as the scenario plays.
 
-    ``on_tick`` (called from the thread that called ``run``, every :data:`TICK` seconds)
-    receives the run so far for a live view. Ctrl-C (or any error raised by ``on_tick``) stops
-    the load, waits for the calls in flight, and propagates.
+    Every caller's client, in this process or in worker processes, talks to the one upstream
+    :meth:`serve` yields; a client sending :data:`WORKER_HEADER` has its requests counted per
+    worker in :meth:`arrivals`.
     """
 
-    def __init__(self, config: DemoConfig) -> None:
-        self.config = config
-        self.policy = config.policy or demo_policy(DEMO_MODEL, DEMO_FALLBACK_MODEL)
-        route = route_for(self.policy.fallback, DEMO_MODEL)
+    def __init__(self, phases: tuple[Phase, ...], policy: Policy) -> None:
+        self.phases = phases
+        route = route_for(policy.fallback, DEMO_MODEL)
         models = [s.model for s in route.steps if s.kind == "model" and s.model is not None]
         self._fallback_models = [model for model in models if model != DEMO_MODEL]
         # Past the attempt timeout when that is short; capped so a long timeout shows slow answers.
-        self._slow_delay = min(self.policy.timeouts.attempt + 1.0, 5.0)
-        self._upstream = FakeUpstream(SYSTEM_CLOCK, models=(DEMO_MODEL, *self._fallback_models))
+        self._slow_delay = min(policy.timeouts.attempt + 1.0, 5.0)
+        self.upstream = FakeUpstream(SYSTEM_CLOCK, models=(DEMO_MODEL, *self._fallback_models))
         self._rng = random.Random(7)
-        self._lock = threading.Lock()
-        self._load = Load(
-            rate=config.rate, duration=config.phases[-1].end, on_outcome=self._record, keep=False
+
+    def serve(self) -> AbstractContextManager[str]:
+        """Serve the upstream on a loopback port; yields its ``/v1`` base URL."""
+        return self.upstream.serve()
+
+    def conduct(self, elapsed: float) -> None:
+        """Set the fake's faults for the moment of the scenario ``elapsed`` seconds in."""
+        index, fraction = phase_at(self.phases, elapsed)
+        primary, fallback = phase_faults(
+            self.phases[index].name, fraction, slow_delay=self._slow_delay, rng=self._rng
         )
+        self.upstream.set_default(DEMO_MODEL, primary)
+        for model in self._fallback_models:
+            self.upstream.set_default(model, fallback)
+
+    def arrivals(self, origin: float) -> tuple[Arrival, ...]:
+        """Every request received so far, timed from ``origin`` (``time.monotonic``, as the fake's clock)."""
+        return tuple(
+            Arrival(r.at - origin, r.model, int(w) if (w := r.headers.get(WORKER_HEADER)) else None)
+            for r in self.upstream.requests
+        )
+
+
+def warm_up(base_url: str, policy: Policy) -> None:
+    """One call to ``base_url`` (model ``warm-up``) through a throwaway client of ``policy``.
+
+    Made before a run's clock starts, so the SDK's and the chain's lazy imports and the first
+    connection do not make the run's first calls look slow. Shares no state (``shared`` is off).
+    """
+    local = policy.model_copy(update={"shared": None})
+    with resilient(openai.OpenAI(base_url=base_url, api_key="sk-demo-not-a-real-key"), local) as client:
+        client.chat.completions.create(model="warm-up", messages=[{"role": "user", "content": "hi"}])
+
+
+class Caller:
+    """The calling side of a run: one resilient client under the load driver, every call recorded.
+
+    ``rate`` calls per second from ``config.concurrency`` threads or tasks, the first due
+    ``offset`` seconds after ``origin`` (see :class:`~resilient_openai.testing._load.Load`).
+    ``worker`` (a worker process's index) stamps its records, its breaker changes and, as
+    :data:`WORKER_HEADER`, its requests.
+    """
+
+    def __init__(
+        self,
+        config: DemoConfig,
+        policy: Policy,
+        *,
+        rate: float,
+        concurrency: int,
+        offset: float = 0.0,
+        origin: float | None = None,
+        worker: int | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.worker = worker
+        self._concurrency = concurrency
+        self._rng = random.Random(7 if worker is None else f"7:{worker}")
+        self._lock = threading.Lock()
+        self.load = Load(
+            rate=rate, offset=offset, duration=config.phases[-1].end, on_outcome=self._record,
+            keep=False, origin=origin, seed=worker or 0,
+        )  # fmt: skip
         self._records: list[CallRecord] = []
         self._changes: list[BreakerChange] = []
         self._bug_reports: list[str] = []
         self._client: openai.OpenAI | openai.AsyncOpenAI | None = None
-        self._base_url = ""
 
-    def run(self, on_tick: Callable[[DemoResult], None] | None = None) -> DemoResult:
-        """Play the scenario under load and return what happened."""
-        self._conduct()
-        with self._upstream.serve() as self._base_url:
-            failure: list[BaseException] = []
-            driver = threading.Thread(
-                target=self._drive, args=(failure,), name="resilient-openai-demo", daemon=True
-            )
-            driver.start()
-            try:
-                while driver.is_alive():
-                    driver.join(TICK)
-                    self._conduct()
-                    if on_tick is not None:
-                        on_tick(self.snapshot())
-            finally:
-                self._load.stop()
-                driver.join()
-            if failure:
-                raise failure[0]
-            return self.snapshot()
-
-    def snapshot(self) -> DemoResult:
-        """The run as it stands now (safe to call from any thread while it runs)."""
+    def collected(self) -> tuple[tuple[CallRecord, ...], tuple[BreakerChange, ...], tuple[str, ...]]:
+        """The calls, breaker changes and bug reports so far (copies; safe from any thread)."""
         with self._lock:
-            records, changes, reports = tuple(self._records), list(self._changes), tuple(self._bug_reports)
+            return tuple(self._records), tuple(self._changes), tuple(self._bug_reports)
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """``health(client)["breakers"]`` sorted by name (none before the client exists)."""
         client = self._client
-        breakers = [] if client is None else sorted(health(client)["breakers"], key=lambda b: str(b["name"]))
-        # The fake stamps requests with the system clock, the one the load's origin came from.
-        return DemoResult(
-            phases=self.config.phases,
-            base_url=self._base_url,
-            elapsed=min(self._load.elapsed(), self.config.phases[-1].end),
-            in_flight=self._load.in_flight,
-            records=records,
-            arrivals=tuple((r.at - self._load.t0, r.model) for r in self._upstream.requests),
-            breaker_changes=tuple(sorted(changes, key=lambda c: c.at)),
-            breakers=tuple(breakers),
-            bug_reports=reports,
-        )
+        return [] if client is None else sorted(health(client)["breakers"], key=lambda b: str(b["name"]))
 
-    def _conduct(self) -> None:
-        """Set the fake's faults for the moment of the scenario now playing."""
-        index, fraction = phase_at(self.config.phases, self._load.elapsed())
-        primary, fallback = phase_faults(
-            self.config.phases[index].name, fraction, slow_delay=self._slow_delay, rng=self._rng
-        )
-        self._upstream.set_default(DEMO_MODEL, primary)
-        for model in self._fallback_models:
-            self._upstream.set_default(model, fallback)
+    def drive(self, base_url: str) -> None:
+        """Run the load against ``base_url`` to the end of the scenario (blocks); close the client."""
+        if self.config.use_async:
+            asyncio.run(self._drive_async(base_url))
+            return
+        with self._connect(openai.OpenAI, base_url) as client:
+            self.load.run_threads(
+                lambda call: client.chat.completions.create(
+                    model=DEMO_MODEL,
+                    messages=[{"role": "user", "content": self._prompt(call)}],
+                    max_tokens=32,
+                ),
+                self._concurrency,
+            )
 
-    def _connect(self, kind: type[_ClientT]) -> _ClientT:
+    async def _drive_async(self, base_url: str) -> None:
+        async with self._connect(openai.AsyncOpenAI, base_url) as client:
+            await self.load.run_tasks(
+                lambda call: client.chat.completions.create(
+                    model=DEMO_MODEL,
+                    messages=[{"role": "user", "content": self._prompt(call)}],
+                    max_tokens=32,
+                ),
+                self._concurrency,
+            )
+
+    def _connect(self, kind: type[_ClientT], base_url: str) -> _ClientT:
+        headers = None if self.worker is None else {WORKER_HEADER: str(self.worker)}
         client = resilient(
-            kind(base_url=self._base_url, api_key="sk-demo-not-a-real-key"),
+            kind(base_url=base_url, api_key="sk-demo-not-a-real-key", default_headers=headers),
             self.policy,
             listeners=(self._on_event,),
             http_client=self.config.http_client,
         )
         self._client = client
         return client
-
-    def _drive(self, failure: list[BaseException]) -> None:
-        """Run the load to the end of the scenario (a thread); any crash is handed to ``run``."""
-        try:
-            if self.config.use_async:
-                asyncio.run(self._drive_async())
-            else:
-                with self._connect(openai.OpenAI) as client:
-                    self._load.run_threads(
-                        lambda call: client.chat.completions.create(
-                            model=DEMO_MODEL,
-                            messages=[{"role": "user", "content": self._prompt(call)}],
-                            max_tokens=32,
-                        ),
-                        self.config.concurrency,
-                    )
-        except BaseException as exc:
-            failure.append(exc)
-            self._load.stop()
-
-    async def _drive_async(self) -> None:
-        async with self._connect(openai.AsyncOpenAI) as client:
-            await self._load.run_tasks(
-                lambda call: client.chat.completions.create(
-                    model=DEMO_MODEL,
-                    messages=[{"role": "user", "content": self._prompt(call)}],
-                    max_tokens=32,
-                ),
-                self.config.concurrency,
-            )
 
     def _prompt(self, call: Call) -> str:
         """A fresh question every :data:`FRESH_EVERY` calls, else one the cache may know."""
@@ -444,7 +340,9 @@ class DemoRun:
         else:
             source = found.source.value
         phase, _ = phase_at(self.config.phases, outcome.start)
-        record = CallRecord(outcome.start, outcome.latency, phase, source, name, report is not None)
+        record = CallRecord(
+            outcome.start, outcome.latency, phase, source, name, report is not None, self.worker
+        )
         with self._lock:
             self._records.append(record)
             if report is not None and len(self._bug_reports) < _MAX_BUG_REPORTS:
@@ -453,25 +351,69 @@ class DemoRun:
     def _on_event(self, event: Event) -> None:
         """The policy listener: note every breaker transition with the run's own time."""
         if isinstance(event, BreakerStateChanged):
-            change = BreakerChange(self._load.elapsed(), event.breaker, event.new)
+            change = BreakerChange(self.load.elapsed(), event.breaker, event.new, self.worker)
             with self._lock:
                 self._changes.append(change)
 
 
-def breaker_timeline(result: DemoResult) -> Iterator[tuple[str, list[tuple[float, float, str]]]]:
-    """Each breaker's states as ``(start, end, state)`` spans over the run, for plotting.
+class DemoRun:
+    """One run of the demo in this process: ``run()`` blocks until every call has ended.
 
-    A breaker is taken as closed from the start of the run until its first recorded change.
+    ``on_tick`` (called from the thread that called ``run``, every :data:`TICK` seconds)
+    receives the run so far for a live view. Ctrl-C (or any error raised by ``on_tick``) stops
+    the load, waits for the calls in flight, and propagates.
     """
-    names = [str(b["name"]) for b in result.breakers] + [c.breaker for c in result.breaker_changes]
-    end = max(result.duration, result.phases[-1].end)
-    for name in dict.fromkeys(names):
-        spans: list[tuple[float, float, str]] = []
-        state, since = "closed", 0.0
-        for change in result.breaker_changes:
-            if change.breaker == name:
-                if change.at > since:
-                    spans.append((since, change.at, state))
-                state, since = change.new, change.at
-        spans.append((since, max(end, since), state))
-        yield name, spans
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self.policy = config.policy or demo_policy(DEMO_MODEL, DEMO_FALLBACK_MODEL)
+        self._stage = Stage(config.phases, self.policy)
+        self._caller = Caller(config, self.policy, rate=config.rate, concurrency=config.concurrency)
+        self._base_url = ""
+
+    def run(self, on_tick: Callable[[DemoResult], None] | None = None) -> DemoResult:
+        """Play the scenario under load and return what happened."""
+        load = self._caller.load
+        self._stage.conduct(load.elapsed())
+        with self._stage.serve() as self._base_url:
+            failure: list[BaseException] = []
+            driver = threading.Thread(
+                target=self._drive, args=(failure,), name="resilient-openai-demo", daemon=True
+            )
+            driver.start()
+            try:
+                while driver.is_alive():
+                    driver.join(TICK)
+                    self._stage.conduct(load.elapsed())
+                    if on_tick is not None:
+                        on_tick(self.snapshot())
+            finally:
+                load.stop()
+                driver.join()
+            if failure:
+                raise failure[0]
+            return self.snapshot()
+
+    def _drive(self, failure: list[BaseException]) -> None:
+        """Run the load (a thread); any crash is handed to ``run``."""
+        try:
+            self._caller.drive(self._base_url)
+        except BaseException as exc:
+            failure.append(exc)
+            self._caller.load.stop()
+
+    def snapshot(self) -> DemoResult:
+        """The run as it stands now (safe to call from any thread while it runs)."""
+        records, changes, reports = self._caller.collected()
+        load = self._caller.load
+        return DemoResult(
+            phases=self.config.phases,
+            base_url=self._base_url,
+            elapsed=min(load.elapsed(), self.config.phases[-1].end),
+            in_flight=load.in_flight,
+            records=records,
+            arrivals=self._stage.arrivals(load.t0),
+            breaker_changes=tuple(sorted(changes, key=lambda c: c.at)),
+            breakers=tuple(self._caller.breakers()),
+            bug_reports=reports,
+        )

@@ -13,11 +13,22 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from ._demo import DEFAULT_SCENARIO, DemoConfig, DemoResult, DemoRun, breaker_timeline, parse_scenario
+from ._demo import (
+    DEFAULT_SCENARIO,
+    DEMO_MODEL,
+    FAILING_PHASES,
+    DemoConfig,
+    DemoResult,
+    DemoRun,
+    breaker_timeline,
+    parse_scenario,
+)
+from ._demo_workers import WorkersRun
 
 if TYPE_CHECKING:
     import typer
@@ -134,7 +145,53 @@ def _summary_table(result: DemoResult) -> "RenderableType":
 
 
 def _breaker_states(result: DemoResult) -> str:
+    """Every breaker's state; in a workers run, the primary's breaker as each worker sees it."""
+    if result.workers:
+        states = [
+            f"{w.index}={b['state']}"
+            for w in result.workers
+            for b in w.breakers
+            if result.breaker_label(str(b["name"])) == DEMO_MODEL
+        ]
+        return f"{DEMO_MODEL} by worker: {' '.join(states) or '-'}"
     return ", ".join(f"{result.breaker_label(str(b['name']))}={b['state']}" for b in result.breakers) or "-"
+
+
+def _outage_line(result: DemoResult) -> str:
+    """How many requests reached the failing upstream, in total and per worker."""
+    hits = result.outage_requests()
+    per_worker = ", ".join(f"worker {w.index}: {hits[w.index]}" for w in result.workers)
+    return (
+        f"requests to the failing upstream ({DEMO_MODEL} during {' and '.join(FAILING_PHASES)}): "
+        f"{hits.total()} in total ({per_worker})"
+    )
+
+
+def _workers_table(result: DemoResult) -> "RenderableType":
+    """One row per worker: its pid, each of its breakers' states, its calls, its requests in the outage."""
+    from rich.table import Table
+
+    hits = result.outage_requests()
+    calls = Counter(record.worker for record in result.records)
+    labels = sorted(
+        {result.breaker_label(str(b["name"])) for w in result.workers for b in w.breakers},
+        key=lambda label: (label != DEMO_MODEL, label),
+    )
+    table = Table(
+        title="workers: " + ("one shared breaker per target" if result.shared else "breakers per process")
+    )
+    for name in ("worker", "pid", *labels, "calls", "to failing upstream"):
+        table.add_column(name, justify="right" if name in ("calls", "to failing upstream") else "left")
+    for worker in result.workers:
+        states = {result.breaker_label(str(b["name"])): str(b["state"]) for b in worker.breakers}
+        shown = [states.get(label, "-") for label in labels]
+        table.add_row(
+            str(worker.index), str(worker.pid), *(f"[{_RICH_STATE.get(s, 'white')}]{s}[/]" for s in shown),
+            str(calls[worker.index]), str(hits[worker.index]),
+        )  # fmt: skip
+    table.add_section()
+    table.add_row("total", "", *([""] * len(labels)), str(len(result.records)), str(hits.total()))
+    return table
 
 
 def _render_live(result: DemoResult) -> "RenderableType":
@@ -153,6 +210,9 @@ def _render_live(result: DemoResult) -> "RenderableType":
         f"in flight {result.in_flight}",
         f"[bold red]BUGS {result.bugs}[/]" if result.bugs else "",
     )
+    if result.workers:
+        parts = (header, result.sharing, _workers_table(result), _summary_table(result))
+        return Panel(Group(*parts), title=f"resilient-openai demo, {len(result.workers)} workers")
     breakers = Table(title="breakers", title_justify="left")
     for name in ("breaker", "state", "retry in", "fails in a row"):
         breakers.add_column(name)
@@ -194,12 +254,19 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
     figure = Figure(figsize=(12, 8.5), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     states_ax, sources_ax, latency_ax = figure.subplots(3, 1, sharex=True, height_ratios=[1.2, 2, 2])
-    figure.suptitle(
+    title = (
         f"resilient-openai demo: {total.calls} calls in {result.duration:.1f} s, "
         + "".join(f"{s} {total.by_source[s]}, " for s in _ordered_sources(total.by_source))
-        + f"errors {total.errors}, upstream requests {total.upstream_requests}",
-        fontsize=11,
+        + f"errors {total.errors}, upstream requests {total.upstream_requests}"
     )
+    if result.workers:
+        kept = "one breaker shared on Redis" if result.shared else "each its own breakers (no Redis)"
+        hits = result.outage_requests()
+        title += (
+            f"\n{len(result.workers)} worker processes, {kept}; requests to {DEMO_MODEL} while it failed: "
+            f"{hits.total()} ({', '.join(f'worker {w.index}: {hits[w.index]}' for w in result.workers)})"
+        )
+    figure.suptitle(title, fontsize=11)
     for ax in (states_ax, sources_ax, latency_ax):
         for phase in result.phases:
             ax.axvspan(phase.start, phase.end, color=_PHASE_SHADES.get(phase.name, "#fafafa"), zorder=0, lw=0)
@@ -220,9 +287,9 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
             bars = [(start, stop - start) for start, stop, s in spans if s == state]
             if bars:
                 states_ax.broken_barh(bars, (row - 0.35, 0.7), facecolors=color)
-    states_ax.set_yticks(range(len(timeline)), [result.breaker_label(name) for name, _ in timeline])
+    states_ax.set_yticks(range(len(timeline)), [label for label, _ in timeline])
     states_ax.set_ylim(max(len(timeline), 1) - 0.4, -0.6)
-    states_ax.set_ylabel("breaker")
+    states_ax.set_ylabel(f"{DEMO_MODEL} breaker" if result.workers else "breaker")
     patches = [Patch(color=color, label=state) for state, color in STATE_COLORS.items() if state in seen]
     states_ax.legend(handles=patches, title="state", **legend)
 
@@ -259,9 +326,16 @@ def write_timeline(result: DemoResult, path: Path) -> Path:
     return path
 
 
-def _run_demo(console: "Console", config: DemoConfig, *, live: bool, png: Path | None) -> int:
-    """Run the demo, show it, summarise it, draw it; the exit code (1 when a call hit a bug)."""
-    run = DemoRun(config)
+def _run_demo(
+    console: "Console", config: DemoConfig, *, live: bool, png: Path | None, workers: int = 0
+) -> int:
+    """Run the demo, show it, summarise it, draw it; the exit code (1 when a call hit a bug).
+
+    ``workers`` > 0: that many worker processes against one upstream (:mod:`._demo_workers`).
+    """
+    run: DemoRun | WorkersRun = DemoRun(config) if workers == 0 else WorkersRun(config, workers)
+    if isinstance(run, WorkersRun):
+        console.print(f"{workers} worker processes; {run.sharing}", highlight=False)
     if live:
         from rich.live import Live
 
@@ -279,13 +353,21 @@ def _run_demo(console: "Console", config: DemoConfig, *, live: bool, png: Path |
 
     console.print()
     console.print(_summary_table(result))
+    if result.workers:
+        console.print(_workers_table(result))
+        console.print(_outage_line(result), highlight=False)
+        console.print(result.sharing, highlight=False)
     errors = result.errors()
     if errors:
         listed = ", ".join(f"{name} x{count}" for name, count in errors.most_common())
         console.print(f"errors (documented, openai.OpenAIError): {listed}", highlight=False)
-    opened = sum(1 for c in result.breaker_changes if c.new == "open")
+    if result.workers:  # every worker records the transitions it sees, a shared one's included
+        opens = Counter(c.worker for c in result.breaker_changes if c.new == "open")
+        opened = "; ".join(f"worker {w.index}: {opens[w.index]}" for w in result.workers)
+    else:
+        opened = str(sum(1 for c in result.breaker_changes if c.new == "open"))
     console.print(
-        f"breakers opened {opened} time(s); final states: {_breaker_states(result)}", highlight=False
+        f"breakers opened (times): {opened}; final states: {_breaker_states(result)}", highlight=False
     )
     if png is not None:
         console.print(f"timeline written to {write_timeline(result, png).resolve()}", highlight=False)
@@ -332,6 +414,15 @@ def build_app() -> "typer.Typer":
                 "--live/--no-live", help="Live view (off: one line per second; off when not a TTY)."
             ),
         ] = True,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Run N worker processes against one upstream, their breakers shared on Redis "
+                "(REDIS_URL, else redis://127.0.0.1:6379) when it answers, else each its own "
+                "(0: one process).",
+            ),
+        ] = 0,
     ) -> None:
         """Play a scripted outage against a fake upstream under load, and watch the chain absorb it."""
         console = Console(highlight=False)
@@ -350,7 +441,13 @@ def build_app() -> "typer.Typer":
             raise typer.BadParameter(str(exc), param_hint="--scenario") from exc
         config = DemoConfig(phases=phases, rate=rate, use_async=use_async)
         raise typer.Exit(
-            _run_demo(console, config, live=live and console.is_terminal, png=None if no_png else png)
+            _run_demo(
+                console,
+                config,
+                live=live and console.is_terminal,
+                png=None if no_png else png,
+                workers=workers,
+            )
         )
 
     @app.command("check-config")

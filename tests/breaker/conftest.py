@@ -1,13 +1,12 @@
-"""Fixtures for shared breakers: the real Redis (a namespace per test), private Redis servers."""
+"""Fixtures for shared breakers: registries on the real Redis (``redis_url``, ``namespace``: the
+top conftest), private Redis servers."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,8 +19,6 @@ from resilient_openai._clock import SystemClock
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
 from resilient_openai.observe.events import Event, EventBus
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
 #: Builds a registry of shared breakers: ``make(url=..., events=..., **shared_fields)``.
 MakeRegistry = Callable[..., BreakerRegistry]
 
@@ -33,28 +30,6 @@ def wait_for(predicate: Callable[[], bool], within: float = 3.0) -> float:
         assert time.monotonic() - start < within, "condition never became true"
         time.sleep(0.001)
     return time.monotonic() - start
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The shared test Redis (``REDIS_URL``), or the test is skipped when it does not answer."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis answers at {REDIS_URL}")
-    return REDIS_URL
-
-
-@pytest.fixture
-def namespace(redis_url: str) -> Iterator[str]:
-    """A namespace of this test's own; its keys are deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

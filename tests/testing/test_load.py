@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
@@ -101,3 +102,9 @@ def test_percentile_nearest_rank_and_default() -> None:
     assert percentile(values, 99.9) == 100.0
     assert percentile([], 50) is None
     assert percentile([], 50, 0.0) == 0.0
+
+
+def test_an_origin_in_the_past_puts_the_load_that_far_into_its_run() -> None:
+    """Loads given one origin (as worker processes are) share one timeline: elapsed counts from it."""
+    load = Load(origin=time.monotonic() - 5.0, duration=5.5)
+    assert 5.0 <= load.elapsed() < 5.5

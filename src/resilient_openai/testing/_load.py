@@ -67,7 +67,9 @@ class Load:
     call. No call is handed out at or after ``duration`` seconds, nor past ``count`` calls.
     ``on_outcome`` runs in the caller right after each call (an exception it raises ends
     the run and is raised from :meth:`run_threads` / :meth:`run_tasks`); ``keep=False`` keeps no
-    outcome, for runs too long to hold them all. Time is ``time.monotonic`` from construction.
+    outcome, for runs too long to hold them all. Time is ``time.monotonic`` from ``origin``
+    (default: construction); processes on one machine share that clock, so the loads of several
+    worker processes given one origin keep one timeline.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Load:
         seed: object = 0,
         on_outcome: Callable[[Outcome], None] | None = None,
         keep: bool = True,
+        origin: float | None = None,
     ) -> None:
         if rate is not None and not (math.isfinite(rate) and rate > 0):
             raise ValueError(f"rate must be > 0 calls per second, got {rate}")
@@ -100,7 +103,7 @@ class Load:
         #: How late the event loop of :meth:`run` ran a 10 ms timer at worst, in seconds.
         self.loop_lag = 0.0
         #: The run's origin on ``time.monotonic``.
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if origin is None else origin
 
     def elapsed(self) -> float:
         """Seconds since the run's origin."""
