@@ -1,15 +1,59 @@
-"""Shared breakers across worker processes, against one fake upstream that always fails."""
+"""Shared breakers across worker processes (several threads each) against one fake upstream."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from resilient_openai.testing import FakeUpstream, Status
+from resilient_openai.testing import FakeUpstream, Ok, Status
 
 WORKER = Path(__file__).with_name("_worker.py")
+#: What a worker reports: ``sent``, ``refused``, and ``calls`` as ``[start, kind, seconds]``.
+Report = dict[str, Any]
+
+
+def _fleet(
+    redis_url: str,
+    namespace: str,
+    base_url: str,
+    *,
+    workers: int = 4,
+    threads: int = 1,
+    seconds: float = 1.0,
+    at: tuple[float, Callable[[], None]] | None = None,
+) -> list[Report]:
+    """Run ``workers`` processes of ``threads`` callers each for ``seconds``, all started at once;
+    ``at = (delay, action)`` runs ``action`` in the test ``delay`` seconds after the start."""
+    argv = [sys.executable, str(WORKER), redis_url, namespace, base_url, str(seconds), str(threads)]
+    procs = [
+        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        if at is not None:
+            delay, action = at
+            time.sleep(delay)
+            action()
+        return [json.loads(proc.communicate(timeout=30)[0]) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+def _kinds(reports: list[Report]) -> set[str]:
+    return {kind for report in reports for _, kind, _ in report["calls"]}
 
 
 def test_four_workers_pay_fail_max_once_and_probe_once_per_open_period(
@@ -19,30 +63,35 @@ def test_four_workers_pay_fail_max_once_and_probe_once_per_open_period(
     upstream = FakeUpstream()
     upstream.set_default("m", Status(500))
     with upstream.serve() as base_url:
-        workers = [
-            subprocess.Popen(
-                [sys.executable, str(WORKER), redis_url, namespace, base_url, "1.0"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        try:
-            for worker in workers:
-                assert worker.stdout is not None
-                assert worker.stdout.readline().strip() == "ready"
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write("go\n")
-                worker.stdin.flush()
-            results = [json.loads(worker.communicate(timeout=30)[0]) for worker in workers]
-        finally:
-            for worker in workers:
-                worker.kill()
+        results = _fleet(redis_url, namespace, base_url)
     hits = upstream.count()
     assert sum(r["sent"] for r in results) == hits
     assert sum(r["refused"] for r in results) > 200
     # fail_max (5) + one probe after the 0.3 s break + one after the 0.6 s break, plus at most one
     # call per other worker already in flight when the circuit tripped. Per-process breakers: 4 x 7.
     assert 6 <= hits <= 7 + 3, hits
+
+
+def test_every_worker_is_back_on_the_primary_soon_after_it_recovers(redis_url: str, namespace: str) -> None:
+    """4 workers x 3 threads: the outage costs the fleet ~fail_max + a probe; once the upstream
+    answers again, the next probe closes the circuit for every worker and every thread."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    recovered: list[int] = []
+
+    def recover() -> None:
+        recovered.append(upstream.count())
+        upstream.set_default("m", Ok("back"))
+
+    with upstream.serve() as base_url:
+        results = _fleet(redis_url, namespace, base_url, threads=3, seconds=1.4, at=(0.4, recover))
+    assert _kinds(results) <= {"ok", "failed", "refused"}
+    # fail_max + the first probe (0.3 s break), plus calls of the other 11 callers in flight
+    # when the circuit tripped or sent before the trip reached their worker. A breaker per
+    # process would pay 4 x (5 + 1) and more.
+    assert recovered[0] <= 20, recovered
+    # The second probe goes out when the 0.6 s break ends (~1 s in); its success closes the
+    # circuit in Redis and every worker hears of it: each is answered again well before the end.
+    for report in results:
+        first_ok = min(start for start, kind, _ in report["calls"] if kind == "ok")
+        assert first_ok < 1.3, first_ok
