@@ -8,7 +8,7 @@ the shared hash, never waited out.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -61,7 +61,7 @@ def _close(harness: Harness, *clients: Any) -> None:
 
 @pytest.mark.parametrize("mode", ["consecutive", "ratio"])
 def test_slow_calls_spread_over_two_workers_trip_the_shared_breaker(
-    harness: Harness, redis_url: str, namespace: str, mode: str
+    harness: Harness, redis_url: str, namespace: str, mode: Literal["consecutive", "ratio"]
 ) -> None:
     """min_calls 4, half of them slow: two slow calls in each worker open the circuit for both."""
     breaker = BreakerPolicy(
@@ -83,7 +83,7 @@ def test_slow_calls_spread_over_two_workers_trip_the_shared_breaker(
 
 @pytest.mark.parametrize("mode", ["consecutive", "ratio"])
 def test_fast_calls_keep_the_shared_slow_call_window_closed(
-    harness: Harness, redis_url: str, namespace: str, mode: str
+    harness: Harness, redis_url: str, namespace: str, mode: Literal["consecutive", "ratio"]
 ) -> None:
     """Every call is counted in the window (no folding): one slow call in four stays under 0.5."""
     breaker = BreakerPolicy(
