@@ -219,3 +219,13 @@ def test_leaving_with_sends_the_last_reports(harness: Harness, redis_url: str, n
     link = breakers(client).link
     assert link is not None
     assert not any(thread.is_alive() for thread in link._threads)
+
+
+def test_a_closed_clients_operator_actions_do_not_fail(
+    harness: Harness, redis_url: str, namespace: str
+) -> None:
+    """After close() a new breaker is made without asking Redis (no error from a stopped link)."""
+    client = harness.client(_policy(redis_url, namespace, BreakerPolicy()))
+    harness.run(client.close)
+    breakers(client).isolate("never-called")
+    assert "never-called" in breakers(client)

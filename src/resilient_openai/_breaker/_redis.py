@@ -355,6 +355,7 @@ class RedisLink:
                 thread.join(timeout=2)
         if self.up:
             self.flush()
+        self.up = False  # from now on no caller asks Redis (nothing would reconnect)
         self._readers.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 

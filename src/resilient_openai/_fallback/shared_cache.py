@@ -208,6 +208,7 @@ class _Link:
         return raw if isinstance(raw, bytes) else None
 
     def close(self) -> None:
+        self.up = False  # no caller asks a closed link
         self.closed.set()
         self.redis.close()
 
