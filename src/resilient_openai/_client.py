@@ -5,10 +5,13 @@ policy, so it type-checks and ``isinstance``-checks as ``OpenAI`` / ``AsyncOpenA
 resource method, ``with_options``, ``with_raw_response`` and ``with_streaming_response`` reaches
 the SDK's single ``request`` method — which is where the chain sits. Copies made with
 ``with_options`` share the chain (breakers, cache) and keep the SDK's own retries off.
+``close()`` (and leaving ``with`` / ``async with``) also closes the chain's Redis links, like the
+SDK's close of the connection pool that copies share too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
@@ -50,6 +53,14 @@ class _SyncShell:
         kwargs["max_retries"] = 0
         return self._resilience_base.copy(self, **kwargs)
 
+    def close(self) -> None:
+        """Send the shared breakers' last reports and stop the chain's Redis threads, then close
+        the SDK's connection pool."""
+        try:
+            self._resilience.close()
+        finally:
+            self._resilience_base.close(self)
+
 
 class _AsyncShell:
     """Methods put in front of ``openai.AsyncOpenAI`` (or a subclass): every request runs the chain."""
@@ -65,6 +76,14 @@ class _AsyncShell:
     def copy(self, **kwargs: Any) -> Any:
         kwargs["max_retries"] = 0
         return self._resilience_base.copy(self, **kwargs)
+
+    async def close(self) -> None:
+        """:meth:`_SyncShell.close` for asyncio: the Redis part runs on a worker thread, so the
+        loop is not blocked while the last reports are sent."""
+        try:
+            await asyncio.to_thread(self._resilience.close)
+        finally:
+            await self._resilience_base.close(self)
 
 
 def _decoder(self: Any) -> _sdk.EventDecoder:
@@ -83,6 +102,7 @@ def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
         "request": shell.request,
         "copy": shell.copy,
         "with_options": shell.copy,
+        "close": shell.close,
         "_make_sse_decoder": _decoder,
     }
     return type(f"Resilient{base.__name__}", (base,), namespace)

@@ -289,12 +289,6 @@ def test_ratio_mode_forgets_calls_that_left_the_window(make_registry: MakeRegist
     assert b.state == "closed"
 
 
-def test_slow_call_tripping_stays_per_process(make_registry: MakeRegistry) -> None:
-    """Slow-call tripping keeps its window in the process (not shared yet)."""
-    registry = make_registry(BreakerPolicy(slow_call_threshold=5.0))
-    assert not isinstance(registry.get("r"), SharedCircuitBreaker)
-
-
 def test_a_plain_pybreaker_shares_the_state(make_registry: MakeRegistry) -> None:
     """pybreaker.CircuitBreaker over RedisBreakerStorage trips our shared breakers, and back."""
     ours = _shared(make_registry)

@@ -20,8 +20,9 @@ from resilient_openai._breaker import SharedCircuitBreaker
 from resilient_openai._breaker._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL
 from resilient_openai._classify import Verdict
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
-from resilient_openai.testing import FakeUpstream, Ok
+from resilient_openai.testing import FakeUpstream, Ok, Status
 
+from ..conftest import Harness
 from .conftest import MakeRegistry, PrivateRedis, wait_for
 
 FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
@@ -200,3 +201,49 @@ def test_calls_through_the_chain_never_see_redis_fail(private_redis: PrivateRedi
     link = breakers(client).link
     assert link is not None
     link.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "answer"),
+    [("read-through", Ok("fine")), ("cache-step", Status(503))],
+    ids=["cache-then-breaker", "breaker-then-cache"],
+)
+def test_a_first_call_waits_on_a_paused_redis_one_timeout_in_all(
+    harness: Harness,
+    private_redis: PrivateRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    first: str,
+    answer: Ok | Status,
+) -> None:
+    """A new target's breaker read and a shared cache read share one ``timeout``, in either order.
+
+    Redis itself is slow here, so the wait is measured in real time; the chain runs on the fake
+    clock."""
+    monkeypatch.setenv("RO_TEST_CACHE_SECRET", "s" * 32)
+    fallback = {} if first == "read-through" else {"routes": {"gpt-A": {"steps": [{"kind": "cache"}]}}}
+    policy = Policy.from_dict(
+        {
+            "retry": {"rules": {}},
+            "cache": {"read_through": first == "read-through"},
+            "fallback": fallback,
+            "shared": {
+                "url": private_redis.url, "namespace": "first", "timeout": 0.2,
+                "key_secret_env": "RO_TEST_CACHE_SECRET",
+            },
+        }
+    )  # fmt: skip
+    client = harness.client(policy)
+    harness.upstream.set_default("*", Ok("warm"))
+    harness.chat(client, model="gpt-W")  # the client's own first call: not what is measured
+    harness.upstream.set_default("gpt-A", answer)
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.client_pause(400)  # longer than the call may take (0.28 s), short enough to wait out
+    admin.close()
+    start = time.monotonic()
+    try:
+        harness.chat(client)
+    except openai.InternalServerError:
+        assert isinstance(answer, Status)  # nothing cached: the 503 is the answer
+    took = time.monotonic() - start
+    harness.run(client.close)
+    assert 0.2 <= took < 0.2 + 0.08

@@ -13,7 +13,7 @@ With ``[shared]`` in the policy, breakers are :class:`SharedCircuitBreaker` over
 
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
 from ._quota import QuotaLedger, quota_hold
-from ._registry import AnyBreaker, BreakerRegistry, default_key, is_shareable
+from ._registry import AnyBreaker, BreakerRegistry, default_key
 from ._shared import SharedCircuitBreaker
 from ._state import CLOSED, HALF_OPEN, ISOLATED, OPEN, IllegalTransitionError
 
@@ -31,6 +31,5 @@ __all__ = [
     "QuotaLedger",
     "SharedCircuitBreaker",
     "default_key",
-    "is_shareable",
     "quota_hold",
 ]

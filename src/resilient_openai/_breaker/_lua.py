@@ -11,26 +11,34 @@ The hash (``<namespace>:breaker:<name>``) holds::
     failures    failures in a row while closed (all workers together)
     successes   probe successes in the current half-open period
     reopens     reopenings since the circuit last closed: the k in the growing break
-    w:<n>, x:<n>  ratio mode: calls and failures in the n-th tenth of ``window`` (server time)
+    w:<n>, x:<n>, s:<n>  calls, failures and slow successes in the n-th tenth of ``window``
+                (server time); kept in ratio mode, and in either mode with slow-call tripping
     opened_at   server time (seconds, microsecond precision) it last opened or was isolated
     open_until  server time the current break ends
     by, reason  the worker (``pid@host``) and the reason of the last transition
     lease:<id>  one per probe out in half-open: its lease's expiry (server time)
 
 ``KEYS[1]`` is the hash; ``ARGV`` is ``op, channel, who, name, fail_max, probes, close_after,
-lease, break_duration, break_multiplier, break_max, mode, failure_ratio, window, min_calls, arg1,
-arg2``. Ops:
+lease, break_duration, break_multiplier, break_max, mode, failure_ratio, window, min_calls,
+slow_call_ratio, slow_call_threshold, arg1, arg2, arg3`` (``slow_call_threshold`` empty: no
+slow-call tripping). Ops:
 
 * ``read``: nothing changes;
 * ``report``: ``arg1`` the generation the calls were admitted in, ``arg2`` their outcomes in
-  order (``S`` success, ``F`` failure); counted only while closed and in that generation: in a
-  row (consecutive mode trips at ``fail_max``) and, in ratio mode, in the window's tenths;
+  order (``S`` success, ``W`` slow success, ``F`` failure), ``arg3`` the longest Retry-After
+  (seconds, already capped at ``break_max``) their failures carried; counted only while closed
+  and in that generation: in a row (consecutive mode trips at ``fail_max``) and in the window's
+  tenths (ratio mode trips at ``failure_ratio``, slow-call tripping at ``slow_call_ratio``);
 * ``admit``: ``arg1`` a probe id; moves open to half-open once the break is over, then takes a
   probe slot (a lease) if one is free;
-* ``settle``: ``arg1`` the probe id, ``arg2`` its generation and outcome (``5:S``); frees the slot
-  and, in that generation, closes the circuit after ``close_after`` successes or reopens it;
+* ``settle``: ``arg1`` the probe id, ``arg2`` its generation and outcome (``5:S``), ``arg3`` a
+  failed probe's Retry-After (as for ``report``); frees the slot and, in that generation, closes
+  the circuit after ``close_after`` successes or reopens it;
 * ``isolate`` / ``close`` / ``reset``: the operator's actions;
 * ``set``: ``arg1`` a state name (pybreaker's storage setter).
+
+A trip opens for the grown break, or for the server's Retry-After when that is longer (the
+caller caps it at ``break_max``), as the in-process breaker does.
 
 Each op replies ``{state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason}``
 (``by`` and ``reason`` of the last transition): ``wait_ms``
@@ -53,7 +61,11 @@ local fail_max, probes, close_after = tonumber(ARGV[5]), tonumber(ARGV[6]), tonu
 local lease, duration = tonumber(ARGV[8]), tonumber(ARGV[9])
 local multiplier, cap = tonumber(ARGV[10]), tonumber(ARGV[11])
 local mode, ratio, window, min_calls = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local arg1, arg2 = ARGV[16], ARGV[17]
+local slow_ratio, slow_after = tonumber(ARGV[16]), ARGV[17]
+local arg1, arg2, arg3 = ARGV[18], ARGV[19], ARGV[20]
+local after = tonumber(arg3) or 0
+-- The window is kept where something decides from it: ratio mode, or slow-call tripping.
+local windowed = mode == 'ratio' or slow_after ~= ''
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -108,7 +120,7 @@ end
 
 local function open(why, grow)
   if grow then reopens = reopens + 1 end
-  local length = math.min(duration * multiplier ^ reopens, cap)
+  local length = math.max(math.min(duration * multiplier ^ reopens, cap), after)
   move('open', why)
   open_until = now + length
   redis.call('HSET', key, 'reopens', reopens, 'opened_at', string.format('%.6f', now),
@@ -118,34 +130,34 @@ end
 local function forget_window()
   for field, _ in pairs(h) do
     local kind = string.sub(field, 1, 2)
-    if kind == 'w:' or kind == 'x:' then
+    if kind == 'w:' or kind == 'x:' or kind == 's:' then
       redis.call('HDEL', key, field)
       h[field] = nil
     end
   end
 end
 
--- Ratio mode: count `calls` and `fails` in the live tenth of the window, drop the tenths that
--- left it, and return the totals over the window.
-local function count_window(calls, fails)
+-- Count `calls`, `fails` and `slows` in the live tenth of the window, drop the tenths that left
+-- it, and return the totals over the window.
+local function count_window(calls, fails, slows)
   local slice = math.floor(now / (window / 10))
-  if calls > 0 then h['w:' .. slice] = redis.call('HINCRBY', key, 'w:' .. slice, calls) end
-  if fails > 0 then h['x:' .. slice] = redis.call('HINCRBY', key, 'x:' .. slice, fails) end
-  local total_calls, total_fails = 0, 0
+  local counted = {['w:'] = calls, ['x:'] = fails, ['s:'] = slows}
+  for kind, n in pairs(counted) do
+    if n > 0 then h[kind .. slice] = redis.call('HINCRBY', key, kind .. slice, n) end
+  end
+  local totals = {['w:'] = 0, ['x:'] = 0, ['s:'] = 0}
   for field, value in pairs(h) do
     local kind = string.sub(field, 1, 2)
-    if kind == 'w:' or kind == 'x:' then
+    if totals[kind] ~= nil then
       if tonumber(string.sub(field, 3)) <= slice - 10 then
         redis.call('HDEL', key, field)
         h[field] = nil
-      elseif kind == 'w:' then
-        total_calls = total_calls + tonumber(value)
       else
-        total_fails = total_fails + tonumber(value)
+        totals[kind] = totals[kind] + tonumber(value)
       end
     end
   end
-  return total_calls, total_fails
+  return totals['w:'], totals['x:'], totals['s:']
 end
 
 local function close(why)
@@ -159,9 +171,10 @@ end
 
 if op == 'report' then
   if state == 'closed' and tonumber(arg1) == gen then
-    local fails = 0
+    local fails, slows = 0, 0
     for i = 1, #arg2 do
-      if string.sub(arg2, i, i) == 'F' then
+      local outcome = string.sub(arg2, i, i)
+      if outcome == 'F' then
         fails = fails + 1
         failures = failures + 1
         if mode == 'consecutive' and failures >= fail_max then
@@ -170,15 +183,19 @@ if op == 'report' then
           break
         end
       else
+        if outcome == 'W' then slows = slows + 1 end
         failures = 0
       end
     end
     if state == 'closed' then
       redis.call('HSET', key, 'failures', failures)
-      if mode == 'ratio' then
-        local calls, failed = count_window(#arg2, fails)
-        if fails > 0 and calls >= min_calls and failed / calls >= ratio then
+      if windowed then
+        local calls, failed, slow = count_window(#arg2, fails, slows)
+        if mode == 'ratio' and fails > 0 and calls >= min_calls and failed / calls >= ratio then
           open(failed .. ' of ' .. calls .. ' calls failed in ' .. window .. 's', false)
+        elseif slows > 0 and calls >= min_calls and slow / calls >= slow_ratio then
+          after = 0  -- a slow success asks for no particular break
+          open(slow .. ' of ' .. calls .. ' calls slower than ' .. slow_after .. 's', false)
         end
       end
     end

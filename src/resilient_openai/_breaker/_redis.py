@@ -10,6 +10,10 @@ retries inside redis-py), runs :data:`~._lua.BREAKER_SCRIPT`, and keeps two daem
 * the *listener* follows the namespace's channel, where every transition is published, so a
   trip reaches every worker in milliseconds.
 
+A breaker's first read (:meth:`RedisLink.read`) runs on a reader thread, so a caller can wait for
+it less than ``timeout`` when its call already spent part of that on Redis. :meth:`RedisLink.close`
+sends what is still queued, then stops both threads.
+
 No lock is held across I/O, and no redis-py exception leaves this module: a failed command marks
 the link down (callers then follow ``on_unavailable``) and returns None. ``redis`` is imported
 here only, lazily, through :func:`connect`.
@@ -17,6 +21,7 @@ here only, lazily, through :func:`connect`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import secrets
@@ -103,10 +108,13 @@ class Follower(Protocol):
 
 
 def _args(policy: BreakerPolicy) -> list[str | int | float]:
+    """The script's policy arguments (``ARGV[5:17]``), in its order."""
+    slow = policy.slow_call_threshold
     return [
         policy.fail_max, policy.half_open_probes, policy.close_after, policy.probe_lease,
         policy.break_duration, policy.break_multiplier, policy.break_max,
         policy.mode, policy.failure_ratio, policy.window, policy.min_calls,
+        policy.slow_call_ratio, "" if slow is None else f"{slow:g}",
     ]  # fmt: skip
 
 
@@ -159,11 +167,14 @@ class RedisLink:
         self.channel = f"{shared.namespace}:breakers"
         self.script: Script = client.register_script(BREAKER_SCRIPT)
         self._followers: weakref.WeakValueDictionary[str, Follower] = weakref.WeakValueDictionary()
-        #: Outcomes waiting for the flusher: (breaker, generation, "S" | "F").
-        self.queue: deque[tuple[Follower, int, str]] = deque(maxlen=QUEUE_LIMIT)
+        #: Outcomes waiting for the flusher: (breaker, generation, "S" | "W" | "F", and the
+        #: Retry-After a failure carried, capped at ``break_max``; 0 for none).
+        self.queue: deque[tuple[Follower, int, str, float]] = deque(maxlen=QUEUE_LIMIT)
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._probe_ids = iter(range(1, 1 << 62))
+        #: Runs first reads, so that a caller may stop waiting before the socket's timeout.
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="ro-shared-read")
         self._probe_prefix = f"{self.who}:{secrets.token_hex(4)}"
         #: Whether Redis answered the last command. Read without a lock: a moment's staleness
         #: only sends one more call down the path it would have taken a moment earlier.
@@ -192,15 +203,32 @@ class RedisLink:
         """Probe ``probe``'s lease owner: unique across the cluster (pid, host, a random tag)."""
         return f"{self._probe_prefix}:{probe}"
 
-    def run(self, name: str, policy: BreakerPolicy, op: str, arg1: str = "", arg2: str = "") -> Reply | None:
+    def run(
+        self, name: str, policy: BreakerPolicy, op: str, arg1: str = "", arg2: str = "", arg3: str = ""
+    ) -> Reply | None:
         """Run ``op`` on breaker ``name``'s hash; None (and the link marked down) if Redis failed."""
-        args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2]
+        args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2, arg3]
         try:
             raw = self.script(keys=[self.key(name)], args=args)
         except self._errors as exc:
             self.mark_down(exc)
             return None
         return Reply.parse(raw)
+
+    def read(self, name: str, policy: BreakerPolicy, within: float) -> Reply | None:
+        """Breaker ``name``'s shared state, waiting at most ``within`` seconds (<= ``timeout``).
+
+        None when Redis is down, failed, or did not answer in time. A read cut short by
+        ``within`` does not mark the link down: Redis may still be inside its own ``timeout``,
+        and the periodic refresh brings the state anyway.
+        """
+        if not self.up or within <= 0:
+            return None
+        future = self._readers.submit(self.run, name, policy, "read")
+        try:
+            return future.result(timeout=within)
+        except concurrent.futures.TimeoutError:
+            return None
 
     def mark_down(self, exc: BaseException) -> None:
         """Redis failed: callers follow ``on_unavailable`` until the flusher reconnects."""
@@ -217,23 +245,35 @@ class RedisLink:
         except self._errors:
             return False
 
-    def flush(self) -> None:
-        """Send the queued outcomes: one round trip, each breaker's run of successes folded."""
+    def flush(self) -> bool:
+        """Send the queued outcomes: one round trip, each breaker's run of successes folded.
+
+        A batch carries the longest Retry-After of its failures: if they trip the circuit, the
+        break lasts at least that long. False if Redis failed (the outcomes are lost).
+        """
         queue = self.queue
-        batches: dict[tuple[str, int], tuple[Follower, list[str]]] = {}
+        batches: dict[tuple[str, int], tuple[Follower, list[str], list[float]]] = {}
         while queue:
             try:
-                breaker, gen, outcome = queue.popleft()
+                breaker, gen, outcome, retry_after = queue.popleft()
             except IndexError:  # emptied meanwhile by mark_down() in another thread
                 break
-            _, seq = batches.setdefault((breaker.name, gen), (breaker, []))
+            _, seq, after = batches.setdefault((breaker.name, gen), (breaker, [], [0.0]))
+            after[0] = max(after[0], retry_after)
             # In consecutive mode successes in a row mean the same as one (the count of failures
-            # in a row is reset); ratio mode counts every call.
-            if not (outcome == "S" and seq and seq[-1] == "S" and breaker.policy.mode == "consecutive"):
+            # in a row is reset), unless slow-call tripping counts every call in its window; ratio
+            # mode counts every call.
+            policy = breaker.policy
+            if not (
+                outcome == "S" and seq and seq[-1] == "S"
+                and policy.mode == "consecutive" and policy.slow_call_threshold is None
+            ):  # fmt: skip
                 seq.append(outcome)
-        if batches:
-            ops = [(breaker, "report", gen, "".join(seq)) for (_, gen), (breaker, seq) in batches.items()]
-            self._pipeline(ops)
+        ops = [
+            (breaker, "report", gen, "".join(seq), f"{after[0]:.3f}")
+            for (_, gen), (breaker, seq, after) in batches.items()
+        ]
+        return self._pipeline(ops)
 
     def refresh(self) -> bool:
         """Re-read every followed breaker and adopt what Redis says, even an older generation.
@@ -242,16 +282,18 @@ class RedisLink:
         empty, flushed, or the key evicted): the fresh read is the truth, and adopting it lets
         this worker's reports count again.
         """
-        ops = [(breaker, "read", "", "") for breaker in list(self._followers.values())]
+        ops = [(breaker, "read", "", "", "") for breaker in list(self._followers.values())]
         return self._pipeline(ops, force=True)
 
-    def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str]], *, force: bool = False) -> bool:
+    def _pipeline(
+        self, ops: Sequence[tuple[Follower, str, str | int, str, str]], *, force: bool = False
+    ) -> bool:
         """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
         if not ops:
             return True
         pipe = self.client.pipeline(transaction=False)
-        for breaker, op, arg1, arg2 in ops:
-            args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2]
+        for breaker, op, arg1, arg2, arg3 in ops:
+            args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2, arg3]
             self.script(keys=[self.key(breaker.name)], args=args, client=pipe)
         try:
             replies = pipe.execute()
@@ -297,15 +339,24 @@ class RedisLink:
         return self._errors
 
     def close(self) -> None:
-        """Stop both threads and close the connection (the link is unusable after).
+        """Send the outcomes still queued, stop both threads and close the connection.
 
-        Takes up to :data:`LISTEN_POLL` seconds: the listener ends at its next poll.
+        For a client's ``close()``: the last batch of reports reaches Redis rather than dying
+        with the process. Takes up to :data:`LISTEN_POLL` seconds (the listener ends at its next
+        poll) plus ``timeout`` for the last flush (after the flusher's own, if one was under
+        way). The link is unusable after; a second close does nothing.
         """
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.wake.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2)
+        if self.up:
+            self.flush()
+        self.up = False  # from now on no caller asks Redis (nothing would reconnect)
+        self._readers.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
 
@@ -397,7 +448,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
     @state.setter
     def state(self, state: str) -> None:
         args = [
-            "set", self._link.channel, self._link.who, self.name, *_args(self.policy), state, "",
+            "set", self._link.channel, self._link.who, self.name, *_args(self.policy), state, "", "",
         ]  # fmt: skip
         self._link.script(keys=[self._key], args=args)
 

@@ -24,18 +24,10 @@ if TYPE_CHECKING:
     from ..observe.events import EventBus
     from ._redis import RedisLink, Reply
 
-__all__ = ["AnyBreaker", "BreakerRegistry", "default_key", "is_shareable"]
+__all__ = ["AnyBreaker", "BreakerRegistry", "default_key"]
 
 #: A target's breaker: in-process, or shared through Redis.
 AnyBreaker: TypeAlias = CircuitBreaker | SharedCircuitBreaker
-
-
-def is_shareable(policy: BreakerPolicy) -> bool:
-    """Whether a breaker under ``policy`` can be shared: either mode, but no slow-call tripping.
-
-    Slow-call tripping keeps its window per process (a documented limitation).
-    """
-    return policy.slow_call_threshold is None
 
 
 def default_key(base_url: str, model: str | None) -> str:
@@ -91,11 +83,15 @@ class BreakerRegistry:
         #: The credentials out of quota on these breakers' targets (quota is no breaker failure).
         self.quota = QuotaLedger(clock=clock, bus=bus)
 
-    def get(self, key: str, policy: BreakerPolicy | None = None) -> AnyBreaker:
+    def get(
+        self, key: str, policy: BreakerPolicy | None = None, *, within: float | None = None
+    ) -> AnyBreaker:
         """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
 
         A per-target ``policy`` applies when the breaker is created; a breaker that already
-        exists keeps the policy it was created with.
+        exists keeps the policy it was created with. A shared breaker starts from the shared
+        state, read waiting at most ``within`` seconds (None: the link's ``timeout``; 0: not
+        read, closed until the next refresh): the part of ``timeout`` its call has left.
         """
         policy = policy or self.policy
         with self._lock:
@@ -104,9 +100,10 @@ class BreakerRegistry:
                 self._breakers.move_to_end(key)
                 return breaker
         link = self.link
-        # A shared breaker starts from the shared state, read (bounded by the link's timeout)
-        # with no lock held; a racing get for the same key may read too, and one of them wins.
-        reply = link.run(key, policy, "read") if link is not None and is_shareable(policy) else None
+        # Read with no lock held; a racing get for the same key may read too, and one of them wins.
+        reply = None
+        if link is not None:
+            reply = link.read(key, policy, link.shared.timeout if within is None else within)
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
@@ -120,7 +117,7 @@ class BreakerRegistry:
 
     def _make(self, key: str, policy: BreakerPolicy, reply: Reply | None) -> AnyBreaker:
         link = self.link
-        if link is not None and is_shareable(policy):
+        if link is not None:
             return SharedCircuitBreaker(key, policy, clock=self._clock, bus=self._bus, link=link, reply=reply)
         return CircuitBreaker(key, policy, clock=self._clock, bus=self._bus)
 

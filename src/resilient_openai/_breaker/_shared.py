@@ -5,7 +5,9 @@ view* of the shared state (state, generation, until when a refusal holds), kept 
 link's pushes and refreshes (:mod:`._redis`); :func:`admission` decides from it alone:
 
 * closed: admit, lock-free, no Redis round trip; the outcome is queued and sent in the
-  background (successes batched, a failure at once: it can trip the circuit);
+  background (successes batched, a failure at once: it can trip the circuit). A success slower
+  than ``slow_call_threshold`` is sent as a slow one, and a failure with the Retry-After the
+  server asked for, so slow-call tripping and a server's longer break are cluster-wide too;
 * open inside its break, isolated, or half-open with every probe slot taken: refuse locally;
 * otherwise (a break just ended, a probe slot may be free): ask Redis, bounded by ``timeout``,
   for one of the ``half_open_probes`` slots of the whole cluster (a lease that a dead worker's
@@ -14,6 +16,10 @@ link's pushes and refreshes (:mod:`._redis`); :func:`admission` decides from it 
 While Redis is unreachable, ``on_unavailable`` decides: ``local`` hands every call to an
 in-process breaker (a fresh start each time Redis comes back), ``open`` refuses, ``closed``
 admits without counting.
+
+A refusal carries the breaker's name and ``retry_after``, and chains as ``__cause__`` the failure
+that opened the circuit when this worker reported it (another worker's exception never reaches
+this one).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from .._errors import CircuitOpenError
 from ..observe.events import BreakerStateChanged, CallRejected
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
 from ._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL, Reply
-from ._state import CLOSED, HALF_OPEN, OPEN, Outcome, outcome_of
+from ._state import CLOSED, HALF_OPEN, OPEN, Outcome, honoured_retry_after, outcome_of
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -81,8 +87,8 @@ class SharedCircuitBreaker:
     """One target's breaker, shared by every worker through ``link`` (see the module docs)."""
 
     __slots__ = (
-        "__weakref__", "_bus", "_clock", "_link", "_local", "_lock", "_outcomes", "_reply",
-        "_view", "name", "policy",
+        "__weakref__", "_bus", "_cause", "_clock", "_failed", "_link", "_local", "_lock",
+        "_outcomes", "_reply", "_slow_after", "_view", "name", "policy",
     )  # fmt: skip
 
     def __init__(
@@ -103,6 +109,13 @@ class SharedCircuitBreaker:
         self._link = link
         # Judged once per verdict, so the hot path is one dict lookup.
         self._outcomes = {verdict: outcome_of(verdict, policy) for verdict in (*Verdict, None)}
+        threshold = policy.slow_call_threshold
+        self._slow_after = math.inf if threshold is None else threshold
+        #: The last failure this worker reported, and the generation it was admitted in; the
+        #: error becomes ``_cause`` when the circuit opens in the next generation.
+        self._failed: tuple[int, BaseException | None] = (-1, None)
+        #: The error chained onto refusals while the circuit is open (None: not this worker's).
+        self._cause: BaseException | None = None
         #: Decides alone while Redis is unreachable (``on_unavailable = "local"``).
         self._local = CircuitBreaker(name, policy, clock=clock, bus=bus)
         # Guards a permit's one report and the view's replacement; never held across I/O.
@@ -145,7 +158,9 @@ class SharedCircuitBreaker:
         if self._bus:
             shown = math.inf if retry_after is None else retry_after
             self._bus.emit(CallRejected(self._clock.wall(), self.name, shown))
-        raise CircuitOpenError(f"circuit '{self.name}' is open", breaker=self.name, retry_after=retry_after)
+        raise CircuitOpenError(
+            f"circuit '{self.name}' is open", breaker=self.name, retry_after=retry_after
+        ) from self._cause
 
     def _unavailable(self) -> Permit:
         mode = self._link.shared.on_unavailable
@@ -172,21 +187,27 @@ class SharedCircuitBreaker:
             permit._done = True
         outcome = self._outcomes[verdict]
         link = self._link
-        if permit._generation < 0 or not link.up:
+        generation = permit._generation
+        if generation < 0 or not link.up:
             return
+        after = 0.0
+        if outcome is Outcome.FAILURE:
+            self._failed = (generation, error)
+            after = honoured_retry_after(retry_after, self.policy.break_max)
         if permit._probe:
             code = {Outcome.SUCCESS: "S", Outcome.FAILURE: "F", Outcome.IGNORED: "I"}[outcome]
             # A probe's outcome decides the circuit: sent now, in the caller's thread (bounded).
             reply = link.run(
-                self.name, self.policy, "settle", link.lease(permit._probe), f"{permit._generation}:{code}"
-            )
+                self.name, self.policy, "settle", link.lease(permit._probe), f"{generation}:{code}",
+                f"{after:.3f}",
+            )  # fmt: skip
             if reply is not None:
                 self.adopt(reply)
             return
         if outcome is Outcome.SUCCESS:
-            link.queue.append((self, permit._generation, "S"))
+            link.queue.append((self, generation, "W" if duration > self._slow_after else "S", 0.0))
         elif outcome is Outcome.FAILURE:
-            link.queue.append((self, permit._generation, "F"))
+            link.queue.append((self, generation, "F", after))
             link.wake.set()  # a failure may trip the circuit: no batching delay
 
     def adopt(self, reply: Reply, *, force: bool = False) -> None:
@@ -201,6 +222,12 @@ class SharedCircuitBreaker:
                 return  # an answer overtaken by a newer one
             self._view = view_of(reply, self._clock.now())
             self._reply = reply
+            if reply.gen != old.gen or old.state != reply.state:
+                # The circuit opened right after the generation this worker's last failure was
+                # admitted in: that failure (or one beside it, from another worker) tripped it.
+                failed_in, error = self._failed
+                opened = reply.state == OPEN and failed_in == reply.gen - 1
+                self._cause = error if opened else None
         if old.state != reply.state and self._bus:
             retry_after = reply.wait if reply.wait >= 0 else None
             why = f"{reply.reason} (worker {reply.by})"

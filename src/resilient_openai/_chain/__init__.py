@@ -131,6 +131,16 @@ class Chain:
             _fold(makers, terminal), breakers, budgets, delivery.cache, delivery.shared, policy, runtime
         )
 
+    def close(self) -> None:
+        """Release what the chain holds outside the process: the shared breakers' link (its last
+        batched reports sent first, within ``shared.timeout``) and the shared cache's threads.
+        Blocking; the client's ``close()`` calls it (an asyncio client, on a worker thread)."""
+        link = self.breakers.link
+        if link is not None:
+            link.close()
+        if self.shared_cache is not None:
+            self.shared_cache.close()
+
     def call(self, client: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
         """Run one SDK request made through ``client`` (a coroutine for an asyncio client)."""
         body = options.json_data

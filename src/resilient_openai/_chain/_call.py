@@ -97,6 +97,9 @@ class Call:
     #: The caller's own request options; ``options`` is what the current step sends (without the
     #: caller's credential headers when the step is another provider).
     caller_options: Options | None = None
+    #: Real seconds this call has waited on Redis so far (first reads of shared breakers, shared
+    #: cache reads): together they wait at most ``shared.timeout``, see :meth:`redis_left`.
+    redis_waited: float = 0.0
 
     @property
     def model(self) -> str | None:
@@ -115,6 +118,14 @@ class Call:
         limit = limits.first_token if self.stream else limits.attempt
         own = self.caller_timeout
         return limit if own is None or own >= limit else own
+
+    def redis_left(self, timeout: float) -> float:
+        """What this call may still wait on Redis, of the one ``timeout`` all its reads share.
+
+        Real seconds (``time.monotonic``), not the injected clock's: they bound waits on
+        sockets and threads, which a fake clock does not see.
+        """
+        return max(timeout - self.redis_waited, 0.0)
 
     def record(self, verdict: str, status: int | None, duration: float) -> None:
         """Append the outcome of the current attempt on the current target."""

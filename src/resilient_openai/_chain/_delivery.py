@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -128,30 +129,37 @@ class Delivery:
         tenant = scope(call.client, call.options, self._secret)
         return None if tenant is None else request_key(call.operation, call.body, tenant)
 
-    def read_through(self, key: str | None) -> LocalAnswer | None:
+    def read_through(self, key: str | None, call: Call) -> LocalAnswer | None:
         """A cached answer served before any upstream is asked, when read-through is on."""
-        return self.cached(key) if self._read_through else None
+        return self.cached(key, call) if self._read_through else None
 
-    async def read_through_async(self, key: str | None) -> LocalAnswer | None:
+    async def read_through_async(self, key: str | None, call: Call) -> LocalAnswer | None:
         """:meth:`read_through` for asyncio tasks (a Redis read never blocks the loop)."""
-        return await self.cached_async(key) if self._read_through else None
+        return await self.cached_async(key, call) if self._read_through else None
 
-    def cached(self, key: str | None) -> LocalAnswer | None:
-        """The last good answer stored under ``key``: the local cache's, else the shared one's."""
+    def cached(self, key: str | None, call: Call) -> LocalAnswer | None:
+        """The last good answer stored under ``key``: the local cache's, else the shared one's
+        (waiting on Redis at most what ``call`` has left of ``shared.timeout``)."""
         if key is None or self.cache is None:
             return None
         hit = self.cache.get(key)
-        if hit is None and self.shared is not None:
-            hit = self._adopt(key, self.shared.get(key))
+        shared = self.shared
+        if hit is None and shared is not None:
+            started = time.monotonic()
+            hit = self._adopt(key, shared.get(key, call.redis_left(shared.timeout)))
+            call.redis_waited += time.monotonic() - started
         return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
 
-    async def cached_async(self, key: str | None) -> LocalAnswer | None:
+    async def cached_async(self, key: str | None, call: Call) -> LocalAnswer | None:
         """:meth:`cached` for asyncio tasks (a Redis read never blocks the loop)."""
         if key is None or self.cache is None:
             return None
         hit = self.cache.get(key)
-        if hit is None and self.shared is not None:
-            hit = self._adopt(key, await self.shared.get_async(key))
+        shared = self.shared
+        if hit is None and shared is not None:
+            started = time.monotonic()
+            hit = self._adopt(key, await shared.get_async(key, call.redis_left(shared.timeout)))
+            call.redis_waited += time.monotonic() - started
         return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
 
     def _adopt(self, key: str, hit: CachedAnswer | None) -> CachedAnswer | None:
@@ -209,7 +217,7 @@ class Delivery:
         """What a cache or canned step answers (None when it cannot: a miss, a non-text operation,
         a request shape the canned step has no answer for)."""
         if step.kind == "cache":
-            return self.cached(key)
+            return self.cached(key, call)
         if step.kind == "canned":
             reply = canned_reply(step, shape)
             if isinstance(reply, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -17,7 +18,7 @@ from .. import _sdk
 from .._breaker import BreakerRegistry, default_key
 from .._budget import BudgetRegistry
 from .._provenance import Source
-from ._call import LiveTarget
+from ._call import Call, LiveTarget
 
 if TYPE_CHECKING:
     from .._policy import BreakerPolicy, FallbackStep, Policy
@@ -51,14 +52,18 @@ class Targets:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def live(self, step: FallbackStep, caller: Any, requested_model: str | None) -> LiveTarget:
-        """The target ``step`` sends to, for a call made through ``caller`` for ``requested_model``."""
+    def live(self, step: FallbackStep, call: Call) -> LiveTarget:
+        """The target ``step`` sends to, for ``call`` (made through its client, for its model).
+
+        A target's first use in this process reads its shared breaker state, within what
+        ``call`` has left of its time on Redis.
+        """
         policy = self._policy
         if step.kind == "target":
             assert step.target is not None
             target = policy.fallback.targets[step.target]
             client = self._client(step.target)
-            model = target.model or requested_model
+            model = target.model or call.requested_model
             name = self._breaker_key(str(client.base_url), model)
             retry = target.retry or policy.retry
             return LiveTarget(
@@ -69,20 +74,21 @@ class Targets:
                 client=client,
                 retry=retry,
                 timeouts=policy.timeouts,
-                breaker=self._breaker(name, target.breaker),
+                breaker=self._breaker(name, target.breaker, call),
                 budget=self._budgets.get(name, retry.budget),
                 model=model,
                 accepts_prefill=target.accepts_prefill,
             )
-        return self._on_caller(caller, step.model, requested_model)
+        return self._on_caller(call, step.model)
 
-    def _on_caller(self, caller: Any, step_model: str | None, requested_model: str | None) -> LiveTarget:
+    def _on_caller(self, call: Call, step_model: str | None) -> LiveTarget:
         """The caller's own client asked for its model (``step_model`` None) or another one.
 
         Remembered per client instance, model and kind: rebuilding the breaker name from
         ``str(base_url)`` on every call is measurable on the success path. The memo is dropped
         when the client's base URL is reassigned or the registry dropped a breaker, and bounded.
         """
+        caller, requested_model = call.client, call.requested_model
         base = _sdk.base_url(caller)
         memo = caller.__dict__.get("_resilience_targets")
         breakers = self._breakers
@@ -104,7 +110,7 @@ class Targets:
                 client=caller,
                 retry=self._policy.retry,
                 timeouts=self._policy.timeouts,
-                breaker=self._breaker(name, None),
+                breaker=self._breaker(name, None, call),
                 budget=self._budgets.get(name, self._policy.retry.budget),
                 model=None if primary else model,
             )
@@ -139,7 +145,13 @@ class Targets:
             http_client=factory(target) if factory is not None else None,
         )
 
-    def _breaker(self, name: str, override: BreakerPolicy | None) -> Any:
+    def _breaker(self, name: str, override: BreakerPolicy | None, call: Call) -> Any:
         if not self._policy.breaker.enabled and override is None:
             return None
-        return self._breakers.get(name, override)
+        shared = self._policy.shared
+        if shared is None:
+            return self._breakers.get(name, override)
+        started = time.monotonic()
+        breaker = self._breakers.get(name, override, within=call.redis_left(shared.timeout))
+        call.redis_waited += time.monotonic() - started
+        return breaker

@@ -122,7 +122,7 @@ class Walker:
 
     def aim(self, call: Call, move: Send, key: str | None, continuation: StreamHooks | None) -> None:
         """Point the call at the target of ``move``, with what its stream should report."""
-        call.target = self._targets.live(move.step, call.client, call.requested_model)
+        call.target = self._targets.live(move.step, call)
         call.options = self._options_for(call, move.step)
         call.has_next = bool(move.later)
         call.hooks = (
@@ -162,7 +162,7 @@ class Walker:
         """
         if call.body is None:
             return None
-        target = self._targets.live(step, call.client, call.requested_model)
+        target = self._targets.live(step, call)
         if not (target.accepts_prefill or (step.kind == "model" and step.accepts_prefill)):
             return None
         messages = [*call.body.get("messages", ()), {"role": "assistant", "content": partial}]
@@ -173,7 +173,7 @@ class Walker:
 
     def regeneration_call(self, call: Call, step: FallbackStep) -> Call:
         """The same question, asked of ``step`` (its answer is spliced in where the caller is)."""
-        target = self._targets.live(step, call.client, call.requested_model)
+        target = self._targets.live(step, call)
         options = self._options_for(call, step)
         return dataclasses.replace(call, options=options, target=target, has_next=True, hooks=None)
 
@@ -224,7 +224,7 @@ class SyncFallback:
         walker = self._walker
         delivery = walker.delivery
         key, moves, shape = walker.start(call)
-        hit = delivery.read_through(key)
+        hit = delivery.read_through(key, call)
         if hit is not None:
             return delivery.serve_sync(call, hit, None)
         failure: Outcome | None = None
@@ -294,7 +294,7 @@ class AsyncFallback:
         walker = self._walker
         delivery = walker.delivery
         key, moves, shape = walker.start(call)
-        hit = await delivery.read_through_async(key)
+        hit = await delivery.read_through_async(key, call)
         if hit is not None:
             return await delivery.serve_async(call, hit, None)
         failure: Outcome | None = None
@@ -335,7 +335,7 @@ class AsyncFallback:
         if walker.refused(move.step, shape, declined):
             return None
         if move.step.kind == "cache":
-            return await walker.delivery.cached_async(key)
+            return await walker.delivery.cached_async(key, call)
         if move.step.kind != "function":
             return walker.delivery.local(call, move.step, key, move.reason, shape)
         if not walker.delivery.answers_text(call):

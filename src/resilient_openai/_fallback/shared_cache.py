@@ -4,8 +4,9 @@ The local :class:`~resilient_openai._fallback.cache.ResponseCache` stays the fir
 and the only one a call depends on; Redis is a second level behind it, best effort:
 
 * **Reads** (a local miss) run on a small pool of reader threads and the caller waits at most
-  ``shared.timeout`` for the answer, sync or asyncio alike. A read that fails or runs late marks
-  Redis *down*; while it is down no call asks it at all.
+  ``shared.timeout`` for the answer, sync or asyncio alike (less when its call already spent part
+  of that on Redis). A read that fails or runs past ``timeout`` marks Redis *down*; while it is
+  down no call asks it at all.
 * **Writes** never wait: an answer goes into a bounded queue (:data:`QUEUE_BOUND`) that one
   writer thread encodes and stores (``SET ... PX ttl``); when the queue is full, or Redis is
   down, the answer is dropped and counted (it is still in the local cache).
@@ -207,6 +208,7 @@ class _Link:
         return raw if isinstance(raw, bytes) else None
 
     def close(self) -> None:
+        self.up = False  # no caller asks a closed link
         self.closed.set()
         self.redis.close()
 
@@ -251,7 +253,8 @@ class SharedCache:
     def __init__(self, settings: SharedCacheSettings) -> None:
         self.secret = settings.secret
         self._prefix = f"{settings.namespace}:cache:"
-        self._timeout = settings.timeout
+        #: The longest a read waits (``shared.timeout``), shared by every Redis read of one call.
+        self.timeout = settings.timeout
         self._max_bytes = settings.max_bytes
         self._settings = settings
         self._start_lock = threading.Lock()
@@ -277,9 +280,9 @@ class SharedCache:
                     self._start()
         return self._link
 
-    def _submit(self, key: str) -> concurrent.futures.Future[bytes | None] | None:
+    def _submit(self, key: str, within: float) -> concurrent.futures.Future[bytes | None] | None:
         link = self._here()
-        if not link.up:
+        if not link.up or within <= 0:
             return None
         return self._readers.submit(link.read, self._prefix + key)
 
@@ -288,31 +291,38 @@ class SharedCache:
         self._link.count("misses" if answer is None else "hits")
         return answer
 
-    def get(self, key: str) -> CachedAnswer | None:
-        """The answer stored under ``key`` by any worker; None on a miss, or when Redis is down
-        or slower than ``timeout`` (then marked down)."""
-        future = self._submit(key)
+    def get(self, key: str, within: float) -> CachedAnswer | None:
+        """The answer stored under ``key`` by any worker, waiting at most ``within`` seconds
+        (<= ``timeout``); None on a miss, when Redis is down, or when it did not answer in time
+        (marked down when that was the whole ``timeout``)."""
+        future = self._submit(key, within)
         if future is None:
             return None
         try:
-            raw = future.result(timeout=self._timeout)
+            raw = future.result(timeout=within)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            self._link.up = False
+            self._late(within)
             return None
         return self._took(raw)
 
-    async def get_async(self, key: str) -> CachedAnswer | None:
+    async def get_async(self, key: str, within: float) -> CachedAnswer | None:
         """:meth:`get` for asyncio tasks: the loop is never blocked, the wait as bounded."""
-        future = self._submit(key)
+        future = self._submit(key, within)
         if future is None:
             return None
         try:
-            raw = await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+            raw = await asyncio.wait_for(asyncio.wrap_future(future), within)
         except TimeoutError:
-            self._link.up = False
+            self._late(within)
             return None
         return self._took(raw)
+
+    def _late(self, waited: float) -> None:
+        """A read did not answer in ``waited`` seconds: Redis is down if that was all of ``timeout``
+        (a shorter wait, the rest of a call's allowance, says nothing about Redis)."""
+        if waited >= self.timeout:
+            self._link.up = False
 
     def put(self, key: str, answer: CachedAnswer) -> None:
         """Queue ``answer`` for Redis and return at once (a full queue drops it, counted)."""
@@ -324,6 +334,11 @@ class SharedCache:
             self._pending.put_nowait((self._prefix + key, answer))
         except queue.Full:
             link.count("dropped")
+
+    def close(self) -> None:
+        """Stop this process's writer and readers and close the connection (for the client's
+        ``close()``); answers still queued for Redis are dropped, the local cache keeps them."""
+        self._finalizer()
 
     def stats(self) -> SharedCacheStats:
         """This process's counters, and whether Redis is up (that is: not known to be down)."""
