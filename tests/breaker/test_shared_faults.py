@@ -247,3 +247,38 @@ def test_a_first_call_waits_on_a_paused_redis_one_timeout_in_all(
     took = time.monotonic() - start
     harness.run(client.close)
     assert 0.2 <= took < 0.2 + 0.08
+
+
+def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: PrivateRedis) -> None:
+    """Losing Redis mid-outage: each worker's local breaker starts from the shared view (open for
+    the rest of the break), so the failing upstream is not asked fail_max times again."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=3, break_duration=5.0),
+        shared=SharedPolicy(url=private_redis.url, namespace="killed-open"),
+    )
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+    def client() -> openai.OpenAI:
+        http = httpx2.Client(transport=upstream.transport())
+        sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+        return resilient(sdk, policy)
+
+    tripping, other = client(), client()
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            tripping.chat.completions.create(model="m", messages=messages)
+    with pytest.raises(CircuitOpenError):  # the other worker's first call reads the open circuit
+        other.chat.completions.create(model="m", messages=messages)
+    private_redis.stop()
+    for worker in (tripping, other):
+        for _ in range(5):
+            with pytest.raises(CircuitOpenError) as refused:
+                worker.chat.completions.create(model="m", messages=messages)
+            assert refused.value.retry_after is not None
+            assert 3.0 < refused.value.retry_after <= 5.0
+    assert upstream.count() == 3
+    tripping.close()
+    other.close()

@@ -12,6 +12,8 @@ from typing import Any
 
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
+from .conftest import PrivateRedis
+
 WORKER = Path(__file__).with_name("_worker.py")
 #: What a worker reports: ``sent``, ``refused``, and ``calls`` as ``[start, kind, seconds]``.
 Report = dict[str, Any]
@@ -95,3 +97,29 @@ def test_every_worker_is_back_on_the_primary_soon_after_it_recovers(redis_url: s
     for report in results:
         first_ok = min(start for start, kind, _ in report["calls"] if kind == "ok")
         assert first_ok < 1.3, first_ok
+
+
+def test_redis_killed_mid_run_leaves_each_worker_deciding_alone(private_redis: PrivateRedis) -> None:
+    """Redis dies while the fleet's circuit is open: no caller sees a Redis error or waits on it,
+    and each worker keeps protecting the upstream with its local breaker (on_unavailable=local)."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    killed_after: list[int] = []
+
+    def kill() -> None:
+        killed_after.append(upstream.count())
+        private_redis.stop()
+
+    with upstream.serve() as base_url:
+        results = _fleet(private_redis.url, "killed", base_url, threads=2, seconds=1.2, at=(0.2, kill))
+    assert _kinds(results) <= {"failed", "refused"}
+    # No call waits on the dead Redis: the slowest one is far below a connect timeout.
+    slowest = max(seconds for report in results for _, _, seconds in report["calls"])
+    assert slowest < 0.5, slowest
+    assert killed_after[0] <= 5 + 1 + 7, killed_after
+    # Alone, each worker starts from the open circuit it last saw and probes once per break
+    # (twice in the second left), plus a call in flight: never fail_max again (4 x 7 would be).
+    after = upstream.count() - killed_after[0]
+    assert after <= 4 * 3, after
+    refused = sum(report["refused"] for report in results)
+    assert refused > 5 * upstream.count(), (refused, upstream.count())

@@ -14,8 +14,9 @@ link's pushes and refreshes (:mod:`._redis`); :func:`admission` decides from it 
   probe gives back when it expires).
 
 While Redis is unreachable, ``on_unavailable`` decides: ``local`` hands every call to an
-in-process breaker (a fresh start each time Redis comes back), ``open`` refuses, ``closed``
-admits without counting.
+in-process breaker that starts from this worker's last view of the shared one (an open circuit
+stays open for the rest of its break, an isolated one stays isolated; a fresh start each time
+Redis comes back), ``open`` refuses, ``closed`` admits without counting.
 
 A refusal carries the breaker's name and ``retry_after``, and chains as ``__cause__`` the failure
 that opened the circuit when this worker reported it (another worker's exception never reaches
@@ -26,15 +27,18 @@ from __future__ import annotations
 
 import math
 import threading
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
+
+import pybreaker
 
 from .._classify import Verdict
 from .._errors import CircuitOpenError
 from ..observe.events import BreakerStateChanged, CallRejected
 from ._breaker import BreakerSnapshot, CircuitBreaker, Permit
 from ._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL, Reply
-from ._state import CLOSED, HALF_OPEN, OPEN, Outcome, honoured_retry_after, outcome_of
+from ._state import CLOSED, HALF_OPEN, ISOLATED, OPEN, Outcome, honoured_retry_after, outcome_of
 
 if TYPE_CHECKING:
     from .._clock import Clock
@@ -116,8 +120,9 @@ class SharedCircuitBreaker:
         self._failed: tuple[int, BaseException | None] = (-1, None)
         #: The error chained onto refusals while the circuit is open (None: not this worker's).
         self._cause: BaseException | None = None
-        #: Decides alone while Redis is unreachable (``on_unavailable = "local"``).
-        self._local = CircuitBreaker(name, policy, clock=clock, bus=bus)
+        #: Decides alone while Redis is unreachable (``on_unavailable = "local"``); made from
+        #: the last view when first needed in each outage of Redis.
+        self._local: CircuitBreaker | None = None
         # Guards a permit's one report and the view's replacement; never held across I/O.
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
@@ -130,7 +135,7 @@ class SharedCircuitBreaker:
     def state(self) -> str:
         """The shared state as this worker last saw it (the local breaker's while Redis is down)."""
         if not self._link.up and self._link.shared.on_unavailable == "local":
-            return self._local.state
+            return self._alone().state
         return self._view.state
 
     def acquire(self) -> Permit:
@@ -165,7 +170,7 @@ class SharedCircuitBreaker:
     def _unavailable(self) -> Permit:
         mode = self._link.shared.on_unavailable
         if mode == "local":
-            return self._local.acquire()
+            return self._alone().acquire()
         if mode == "open":
             now = self._clock.now()
             return self._refuse(View(OPEN, 0, now + RECONNECT_INTERVAL), now)
@@ -235,15 +240,46 @@ class SharedCircuitBreaker:
             self._bus.emit(BreakerStateChanged(at, self.name, old.state, reply.state, why, retry_after))
 
     def reconnected(self) -> None:
-        """Redis is back: the shared state rules again, and the next outage starts a fresh local breaker."""
-        self._local = CircuitBreaker(self.name, self.policy, clock=self._clock, bus=self._bus)
+        """Redis is back: the shared state rules again; the next outage starts its own local breaker."""
+        self._local = None
+
+    def _alone(self) -> CircuitBreaker:
+        """The breaker this worker decides with while Redis is unreachable: made on first need
+        from the last shared view, so losing Redis in the middle of an outage does not make
+        every worker pay ``fail_max`` again (nor lifts an operator's isolation)."""
+        local = self._local
+        if local is not None:
+            return local
+        with self._lock:
+            if self._local is None:
+                self._local = CircuitBreaker(
+                    self.name, self.policy, clock=self._clock, bus=self._bus, storage=self._seed()
+                )
+            return self._local
+
+    def _seed(self) -> pybreaker.CircuitBreakerStorage:
+        """An in-process storage holding the last view: open for what is left of its break (a
+        half-open circuit: none left, so the next call probes), isolated, or closed."""
+        view = self._view
+        if view.state == CLOSED:
+            return pybreaker.CircuitMemoryStorage(CLOSED)
+        wall = self._clock.wall()
+        if view.state == ISOLATED or math.isinf(view.until):
+            storage = pybreaker.CircuitMemoryStorage(ISOLATED)
+            storage.opened_at = datetime.fromtimestamp(wall, UTC)
+            return storage
+        left = max(view.until - self._clock.now(), 0.0)
+        storage = pybreaker.CircuitMemoryStorage(OPEN)
+        # The local breaker serves ``opened_at + break_duration - now`` of its break: ``left``.
+        storage.opened_at = datetime.fromtimestamp(wall + left - self.policy.break_duration, UTC)
+        return storage
 
     def _act(self, op: str) -> None:
         reply = self._link.run(self.name, self.policy, op)
         if reply is not None:
             self.adopt(reply, force=True)
         else:  # Redis did not answer: the operator acts on this worker's own breaker only
-            getattr(self._local, op)()
+            getattr(self._alone(), op)()
 
     def isolate(self) -> None:
         """Force the circuit open for every worker until :meth:`close` or :meth:`reset`.
@@ -264,7 +300,7 @@ class SharedCircuitBreaker:
     def snapshot(self) -> BreakerSnapshot:
         """The shared state as this worker last saw it (refreshed at least every 0.5 s)."""
         if not self._link.up and self._link.shared.on_unavailable == "local":
-            return self._local.snapshot()
+            return self._alone().snapshot()
         view, reply = self._view, self._reply
         now = self._clock.now()
         return BreakerSnapshot(
