@@ -26,6 +26,7 @@ EXPECTED_ALL: dict[str, list[str]] = {
         "IncompleteStreamError",
         "Policy",
         "Provenance",
+        "RedisBreakerStorage",
         "RequestRejectedError",
         "ResilienceError",
         "RetryBudget",

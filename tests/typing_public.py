@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, assert_type
 
 import openai
+import pybreaker
 from openai import AsyncStream, Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
@@ -22,8 +23,10 @@ from resilient_openai import (
     IncompleteStreamError,
     Policy,
     Provenance,
+    RedisBreakerStorage,
     RequestRejectedError,
     ResilienceError,
+    SharedPolicy,
     Source,
     UnanswerableError,
     Verdict,
@@ -119,3 +122,7 @@ def _helper_types() -> None:
     fault: Fault = Status(503)
     assert_type(upstream.requests[0].fault, Fault | None)
     del fault
+    storage = RedisBreakerStorage.connect("payments", SharedPolicy(url_env="REDIS_URL"))
+    assert_type(storage, RedisBreakerStorage)
+    plain: pybreaker.CircuitBreakerStorage = storage
+    del plain

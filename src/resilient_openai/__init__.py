@@ -4,6 +4,7 @@
 the chain; ``provenance(result)`` tells where an answer came from.
 """
 
+from ._breaker._redis import RedisBreakerStorage
 from ._classify import Classification, Verdict, classify
 from ._client import resilient
 from ._clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -51,6 +52,7 @@ __all__ = [
     "IncompleteStreamError",
     "Policy",
     "Provenance",
+    "RedisBreakerStorage",
     "RequestRejectedError",
     "ResilienceError",
     "RetryBudget",

@@ -13,9 +13,18 @@ import pybreaker
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from resilient_openai import BreakerPolicy, CircuitOpenError, Policy, RetryPolicy, breakers, health, resilient
+from resilient_openai import (
+    BreakerPolicy,
+    CircuitOpenError,
+    Policy,
+    RedisBreakerStorage,
+    RetryPolicy,
+    breakers,
+    health,
+    resilient,
+)
 from resilient_openai._breaker import BreakerRegistry, SharedCircuitBreaker
-from resilient_openai._breaker._redis import RedisBreakerStorage, Reply, connect
+from resilient_openai._breaker._redis import Reply, connect
 from resilient_openai._breaker._shared import Admission, View, admission, view_of
 from resilient_openai._classify import Verdict
 from resilient_openai._clock import SystemClock
@@ -312,6 +321,30 @@ def test_a_plain_pybreaker_shares_the_state(make_registry: MakeRegistry) -> None
     wait_for(lambda: ours.state == "open")
     with pytest.raises(pybreaker.CircuitBreakerError):
         plain[1].call(lambda: None)
+
+
+def test_plain_pybreakers_in_two_processes_share_one_circuit(redis_url: str, namespace: str) -> None:
+    """The public RedisBreakerStorage.connect: two plain pybreakers, as two workers would have
+    them, trip one circuit together and refuse together."""
+    shared = SharedPolicy(url=redis_url, namespace=namespace)
+    plain = [
+        pybreaker.CircuitBreaker(
+            fail_max=2, reset_timeout=60, state_storage=RedisBreakerStorage.connect("payments", shared)
+        )
+        for _ in range(2)
+    ]
+
+    def boom() -> None:
+        raise RuntimeError("upstream down")
+
+    with pytest.raises(RuntimeError):
+        plain[0].call(boom)
+    with pytest.raises((RuntimeError, pybreaker.CircuitBreakerError)):
+        plain[1].call(boom)
+    for breaker in plain:
+        assert breaker.current_state == "open"
+        with pytest.raises(pybreaker.CircuitBreakerError):
+            breaker.call(lambda: None)
 
 
 # -- through resilient() ------------------------------------------------------------------------

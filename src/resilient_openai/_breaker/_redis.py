@@ -431,8 +431,24 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
     through the same script, so they bump the generation and are published; counters are single
     atomic ``HINCRBY`` commands; ``opened_at`` keeps microseconds. Unlike the library's own
     breakers it makes Redis round trips on every call (that is pybreaker's model), and redis-py
-    errors reach pybreaker (which treats a storage error as its own failure).
+    errors reach pybreaker (which treats a storage error as its own failure). Make one with
+    :meth:`connect`::
+
+        storage = RedisBreakerStorage.connect("payments", SharedPolicy(url_env="REDIS_URL"))
+        breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, state_storage=storage)
     """
+
+    @classmethod
+    def connect(
+        cls, name: str, shared: SharedPolicy, breaker: BreakerPolicy | None = None
+    ) -> RedisBreakerStorage:
+        """The storage of breaker ``name`` on the Redis ``shared`` names (its ``url``/``url_env``,
+        ``namespace`` and ``timeout``); ``breaker`` is the policy our own breakers of that name
+        follow (its break and probes), the defaults when None. A missing ``redis`` extra or an
+        unset ``url_env`` variable is a :class:`~resilient_openai.ConfigError`."""
+        from .._policy import BreakerPolicy
+
+        return cls(connect(shared), name, breaker or BreakerPolicy())
 
     def __init__(self, link: RedisLink, name: str, policy: BreakerPolicy) -> None:
         super().__init__(name)
