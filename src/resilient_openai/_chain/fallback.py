@@ -245,7 +245,7 @@ class SyncFallback:
             later = _SyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
             walker.aim(call, move, key, later.hooks() if later is not None else None)
             outcome: Outcome = next(call)
-            if outcome.ok:
+            if outcome.error is None:
                 if later is not None:
                     later.result = outcome.result
                 return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)
@@ -315,7 +315,7 @@ class AsyncFallback:
             later = _AsyncRescue(walker, call, next, move.later) if walker.wants_rescue(call, move) else None
             walker.aim(call, move, key, later.hooks() if later is not None else None)
             outcome: Outcome = await next(call)
-            if outcome.ok:
+            if outcome.error is None:
                 if later is not None:
                     later.result = outcome.result
                 return delivery.live(call, outcome, primary=move.step is PRIMARY, key=key, reason=reason)

@@ -62,7 +62,7 @@ class _Judge:
         clock = self._clock
         now = clock.now()
         judged = outcome.judged
-        call.record(judged.verdict.value, judged.status, now - started)
+        call.record(judged.verdict._value_, judged.status, now - started)  # not .value: a descriptor
         target = call.target
         assert target is not None
         if call.attempt == 1 and judged.verdict is not Verdict.CIRCUIT_OPEN:
@@ -70,7 +70,7 @@ class _Judge:
             budget = target.budget
             if budget is not None:
                 budget.deposit()
-        if outcome.ok:
+        if outcome.error is None:
             return None
         remaining = call.deadline - now
         limit = call.first_limit()
