@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from .conftest import PrivateRedis
@@ -107,11 +109,19 @@ def test_redis_killed_mid_run_leaves_each_worker_deciding_alone(private_redis: P
     killed_after: list[int] = []
 
     def kill() -> None:
+        """Once the fleet's circuit is open in Redis and the workers heard of it (< 100 ms)."""
+        admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        deadline = time.monotonic() + 5
+        while not any(admin.hget(key, "state") == "open" for key in admin.scan_iter("killed:breaker:*")):
+            assert time.monotonic() < deadline, "the fleet's circuit never opened"
+            time.sleep(0.005)
+        admin.close()
+        time.sleep(0.15)
         killed_after.append(upstream.count())
         private_redis.stop()
 
     with upstream.serve() as base_url:
-        results = _fleet(private_redis.url, "killed", base_url, threads=2, seconds=1.2, at=(0.2, kill))
+        results = _fleet(private_redis.url, "killed", base_url, threads=2, seconds=1.2, at=(0.0, kill))
     assert _kinds(results) <= {"failed", "refused"}
     # No call waits on the dead Redis: the slowest one is far below a connect timeout.
     slowest = max(seconds for report in results for _, _, seconds in report["calls"])
