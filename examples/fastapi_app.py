@@ -10,13 +10,13 @@ never at import), shared by every request of the process, and closed at shut-dow
 redaction is installed then too.
 
 Several workers, one view of the upstream. With ``--workers 4`` each worker process runs the
-lifespan and builds its own client; the policy's ``[shared]`` section (``resilience.toml`` has
+lifespan and builds its own client; the policy's ``[shared]`` section (``shared.toml`` has
 one) makes them share one breaker per target and the answer cache through Redis, so an outage
 costs the fleet ``fail_max`` requests, not 4 x ``fail_max``, and a worker that never saw a
 request can still answer it from the cache::
 
     REDIS_URL=redis://127.0.0.1:6379/0 RESILIENT_CACHE_SECRET="$(openssl rand -hex 32)" \
-    RESILIENT_OPENAI_POLICY=resilience.toml uvicorn fastapi_app:app --workers 4
+    RESILIENT_OPENAI_POLICY=shared.toml uvicorn fastapi_app:app --workers 4
 
 ``REDIS_URL`` and ``RESILIENT_CACHE_SECRET`` are the variables ``[shared]`` names (``url_env``,
 ``key_secret_env``; the secret must be the same in every worker). A Redis that does not answer

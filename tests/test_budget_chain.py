@@ -151,3 +151,18 @@ def test_a_call_an_open_circuit_rejected_is_no_request(harness: Harness) -> None
             harness.chat(client)
     [budget] = health(client)["budgets"]
     assert (budget["requests"], budget["retries"]) == (1, 0)
+
+
+def test_a_forgotten_budget_is_not_kept_alive_by_a_client(harness: Harness) -> None:
+    """Past ``max_breakers`` targets the registry forgets a budget; a client that used it asks the
+    registry again, so it and its copies count into the one budget health() shows."""
+    harness.upstream.set_default("*", Ok(text="fine"))
+    policy = Policy.from_dict({"breaker": {"enabled": False, "max_breakers": 2}})
+    client = harness.client(policy)
+    for model in ("m0", "m1", "m2"):  # m2's budget pushes m0's out
+        harness.chat(client, model=model)
+    copy = client.with_options(timeout=30.0)
+    harness.chat(copy, model="m0")
+    harness.chat(client, model="m0")
+    requests = {entry["name"]: entry["requests"] for entry in health(client)["budgets"]}
+    assert requests == {"fake.test/v1:m2": 1, "fake.test/v1:m0": 2}

@@ -11,9 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from resilient_openai import ConfigError, breakers, health, resilient
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from .conftest import API_KEY, BASE_URL
@@ -209,3 +211,28 @@ def test_redaction_is_installed_for_the_life_of_the_app(
     assert secret not in during
     assert "[REDACTED]" in during
     assert secret in after
+
+
+SHARED_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shared.toml"
+
+
+def test_the_shared_example_builds_a_client_sharing_on_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/shared.toml (this app's policy under several workers) makes a client whose
+    breakers and cache go through Redis, once its two variables are set."""
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("RESILIENT_CACHE_SECRET", "s" * 32)
+    client = resilient(openai.OpenAI(api_key="sk-test"), SHARED_EXAMPLE)
+    try:
+        assert breakers(client).link is not None
+        assert health(client)["cache"]["shared"] is not None
+    finally:
+        client.close()
+
+
+def test_the_shared_example_names_its_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without REDIS_URL the shared example refuses to start, naming the key and the variable."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("RESILIENT_CACHE_SECRET", "s" * 32)
+    with pytest.raises(ConfigError) as refused:
+        resilient(openai.OpenAI(api_key="sk-test"), SHARED_EXAMPLE)
+    assert refused.value.problems == ("shared.url_env: the variable 'REDIS_URL' is not set",)

@@ -123,11 +123,13 @@ class BudgetRegistry:
     the lock covers the dict operations only.
     """
 
-    __slots__ = ("_budgets", "_clock", "_limit", "_lock")
+    __slots__ = ("_budgets", "_clock", "_limit", "_lock", "epoch")
 
     def __init__(self, *, clock: Clock, limit: int) -> None:
         self._clock = clock
         self._limit = limit
+        #: Bumped whenever a budget is forgotten, so holders of budgets know to ask again.
+        self.epoch = 0
         self._budgets: OrderedDict[str, TargetBudget] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -143,6 +145,7 @@ class BudgetRegistry:
             budget = self._budgets[name] = TargetBudget(name, policy, clock=self._clock)
             if len(self._budgets) > self._limit:
                 self._budgets.popitem(last=False)
+                self.epoch += 1
             return budget
 
     def snapshot(self) -> list[BudgetSnapshot]:

@@ -130,10 +130,17 @@ def _work(
     origin: Any,
     stop: Any,
     reports: Any,
+    redis_url: str | None,
 ) -> None:
-    """One worker process: warm up, report ready, wait for the common start, run a Caller, report."""
+    """One worker process: warm up, report ready, wait for the common start, run a Caller, report.
+
+    ``redis_url``: the Redis the parent found, handed over in the environment variable the
+    policy names (a fork server's children have the environment of its start, not the parent's).
+    """
     # Ctrl-C reaches the whole terminal process group; stopping is the parent's decision (``stop``).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if redis_url is not None:
+        os.environ[REDIS_ENV] = redis_url
     pid = os.getpid()
     try:
         warm_up(base_url, policy)
@@ -259,6 +266,7 @@ class WorkersRun:
                         origin,
                         stop,
                         reports,
+                        self._redis_url,
                     ),
                     name=f"resilient-openai-demo-worker-{i}",
                     daemon=True,

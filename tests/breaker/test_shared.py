@@ -327,12 +327,10 @@ def test_plain_pybreakers_in_two_processes_share_one_circuit(redis_url: str, nam
     """The public RedisBreakerStorage.connect: two plain pybreakers, as two workers would have
     them, trip one circuit together and refuse together."""
     shared = SharedPolicy(url=redis_url, namespace=namespace)
-    plain = [
-        pybreaker.CircuitBreaker(
-            fail_max=2, reset_timeout=60, state_storage=RedisBreakerStorage.connect("payments", shared)
-        )
-        for _ in range(2)
-    ]
+    threads = threading.active_count()
+    storages = [RedisBreakerStorage.connect("payments", shared) for _ in range(2)]
+    assert threading.active_count() == threads  # round trips in the caller's thread, no threads
+    plain = [pybreaker.CircuitBreaker(fail_max=2, reset_timeout=60, state_storage=s) for s in storages]
 
     def boom() -> None:
         raise RuntimeError("upstream down")
@@ -345,6 +343,8 @@ def test_plain_pybreakers_in_two_processes_share_one_circuit(redis_url: str, nam
         assert breaker.current_state == "open"
         with pytest.raises(pybreaker.CircuitBreakerError):
             breaker.call(lambda: None)
+    for storage in storages:
+        storage.close()
 
 
 # -- through resilient() ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ shared test Redis is never disturbed.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import httpx2
@@ -16,7 +17,7 @@ import redis
 from openai.types.chat import ChatCompletionMessageParam
 
 from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, breakers, resilient
-from resilient_openai._breaker import SharedCircuitBreaker
+from resilient_openai._breaker import Permit, SharedCircuitBreaker
 from resilient_openai._breaker._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL
 from resilient_openai._classify import Verdict
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
@@ -286,3 +287,66 @@ def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: P
     assert upstream.count() == 3
     tripping.close()
     other.close()
+
+
+def test_closing_the_link_under_waiting_first_calls_answers_them(private_redis: PrivateRedis) -> None:
+    """Calls waiting on a paused Redis when the link closes: each is answered by the upstream; no
+    redis-py error, closed-socket ValueError or cancelled read reaches a caller."""
+    upstream = FakeUpstream()
+    upstream.set_default("*", Ok("fine"))
+    shared = SharedPolicy(url=private_redis.url, namespace="closing", timeout=1.0)
+    http = httpx2.Client(transport=upstream.transport())
+    sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    client = resilient(sdk, Policy(retry=RetryPolicy(rules={}), shared=shared))
+    link = breakers(client).link
+    assert link is not None
+    redis.Redis.from_url(private_redis.url).client_pause(1500)
+    waiting = threading.Barrier(5)
+    answers: dict[int, object] = {}
+
+    def call(index: int) -> None:
+        waiting.wait()
+        try:  # a model of its own: each call is a first call, reading its breaker from Redis
+            reply = client.chat.completions.create(
+                model=f"m{index}", messages=[{"role": "user", "content": "x"}]
+            )
+            answers[index] = reply.choices[0].message.content
+        except Exception as exc:
+            answers[index] = exc
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    waiting.wait()
+    time.sleep(0.1)  # the calls are waiting on Redis now (it answers nothing for 1.5 s)
+    link.close()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert answers == dict.fromkeys(range(4), "fine")
+
+
+def test_redis_lost_after_a_reopening_keeps_the_grown_break(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """The local breaker taking over from a circuit that already reopened keeps its growth, so
+    its next break is as long as the fleet's would have been."""
+    breaker = _shared(make_registry, url=private_redis.url, timeout=1.0)
+    for _ in range(3):
+        _fail(breaker)
+    wait_for(lambda: breaker.state == "open")
+    permits: list[Permit] = []
+
+    def probe() -> bool:
+        try:
+            permits.append(breaker.acquire())
+        except CircuitOpenError:
+            return False
+        return True
+
+    wait_for(probe)  # the 0.2 s break is over: one probe is admitted
+    permits[0].record(Verdict.SERVER_ERROR, duration=0.01)  # it fails: reopened, the break grown
+    assert breaker.snapshot().reopen_count == 1
+    private_redis.stop()
+    wait_for(lambda: not breaker._link.up)
+    snapshot = breaker.snapshot()  # the local breaker's, now
+    assert (snapshot.state, snapshot.reopen_count) == ("open", 1)

@@ -465,3 +465,20 @@ def test_a_worker_serves_what_another_worker_stored(namespace: str) -> None:
         assert worker.exitcode == 0
     assert results.get(timeout=1) == ("upstream", "Paris", 1)
     assert results.get(timeout=1) == ("cache", "Paris", 0)
+
+
+def test_a_closed_shared_cache_stays_closed(harness: Harness, namespace: str) -> None:
+    """close() stops the cache's writer before closing its connections: it cannot ping Redis back
+    up afterwards (which would reopen a connection and report the closed cache as up)."""
+
+    def writers() -> int:
+        return sum(1 for thread in threading.enumerate() if thread.name == "resilient-cache-w")
+
+    before = writers()
+    client = harness.client(_policy(namespace))
+    harness.upstream.set_default("gpt-A", Ok(text="Paris"))
+    harness.chat(client, messages=[{"role": "user", "content": PROMPT}])
+    assert writers() == before + 1
+    harness.run(client.close)
+    assert writers() == before
+    assert _shared(client)["state"] == "down"

@@ -145,14 +145,19 @@ class CircuitBreaker:
         clock: Clock,
         bus: EventBus,
         storage: pybreaker.CircuitBreakerStorage | None = None,
+        reopen_count: int = 0,
     ) -> None:
+        """``storage`` holds the state (pybreaker's in-memory one when None); ``reopen_count``
+        how far the break has already grown, when this breaker takes over from another."""
         self.name = name
         self.policy = policy
         self._clock = clock
         self._bus = bus
         if storage is None:
             storage = pybreaker.CircuitMemoryStorage(CLOSED)
-        self._machine = BreakerState(policy, storage, now=clock.now(), wall=clock.wall())
+        self._machine = BreakerState(
+            policy, storage, now=clock.now(), wall=clock.wall(), reopen_count=reopen_count
+        )
         # Guards the state machine only. Held for a handful of attribute updates, never across
         # a user's call and never while a listener runs.
         self._lock = threading.Lock()

@@ -123,11 +123,12 @@ def worker_id() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def connect(shared: SharedPolicy) -> RedisLink:
+def connect(shared: SharedPolicy, *, background: bool = True) -> RedisLink:
     """A started :class:`RedisLink` for ``shared``, or ConfigError (no ``redis`` extra, no URL).
 
     Redis being unreachable is no error: the link starts down and follows ``on_unavailable``
-    until Redis answers.
+    until Redis answers. ``background=False``: no flusher and no listener (for a storage that
+    makes its round trips in the caller's thread).
     """
     env = os.environ
     try:
@@ -150,13 +151,13 @@ def connect(shared: SharedPolicy) -> RedisLink:
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
-    return RedisLink(client, shared)
+    return RedisLink(client, shared, background=background)
 
 
 class RedisLink:
     """One process's connection to the shared breakers of one namespace (see the module docs)."""
 
-    def __init__(self, client: redis.Redis, shared: SharedPolicy) -> None:
+    def __init__(self, client: redis.Redis, shared: SharedPolicy, *, background: bool = True) -> None:
         import redis as redis_module
 
         self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
@@ -183,6 +184,7 @@ class RedisLink:
         self._threads = [
             threading.Thread(target=loop, args=(ref, self._stop), name=f"ro-shared-{what}", daemon=True)
             for loop, what in ((_flush_loop, "flush"), (_listen_loop, "listen"))
+            if background
         ]
         for thread in self._threads:
             thread.start()
@@ -210,7 +212,8 @@ class RedisLink:
         args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2, arg3]
         try:
             raw = self.script(keys=[self.key(name)], args=args)
-        except self._errors as exc:
+        except Exception as exc:
+            # call by close() raises ValueError) is Redis being unavailable, never the caller's
             self.mark_down(exc)
             return None
         return Reply.parse(raw)
@@ -224,10 +227,11 @@ class RedisLink:
         """
         if not self.up or within <= 0:
             return None
-        future = self._readers.submit(self.run, name, policy, "read")
         try:
+            future = self._readers.submit(self.run, name, policy, "read")
             return future.result(timeout=within)
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+            # Too slow, or the link closed meanwhile (its reads cancelled, or none taken): unread.
             return None
 
     def mark_down(self, exc: BaseException) -> None:
@@ -448,7 +452,7 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         unset ``url_env`` variable is a :class:`~resilient_openai.ConfigError`."""
         from .._policy import BreakerPolicy
 
-        return cls(connect(shared), name, breaker or BreakerPolicy())
+        return cls(connect(shared, background=False), name, breaker or BreakerPolicy())
 
     def __init__(self, link: RedisLink, name: str, policy: BreakerPolicy) -> None:
         super().__init__(name)
@@ -467,6 +471,10 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
             "set", self._link.channel, self._link.who, self.name, *_args(self.policy), state, "", "",
         ]  # fmt: skip
         self._link.script(keys=[self._key], args=args)
+
+    def close(self) -> None:
+        """Close the connection (of a storage made by :meth:`connect`)."""
+        self._link.close()
 
     def increment_counter(self) -> None:
         self._client.hincrby(self._key, "failures", 1)

@@ -245,16 +245,18 @@ class SharedCircuitBreaker:
 
     def _alone(self) -> CircuitBreaker:
         """The breaker this worker decides with while Redis is unreachable: made on first need
-        from the last shared view, so losing Redis in the middle of an outage does not make
-        every worker pay ``fail_max`` again (nor lifts an operator's isolation)."""
+        from the last shared view (its state, what is left of its break, how far the break has
+        grown), so losing Redis in the middle of an outage does not make every worker pay
+        ``fail_max`` again, probe sooner than the fleet would, or lift an operator's isolation."""
         local = self._local
         if local is not None:
             return local
         with self._lock:
             if self._local is None:
                 self._local = CircuitBreaker(
-                    self.name, self.policy, clock=self._clock, bus=self._bus, storage=self._seed()
-                )
+                    self.name, self.policy, clock=self._clock, bus=self._bus, storage=self._seed(),
+                    reopen_count=self._reply.reopens if self._view.state != CLOSED else 0,
+                )  # fmt: skip
             return self._local
 
     def _seed(self) -> pybreaker.CircuitBreakerStorage:

@@ -192,7 +192,10 @@ class BreakerState:
         now: float,
         wall: float,
         buckets: int = 10,
+        reopen_count: int = 0,
     ) -> None:
+        """``reopen_count``: how far the break has already grown (a machine taking over from a
+        shared breaker's state)."""
         self.policy = policy
         self._storage = storage
         self._window = SlidingWindow(policy.window, buckets)
@@ -205,7 +208,7 @@ class BreakerState:
         #: Bumped on every state change (and on reset); permits carry the one they were issued in.
         self.generation = 0
         #: Reopenings since the circuit was last closed: the ``k`` in the break's growth.
-        self.reopen_count = 0
+        self.reopen_count = reopen_count
         self.last_failure: Verdict | None = None
         #: The error whose outcome opened the circuit, chained onto rejections while known.
         self.cause: BaseException | None = None

@@ -86,14 +86,15 @@ class Targets:
 
         Remembered per client instance, model and kind: rebuilding the breaker name from
         ``str(base_url)`` on every call is measurable on the success path. The memo is dropped
-        when the client's base URL is reassigned or the registry dropped a breaker, and bounded.
+        when the client's base URL is reassigned or a registry dropped a breaker or a retry
+        budget (a target keeps using the ones the registries hold), and bounded.
         """
         caller, requested_model = call.client, call.requested_model
         base = _sdk.base_url(caller)
         memo = caller.__dict__.get("_resilience_targets")
-        breakers = self._breakers
-        if memo is None or memo[0] is not base or memo[1] != breakers.epoch:
-            memo = (base, breakers.epoch, {})
+        epochs = (self._breakers.epoch, self._budgets.epoch)
+        if memo is None or memo[0] is not base or memo[1] != epochs:
+            memo = (base, epochs, {})
             caller.__dict__["_resilience_targets"] = memo
         known: dict[tuple[str | None, str | None], LiveTarget] = memo[2]
         key = (step_model, requested_model)

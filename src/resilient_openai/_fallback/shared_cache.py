@@ -189,6 +189,7 @@ class _Link:
             health_check_interval=0,
         )
         self.ttl_ms = max(int(settings.ttl * 1000), 1)
+        self.timeout = settings.timeout
         self.up = True
         self.closed = threading.Event()
         self.lock = threading.Lock()
@@ -207,9 +208,13 @@ class _Link:
             return None
         return raw if isinstance(raw, bytes) else None
 
-    def close(self) -> None:
-        self.up = False  # no caller asks a closed link
+    def close(self, writer: threading.Thread) -> None:
+        """Stop asking Redis, let ``writer`` see it and end, then close the connections (the
+        writer would otherwise ping once more and open a new one)."""
         self.closed.set()
+        self.up = False  # no caller asks a closed link
+        if writer is not threading.current_thread():
+            writer.join(timeout=RECHECK + 2 * self.timeout)  # a wait, then one write or ping
         self.redis.close()
 
 
@@ -221,10 +226,13 @@ def _write(link: _Link, pending: queue.Queue[tuple[str, CachedAnswer]]) -> None:
             item: tuple[str, CachedAnswer] | None = pending.get(timeout=RECHECK)
         except queue.Empty:
             item = None
+        if link.closed.is_set():
+            return
         if not link.up and time.monotonic() >= next_ping:
             next_ping = time.monotonic() + RECHECK
             with contextlib.suppress(Exception):  # whatever redis-py raises stays in this thread
-                link.up = bool(link.redis.ping())
+                alive = bool(link.redis.ping())
+                link.up = alive and not link.closed.is_set()  # a closed link stays down
         if item is None:
             continue
         name, answer = item
@@ -269,7 +277,7 @@ class SharedCache:
         writer.start()
         self._pid = os.getpid()
         self._link, self._pending, self._readers = link, pending, readers
-        self._finalizer = weakref.finalize(self, _close, link, readers)
+        self._finalizer = weakref.finalize(self, _close, link, readers, writer)
 
     def _here(self) -> _Link:
         """This process's link (a forked worker starts its own)."""
@@ -284,7 +292,10 @@ class SharedCache:
         link = self._here()
         if not link.up or within <= 0:
             return None
-        return self._readers.submit(link.read, self._prefix + key)
+        try:
+            return self._readers.submit(link.read, self._prefix + key)
+        except RuntimeError:  # closed meanwhile: no reads any more
+            return None
 
     def _took(self, raw: bytes | None) -> CachedAnswer | None:
         answer = _decode(raw) if raw is not None else None
@@ -304,6 +315,8 @@ class SharedCache:
             future.cancel()
             self._late(within)
             return None
+        except concurrent.futures.CancelledError:  # the cache was closed meanwhile
+            return None
         return self._took(raw)
 
     async def get_async(self, key: str, within: float) -> CachedAnswer | None:
@@ -316,6 +329,11 @@ class SharedCache:
         except TimeoutError:
             self._late(within)
             return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and (task is None or not task.cancelling()):
+                return None  # the cache was closed meanwhile, not this task cancelled
+            raise
         return self._took(raw)
 
     def _late(self, waited: float) -> None:
@@ -348,7 +366,7 @@ class SharedCache:
         return SharedCacheStats(state="up" if link.up else "down", **counts)
 
 
-def _close(link: _Link, readers: concurrent.futures.ThreadPoolExecutor) -> None:
-    """Stop the writer (within :data:`RECHECK`), the readers and the connections."""
-    link.close()
+def _close(link: _Link, readers: concurrent.futures.ThreadPoolExecutor, writer: threading.Thread) -> None:
+    """Stop the readers, the writer (within :data:`RECHECK`) and the connections."""
     readers.shutdown(wait=False, cancel_futures=True)
+    link.close(writer)
