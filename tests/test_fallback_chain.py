@@ -20,6 +20,7 @@ from resilient_openai import (
     Route,
     Target,
     Verdict,
+    health,
     provenance,
     resilient,
 )
@@ -255,6 +256,40 @@ def test_cache_replays_a_streamed_answer_as_a_stream(harness: Harness) -> None:
     assert provenance(stream).source == "cache"  # type: ignore[union-attr]
     plain = _ask(harness, client, "hello")  # the same request, not streamed
     assert plain.choices[0].message.content == "one two three"
+
+
+#: An answer as an upstream may send it: indented, with a field the SDK's model does not declare.
+_AS_SENT = b"""{
+  "id": "chatcmpl-1",
+  "object": "chat.completion",
+  "created": 1767225600,
+  "model": "gpt-A",
+  "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": "as sent"}, "finish_reason": "stop"}
+  ],
+  "vendor_note": "kept"
+}"""
+
+
+def test_the_cache_keeps_an_answer_as_the_upstream_sent_it(harness: Harness) -> None:
+    """A plain answer is stored as its bytes came (they are what counts against ``max_bytes``)
+    and replayed with every field, the undeclared ones too."""
+    answers = iter([httpx2.Response(200, headers={"content-type": "application/json"}, content=_AS_SENT)])
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return next(answers, httpx2.Response(503, json={"error": {"message": "down"}}))
+
+    transport = httpx2.MockTransport(handler)
+    http = httpx2.AsyncClient(transport=transport) if harness.is_async else httpx2.Client(transport=transport)
+    make = openai.AsyncOpenAI if harness.is_async else openai.OpenAI
+    raw = make(api_key="sk-x", base_url="http://mock.test/v1", http_client=http)  # type: ignore[arg-type]
+    client = resilient(raw, _policy(harness, FallbackStep(kind="cache")), clock=harness.clock)
+    first = harness.chat(client)
+    assert health(client)["cache"]["bytes"] == len(_AS_SENT)
+    cached = harness.chat(client)
+    assert provenance(cached).source == "cache"  # type: ignore[union-attr]
+    assert cached.choices[0].message.content == first.choices[0].message.content == "as sent"
+    assert cached.vendor_note == "kept"
 
 
 def test_errors_fallbacks_and_cut_streams_are_never_cached(harness: Harness) -> None:

@@ -86,12 +86,6 @@ class _AsyncShell:
             await self._resilience_base.close(self)
 
 
-def _decoder(self: Any) -> _sdk.EventDecoder:
-    """The SSE decoder a stream of this client reads with: guarded streams' events come
-    decoded once, by the guard, and are not parsed again."""
-    return _sdk.EventDecoder()
-
-
 def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
     namespace: dict[str, Any] = {
         "__module__": __name__,
@@ -103,7 +97,7 @@ def _shell_class(base: type[Any], shell: type[Any], chain: Chain) -> type[Any]:
         "copy": shell.copy,
         "with_options": shell.copy,
         "close": shell.close,
-        "_make_sse_decoder": _decoder,
+        **_sdk.client_methods(base, is_async=shell is _AsyncShell, keep_bodies=chain.cache is not None),
     }
     return type(f"Resilient{base.__name__}", (base,), namespace)
 

@@ -11,10 +11,12 @@ An ``openai`` upgrade is read here.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, cast
 
 import httpx2
@@ -30,8 +32,10 @@ __all__ = [
     "EventChunk",
     "EventDecoder",
     "Options",
+    "answer_body",
     "base_url",
     "caller_limit",
+    "client_methods",
     "describe_request",
     "error_from_status",
     "guard_parser",
@@ -413,6 +417,65 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     yield first
     async for chunk in rest:
         yield chunk
+
+
+def _decoder(self: Any) -> EventDecoder:
+    """The SSE decoder a stream of a resilient client reads with: guarded streams' events come
+    decoded once, by the guard, and are not parsed again."""
+    return EventDecoder()
+
+
+#: The plain answer this thread or task has just read, with the JSON bytes it was parsed from.
+#: Set inside the SDK's ``request()`` by a caching client (:func:`client_methods`) and taken
+#: right after it returns (:func:`answer_body`), in the same thread or task.
+_just_read: ContextVar[tuple[Any, bytes] | None] = ContextVar("resilient_openai_just_read", default=None)
+
+
+def _keep(result: Any, response: httpx2.Response) -> None:
+    """Remember the body of ``response`` when the SDK parsed it into the model ``result``."""
+    if isinstance(result, pydantic.BaseModel):
+        with contextlib.suppress(httpx2.ResponseNotRead):
+            _just_read.set((result, response.content))
+
+
+def answer_body(result: Any) -> bytes | None:
+    """The JSON bytes the SDK parsed ``result`` from, as the upstream sent them, when a caching
+    client has just read them in this thread or task (taken: a second ask answers None)."""
+    kept = _just_read.get()
+    if kept is None:
+        return None
+    _just_read.set(None)
+    return kept[1] if kept[0] is result else None
+
+
+def client_methods(base: type[Any], *, is_async: bool, keep_bodies: bool) -> dict[str, Any]:
+    """The SDK client methods a resilient client class puts in front of ``base``'s.
+
+    Its streams read with :class:`EventDecoder`. With ``keep_bodies`` (a client whose answers
+    are cached), the bytes of each plain answer are kept for :func:`answer_body`, so the cache
+    stores what the upstream sent instead of serializing the parsed model again.
+    """
+    methods: dict[str, Any] = {"_make_sse_decoder": _decoder}
+    if not keep_bodies:
+        return methods
+    process = base._process_response
+    if is_async:
+
+        async def process_async(self: Any, *, response: httpx2.Response, **rest: Any) -> Any:
+            result = await process(self, response=response, **rest)
+            _keep(result, response)
+            return result
+
+        methods["_process_response"] = process_async
+    else:
+
+        def process_sync(self: Any, *, response: httpx2.Response, **rest: Any) -> Any:
+            result = process(self, response=response, **rest)
+            _keep(result, response)
+            return result
+
+        methods["_process_response"] = process_sync
+    return methods
 
 
 _model_types: dict[Any, bool] = {}

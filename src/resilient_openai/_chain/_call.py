@@ -50,13 +50,16 @@ class Outcome:
     """How an attempt ended, as a value: the SDK's result, or the error with its classification.
 
     The classification is made once, where the failure is caught, and read by every layer above.
-    ``watch`` is set for a live stream, whose real outcome is only known when it ends.
+    ``watch`` is set for a live stream, whose real outcome is only known when it ends. ``body``
+    is the JSON a plain answer was parsed from, as the upstream sent it, when the client keeps
+    it for the cache.
     """
 
     result: Any = None
     error: Exception | None = None
     judged: Classification = _SUCCESS
     watch: StreamWatch | None = None
+    body: bytes | None = None
 
     @property
     def ok(self) -> bool:

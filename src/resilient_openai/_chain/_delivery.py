@@ -270,7 +270,12 @@ class Delivery:
         """A live target answered: maybe store it, record provenance, tell the listeners."""
         result = outcome.result
         unstored = None
-        if primary and key is not None and outcome.watch is None and not self._remember(call, result, key):
+        if (
+            primary
+            and key is not None
+            and outcome.watch is None
+            and not self._remember(call, result, key, outcome.body)
+        ):
             unstored = key  # a wrapper with its body unread: stored when the caller parses it
         answered_by = getattr(result, "model", None)
         if not isinstance(answered_by, str):
@@ -282,15 +287,18 @@ class Delivery:
         )
         return result
 
-    def _remember(self, call: Call, result: Any, key: str) -> bool:
-        """Store an answer from the primary: a parsed one (plain, ``parse()``), or the body a
-        raw-response wrapper read (``with_raw_response``, as LangChain calls). False: there is
-        nothing to read yet (``with_streaming_response``)."""
+    def _remember(self, call: Call, result: Any, key: str, body: bytes | None = None) -> bool:
+        """Store an answer from the primary: a parsed one (plain, ``parse()``) as ``body``, the
+        bytes it was read from (else as the model serializes), or the body a raw-response wrapper
+        read (``with_raw_response``, as LangChain calls). False: there is nothing to read yet
+        (``with_streaming_response``)."""
         if isinstance(result, pydantic.BaseModel):
             # A Responses answer may be unfinished (queued, incomplete): only a completed one is kept.
             if call.operation == "responses" and getattr(result, "status", "completed") != "completed":
                 return True
-            body = result.model_dump_json(exclude_unset=True, exclude=_PARSED.get(call.operation)).encode()
+            if body is None:
+                exclude = _PARSED.get(call.operation)
+                body = result.model_dump_json(exclude_unset=True, exclude=exclude).encode()
             self._store(call, key, body, getattr(result, "model", None))
             return True
         answer = _sdk.raw_answer(result)

@@ -33,8 +33,9 @@ def _malformed(call: Call, why: str, clock: Clock, cause: Exception | None = Non
 
 
 def _judged(call: Call, result: Any, clock: Clock) -> Outcome:
+    body = _sdk.answer_body(result)
     why = _sdk.malformed(result, call.cast_to, call.options, call.operation, call.stream)
-    return Outcome(result) if why is None else _malformed(call, why, clock)
+    return Outcome(result, body=body) if why is None else _malformed(call, why, clock)
 
 
 class SyncTerminal:
