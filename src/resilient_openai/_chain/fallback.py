@@ -23,7 +23,7 @@ from .. import _sdk
 from .._classify import Verdict
 from .._errors import DeadlineExceededError, IncompleteStreamError, RequestRejectedError, UnanswerableError
 from .._fallback.plan import PRIMARY, Send, Serve, Walk, is_live, route_for, walk
-from .._fallback.shape import PLAIN, Shape, misfit, refusal, shape_of
+from .._fallback.shape import Shape, misfit, refusal, shape_of
 from .._fallback.splice import Splice, SpliceFailed
 from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
@@ -62,14 +62,19 @@ class Walker:
         self._functions = functions
         self._rescue = policy.continuation
 
-    def start(self, call: Call) -> tuple[str | None, Walk, Shape]:
-        """The call's cache key, the walk over its route, and the shape of answer it asks for."""
+    def start(self, call: Call) -> tuple[str | None, Walk]:
+        """The call's cache key and the walk over its route."""
         route = route_for(self._policy, call.requested_model)
         roomy = self._roomy(call)
         oversized = self._oversized(call, route, roomy)
         moves = walk(route, context_first=oversized, roomy=roomy, model=call.requested_model)
-        shape = shape_of(call.operation, call.body) if route.steps or route.content_policy else PLAIN
-        return self.delivery.cache_key(call, route), moves, shape
+        return self.delivery.cache_key(call, route), moves
+
+    @staticmethod
+    def shape(call: Call, known: Shape | None) -> Shape:
+        """The shape of answer the call asks for (``known``, once worked out): only a local step
+        needs it, so a call its primary answers never works it out."""
+        return known if known is not None else shape_of(call.operation, call.body)
 
     @staticmethod
     def refused(step: FallbackStep, shape: Shape, declined: list[str]) -> bool:
@@ -223,7 +228,7 @@ class SyncFallback:
         next = self._next
         walker = self._walker
         delivery = walker.delivery
-        key, moves, shape = walker.start(call)
+        key, moves = walker.start(call)
         hit = delivery.read_through(key, call)
         if hit is not None:
             return delivery.serve_sync(call, hit, None)
@@ -231,12 +236,14 @@ class SyncFallback:
         reason: Verdict | None = None
         reply: Verdict | None = None
         declined: list[str] = []
+        shape: Shape | None = None
         while True:
             try:
                 move = moves.send(reply)
             except StopIteration:
                 break
             if isinstance(move, Serve):
+                shape = walker.shape(call, shape)
                 local = self._local(call, move, key, shape, declined)
                 if local is not None:
                     return delivery.serve_sync(call, local, move.reason)
@@ -293,7 +300,7 @@ class AsyncFallback:
         next = self._next
         walker = self._walker
         delivery = walker.delivery
-        key, moves, shape = walker.start(call)
+        key, moves = walker.start(call)
         hit = await delivery.read_through_async(key, call)
         if hit is not None:
             return await delivery.serve_async(call, hit, None)
@@ -301,12 +308,14 @@ class AsyncFallback:
         reason: Verdict | None = None
         reply: Verdict | None = None
         declined: list[str] = []
+        shape: Shape | None = None
         while True:
             try:
                 move = moves.send(reply)
             except StopIteration:
                 break
             if isinstance(move, Serve):
+                shape = walker.shape(call, shape)
                 local = await self._local(call, move, key, shape, declined)
                 if local is not None:
                     return await delivery.serve_async(call, local, move.reason)

@@ -68,6 +68,16 @@ IGNORED_FIELDS: Final = frozenset(
 _IGNORED_BY_OPERATION: Final[Mapping[str, frozenset[str]]] = {
     "chat.completions": frozenset({"store"}),
 }
+#: Every field left out of an operation's keys, by operation (else :data:`IGNORED_FIELDS`).
+_IGNORED: Final[Mapping[str, frozenset[str]]] = {
+    operation: IGNORED_FIELDS | fields for operation, fields in _IGNORED_BY_OPERATION.items()
+}
+#: The SDK's "not given" sentinels, which count as absent.
+_SENTINELS: Final = (openai.NotGiven, openai.Omit)
+#: The canonical JSON of a body: sorted keys, compact separators, UTF-8, strict (no NaN).
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def _frame(value: str | None) -> bytes:
@@ -137,22 +147,20 @@ def request_key(operation: str, body: Mapping[str, Any], scope: str) -> str | No
     conversation state or background mode, or a body that is not plain JSON (bytes, files,
     paths, NaN, objects), as multipart uploads are.
     """
-    present = {k: v for k, v in body.items() if not isinstance(v, openai.NotGiven | openai.Omit)}
-    if not _cacheable(present):
-        return None
-    ignored = IGNORED_FIELDS | _IGNORED_BY_OPERATION.get(operation, frozenset())
+    ignored = _IGNORED.get(operation, IGNORED_FIELDS)
+    # No ignored field is one that makes a body uncacheable, so both are judged on ``kept``.
     kept = {
         name: value
-        for name, value in present.items()
-        if name not in ignored and not (name == "n" and value == 1)  # n=1 is the default
+        for name, value in body.items()
+        if name not in ignored and not isinstance(value, _SENTINELS)
     }
+    if not _cacheable(kept):
+        return None
+    if kept.get("n") == 1:
+        del kept["n"]  # n=1 is the default
     try:
-        canonical = json.dumps(
-            kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        canonical = _CANONICAL.encode(kept)
     except (TypeError, ValueError):
         return None
-    digest = hashlib.sha256(_KEY_VERSION)
-    for part in (operation, scope, canonical):
-        digest.update(_frame(part))
-    return digest.hexdigest()
+    message = b"".join((_KEY_VERSION, _frame(operation), _frame(scope), _frame(canonical)))
+    return hashlib.sha256(message).hexdigest()
