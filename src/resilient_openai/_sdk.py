@@ -2,7 +2,8 @@
 
 Everything else in the library speaks in verdicts, outcomes and plain values; only this module
 knows the SDK's private methods (``_build_request``, ``_process_response``,
-``_process_response_data``, ``_make_status_error_from_response``), its request options object, the
+``_process_response_data``, ``_make_status_error_from_response``) and the ones a resilient client
+overrides (``_process_response``, ``_make_sse_decoder``), its request options object, the
 per-request timeout dict httpx2 keeps in request extensions, how transport exceptions map to
 the SDK's own, and how it merges a request's headers and query (``_merge_headers``,
 ``_merge_mappings``, a client's ``_custom_headers`` and ``_custom_query``) to name its tenant.
@@ -157,8 +158,8 @@ def tenant(client: Any) -> tuple[object, ...] | None:
 def selects_tenant(options: FinalRequestOptions) -> bool:
     """Whether the request itself carries tenant selectors: one of :data:`TENANT_HEADERS` (in
     any case, ``Omit`` included), query parameters, or a query in its URL."""
-    headers = options.headers
-    if isinstance(headers, Mapping) and any(name.lower() in TENANT_HEADERS for name in headers):
+    headers = options.headers  # usually not given: falsy, so the Mapping check is skipped
+    if headers and isinstance(headers, Mapping) and any(name.lower() in TENANT_HEADERS for name in headers):
         return True
     return bool(options.params) or "?" in options.url
 
