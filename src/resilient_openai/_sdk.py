@@ -549,9 +549,11 @@ def local_result_sync(
     if _is_plain(options, cast_to, stream):
         return _plain_result(client, cast_to, options, answer)
     response = _synthetic(client, options, wire(), stream)
-    return client._process_response(
+    result = client._process_response(
         cast_to=cast_to, options=options, response=response, stream=stream, stream_cls=stream_cls
     )
+    _just_read.set(None)  # what a caching client kept of it: a local answer is never stored again
+    return result
 
 
 async def local_result_async(
@@ -568,6 +570,8 @@ async def local_result_async(
     if _is_plain(options, cast_to, stream):
         return _plain_result(client, cast_to, options, answer)
     response = _synthetic(client, options, wire(), stream)
-    return await client._process_response(
+    result = await client._process_response(
         cast_to=cast_to, options=options, response=response, stream=stream, stream_cls=stream_cls
     )
+    _just_read.set(None)  # what a caching client kept of it: a local answer is never stored again
+    return result
