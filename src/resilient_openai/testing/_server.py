@@ -15,12 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._upstream import Hangup, Reply, Wait
+from ._plan import Decide, Hangup, Reply, Wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from ._upstream import FakeUpstream
 
 __all__ = ["serve_upstream"]
 
@@ -29,16 +28,16 @@ _JOIN_TIMEOUT = 2.0
 
 
 class _Server(ThreadingHTTPServer):
-    """The HTTP server plus what its handlers share: the upstream, a stop flag, live connections."""
+    """The HTTP server plus what its handlers share: the decision, a stop flag, live connections."""
 
     daemon_threads = True
     block_on_close = False
     #: Hundreds of clients may connect at once (benchmarks, chaos runs): don't refuse them.
     request_queue_size = 1024
 
-    def __init__(self, upstream: FakeUpstream, address: tuple[str, int]) -> None:
+    def __init__(self, decide: Decide, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)
-        self.upstream = upstream
+        self.decide = decide
         self.stopping = threading.Event()
         self.live_lock = threading.Lock()
         self.live: dict[threading.Thread, socket.socket] = {}
@@ -93,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
-        plan = self.server.upstream._decide(self.command, urlsplit(self.path).path, headers, raw)
+        plan = self.server.decide(self.command, urlsplit(self.path).path, headers, raw)
         # A hang-up or a wait cut short by the stop closes the connection: before the headers the
         # client sees a disconnect, in a body a missing terminating chunk.
         closing, self.close_connection = self.close_connection, True
@@ -121,9 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_upstream(upstream: FakeUpstream, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``upstream`` on ``host:port`` (port 0: any free one) and yield its ``/v1`` base URL."""
-    server = _Server(upstream, (host, port))
+def serve_upstream(decide: Decide, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve on ``host:port`` (port 0: any free one) what ``decide`` plans for each request, and
+    yield the ``/v1`` base URL."""
+    server = _Server(decide, (host, port))
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai-upstream", daemon=True
     )

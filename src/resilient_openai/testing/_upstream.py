@@ -40,11 +40,12 @@ from ._faults import (
     Stall,
     Status,
 )
+from ._plan import Hangup, Plan, Reply, Wait
 
 if TYPE_CHECKING:
     from .._clock import Clock
 
-__all__ = ["FakeUpstream", "Hangup", "Plan", "RecordedRequest", "Reply", "Wait"]
+__all__ = ["FakeUpstream", "RecordedRequest"]
 
 # Error ``type`` OpenAI sends with a status when the test does not name one (other 4xx:
 # invalid_request_error, 5xx: server_error).
@@ -83,33 +84,6 @@ def _mask(value: str) -> str:
     scheme, sep, _secret = value.partition(" ")
     return f"{scheme} ***" if sep else "***"
 
-
-# -- the plan: what to do for one request, decided without I/O ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Wait ``seconds`` (before the headers, or between body pieces); ``math.inf`` waits forever."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    """Close the connection: before the headers, nothing is sent; in the body, nothing more."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Send the status and headers; without a ``content-length`` header the body is a chunked stream."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-
-
-Plan = tuple[Wait | threading.Event | Reply | bytes | Hangup, ...]
-"""What the fake does for one request, in order: waits (an event: until it is set), then a reply's
-headers, its body pieces and pauses; a hang-up ends it."""
 
 _Frame = tuple[str | None, _shapes.JSONDict]
 """One SSE event before framing: its ``event:`` name (or ``None``) and its JSON data."""
@@ -290,7 +264,7 @@ class FakeUpstream:
         # Imported here: the server executes the plans defined in this module.
         from ._server import serve_upstream
 
-        return serve_upstream(self, host, port)
+        return serve_upstream(self._decide, host, port)
 
     def _decide(self, method: str, path: str, headers: Mapping[str, str], raw_body: bytes) -> Plan:
         """Record one request and decide, without I/O, how to answer it."""
