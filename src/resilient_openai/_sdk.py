@@ -69,7 +69,7 @@ _SSE_HEADERS = {"content-type": "text/event-stream"}
 def caller_limit(options: FinalRequestOptions, client: Any) -> float | None:
     """The read limit the caller set on the call (or else on its client), if any."""
     per_call: object = options.timeout
-    chosen = per_call if isinstance(per_call, int | float | httpx2.Timeout) else client.timeout
+    chosen = client.timeout if per_call.__class__ is openai.NotGiven else per_call
     if isinstance(chosen, httpx2.Timeout):
         return chosen.read
     if isinstance(chosen, int | float) and not isinstance(chosen, bool):
@@ -92,7 +92,10 @@ def prepare_attempt(
     the limits are the policy's own (not cut short by the deadline), so their timeout object
     is built once and shared.
     """
-    options.timeout = _timeout(read, connect) if configured else httpx2.Timeout(read, connect=connect)
+    # Written to the model's field storage, as the SDK's own ``construct`` does: the value is of
+    # the field's type, and pydantic's assignment hook costs more than the rest of this layer.
+    fields = options.__dict__
+    fields["timeout"] = _timeout(read, connect) if configured else httpx2.Timeout(read, connect=connect)
     if isinstance(options.max_retries, int) and options.max_retries:
         options.max_retries = 0  # unset, the client's own 0 applies
     if body is not None and options.json_data is not body:

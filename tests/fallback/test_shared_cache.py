@@ -83,8 +83,11 @@ def namespace(store: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         store.delete(key)
 
 
-def _policy(namespace: str, *, ttl: float = 60.0, max_bytes: int = 1 << 20, timeout: float = 0.2) -> Policy:
-    """gpt-A falls back to the cache alone; no retries and no breaking: each call asks the upstream."""
+def _policy(namespace: str, *, ttl: float = 60.0, max_bytes: int = 1 << 20, timeout: float = 1.0) -> Policy:
+    """gpt-A falls back to the cache alone; no retries and no breaking: each call asks the upstream.
+
+    ``timeout`` is long unless a test is about a slow Redis: on a busy machine a healthy Redis
+    read may take a while, and one that times out is neither a hit nor a miss."""
     return Policy.from_dict(
         {
             "retry": {"rules": {}},

@@ -45,7 +45,7 @@ class LiveTarget:
     accepts_prefill: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every attempt, and frozen slots cost twice as much
 class Outcome:
     """How an attempt ended, as a value: the SDK's result, or the error with its classification.
 
