@@ -189,7 +189,6 @@ class _Link:
             health_check_interval=0,
         )
         self.ttl_ms = max(int(settings.ttl * 1000), 1)
-        self.timeout = settings.timeout
         self.up = True
         self.closed = threading.Event()
         self.lock = threading.Lock()
@@ -208,18 +207,24 @@ class _Link:
             return None
         return raw if isinstance(raw, bytes) else None
 
-    def close(self, writer: threading.Thread) -> None:
-        """Stop asking Redis, let ``writer`` see it and end, then close the connections (the
-        writer would otherwise ping once more and open a new one)."""
+    def close(self) -> None:
+        """Stop asking Redis, at once: the writer closes the connections when it sees this
+        (within :data:`RECHECK`), so it can never ping one open again afterwards."""
         self.closed.set()
         self.up = False  # no caller asks a closed link
-        if writer is not threading.current_thread():
-            writer.join(timeout=RECHECK + 2 * self.timeout)  # a wait, then one write or ping
-        self.redis.close()
 
 
 def _write(link: _Link, pending: queue.Queue[tuple[str, CachedAnswer]]) -> None:
-    """The writer thread: encode and store queued answers; while Redis is down, drop and ping."""
+    """The writer thread: encode and store queued answers; while Redis is down, drop and ping.
+    It owns the connections' end: it closes them when the link is closed."""
+    try:
+        _write_until_closed(link, pending)
+    finally:
+        with contextlib.suppress(Exception):
+            link.redis.close()
+
+
+def _write_until_closed(link: _Link, pending: queue.Queue[tuple[str, CachedAnswer]]) -> None:
     next_ping = 0.0
     while not link.closed.is_set():
         try:
@@ -277,7 +282,8 @@ class SharedCache:
         writer.start()
         self._pid = os.getpid()
         self._link, self._pending, self._readers = link, pending, readers
-        self._finalizer = weakref.finalize(self, _close, link, readers, writer)
+        self._writer = writer
+        self._finalizer = weakref.finalize(self, _close, link, readers)
 
     def _here(self) -> _Link:
         """This process's link (a forked worker starts its own)."""
@@ -355,8 +361,12 @@ class SharedCache:
 
     def close(self) -> None:
         """Stop this process's writer and readers and close the connection (for the client's
-        ``close()``); answers still queued for Redis are dropped, the local cache keeps them."""
+        ``close()``); answers still queued for Redis are dropped, the local cache keeps them.
+        Returns once the writer has ended (within :data:`RECHECK` and one Redis command)."""
         self._finalizer()
+        writer = self._writer
+        if writer is not threading.current_thread():
+            writer.join(timeout=RECHECK + 2 * self.timeout)
 
     def stats(self) -> SharedCacheStats:
         """This process's counters, and whether Redis is up (that is: not known to be down)."""
@@ -366,7 +376,8 @@ class SharedCache:
         return SharedCacheStats(state="up" if link.up else "down", **counts)
 
 
-def _close(link: _Link, readers: concurrent.futures.ThreadPoolExecutor, writer: threading.Thread) -> None:
-    """Stop the readers, the writer (within :data:`RECHECK`) and the connections."""
+def _close(link: _Link, readers: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Stop the readers and the writer (which closes the connections), without waiting: this
+    also runs when a cache is garbage-collected, in whatever thread the collector runs."""
     readers.shutdown(wait=False, cancel_futures=True)
-    link.close(writer)
+    link.close()
