@@ -9,6 +9,7 @@ its pid.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import re
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -485,3 +487,20 @@ def test_a_closed_shared_cache_stays_closed(harness: Harness, namespace: str) ->
     harness.run(client.close)
     assert not writer.is_alive()
     assert _shared(client)["state"] == "down"
+
+
+def test_collecting_a_forgotten_shared_cache_does_not_wait(harness: Harness, namespace: str) -> None:
+    """A client dropped without close(): the garbage collector's finalizer only flags the writer
+    (which closes the connection itself within RECHECK), so whichever thread collects it, a
+    caller's, never waits on the writer."""
+    client = harness.client(_policy(namespace))
+    harness.upstream.set_default("gpt-A", Ok(text="Paris"))
+    harness.chat(client, messages=[{"role": "user", "content": PROMPT}])
+    assert _stored(client)  # the writer has just begun its next wait of up to RECHECK
+    cache = weakref.ref(type(client)._resilience.shared_cache)
+    del client
+    start = time.monotonic()
+    gc.collect()
+    took = time.monotonic() - start
+    assert cache() is None  # collected: its finalizer ran in this thread
+    assert took < RECHECK / 2
