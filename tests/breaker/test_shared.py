@@ -175,7 +175,13 @@ def test_a_failed_probe_reopens_with_a_longer_break(make_registry: MakeRegistry)
     assert first.opened_at != int(first.opened_at)  # microseconds, not whole seconds
     time.sleep(0.21)
     probe = b.acquire()
-    probe.record(Verdict.SERVER_ERROR, duration=0.01)
+    probe.record(Verdict.SERVER_ERROR, duration=0.01)  # sent by b's flusher, at once
+
+    def reopened() -> bool:
+        reply = a._link.run(a.name, a.policy, "read")
+        return reply is not None and reply.reopens == 1
+
+    wait_for(reopened, within=0.1)
     again = a._link.run(a.name, a.policy, "read")
     assert again is not None
     assert again.state == "open"

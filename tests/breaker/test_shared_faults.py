@@ -6,6 +6,7 @@ shared test Redis is never disturbed.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -345,8 +346,69 @@ def test_redis_lost_after_a_reopening_keeps_the_grown_break(
 
     wait_for(probe)  # the 0.2 s break is over: one probe is admitted
     permits[0].record(Verdict.SERVER_ERROR, duration=0.01)  # it fails: reopened, the break grown
-    assert breaker.snapshot().reopen_count == 1
+    wait_for(lambda: breaker.snapshot().reopen_count == 1)
     private_redis.stop()
     wait_for(lambda: not breaker._link.up)
     snapshot = breaker.snapshot()  # the local breaker's, now
     assert (snapshot.state, snapshot.reopen_count) == ("open", 1)
+
+
+def test_a_probes_outcome_never_waits_on_redis(
+    make_registry: MakeRegistry, private_redis: PrivateRedis
+) -> None:
+    """Reporting a probe hands its outcome to the flusher: with Redis paused, the probe's caller
+    returns at once instead of waiting up to ``timeout``."""
+    breaker = _shared(make_registry, url=private_redis.url, timeout=0.5)
+    for _ in range(3):
+        _fail(breaker)
+    wait_for(lambda: breaker.state == "open")
+    permits: list[Permit] = []
+
+    def probe() -> bool:
+        try:
+            permits.append(breaker.acquire())
+        except CircuitOpenError:
+            return False
+        return True
+
+    wait_for(probe)
+    redis.Redis.from_url(private_redis.url).client_pause(400)
+    start = time.monotonic()
+    permits[0].record(Verdict.SUCCESS, duration=0.01)
+    assert time.monotonic() - start < 0.05
+    wait_for(lambda: breaker.state == "closed")  # sent once Redis answers again
+
+
+async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: PrivateRedis) -> None:
+    """The call that asks Redis for a probe slot does so off the event loop: with Redis paused,
+    other tasks keep running while it waits."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=2, break_duration=0.1, break_max=1.0),
+        shared=SharedPolicy(url=private_redis.url, namespace="loop", timeout=0.3),
+    )
+    http = httpx2.AsyncClient(transport=upstream.async_transport())
+    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    client = resilient(sdk, policy)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=messages)
+    await asyncio.sleep(0.15)  # the break is over: the next call asks Redis for a probe slot
+    redis.Redis.from_url(private_redis.url).client_pause(250)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    with pytest.raises((openai.InternalServerError, CircuitOpenError)):
+        await client.chat.completions.create(model="m", messages=messages)
+    ticker.cancel()
+    assert ticks >= 10  # the loop ran on through the ~0.25 s wait
+    await client.close()

@@ -208,6 +208,10 @@ class CircuitBreaker:
             f"circuit '{self.name}' is open", breaker=self.name, retry_after=retry_after
         ) from cause
 
+    def asks_redis(self) -> bool:
+        """Never: this breaker's state is in the process (see the shared breaker's)."""
+        return False
+
     def _settle(
         self,
         permit: Permit,

@@ -171,6 +171,9 @@ class RedisLink:
         #: Outcomes waiting for the flusher: (breaker, generation, "S" | "W" | "F", and the
         #: Retry-After a failure carried, capped at ``break_max``; 0 for none).
         self.queue: deque[tuple[Follower, int, str, float]] = deque(maxlen=QUEUE_LIMIT)
+        #: Probe outcomes waiting for the flusher, sent at once (it is woken for each):
+        #: (breaker, the probe's lease, ``"generation:S|F|I"``, the Retry-After as text).
+        self.settles: deque[tuple[Follower, str, str, str]] = deque(maxlen=QUEUE_LIMIT)
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._probe_ids = iter(range(1, 1 << 62))
@@ -241,6 +244,7 @@ class RedisLink:
             _log.warning("shared breakers: Redis unavailable (%s); on_unavailable=%s",
                          type(exc).__name__, self.shared.on_unavailable)  # fmt: skip
             self.queue.clear()
+            self.settles.clear()  # their leases run out on their own
         self.wake.set()
 
     def _ping(self) -> bool:
@@ -250,7 +254,8 @@ class RedisLink:
             return False
 
     def flush(self) -> bool:
-        """Send the queued outcomes: one round trip, each breaker's run of successes folded.
+        """Send the queued outcomes: one round trip, each breaker's run of successes folded,
+        then the probes' outcomes (each may close or reopen its circuit).
 
         A batch carries the longest Retry-After of its failures: if they trip the circuit, the
         break lasts at least that long. False if Redis failed (the outcomes are lost).
@@ -273,10 +278,17 @@ class RedisLink:
                 and policy.mode == "consecutive" and policy.slow_call_threshold is None
             ):  # fmt: skip
                 seq.append(outcome)
-        ops = [
+        ops: list[tuple[Follower, str, str | int, str, str]] = [
             (breaker, "report", gen, "".join(seq), f"{after[0]:.3f}")
             for (_, gen), (breaker, seq, after) in batches.items()
         ]
+        settles = self.settles
+        while settles:
+            try:
+                prober, lease, settled, asked = settles.popleft()
+            except IndexError:  # emptied meanwhile by mark_down() in another thread
+                break
+            ops.append((prober, "settle", lease, settled, asked))
         return self._pipeline(ops)
 
     def refresh(self) -> bool:

@@ -158,6 +158,12 @@ class SharedCircuitBreaker:
                 return Permit(self, reply.gen, 0 if reply.state == CLOSED else probe)
         return self._refuse(self._view, now)
 
+    def asks_redis(self) -> bool:
+        """Whether :meth:`acquire` would make a Redis round trip now (a break has ended, a probe
+        slot may be free): an asyncio caller then acquires off its event loop."""
+        view = self._view
+        return view.state != CLOSED and self._link.up and admission(view, self._clock.now()) is Admission.ASK
+
     def _refuse(self, view: View, now: float) -> Permit:
         retry_after = None if math.isinf(view.until) else max(view.until - now, 0.0)
         if self._bus:
@@ -201,13 +207,10 @@ class SharedCircuitBreaker:
             after = honoured_retry_after(retry_after, self.policy.break_max)
         if permit._probe:
             code = {Outcome.SUCCESS: "S", Outcome.FAILURE: "F", Outcome.IGNORED: "I"}[outcome]
-            # A probe's outcome decides the circuit: sent now, in the caller's thread (bounded).
-            reply = link.run(
-                self.name, self.policy, "settle", link.lease(permit._probe), f"{generation}:{code}",
-                f"{after:.3f}",
-            )  # fmt: skip
-            if reply is not None:
-                self.adopt(reply)
+            # A probe's outcome decides the circuit: the flusher sends it at once, so the caller
+            # (an asyncio one too) never waits on Redis for it.
+            link.settles.append((self, link.lease(permit._probe), f"{generation}:{code}", f"{after:.3f}"))
+            link.wake.set()
             return
         if outcome is Outcome.SUCCESS:
             link.queue.append((self, generation, "W" if duration > self._slow_after else "S", 0.0))

@@ -12,6 +12,8 @@ on this target for ``quota_break``, like an open circuit, while everyone else go
 
 from __future__ import annotations
 
+import asyncio
+
 from .._breaker import AnyBreaker, Permit, QuotaLedger, quota_hold
 from .._classify import Classification, Verdict, classify
 from .._clock import Clock
@@ -58,6 +60,22 @@ def _note_quota(quota: QuotaLedger, breaker: AnyBreaker, call: Call) -> None:
     credential = scope(target.client, call.options) if hold > 0 else None
     if credential is not None:  # None: no stable credential, each of its calls asks the upstream
         quota.exhausted(breaker.name, credential, hold)
+
+
+async def _acquire_off_loop(breaker: AnyBreaker) -> Permit:
+    """A permit from a breaker that must ask Redis for it, asked on a worker thread so the event
+    loop runs on meanwhile. A caller cancelled while it waits gives the permit back, if one came."""
+    future = asyncio.get_running_loop().run_in_executor(None, breaker.acquire)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_give_back)
+        raise
+
+
+def _give_back(future: asyncio.Future[Permit]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().ignore()
 
 
 def _interrupted(permit: Permit, exc: BaseException, clock: Clock, started: float) -> None:
@@ -128,7 +146,8 @@ class AsyncBreakerGate:
             if refused is not None:
                 return refused
         try:
-            permit = breaker.acquire()
+            # Asking the cluster for a probe slot is a Redis round trip: never on the loop.
+            permit = await _acquire_off_loop(breaker) if breaker.asks_redis() else breaker.acquire()
         except CircuitOpenError as exc:
             return _rejected(exc)
         started = call.attempt_started
