@@ -412,3 +412,35 @@ async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: P
     ticker.cancel()
     assert ticks >= 10  # the loop ran on through the ~0.25 s wait
     await client.close()
+
+
+async def test_a_cancelled_asyncio_probe_admission_gives_the_slot_back(private_redis: PrivateRedis) -> None:
+    """Cancelled while Redis is asked for the only probe slot: once the slot is granted, it is
+    given back at once, so the next call probes instead of waiting out the probe's lease."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=2, break_duration=0.1, break_max=1.0, probe_lease=30.0),
+        shared=SharedPolicy(url=private_redis.url, namespace="cancelled", timeout=1.0),
+    )
+    http = httpx2.AsyncClient(transport=upstream.async_transport())
+    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    client = resilient(sdk, policy)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=messages)
+    await asyncio.sleep(0.15)  # the break is over: the next call asks Redis for the probe slot
+    redis.Redis.from_url(private_redis.url).client_pause(200)
+    asking = asyncio.create_task(client.chat.completions.create(model="m", messages=messages))
+    await asyncio.sleep(0.05)
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    sent = upstream.count()
+    await asyncio.sleep(0.3)  # Redis answers: the slot is granted, then given back
+    with pytest.raises(openai.InternalServerError):  # a probe, not a refusal
+        await client.chat.completions.create(model="m", messages=messages)
+    assert upstream.count() == sent + 1
+    await client.close()
