@@ -49,6 +49,45 @@ def _fail(breaker: SharedCircuitBreaker) -> None:
     breaker.acquire().record(Verdict.SERVER_ERROR, duration=0.01)
 
 
+def _probe(breaker: SharedCircuitBreaker) -> Permit:
+    """The probe permit ``breaker`` admits once its break is over (waited for)."""
+    permits: list[Permit] = []
+
+    def admitted() -> bool:
+        try:
+            permits.append(breaker.acquire())
+        except CircuitOpenError:
+            return False
+        return True
+
+    wait_for(admitted)
+    return permits[0]
+
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+def _client(upstream: FakeUpstream, policy: Policy) -> openai.OpenAI:
+    http = httpx2.Client(transport=upstream.transport())
+    return resilient(
+        openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http), policy
+    )
+
+
+def _async_client(upstream: FakeUpstream, policy: Policy) -> openai.AsyncOpenAI:
+    http = httpx2.AsyncClient(transport=upstream.async_transport())
+    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
+    return resilient(sdk, policy)
+
+
+async def _opened_and_over(client: openai.AsyncOpenAI, fail_max: int) -> None:
+    """Fail ``fail_max`` calls (the circuit opens), then wait out its 0.1 s break."""
+    for _ in range(fail_max):
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="m", messages=MESSAGES)
+    await asyncio.sleep(0.15)
+
+
 def _timed_acquire(breaker: SharedCircuitBreaker) -> tuple[str, float]:
     """``"admitted"`` or ``"refused"``, and how long acquiring took."""
     start = time.monotonic()
@@ -190,13 +229,10 @@ def test_calls_through_the_chain_never_see_redis_fail(private_redis: PrivateRedi
     upstream = FakeUpstream()
     upstream.set_default("m", Ok("fine"))
     shared = SharedPolicy(url=private_redis.url, namespace="chain")
-    http = httpx2.Client(transport=upstream.transport())
-    sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
-    client = resilient(sdk, Policy(retry=RetryPolicy(rules={}), shared=shared))
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    client = _client(upstream, Policy(retry=RetryPolicy(rules={}), shared=shared))
 
     def answer() -> str | None:
-        return client.chat.completions.create(model="m", messages=messages).choices[0].message.content
+        return client.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content
 
     assert answer() == "fine"
     private_redis.stop()
@@ -265,24 +301,17 @@ def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: P
         breaker=BreakerPolicy(fail_max=3, break_duration=5.0),
         shared=SharedPolicy(url=private_redis.url, namespace="killed-open"),
     )
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-    def client() -> openai.OpenAI:
-        http = httpx2.Client(transport=upstream.transport())
-        sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
-        return resilient(sdk, policy)
-
-    tripping, other = client(), client()
+    tripping, other = _client(upstream, policy), _client(upstream, policy)
     for _ in range(3):
         with pytest.raises(openai.InternalServerError):
-            tripping.chat.completions.create(model="m", messages=messages)
+            tripping.chat.completions.create(model="m", messages=MESSAGES)
     with pytest.raises(CircuitOpenError):  # the other worker's first call reads the open circuit
-        other.chat.completions.create(model="m", messages=messages)
+        other.chat.completions.create(model="m", messages=MESSAGES)
     private_redis.stop()
     for worker in (tripping, other):
         for _ in range(5):
             with pytest.raises(CircuitOpenError) as refused:
-                worker.chat.completions.create(model="m", messages=messages)
+                worker.chat.completions.create(model="m", messages=MESSAGES)
             assert refused.value.retry_after is not None
             assert 3.0 < refused.value.retry_after <= 5.0
     assert upstream.count() == 3
@@ -296,9 +325,7 @@ def test_closing_the_link_under_waiting_first_calls_answers_them(private_redis: 
     upstream = FakeUpstream()
     upstream.set_default("*", Ok("fine"))
     shared = SharedPolicy(url=private_redis.url, namespace="closing", timeout=1.0)
-    http = httpx2.Client(transport=upstream.transport())
-    sdk = openai.OpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
-    client = resilient(sdk, Policy(retry=RetryPolicy(rules={}), shared=shared))
+    client = _client(upstream, Policy(retry=RetryPolicy(rules={}), shared=shared))
     link = breakers(client).link
     assert link is not None
     redis.Redis.from_url(private_redis.url).client_pause(1500)
@@ -308,9 +335,7 @@ def test_closing_the_link_under_waiting_first_calls_answers_them(private_redis: 
     def call(index: int) -> None:
         waiting.wait()
         try:  # a model of its own: each call is a first call, reading its breaker from Redis
-            reply = client.chat.completions.create(
-                model=f"m{index}", messages=[{"role": "user", "content": "x"}]
-            )
+            reply = client.chat.completions.create(model=f"m{index}", messages=MESSAGES)
             answers[index] = reply.choices[0].message.content
         except Exception as exc:
             answers[index] = exc
@@ -335,17 +360,8 @@ def test_redis_lost_after_a_reopening_keeps_the_grown_break(
     for _ in range(3):
         _fail(breaker)
     wait_for(lambda: breaker.state == "open")
-    permits: list[Permit] = []
-
-    def probe() -> bool:
-        try:
-            permits.append(breaker.acquire())
-        except CircuitOpenError:
-            return False
-        return True
-
-    wait_for(probe)  # the 0.2 s break is over: one probe is admitted
-    permits[0].record(Verdict.SERVER_ERROR, duration=0.01)  # it fails: reopened, the break grown
+    probe = _probe(breaker)  # the 0.2 s break is over: one probe is admitted
+    probe.record(Verdict.SERVER_ERROR, duration=0.01)  # it fails: reopened, the break grown
     wait_for(lambda: breaker.snapshot().reopen_count == 1)
     private_redis.stop()
     wait_for(lambda: not breaker._link.up)
@@ -362,19 +378,10 @@ def test_a_probes_outcome_never_waits_on_redis(
     for _ in range(3):
         _fail(breaker)
     wait_for(lambda: breaker.state == "open")
-    permits: list[Permit] = []
-
-    def probe() -> bool:
-        try:
-            permits.append(breaker.acquire())
-        except CircuitOpenError:
-            return False
-        return True
-
-    wait_for(probe)
+    probe = _probe(breaker)
     redis.Redis.from_url(private_redis.url).client_pause(400)
     start = time.monotonic()
-    permits[0].record(Verdict.SUCCESS, duration=0.01)
+    probe.record(Verdict.SUCCESS, duration=0.01)
     assert time.monotonic() - start < 0.05
     wait_for(lambda: breaker.state == "closed")  # sent once Redis answers again
 
@@ -389,14 +396,8 @@ async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: P
         breaker=BreakerPolicy(fail_max=2, break_duration=0.1, break_max=1.0),
         shared=SharedPolicy(url=private_redis.url, namespace="loop", timeout=0.3),
     )
-    http = httpx2.AsyncClient(transport=upstream.async_transport())
-    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
-    client = resilient(sdk, policy)
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-    for _ in range(2):
-        with pytest.raises(openai.InternalServerError):
-            await client.chat.completions.create(model="m", messages=messages)
-    await asyncio.sleep(0.15)  # the break is over: the next call asks Redis for a probe slot
+    client = _async_client(upstream, policy)
+    await _opened_and_over(client, 2)  # the next call asks Redis for a probe slot
     redis.Redis.from_url(private_redis.url).client_pause(250)
     ticks = 0
 
@@ -408,7 +409,7 @@ async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: P
 
     ticker = asyncio.create_task(tick())
     with pytest.raises((openai.InternalServerError, CircuitOpenError)):
-        await client.chat.completions.create(model="m", messages=messages)
+        await client.chat.completions.create(model="m", messages=MESSAGES)
     ticker.cancel()
     assert ticks >= 10  # the loop ran on through the ~0.25 s wait
     await client.close()
@@ -424,16 +425,10 @@ async def test_a_cancelled_asyncio_probe_admission_gives_the_slot_back(private_r
         breaker=BreakerPolicy(fail_max=2, break_duration=0.1, break_max=1.0, probe_lease=30.0),
         shared=SharedPolicy(url=private_redis.url, namespace="cancelled", timeout=1.0),
     )
-    http = httpx2.AsyncClient(transport=upstream.async_transport())
-    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://fake.test/v1", http_client=http)
-    client = resilient(sdk, policy)
-    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-    for _ in range(2):
-        with pytest.raises(openai.InternalServerError):
-            await client.chat.completions.create(model="m", messages=messages)
-    await asyncio.sleep(0.15)  # the break is over: the next call asks Redis for the probe slot
+    client = _async_client(upstream, policy)
+    await _opened_and_over(client, 2)  # the next call asks Redis for the probe slot
     redis.Redis.from_url(private_redis.url).client_pause(200)
-    asking = asyncio.create_task(client.chat.completions.create(model="m", messages=messages))
+    asking = asyncio.create_task(client.chat.completions.create(model="m", messages=MESSAGES))
     await asyncio.sleep(0.05)
     asking.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -441,6 +436,6 @@ async def test_a_cancelled_asyncio_probe_admission_gives_the_slot_back(private_r
     sent = upstream.count()
     await asyncio.sleep(0.3)  # Redis answers: the slot is granted, then given back
     with pytest.raises(openai.InternalServerError):  # a probe, not a refusal
-        await client.chat.completions.create(model="m", messages=messages)
+        await client.chat.completions.create(model="m", messages=MESSAGES)
     assert upstream.count() == sent + 1
     await client.close()

@@ -92,11 +92,11 @@ class Targets:
         caller, requested_model = call.client, call.requested_model
         base = _sdk.base_url(caller)
         memo = caller.__dict__.get("_resilience_targets")
-        epochs = (self._breakers.epoch, self._budgets.epoch)
-        if memo is None or memo[0] is not base or memo[1] != epochs:
-            memo = (base, epochs, {})
+        breakers, budgets = self._breakers.epoch, self._budgets.epoch
+        if memo is None or memo[0] is not base or memo[1] != breakers or memo[2] != budgets:
+            memo = (base, breakers, budgets, {})
             caller.__dict__["_resilience_targets"] = memo
-        known: dict[tuple[str | None, str | None], LiveTarget] = memo[2]
+        known: dict[tuple[str | None, str | None], LiveTarget] = memo[3]
         key = (step_model, requested_model)
         live = known.get(key)
         if live is None:
