@@ -23,7 +23,7 @@ from resilient_openai import (
     health,
     resilient,
 )
-from resilient_openai._breaker import BreakerRegistry, SharedCircuitBreaker
+from resilient_openai._breaker import BreakerRegistry, Permit, SharedCircuitBreaker
 from resilient_openai._breaker._redis import Reply, connect
 from resilient_openai._breaker._shared import Admission, View, admission, view_of
 from resilient_openai._classify import Verdict
@@ -76,9 +76,9 @@ def test_admission_table(view: View, now: float, expected: Admission) -> None:
 
 def test_a_half_open_refusal_is_held_at_most_the_refresh_interval() -> None:
     """Every slot taken for a long lease: this worker asks again within 0.5 s, not 60 s."""
-    view = view_of(Reply("half-open", 4, 60.0, 0, 1, None, False, "", ""), 100.0)
+    view = view_of(Reply("half-open", 4, 60.0, 0, 1, None, False, "", "", 1), 100.0)
     assert view.until == 100.5
-    assert view_of(Reply("isolated", 4, -1.0, 0, 0, None, False, "", ""), 100.0).until == math.inf
+    assert view_of(Reply("isolated", 4, -1.0, 0, 0, None, False, "", "", 1), 100.0).until == math.inf
 
 
 # -- one cluster-wide state ---------------------------------------------------------------------
@@ -203,14 +203,47 @@ def test_a_dead_workers_probe_frees_its_slot_when_its_lease_ends(make_registry: 
     assert b.acquire().is_probe
 
 
+def _probe_out(a: SharedCircuitBreaker, b: SharedCircuitBreaker) -> Permit:
+    """Open the circuit (fail_max 1) from ``a``, wait out its break there, and take the only
+    probe slot; ``b`` has seen it taken (refused: held locally until a push or a refresh)."""
+    _fail(a)
+    wait_for(lambda: a.state == "open" and b.state == "open")
+    probe = None
+    while probe is None:
+        try:
+            probe = a.acquire()
+        except CircuitOpenError:
+            time.sleep(0.005)
+    assert probe.is_probe
+    assert not _probes(b)
+    return probe
+
+
 def test_an_ignored_probe_frees_its_slot_at_once(make_registry: MakeRegistry) -> None:
     """A cancelled probe counts as nothing and gives its slot back to the cluster."""
     policy = BreakerPolicy(fail_max=1, break_duration=0.1)
     a, b = _shared(make_registry, policy), _shared(make_registry, policy)
-    _fail(a)
-    time.sleep(0.11)
-    a.acquire().ignore()
-    assert wait_for(lambda: _probes(b)) < 0.1  # as soon as the freed slot is pushed
+    _probe_out(a, b).ignore()
+    assert wait_for(lambda: _probes(b)) < 0.1  # pushed: not the 0.5 s refresh
+
+
+def test_a_late_reply_never_overwrites_a_newer_one(make_registry: MakeRegistry) -> None:
+    """Within one generation too: ``b`` is refused a probe while ``a`` frees the slot, and the
+    push of the freed slot reaches ``b`` before its own (older) refusal does; ``b`` keeps the
+    newer state and probes at once, not after the 0.5 s refresh."""
+    policy = BreakerPolicy(fail_max=1, break_duration=0.1)
+    a, b = _shared(make_registry, policy), _shared(make_registry, policy)
+    probe = _probe_out(a, b)
+    link = b._link
+    refused = link.run(b.name, policy, "admit", link.lease(link.probe_id()))
+    assert refused is not None
+    assert not refused.admitted
+    freed = a._link.run(a.name, policy, "settle", a._link.lease(probe._probe), f"{refused.gen}:I")
+    assert freed is not None
+    assert (freed.gen, freed.state) == (refused.gen, "half-open")
+    b.adopt(freed)  # the push
+    b.adopt(refused)  # the caller's reply, overtaken
+    assert b.acquire().is_probe
 
 
 def test_stale_outcomes_are_dropped(make_registry: MakeRegistry) -> None:

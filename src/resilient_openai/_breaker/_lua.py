@@ -17,6 +17,8 @@ The hash (``<namespace>:breaker:<name>``) holds::
     open_until  server time the current break ends
     by, reason  the worker (``pid@host``) and the reason of the last transition
     lease:<id>  one per probe out in half-open: its lease's expiry (server time)
+    version     server microseconds of the last op that wrote, kept strictly increasing: orders
+                replies that reach a worker by different threads (see ``version`` below)
 
 ``KEYS[1]`` is the hash; ``ARGV`` is ``op, channel, who, name, fail_max, probes, close_after,
 lease, break_duration, break_multiplier, break_max, mode, failure_ratio, window, min_calls,
@@ -40,10 +42,13 @@ slow-call tripping). Ops:
 A trip opens for the grown break, or for the server's Retry-After when that is longer (the
 caller caps it at ``break_max``), as the in-process breaker does.
 
-Each op replies ``{state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason}``
-(``by`` and ``reason`` of the last transition): ``wait_ms``
+Each op replies ``{state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason,
+version}`` (``by`` and ``reason`` of the last transition): ``wait_ms``
 is how long until a call could be admitted (open: the rest of the break; half-open with every slot
-taken: until the soonest lease expires; isolated: -1), ``admitted`` 1 when ``admit`` took a slot.
+taken: until the soonest lease expires; isolated: -1), ``admitted`` 1 when ``admit`` took a slot,
+``version`` (a decimal string) the hash's version after the op: a worker keeps the reply with the
+highest. A missing hash reads as version *now*, so a worker whose hash was lost (Redis restarted
+empty, flushed, the key evicted) takes the fresh state over the one it remembers.
 A transition (and a settled probe, which frees a slot) is published on ``channel``: the reply's
 fields, then the breaker's name, joined by newlines.
 """
@@ -69,9 +74,17 @@ local windowed = mode == 'ratio' or slow_after ~= ''
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local h = {}
 local raw = redis.call('HGETALL', key)
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local version = tonumber(h['version'] or '0')
+if op ~= 'read' then
+  version = math.max(version + 1, now_us)
+  redis.call('HSET', key, 'version', string.format('%.0f', version))
+elseif #raw == 0 then
+  version = now_us
+end
 local state = h['state'] or 'closed'
 local old = state
 local gen = tonumber(h['gen'] or '0')
@@ -255,7 +268,8 @@ elseif state == 'half-open' then
   if live >= probes and soonest ~= nil then wait = math.ceil((soonest - now) * 1000) end
 end
 local opened_at = redis.call('HGET', key, 'opened_at') or ''
-local reply = {state, gen, wait, failures, reopens, opened_at, admitted, by, reason or h['reason'] or ''}
+local reply = {state, gen, wait, failures, reopens, opened_at, admitted, by, reason or h['reason'] or '',
+  string.format('%.0f', version)}
 if reason ~= nil or announce then
   redis.call('PUBLISH', channel, table.concat(reply, '\\n') .. '\\n' .. name)
 end

@@ -84,15 +84,19 @@ class Reply(NamedTuple):
     #: The worker (``pid@host``) that made the last transition, and why.
     by: str
     reason: str
+    #: The hash's version: of two replies, the higher one is newer (they reach a worker from its
+    #: callers, its flusher and its listener, in any order).
+    version: int
 
     @classmethod
     def parse(cls, raw: Sequence[Any]) -> Reply:
         """From the script's reply (or a published message's fields), in the script's order."""
-        state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason = raw
+        state, gen, wait_ms, failures, reopens, opened_at, admitted, by, reason, version = raw
         wait = -1.0 if int(wait_ms) < 0 else int(wait_ms) / 1000
         return cls(
             str(state), int(gen), wait, int(failures), int(reopens),
             float(opened_at) if opened_at else None, bool(int(admitted)), str(by), str(reason),
+            int(version),
         )  # fmt: skip
 
 
@@ -102,7 +106,7 @@ class Follower(Protocol):
     name: str
     policy: BreakerPolicy
 
-    def adopt(self, reply: Reply, *, force: bool = False) -> None: ...
+    def adopt(self, reply: Reply) -> None: ...
 
     def reconnected(self) -> None: ...
 
@@ -292,18 +296,15 @@ class RedisLink:
         return self._pipeline(ops)
 
     def refresh(self) -> bool:
-        """Re-read every followed breaker and adopt what Redis says, even an older generation.
+        """Re-read every followed breaker and adopt what Redis says.
 
-        Forced, because a generation that went back means the hash was lost (Redis restarted
-        empty, flushed, or the key evicted): the fresh read is the truth, and adopting it lets
-        this worker's reports count again.
+        A hash that was lost (Redis restarted empty, flushed, or the key evicted) reads as a new
+        version of a closed breaker at generation 0: adopted, so this worker's reports count again.
         """
         ops = [(breaker, "read", "", "", "") for breaker in list(self._followers.values())]
-        return self._pipeline(ops, force=True)
+        return self._pipeline(ops)
 
-    def _pipeline(
-        self, ops: Sequence[tuple[Follower, str, str | int, str, str]], *, force: bool = False
-    ) -> bool:
+    def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str, str]]) -> bool:
         """Run ``ops`` in one round trip and hand each reply to its breaker; False if Redis failed."""
         if not ops:
             return True
@@ -317,7 +318,7 @@ class RedisLink:
             self.mark_down(exc)
             return False
         for (breaker, *_), raw in zip(ops, replies, strict=True):
-            breaker.adopt(Reply.parse(raw), force=force)
+            breaker.adopt(Reply.parse(raw))
         return True
 
     def reconnect(self) -> bool:

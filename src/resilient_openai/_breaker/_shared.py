@@ -126,9 +126,9 @@ class SharedCircuitBreaker:
         # Guards a permit's one report and the view's replacement; never held across I/O.
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
-        self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "")
+        self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "", 0)
         if reply is not None:
-            self.adopt(reply, force=True)
+            self.adopt(reply)
         link.follow(self)
 
     @property
@@ -218,15 +218,16 @@ class SharedCircuitBreaker:
             link.queue.append((self, generation, "F", after))
             link.wake.set()  # a failure may trip the circuit: no batching delay
 
-    def adopt(self, reply: Reply, *, force: bool = False) -> None:
-        """Take Redis's word for this breaker's state (a newer generation, or ``force``).
+    def adopt(self, reply: Reply) -> None:
+        """Take Redis's word for this breaker's state, unless a newer reply came first.
 
-        Replies and pushes arrive from callers, the flusher and the listener at once; the lock
-        keeps an older answer from overwriting a newer one between the check and the write.
+        Replies and pushes arrive from callers, the flusher and the listener at once, and within
+        one generation too (a probe refused while another worker frees the slot): the hash's
+        version orders them, and the lock keeps the check and the write together.
         """
         with self._lock:
             old = self._view
-            if reply.gen < old.gen and not force:
+            if reply.version < self._reply.version:
                 return  # an answer overtaken by a newer one
             self._view = view_of(reply, self._clock.now())
             self._reply = reply
@@ -282,7 +283,7 @@ class SharedCircuitBreaker:
     def _act(self, op: str) -> None:
         reply = self._link.run(self.name, self.policy, op)
         if reply is not None:
-            self.adopt(reply, force=True)
+            self.adopt(reply)
         else:  # Redis did not answer: the operator acts on this worker's own breaker only
             getattr(self._alone(), op)()
 
