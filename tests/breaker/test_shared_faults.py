@@ -305,6 +305,7 @@ def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: P
     for _ in range(3):
         with pytest.raises(openai.InternalServerError):
             tripping.chat.completions.create(model="m", messages=MESSAGES)
+    wait_for(lambda: [b.state for b in breakers(tripping)] == ["open"])  # the trip reached Redis
     with pytest.raises(CircuitOpenError):  # the other worker's first call reads the open circuit
         other.chat.completions.create(model="m", messages=MESSAGES)
     private_redis.stop()
@@ -413,6 +414,58 @@ async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: P
     ticker.cancel()
     assert ticks >= 10  # the loop ran on through the ~0.25 s wait
     await client.close()
+
+
+async def test_an_asyncio_first_read_never_blocks_the_loop(private_redis: PrivateRedis) -> None:
+    """A new target's first read of the shared state is made off the event loop: with Redis
+    paused, other tasks keep running while the call waits for it (at most ``timeout``)."""
+    upstream = FakeUpstream()
+    upstream.set_default("*", Ok("fine"))
+    shared = SharedPolicy(url=private_redis.url, namespace="first-loop", timeout=0.3)
+    client = _async_client(upstream, Policy(retry=RetryPolicy(rules={}), shared=shared))
+    await client.chat.completions.create(model="warm", messages=MESSAGES)  # the link is up
+    redis.Redis.from_url(private_redis.url).client_pause(250)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    start = time.monotonic()
+    reply = await client.chat.completions.create(model="new", messages=MESSAGES)
+    took = time.monotonic() - start
+    ticker.cancel()
+    assert reply.choices[0].message.content == "fine"
+    assert 0.2 <= took < 0.3 + 0.08  # it waited for the read (Redis answered after the pause)
+    assert ticks >= 10  # and the loop ran on meanwhile
+    await client.close()
+
+
+async def test_an_asyncio_first_call_reads_an_open_circuit(private_redis: PrivateRedis) -> None:
+    """Another worker tripped the circuit: this worker's first asyncio call is refused from the
+    shared state it reads first, and never reaches the failing upstream."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=2, break_duration=5.0),
+        shared=SharedPolicy(url=private_redis.url, namespace="first-open"),
+    )
+    tripping = _client(upstream, policy)
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            tripping.chat.completions.create(model="m", messages=MESSAGES)
+    wait_for(lambda: [b.state for b in breakers(tripping)] == ["open"])
+    other = _async_client(upstream, policy)
+    with pytest.raises(CircuitOpenError) as refused:
+        await other.chat.completions.create(model="m", messages=MESSAGES)
+    assert refused.value.retry_after is not None
+    assert upstream.count() == 2
+    tripping.close()
+    await other.close()
 
 
 async def test_a_cancelled_asyncio_probe_admission_gives_the_slot_back(private_redis: PrivateRedis) -> None:

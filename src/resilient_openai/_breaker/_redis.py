@@ -241,6 +241,16 @@ class RedisLink:
             # Too slow, or the link closed meanwhile (its reads cancelled, or none taken): unread.
             return None
 
+    def read_soon(self, name: str, policy: BreakerPolicy) -> concurrent.futures.Future[Reply | None] | None:
+        """Start reading breaker ``name``'s shared state on a reader thread (for a caller that
+        must not block: an event loop); None when Redis is down or the link closed."""
+        if not self.up:
+            return None
+        try:
+            return self._readers.submit(self.run, name, policy, "read")
+        except RuntimeError:  # closed meanwhile: no reads taken
+            return None
+
     def mark_down(self, exc: BaseException) -> None:
         """Redis failed: callers follow ``on_unavailable`` until the flusher reconnects."""
         if self.up:

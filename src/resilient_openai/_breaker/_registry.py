@@ -84,7 +84,12 @@ class BreakerRegistry:
         self.quota = QuotaLedger(clock=clock, bus=bus)
 
     def get(
-        self, key: str, policy: BreakerPolicy | None = None, *, within: float | None = None
+        self,
+        key: str,
+        policy: BreakerPolicy | None = None,
+        *,
+        within: float | None = None,
+        later: bool = False,
     ) -> AnyBreaker:
         """The breaker for ``key``, created with ``policy`` (default: the registry's) on first use.
 
@@ -92,6 +97,8 @@ class BreakerRegistry:
         exists keeps the policy it was created with. A shared breaker starts from the shared
         state, read waiting at most ``within`` seconds (None: the link's ``timeout``; 0: not
         read, closed until the next refresh): the part of ``timeout`` its call has left.
+        ``later``: not waited for here; the breaker's first :meth:`acquire` waits for the read
+        (see :meth:`SharedCircuitBreaker.read_soon`), which an asyncio caller makes off its loop.
         """
         policy = policy or self.policy
         with self._lock:
@@ -102,14 +109,18 @@ class BreakerRegistry:
         link = self.link
         # Read with no lock held; a racing get for the same key may read too, and one of them wins.
         reply = None
-        if link is not None:
-            reply = link.read(key, policy, link.shared.timeout if within is None else within)
+        if within is None and link is not None:
+            within = link.shared.timeout
+        if link is not None and not later:
+            reply = link.read(key, policy, within or 0.0)
         with self._lock:
             breaker = self._breakers.get(key)
             if breaker is not None:
                 self._breakers.move_to_end(key)
                 return breaker
             breaker = self._make(key, policy, reply)
+            if later and isinstance(breaker, SharedCircuitBreaker):
+                breaker.read_soon(within or 0.0)  # no I/O here: the read is handed to a thread
             self._breakers[key] = breaker
             if len(self._breakers) > self.policy.max_breakers:
                 self._evict_locked(keep=key)

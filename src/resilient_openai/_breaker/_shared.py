@@ -25,8 +25,10 @@ this one).
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import threading
+import time
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
@@ -91,7 +93,7 @@ class SharedCircuitBreaker:
     """One target's breaker, shared by every worker through ``link`` (see the module docs)."""
 
     __slots__ = (
-        "__weakref__", "_bus", "_cause", "_clock", "_failed", "_link", "_local", "_lock",
+        "__weakref__", "_bus", "_cause", "_clock", "_failed", "_first", "_link", "_local", "_lock",
         "_outcomes", "_reply", "_slow_after", "_view", "name", "policy",
     )  # fmt: skip
 
@@ -127,6 +129,9 @@ class SharedCircuitBreaker:
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
         self._reply = Reply(CLOSED, 0, 0.0, 0, 0, None, False, "", "", 0)
+        #: A first read still under way (:meth:`read_soon`) and the monotonic time a call stops
+        #: waiting for it; None once a call has waited (a later answer is adopted when it comes).
+        self._first: tuple[concurrent.futures.Future[Reply | None], float] | None = None
         if reply is not None:
             self.adopt(reply)
         link.follow(self)
@@ -138,8 +143,34 @@ class SharedCircuitBreaker:
             return self._alone().state
         return self._view.state
 
+    def read_soon(self, within: float) -> None:
+        """Start this breaker's first read on the link's reader thread instead of waiting for it
+        here (an asyncio caller's event loop must not): :meth:`asks_redis` says so until a call
+        has waited for it, at most ``within`` seconds from now, in :meth:`acquire`."""
+        future = self._link.read_soon(self.name, self.policy) if within > 0 else None
+        if future is not None:
+            future.add_done_callback(self._read)
+            self._first = (future, time.monotonic() + within)
+
+    def _read(self, future: concurrent.futures.Future[Reply | None]) -> None:
+        reply = None if future.cancelled() or future.exception() else future.result()
+        if reply is not None:
+            self.adopt(reply)
+
+    def _wait_first(self, first: tuple[concurrent.futures.Future[Reply | None], float]) -> None:
+        """Wait out the first read (up to its deadline) and adopt it: the callback that adopts
+        it too may run just after the waiters wake."""
+        future, deadline = first
+        concurrent.futures.wait([future], timeout=max(deadline - time.monotonic(), 0.0))
+        self._first = None
+        if future.done():
+            self._read(future)
+
     def acquire(self) -> Permit:
         """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once."""
+        first = self._first
+        if first is not None:
+            self._wait_first(first)
         link = self._link
         if not link.up:
             return self._unavailable()
@@ -160,7 +191,10 @@ class SharedCircuitBreaker:
 
     def asks_redis(self) -> bool:
         """Whether :meth:`acquire` would make a Redis round trip now (a break has ended, a probe
-        slot may be free): an asyncio caller then acquires off its event loop."""
+        slot may be free) or would wait for the first read: an asyncio caller then acquires off
+        its event loop."""
+        if self._first is not None:
+            return True
         view = self._view
         return view.state != CLOSED and self._link.up and admission(view, self._clock.now()) is Admission.ASK
 

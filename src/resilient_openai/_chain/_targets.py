@@ -152,6 +152,8 @@ class Targets:
         shared = self._policy.shared
         if shared is None:
             return self._breakers.get(name, override)
+        if self._is_async:  # its gate waits for the read off the event loop
+            return self._breakers.get(name, override, within=call.redis_left(shared.timeout), later=True)
         started = time.monotonic()
         breaker = self._breakers.get(name, override, within=call.redis_left(shared.timeout))
         call.redis_waited += time.monotonic() - started

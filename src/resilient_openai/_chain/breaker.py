@@ -13,6 +13,7 @@ on this target for ``quota_break``, like an open circuit, while everyone else go
 from __future__ import annotations
 
 import asyncio
+import time
 
 from .._breaker import AnyBreaker, Permit, QuotaLedger, quota_hold
 from .._classify import Classification, Verdict, classify
@@ -146,8 +147,15 @@ class AsyncBreakerGate:
             if refused is not None:
                 return refused
         try:
-            # Asking the cluster for a probe slot is a Redis round trip: never on the loop.
-            permit = await _acquire_off_loop(breaker) if breaker.asks_redis() else breaker.acquire()
+            if breaker.asks_redis():
+                # A probe slot or the first read of the shared state: Redis, never on the loop.
+                asked = time.monotonic()
+                try:
+                    permit = await _acquire_off_loop(breaker)
+                finally:
+                    call.redis_waited += time.monotonic() - asked
+            else:
+                permit = breaker.acquire()
         except CircuitOpenError as exc:
             return _rejected(exc)
         started = call.attempt_started
