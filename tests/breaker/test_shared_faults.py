@@ -10,12 +10,14 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import httpx2
 import openai
 import pytest
 import redis
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, breakers, resilient
 from resilient_openai._breaker import Permit, SharedCircuitBreaker
@@ -27,6 +29,7 @@ from resilient_openai.testing import FakeUpstream, Ok, Status
 from ..conftest import Harness
 from .conftest import MakeRegistry, PrivateRedis, wait_for
 
+T = TypeVar("T")
 FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
 #: How long after Redis answers again every worker is back on the shared state.
 RESYNC_BOUND = RECONNECT_INTERVAL + REFRESH_INTERVAL
@@ -80,12 +83,54 @@ def _async_client(upstream: FakeUpstream, policy: Policy) -> openai.AsyncOpenAI:
     return resilient(sdk, policy)
 
 
+def _outage(private_redis: PrivateRedis, namespace: str, *, fail_max: int) -> tuple[FakeUpstream, Policy]:
+    """An upstream failing model ``m`` with 500s, and a policy sharing its breaker (5 s break)."""
+    upstream = FakeUpstream()
+    upstream.set_default("m", Status(500))
+    policy = Policy(
+        retry=RetryPolicy(rules={}),
+        breaker=BreakerPolicy(fail_max=fail_max, break_duration=5.0),
+        shared=SharedPolicy(url=private_redis.url, namespace=namespace),
+    )
+    return upstream, policy
+
+
+def _trip(client: openai.OpenAI, fail_max: int) -> None:
+    """Fail ``fail_max`` calls of ``client`` and wait until the trip has reached Redis."""
+    for _ in range(fail_max):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m", messages=MESSAGES)
+    wait_for(lambda: [b.state for b in breakers(client)] == ["open"])
+
+
 async def _opened_and_over(client: openai.AsyncOpenAI, fail_max: int) -> None:
     """Fail ``fail_max`` calls (the circuit opens), then wait out its 0.1 s break."""
     for _ in range(fail_max):
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model="m", messages=MESSAGES)
     await asyncio.sleep(0.15)
+
+
+async def _ticking(work: Awaitable[T]) -> tuple[T | Exception, int, float]:
+    """Await ``work`` while a task counts event-loop ticks (one per 10 ms): what it gave or
+    raised, the ticks, and the seconds it took."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    start = time.monotonic()
+    try:
+        answer: T | Exception = await work
+    except Exception as exc:
+        answer = exc
+    took = time.monotonic() - start
+    ticker.cancel()
+    return answer, ticks, took
 
 
 def _timed_acquire(breaker: SharedCircuitBreaker) -> tuple[str, float]:
@@ -294,18 +339,9 @@ def test_a_first_call_waits_on_a_paused_redis_one_timeout_in_all(
 def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: PrivateRedis) -> None:
     """Losing Redis mid-outage: each worker's local breaker starts from the shared view (open for
     the rest of the break), so the failing upstream is not asked fail_max times again."""
-    upstream = FakeUpstream()
-    upstream.set_default("m", Status(500))
-    policy = Policy(
-        retry=RetryPolicy(rules={}),
-        breaker=BreakerPolicy(fail_max=3, break_duration=5.0),
-        shared=SharedPolicy(url=private_redis.url, namespace="killed-open"),
-    )
+    upstream, policy = _outage(private_redis, "killed-open", fail_max=3)
     tripping, other = _client(upstream, policy), _client(upstream, policy)
-    for _ in range(3):
-        with pytest.raises(openai.InternalServerError):
-            tripping.chat.completions.create(model="m", messages=MESSAGES)
-    wait_for(lambda: [b.state for b in breakers(tripping)] == ["open"])  # the trip reached Redis
+    _trip(tripping, 3)
     with pytest.raises(CircuitOpenError):  # the other worker's first call reads the open circuit
         other.chat.completions.create(model="m", messages=MESSAGES)
     private_redis.stop()
@@ -400,18 +436,8 @@ async def test_an_asyncio_probe_admission_never_blocks_the_loop(private_redis: P
     client = _async_client(upstream, policy)
     await _opened_and_over(client, 2)  # the next call asks Redis for a probe slot
     redis.Redis.from_url(private_redis.url).client_pause(250)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    with pytest.raises((openai.InternalServerError, CircuitOpenError)):
-        await client.chat.completions.create(model="m", messages=MESSAGES)
-    ticker.cancel()
+    answer, ticks, _ = await _ticking(client.chat.completions.create(model="m", messages=MESSAGES))
+    assert isinstance(answer, (openai.InternalServerError, CircuitOpenError))
     assert ticks >= 10  # the loop ran on through the ~0.25 s wait
     await client.close()
 
@@ -425,19 +451,8 @@ async def test_an_asyncio_first_read_never_blocks_the_loop(private_redis: Privat
     client = _async_client(upstream, Policy(retry=RetryPolicy(rules={}), shared=shared))
     await client.chat.completions.create(model="warm", messages=MESSAGES)  # the link is up
     redis.Redis.from_url(private_redis.url).client_pause(250)
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticker = asyncio.create_task(tick())
-    start = time.monotonic()
-    reply = await client.chat.completions.create(model="new", messages=MESSAGES)
-    took = time.monotonic() - start
-    ticker.cancel()
+    reply, ticks, took = await _ticking(client.chat.completions.create(model="new", messages=MESSAGES))
+    assert isinstance(reply, ChatCompletion)
     assert reply.choices[0].message.content == "fine"
     assert 0.2 <= took < 0.3 + 0.08  # it waited for the read (Redis answered after the pause)
     assert ticks >= 10  # and the loop ran on meanwhile
@@ -447,18 +462,9 @@ async def test_an_asyncio_first_read_never_blocks_the_loop(private_redis: Privat
 async def test_an_asyncio_first_call_reads_an_open_circuit(private_redis: PrivateRedis) -> None:
     """Another worker tripped the circuit: this worker's first asyncio call is refused from the
     shared state it reads first, and never reaches the failing upstream."""
-    upstream = FakeUpstream()
-    upstream.set_default("m", Status(500))
-    policy = Policy(
-        retry=RetryPolicy(rules={}),
-        breaker=BreakerPolicy(fail_max=2, break_duration=5.0),
-        shared=SharedPolicy(url=private_redis.url, namespace="first-open"),
-    )
+    upstream, policy = _outage(private_redis, "first-open", fail_max=2)
     tripping = _client(upstream, policy)
-    for _ in range(2):
-        with pytest.raises(openai.InternalServerError):
-            tripping.chat.completions.create(model="m", messages=MESSAGES)
-    wait_for(lambda: [b.state for b in breakers(tripping)] == ["open"])
+    _trip(tripping, 2)
     other = _async_client(upstream, policy)
     with pytest.raises(CircuitOpenError) as refused:
         await other.chat.completions.create(model="m", messages=MESSAGES)
