@@ -208,9 +208,9 @@ class CircuitBreaker:
             f"circuit '{self.name}' is open", breaker=self.name, retry_after=retry_after
         ) from cause
 
-    def asks_redis(self) -> bool:
-        """Never: this breaker's state is in the process (see the shared breaker's)."""
-        return False
+    #: :meth:`acquire` never waits on anything but this process: it is its own non-blocking
+    #: form (the shared breaker's ``acquire_nowait`` may answer None instead).
+    acquire_nowait = acquire
 
     def _settle(
         self,

@@ -25,7 +25,10 @@ lease, break_duration, break_multiplier, break_max, mode, failure_ratio, window,
 slow_call_ratio, slow_call_threshold, arg1, arg2, arg3`` (``slow_call_threshold`` empty: no
 slow-call tripping). Ops:
 
-* ``read``: nothing changes;
+* ``read``: nothing changes, unless ``arg1`` (the version the reading worker last saw) is above
+  the stored one: the hash went back (restored from a snapshot, a failover lost writes, Redis
+  restarted empty, a server clock stepped back), and its version moves past both, so every
+  worker takes the state as it is now;
 * ``report``: ``arg1`` the generation the calls were admitted in, ``arg2`` their outcomes in
   order (``S`` success, ``W`` slow success, ``F`` failure), ``arg3`` the longest Retry-After
   (seconds, already capped at ``break_max``) their failures carried; counted only while closed
@@ -47,8 +50,7 @@ version}`` (``by`` and ``reason`` of the last transition): ``wait_ms``
 is how long until a call could be admitted (open: the rest of the break; half-open with every slot
 taken: until the soonest lease expires; isolated: -1), ``admitted`` 1 when ``admit`` took a slot,
 ``version`` (a decimal string) the hash's version after the op: a worker keeps the reply with the
-highest. A missing hash reads as version *now*, so a worker whose hash was lost (Redis restarted
-empty, flushed, the key evicted) takes the fresh state over the one it remembers.
+highest (see ``read`` for a hash whose version went back).
 A transition (and a settled probe, which frees a slot) is published on ``channel``: the reply's
 fields, then the breaker's name, joined by newlines.
 """
@@ -79,11 +81,10 @@ local h = {}
 local raw = redis.call('HGETALL', key)
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
 local version = tonumber(h['version'] or '0')
-if op ~= 'read' then
-  version = math.max(version + 1, now_us)
+local seen = op == 'read' and tonumber(arg1) or 0
+if op ~= 'read' or seen > version then
+  version = math.max(version + 1, seen + 1, now_us)
   redis.call('HSET', key, 'version', string.format('%.0f', version))
-elseif #raw == 0 then
-  version = now_us
 end
 local state = h['state'] or 'closed'
 local old = state

@@ -106,6 +106,9 @@ class Follower(Protocol):
     name: str
     policy: BreakerPolicy
 
+    @property
+    def version(self) -> int: ...
+
     def adopt(self, reply: Reply) -> None: ...
 
     def reconnected(self) -> None: ...
@@ -308,10 +311,11 @@ class RedisLink:
     def refresh(self) -> bool:
         """Re-read every followed breaker and adopt what Redis says.
 
-        A hash that was lost (Redis restarted empty, flushed, or the key evicted) reads as a new
-        version of a closed breaker at generation 0: adopted, so this worker's reports count again.
+        Each read carries the version its breaker last adopted: a hash that went back (lost,
+        flushed, restored from a snapshot) moves past it and is adopted as it is now, so this
+        worker follows it (and its reports count again) within one refresh.
         """
-        ops = [(breaker, "read", "", "", "") for breaker in list(self._followers.values())]
+        ops = [(breaker, "read", str(breaker.version), "", "") for breaker in list(self._followers.values())]
         return self._pipeline(ops)
 
     def _pipeline(self, ops: Sequence[tuple[Follower, str, str | int, str, str]]) -> bool:

@@ -119,12 +119,13 @@ class BreakerRegistry:
                 self._breakers.move_to_end(key)
                 return breaker
             breaker = self._make(key, policy, reply)
-            if later and isinstance(breaker, SharedCircuitBreaker):
-                breaker.read_soon(within or 0.0)  # no I/O here: the read is handed to a thread
             self._breakers[key] = breaker
             if len(self._breakers) > self.policy.max_breakers:
                 self._evict_locked(keep=key)
-            return breaker
+        if later and isinstance(breaker, SharedCircuitBreaker):
+            # Started with no lock held: a read that is already over adopts at once (listeners).
+            breaker.read_soon(within or 0.0)
+        return breaker
 
     def _make(self, key: str, policy: BreakerPolicy, reply: Reply | None) -> AnyBreaker:
         link = self.link

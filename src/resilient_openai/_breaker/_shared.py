@@ -25,7 +25,9 @@ this one).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import math
 import threading
 import time
@@ -89,6 +91,11 @@ def view_of(reply: Reply, now: float) -> View:
     return View(reply.state, reply.gen, now + wait)
 
 
+def _resolve(read: asyncio.Future[None]) -> None:
+    if not read.done():
+        read.set_result(None)
+
+
 class SharedCircuitBreaker:
     """One target's breaker, shared by every worker through ``link`` (see the module docs)."""
 
@@ -145,8 +152,8 @@ class SharedCircuitBreaker:
 
     def read_soon(self, within: float) -> None:
         """Start this breaker's first read on the link's reader thread instead of waiting for it
-        here (an asyncio caller's event loop must not): :meth:`asks_redis` says so until a call
-        has waited for it, at most ``within`` seconds from now, in :meth:`acquire`."""
+        here (an asyncio caller's event loop must not): the next call waits for it, at most
+        ``within`` seconds from now, in :meth:`first_read` (asyncio) or :meth:`acquire`."""
         future = self._link.read_soon(self.name, self.policy) if within > 0 else None
         if future is not None:
             future.add_done_callback(self._read)
@@ -162,6 +169,26 @@ class SharedCircuitBreaker:
         it too may run just after the waiters wake."""
         future, deadline = first
         concurrent.futures.wait([future], timeout=max(deadline - time.monotonic(), 0.0))
+        self._first = None
+        if future.done():
+            self._read(future)
+
+    async def first_read(self) -> None:
+        """Wait for the first read :meth:`read_soon` started (up to its deadline) on the event
+        loop, taking no thread; at once when there is none."""
+        first = self._first
+        if first is None:
+            return
+        future, deadline = first
+        loop = asyncio.get_running_loop()
+        read: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(_resolve, read)
+
+        future.add_done_callback(wake)
+        await asyncio.wait([read], timeout=max(deadline - time.monotonic(), 0.0))
         self._first = None
         if future.done():
             self._read(future)
@@ -189,14 +216,22 @@ class SharedCircuitBreaker:
                 return Permit(self, reply.gen, 0 if reply.state == CLOSED else probe)
         return self._refuse(self._view, now)
 
-    def asks_redis(self) -> bool:
-        """Whether :meth:`acquire` would make a Redis round trip now (a break has ended, a probe
-        slot may be free) or would wait for the first read: an asyncio caller then acquires off
-        its event loop."""
+    def acquire_nowait(self) -> Permit | None:
+        """:meth:`acquire`, or None where it would wait on Redis (the first read is under way, or
+        a break has ended and a probe slot must be asked for): an asyncio caller then waits for
+        the read with :meth:`first_read` and asks for the slot off its event loop."""
         if self._first is not None:
-            return True
+            return None
+        link = self._link
+        if not link.up:
+            return self._unavailable()
         view = self._view
-        return view.state != CLOSED and self._link.up and admission(view, self._clock.now()) is Admission.ASK
+        if view.state == CLOSED:
+            return Permit(self, view.gen, 0)
+        now = self._clock.now()
+        if admission(view, now) is Admission.ASK:
+            return None
+        return self._refuse(view, now)
 
     def _refuse(self, view: View, now: float) -> Permit:
         retry_after = None if math.isinf(view.until) else max(view.until - now, 0.0)
@@ -252,6 +287,11 @@ class SharedCircuitBreaker:
             link.queue.append((self, generation, "F", after))
             link.wake.set()  # a failure may trip the circuit: no batching delay
 
+    @property
+    def version(self) -> int:
+        """The version of the shared hash this worker's view was last taken from."""
+        return self._reply.version
+
     def adopt(self, reply: Reply) -> None:
         """Take Redis's word for this breaker's state, unless a newer reply came first.
 
@@ -260,8 +300,8 @@ class SharedCircuitBreaker:
         version orders them, and the lock keeps the check and the write together.
         """
         with self._lock:
-            old = self._view
-            if reply.version < self._reply.version:
+            old, last = self._view, self._reply
+            if reply.version < last.version or (reply.version == last.version and reply.gen < last.gen):
                 return  # an answer overtaken by a newer one
             self._view = view_of(reply, self._clock.now())
             self._reply = reply

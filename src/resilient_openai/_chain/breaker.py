@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .._breaker import AnyBreaker, Permit, QuotaLedger, quota_hold
+from .._breaker import AnyBreaker, Permit, QuotaLedger, SharedCircuitBreaker, quota_hold
 from .._classify import Classification, Verdict, classify
 from .._clock import Clock
 from .._errors import CircuitOpenError
@@ -63,7 +63,18 @@ def _note_quota(quota: QuotaLedger, breaker: AnyBreaker, call: Call) -> None:
         quota.exhausted(breaker.name, credential, hold)
 
 
-async def _acquire_off_loop(breaker: AnyBreaker) -> Permit:
+async def _acquire_asking(breaker: SharedCircuitBreaker, call: Call) -> Permit:
+    """A permit that waits on Redis, never blocking the event loop: the first read of the shared
+    state is awaited (counted in the call's one ``timeout`` on Redis, like a thread's first read),
+    and a probe slot asked for on a worker thread."""
+    started = time.monotonic()
+    await breaker.first_read()
+    call.redis_waited += time.monotonic() - started
+    permit = breaker.acquire_nowait()
+    return permit if permit is not None else await _acquire_off_loop(breaker)
+
+
+async def _acquire_off_loop(breaker: SharedCircuitBreaker) -> Permit:
     """A permit from a breaker that must ask Redis for it, asked on a worker thread so the event
     loop runs on meanwhile. A caller cancelled while it waits gives the permit back, if one came."""
     future = asyncio.get_running_loop().run_in_executor(None, breaker.acquire)
@@ -147,15 +158,10 @@ class AsyncBreakerGate:
             if refused is not None:
                 return refused
         try:
-            if breaker.asks_redis():
-                # A probe slot or the first read of the shared state: Redis, never on the loop.
-                asked = time.monotonic()
-                try:
-                    permit = await _acquire_off_loop(breaker)
-                finally:
-                    call.redis_waited += time.monotonic() - asked
-            else:
-                permit = breaker.acquire()
+            permit = breaker.acquire_nowait()
+            if permit is None:  # only a shared breaker waits on Redis
+                assert isinstance(breaker, SharedCircuitBreaker)
+                permit = await _acquire_asking(breaker, call)
         except CircuitOpenError as exc:
             return _rejected(exc)
         started = call.attempt_started
