@@ -24,9 +24,10 @@ MODEL = "gpt-4o-mini"  # the example's default model
 WORKERS = 4
 FAIL_MAX = 3
 SECRET_ENV = "RESILIENT_TEST_CACHE_SECRET"
-#: The longest the test waits for uvicorn's workers to start, then for them all to report.
+#: The longest the test waits for uvicorn's workers to start, then for them all to report (each
+#: must be handed a /chat by the kernel: on a loaded machine one may wait its turn a while).
 START_WITHIN = 30.0
-SETTLE_WITHIN = 10.0
+SETTLE_WITHIN = 30.0
 
 
 def _free_port() -> int:
