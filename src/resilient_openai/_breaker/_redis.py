@@ -10,8 +10,9 @@ retries inside redis-py), runs :data:`~._lua.BREAKER_SCRIPT`, and keeps two daem
 * the *listener* follows the namespace's channel, where every transition is published, so a
   trip reaches every worker in milliseconds.
 
-A breaker's first read (:meth:`RedisLink.read`) runs on a reader thread, so a caller can wait for
-it less than ``timeout`` when its call already spent part of that on Redis. :meth:`RedisLink.close`
+A breaker's first read (:meth:`RedisLink.read`, :meth:`RedisLink.read_soon`) runs on a reader
+thread, so a caller can wait for it less than ``timeout`` when its call already spent part of
+that on Redis, and an asyncio caller awaits it without blocking its loop. :meth:`RedisLink.close`
 sends what is still queued, then stops both threads.
 
 No lock is held across I/O, and no redis-py exception leaves this module: a failed command marks

@@ -13,6 +13,10 @@ link's pushes and refreshes (:mod:`._redis`); :func:`admission` decides from it 
   for one of the ``half_open_probes`` slots of the whole cluster (a lease that a dead worker's
   probe gives back when it expires).
 
+An asyncio caller takes :meth:`SharedCircuitBreaker.acquire_nowait`, which answers None where a
+call would wait on Redis: it then awaits the breaker's first read on its loop and asks for a probe
+slot on a worker thread, so no event loop ever waits on a socket.
+
 While Redis is unreachable, ``on_unavailable`` decides: ``local`` hands every call to an
 in-process breaker that starts from this worker's last view of the shared one (an open circuit
 stays open for the rest of its break, an isolated one stays isolated; a fresh start each time
