@@ -156,8 +156,9 @@ class SharedCircuitBreaker:
 
     def read_soon(self, within: float) -> None:
         """Start this breaker's first read on the link's reader thread instead of waiting for it
-        here (an asyncio caller's event loop must not): the next call waits for it, at most
-        ``within`` seconds from now, in :meth:`first_read` (asyncio) or :meth:`acquire`."""
+        here (an asyncio caller's event loop must not): until a call has awaited it in
+        :meth:`first_read` (at most ``within`` seconds from now), :meth:`acquire_nowait` answers
+        None."""
         future = self._link.read_soon(self.name, self.policy) if within > 0 else None
         if future is not None:
             future.add_done_callback(self._read)
@@ -168,18 +169,10 @@ class SharedCircuitBreaker:
         if reply is not None:
             self.adopt(reply)
 
-    def _wait_first(self, first: tuple[concurrent.futures.Future[Reply | None], float]) -> None:
-        """Wait out the first read (up to its deadline) and adopt it: the callback that adopts
-        it too may run just after the waiters wake."""
-        future, deadline = first
-        concurrent.futures.wait([future], timeout=max(deadline - time.monotonic(), 0.0))
-        self._first = None
-        if future.done():
-            self._read(future)
-
     async def first_read(self) -> None:
         """Wait for the first read :meth:`read_soon` started (up to its deadline) on the event
-        loop, taking no thread; at once when there is none."""
+        loop, taking no thread, and adopt it (its callback may run just after this wakes); at
+        once when there is none."""
         first = self._first
         if first is None:
             return
@@ -199,9 +192,6 @@ class SharedCircuitBreaker:
 
     def acquire(self) -> Permit:
         """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once."""
-        first = self._first
-        if first is not None:
-            self._wait_first(first)
         link = self._link
         if not link.up:
             return self._unavailable()
