@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import math
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from .._errors import IncompleteStreamError
 from .._fallback.assemble import assembler_for
 from .._fallback.splice import Splice
 from ..observe.events import EventBus, StreamEventSkipped
+from ._watchdog import WATCHDOG, Watched
 
 __all__ = [
     "AsyncJoined",
@@ -264,9 +266,9 @@ class StreamWatch:
 
     def first_token(self) -> None:
         """The answer began now (called once, when priming ends): from here on a read may wait
-        the idle limit, never past the deadline. The asyncio guard enforces this on every read;
-        httpcore fixes a body's read limit when the body starts, so for a sync stream the new
-        limit reaches only a transport that reads it per read (the fake upstream)."""
+        the idle limit, never past the deadline. Both guards bound every read by
+        :meth:`read_bound` (the sync one through the watchdog, where it can end a read); the
+        limit is also handed to a transport that reads it per read (the fake upstream)."""
         now = self._first_token = self._clock.now()
         _sdk.read_limit(self._request, max(min(self._idle, self._deadline - now), 0.001))
 
@@ -447,15 +449,49 @@ def _broken(exc: Exception) -> tuple[str, str]:
 
 
 class SyncStreamGuard(httpx2.SyncByteStream):
-    """Sits between the HTTP body and the SDK's ``Stream`` (threads)."""
+    """Sits between the HTTP body and the SDK's ``Stream`` (threads).
 
-    def __init__(self, raw: httpx2.SyncByteStream, watch: StreamWatch, request: httpx2.Request) -> None:
+    ``watched``: the connection, when the :data:`~._watchdog.WATCHDOG` can end a read on it
+    that outlives the watch's limit (the transport's own limit was fixed when the body began).
+    """
+
+    def __init__(
+        self,
+        raw: httpx2.SyncByteStream,
+        watch: StreamWatch,
+        request: httpx2.Request,
+        watched: Watched | None = None,
+    ) -> None:
         self._raw = raw
         self._watch = watch
         self._request = request
-        self._source: Iterator[bytes] = iter(raw)
+        self._watched = watched
+        self._source: Iterator[bytes] = iter(raw) if watched is None else self._watched_reads(watched)
         self._pending: list[bytes] = []
         self._rescues: list[object] = []
+
+    def _watched_reads(self, watched: Watched) -> Iterator[bytes]:
+        """The body, each read handed to the watchdog with the watch's limit: one it ends raises
+        ``httpx2.ReadTimeout``, as the transport's own limit would."""
+        watch, source = self._watch, iter(self._raw)
+        while True:
+            WATCHDOG.due(watched, time.monotonic() + watch.read_bound())
+            try:
+                data = next(source)
+            except StopIteration:
+                return
+            except httpx2.TransportError as exc:
+                if watched.fired:
+                    raise httpx2.ReadTimeout("no event within the limit", request=self._request) from exc
+                raise
+            finally:
+                watched.due = math.inf  # between reads nothing is watched
+            yield data
+
+    def _unwatch(self) -> None:
+        watched, self._watched = self._watched, None
+        if watched is not None:
+            WATCHDOG.forget(watched)
 
     def prime(self) -> None:
         """Read up to the first piece of the answer, inside the chain: failures here are retryable.
@@ -475,9 +511,11 @@ class SyncStreamGuard(httpx2.SyncByteStream):
                     self._pending.append(kept)
             watch.first_token()
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            self._unwatch()
             self._raw.close()
             raise _sdk.mapped_transport_error(exc, self._request) from exc
         except BaseException:
+            self._unwatch()
             self._raw.close()
             raise
 
@@ -485,25 +523,30 @@ class SyncStreamGuard(httpx2.SyncByteStream):
         watch = self._watch
         pending, self._pending = self._pending, []
         yield from pending
-        while True:
-            try:
-                for data in self._source:
-                    watch.check_deadline()
-                    kept = watch.feed(data)
-                    if kept:
-                        yield kept
-                break
-            except _BREAKS as exc:
-                go_on = watch.hooks.rescue_sync
-                more = go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
-                if more is None:
-                    raise watch.ended_by(exc) from _cause(exc)
-                watch.hand_over()
-                self._rescues.append(more)
-                self._source = iter(more)
+        try:
+            while True:
+                try:
+                    for data in self._source:
+                        watch.check_deadline()
+                        kept = watch.feed(data)
+                        if kept:
+                            yield kept
+                    break
+                except _BREAKS as exc:
+                    self._unwatch()  # this connection is done; a rescuing stream has its own guard
+                    go_on = watch.hooks.rescue_sync
+                    more = go_on(watch.partial_text) if go_on is not None and watch.rescuable(exc) else None
+                    if more is None:
+                        raise watch.ended_by(exc) from _cause(exc)
+                    watch.hand_over()
+                    self._rescues.append(more)
+                    self._source = iter(more)
+        finally:
+            self._unwatch()
         watch.truncated()
 
     def close(self) -> None:
+        self._unwatch()
         self._watch.closed_early()
         self._raw.close()
         for more in self._rescues:  # a rescuing stream's own guard records its outcome

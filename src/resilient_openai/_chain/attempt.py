@@ -17,6 +17,7 @@ from .._clock import Clock
 from ..observe.events import EventBus
 from ._call import AsyncHandler, Call, Handler, Outcome
 from ._stream import AsyncStreamGuard, StreamWatch, SyncStreamGuard
+from ._watchdog import WATCHDOG
 from .terminal import failed
 
 __all__ = ["AsyncAttempt", "SyncAttempt"]
@@ -49,7 +50,8 @@ def _watch(
     first_token_by = sent + call.first_limit()
     now = clock.now()
     # The transport fixes one read limit for the whole body: long enough for the first token and
-    # for an idle gap, never past the deadline (the asyncio guard bounds each read exactly).
+    # for an idle gap, never past the deadline (the guards bound each read exactly; for a sync
+    # stream this stays the backstop where the watchdog cannot end a read).
     body = min(max(first_token_by - now, limits.stream_idle), call.deadline - now)
     _sdk.read_limit(response.request, max(body, 0.001))
     return StreamWatch(
@@ -89,7 +91,7 @@ class SyncAttempt:
         if response is None or not isinstance(response.stream, httpx2.SyncByteStream) or _encoded(response):
             return outcome
         watch = _watch(call, self._clock, self._bus, response, outcome.result, call.attempt_started)
-        guard = SyncStreamGuard(response.stream, watch, response.request)
+        guard = SyncStreamGuard(response.stream, watch, response.request, WATCHDOG.watch(response))
         response.stream = guard
         try:
             guard.prime()
