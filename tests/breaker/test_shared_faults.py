@@ -247,6 +247,33 @@ def test_a_hash_restored_to_an_older_copy_is_followed_within_the_refresh_interva
     assert _timed_acquire(b)[0] == "admitted"
 
 
+def test_a_key_redis_refuses_leaves_the_other_breakers_shared(
+    make_registry: MakeRegistry, redis_url: str, namespace: str
+) -> None:
+    """Something else sits under one breaker's key (Redis answers WRONGTYPE): that breaker
+    decides alone (``on_unavailable = "local"``: it still trips), the link stays up, the other
+    breakers stay shared, and once the key is cleared the breaker is shared again."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.set(f"{namespace}:breaker:bad", "not a hash")
+    a, b = make_registry(FAST), make_registry(FAST)
+    bad, good, good_b = a.get("bad"), a.get("good"), b.get("good")
+    assert isinstance(bad, SharedCircuitBreaker)
+    assert isinstance(good, SharedCircuitBreaker)
+    for _ in range(3):
+        bad.acquire().record(Verdict.SERVER_ERROR, duration=0.01)
+    assert bad.state == "open"  # its own, in-process breaker
+    time.sleep(REFRESH_INTERVAL + 0.1)  # a refresh, with the refused key among the others
+    assert a.link is not None
+    assert a.link.up
+    for _ in range(3):
+        _fail(good)
+    wait_for(lambda: good_b.state == "open")  # shared as ever
+    admin.delete(f"{namespace}:breaker:bad")
+    admin.close()
+    wait_for(lambda: bad.state == "closed", within=REFRESH_INTERVAL + 0.5)  # the shared (empty) state
+    assert bad.acquire() is not None
+
+
 def test_slow_redis_never_holds_a_call_past_the_timeout(
     make_registry: MakeRegistry, private_redis: PrivateRedis
 ) -> None:

@@ -114,6 +114,8 @@ class Follower(Protocol):
 
     def reconnected(self) -> None: ...
 
+    def refused(self) -> None: ...
+
 
 def _args(policy: BreakerPolicy) -> list[str | int | float]:
     """The script's policy arguments (``ARGV[5:17]``), in its order."""
@@ -169,6 +171,11 @@ class RedisLink:
         import redis as redis_module
 
         self._errors: tuple[type[BaseException], ...] = (redis_module.RedisError, OSError)
+        #: Redis answered, but refused one key's script (a key of another type under the name,
+        #: a script error): that breaker decides alone; the link and every other breaker stay up.
+        self._refusal: type[BaseException] = redis_module.ResponseError
+        #: The breakers whose key Redis refused at their last script (said once per refusal).
+        self._refused: set[str] = set()
         #: The connection (every command bounded by ``shared.timeout``) and the loaded script.
         self.client = client
         self.shared = shared
@@ -219,15 +226,36 @@ class RedisLink:
     def run(
         self, name: str, policy: BreakerPolicy, op: str, arg1: str = "", arg2: str = "", arg3: str = ""
     ) -> Reply | None:
-        """Run ``op`` on breaker ``name``'s hash; None (and the link marked down) if Redis failed."""
+        """Run ``op`` on breaker ``name``'s hash; None if Redis failed (the link marked down) or
+        refused this key (see :meth:`refused`)."""
         args = [op, self.channel, self.who, name, *_args(policy), arg1, arg2, arg3]
         try:
             raw = self.script(keys=[self.key(name)], args=args)
+        except self._refusal as exc:
+            self.refused(name, exc)
+            return None
         except Exception as exc:
-            # call by close() raises ValueError) is Redis being unavailable, never the caller's
+            # Whatever fails here (a closed connection pool raises ValueError when close() runs
+            # meanwhile) is Redis being unavailable, never the caller's.
             self.mark_down(exc)
             return None
+        self._refused.discard(name)
         return Reply.parse(raw)
+
+    def refuses(self, name: str) -> bool:
+        """Whether Redis refused breaker ``name``'s script the last time it ran."""
+        return name in self._refused
+
+    def refused(self, name: str, exc: BaseException) -> None:
+        """Redis refused breaker ``name``'s script: said once per breaker; its calls then follow
+        ``on_unavailable`` alone, and nothing else is marked down."""
+        follower = self._followers.get(name)
+        if follower is not None:
+            follower.refused()
+        if name not in self._refused:
+            self._refused.add(name)
+            _log.warning("shared breaker %s: Redis refused its script (%s); on_unavailable=%s for it",
+                         name, type(exc).__name__, self.shared.on_unavailable)  # fmt: skip
 
     def read(self, name: str, policy: BreakerPolicy, within: float) -> Reply | None:
         """Breaker ``name``'s shared state, waiting at most ``within`` seconds (<= ``timeout``).
@@ -328,12 +356,19 @@ class RedisLink:
             args = [op, self.channel, self.who, breaker.name, *_args(breaker.policy), arg1, arg2, arg3]
             self.script(keys=[self.key(breaker.name)], args=args, client=pipe)
         try:
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         except self._errors as exc:
             self.mark_down(exc)
             return False
         for (breaker, *_), raw in zip(ops, replies, strict=True):
-            breaker.adopt(Reply.parse(raw))
+            if isinstance(raw, self._refusal):
+                self.refused(breaker.name, raw)  # tells ``breaker``
+            elif isinstance(raw, BaseException):  # anything else in a reply: Redis failing
+                self.mark_down(raw)
+                return False
+            else:
+                self._refused.discard(breaker.name)
+                breaker.adopt(Reply.parse(raw))
         return True
 
     def reconnect(self) -> bool:

@@ -105,7 +105,7 @@ class SharedCircuitBreaker:
 
     __slots__ = (
         "__weakref__", "_bus", "_cause", "_clock", "_failed", "_first", "_link", "_local", "_lock",
-        "_outcomes", "_reply", "_slow_after", "_view", "name", "policy",
+        "_outcomes", "_own", "_reply", "_slow_after", "_view", "name", "policy",
     )  # fmt: skip
 
     def __init__(
@@ -136,6 +136,9 @@ class SharedCircuitBreaker:
         #: Decides alone while Redis is unreachable (``on_unavailable = "local"``); made from
         #: the last view when first needed in each outage of Redis.
         self._local: CircuitBreaker | None = None
+        #: Redis refused this breaker's script (its key holds something else): it decides as
+        #: while Redis is unreachable, until a script runs on its key again.
+        self._own = link.refuses(name)
         # Guards a permit's one report and the view's replacement; never held across I/O.
         self._lock = threading.Lock()
         self._view = View(CLOSED, 0, 0.0)
@@ -150,7 +153,7 @@ class SharedCircuitBreaker:
     @property
     def state(self) -> str:
         """The shared state as this worker last saw it (the local breaker's while Redis is down)."""
-        if not self._link.up and self._link.shared.on_unavailable == "local":
+        if (self._own or not self._link.up) and self._link.shared.on_unavailable == "local":
             return self._alone().state
         return self._view.state
 
@@ -193,7 +196,7 @@ class SharedCircuitBreaker:
     def acquire(self) -> Permit:
         """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once."""
         link = self._link
-        if not link.up:
+        if not link.up or self._own:
             return self._unavailable()
         view = self._view
         if view.state == CLOSED:  # admission()'s first rule, inlined: no clock read, no lock, no Redis
@@ -217,7 +220,7 @@ class SharedCircuitBreaker:
         if self._first is not None:
             return None
         link = self._link
-        if not link.up:
+        if not link.up or self._own:
             return self._unavailable()
         view = self._view
         if view.state == CLOSED:
@@ -294,6 +297,8 @@ class SharedCircuitBreaker:
         version orders them, and the lock keeps the check and the write together.
         """
         with self._lock:
+            if self._own:  # a script runs on this breaker's key again: shared from here on
+                self._own, self._local = False, None
             old, last = self._view, self._reply
             if reply.version < last.version or (reply.version == last.version and reply.gen < last.gen):
                 return  # an answer overtaken by a newer one
@@ -310,6 +315,10 @@ class SharedCircuitBreaker:
             why = f"{reply.reason} (worker {reply.by})"
             at = self._clock.wall()
             self._bus.emit(BreakerStateChanged(at, self.name, old.state, reply.state, why, retry_after))
+
+    def refused(self) -> None:
+        """Redis refused this breaker's script: decide as ``on_unavailable`` says until it runs."""
+        self._own = True
 
     def reconnected(self) -> None:
         """Redis is back: the shared state rules again; the next outage starts its own local breaker."""
@@ -373,7 +382,7 @@ class SharedCircuitBreaker:
 
     def snapshot(self) -> BreakerSnapshot:
         """The shared state as this worker last saw it (refreshed at least every 0.5 s)."""
-        if not self._link.up and self._link.shared.on_unavailable == "local":
+        if (self._own or not self._link.up) and self._link.shared.on_unavailable == "local":
             return self._alone().snapshot()
         view, reply = self._view, self._reply
         now = self._clock.now()
