@@ -391,6 +391,41 @@ def test_a_first_call_waits_on_a_paused_redis_one_timeout_in_all(
     assert 0.2 <= took < 0.2 + 0.08
 
 
+def test_a_probe_ask_and_a_cache_read_wait_one_timeout_in_all(
+    harness: Harness, private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The break is over, so the call asks Redis for a probe slot; then its cache step reads the
+    shared cache. With Redis paused the two wait one ``timeout`` in all, not one each."""
+    monkeypatch.setenv("RO_TEST_CACHE_SECRET", "s" * 32)
+    policy = Policy.from_dict(
+        {
+            "retry": {"rules": {}},
+            "breaker": {"fail_max": 1, "break_duration": 0.1, "break_max": 1.0},
+            "fallback": {"routes": {"gpt-A": {"steps": [{"kind": "cache"}]}}},
+            "shared": {
+                "url": private_redis.url, "namespace": "probe-cache", "timeout": 0.2,
+                "key_secret_env": "RO_TEST_CACHE_SECRET",
+            },
+        }
+    )  # fmt: skip
+    client = harness.client(policy)
+    harness.upstream.set_default("gpt-A", Status(503))
+    with pytest.raises(openai.InternalServerError):
+        harness.chat(client)  # the trip
+    wait_for(lambda: [b.state for b in breakers(client)] == ["open"])
+    time.sleep(0.15)  # Redis's own clock ends the break
+    harness.clock.advance(0.2)  # and this worker's view of it
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.client_pause(400)
+    admin.close()
+    start = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        harness.chat(client)  # the probe (admitted locally once the ask timed out), then the cache
+    took = time.monotonic() - start
+    harness.run(client.close)
+    assert 0.2 <= took < 0.2 + 0.08
+
+
 def test_redis_killed_while_open_keeps_the_circuit_open_locally(private_redis: PrivateRedis) -> None:
     """Losing Redis mid-outage: each worker's local breaker starts from the shared view (open for
     the rest of the break), so the failing upstream is not asked fail_max times again."""

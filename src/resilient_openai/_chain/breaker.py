@@ -63,15 +63,27 @@ def _note_quota(quota: QuotaLedger, breaker: AnyBreaker, call: Call) -> None:
         quota.exhausted(breaker.name, credential, hold)
 
 
+def _acquire_asking_sync(breaker: AnyBreaker, call: Call) -> Permit:
+    """A permit from a shared breaker that asks Redis for a probe slot: the wait counts in the
+    call's one ``timeout`` on Redis, so a shared cache read after it waits only what is left."""
+    started = time.monotonic()
+    try:
+        return breaker.acquire()
+    finally:
+        call.redis_waited += time.monotonic() - started
+
+
 async def _acquire_asking(breaker: SharedCircuitBreaker, call: Call) -> Permit:
     """A permit that waits on Redis, never blocking the event loop: the first read of the shared
-    state is awaited (counted in the call's one ``timeout`` on Redis, like a thread's first read),
-    and a probe slot asked for on a worker thread."""
+    state is awaited, and a probe slot asked for on a worker thread; both count in the call's
+    one ``timeout`` on Redis (as in a thread)."""
     started = time.monotonic()
-    await breaker.first_read()
-    call.redis_waited += time.monotonic() - started
-    permit = breaker.acquire_nowait()
-    return permit if permit is not None else await _acquire_off_loop(breaker)
+    try:
+        await breaker.first_read()
+        permit = breaker.acquire_nowait()
+        return permit if permit is not None else await _acquire_off_loop(breaker)
+    finally:
+        call.redis_waited += time.monotonic() - started
 
 
 async def _acquire_off_loop(breaker: SharedCircuitBreaker) -> Permit:
@@ -119,7 +131,9 @@ class SyncBreakerGate:
             if refused is not None:
                 return refused
         try:
-            permit = breaker.acquire()
+            permit = breaker.acquire_nowait()
+            if permit is None:  # only a shared breaker waits on Redis
+                permit = _acquire_asking_sync(breaker, call)
         except CircuitOpenError as exc:
             return _rejected(exc)
         started = call.attempt_started
