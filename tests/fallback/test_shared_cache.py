@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import multiprocessing
 import os
 import re
@@ -193,6 +194,47 @@ def test_an_answer_over_the_size_bound_is_not_shared(
     harness.chat(client)
     assert _shared(client)["refused"] == 1
     assert list(store.scan_iter(f"{namespace}:*")) == []
+
+
+#: What another writer (or a damaged value) may leave under a key this library stored an answer.
+FOREIGN = {
+    "not a whole answer": {"operation": "chat.completions", "model": "m", "stored_at": 1, "body": {"x": 1}},
+    "choices not a list": {
+        "operation": "chat.completions", "model": "m", "stored_at": 1,
+        "body": {"id": "c", "created": 1, "model": "m", "choices": "x"},
+    },
+    "another operation": {
+        "operation": "responses", "model": "m", "stored_at": 1,
+        "body": {"id": "r", "object": "response", "model": "m", "status": "completed", "output": []},
+    },
+    "over the size bound": {
+        "operation": "chat.completions", "model": "m", "stored_at": 1,
+        "body": {"id": "c", "created": 1, "model": "m", "choices": [], "pad": "x" * 4096},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("foreign", list(FOREIGN))
+def test_a_value_this_library_did_not_store_is_a_miss(
+    harness: Harness, namespace: str, store: redis.Redis, foreign: str, stream: bool
+) -> None:
+    """Whatever else sits under an answer's key is no answer: the caller gets the upstream's
+    error, never a shapeless ``ChatCompletion`` or a ``KeyError``, and it is not kept locally."""
+    policy = _policy(namespace, max_bytes=2048)
+    first = harness.client(policy)
+    harness.upstream.set_default("gpt-A", Ok(text="Paris"))
+    harness.chat(first)
+    assert _stored(first)
+    (key,) = store.scan_iter(f"{namespace}:cache:*")
+    store.set(key, json.dumps(FOREIGN[foreign]), px=60_000)
+    harness.upstream.set_default("gpt-A", Status(503))
+    second = harness.client(policy)
+    ask = harness.stream_chat if stream else harness.chat
+    with pytest.raises(openai.InternalServerError):
+        ask(second)
+    assert _shared(second)["misses"] == 1
+    assert health(second)["cache"]["entries"] == 0
 
 
 def test_an_answer_that_is_not_strict_json_is_refused(namespace: str, store: redis.Redis) -> None:

@@ -146,7 +146,7 @@ class Delivery:
         shared = self.shared
         if hit is None and shared is not None:
             started = time.monotonic()
-            hit = self._adopt(key, shared.get(key, call.redis_left(shared.timeout)))
+            hit = self._adopt(key, shared.get(key, call.operation, call.redis_left(shared.timeout)))
             call.redis_waited += time.monotonic() - started
         return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
 
@@ -158,7 +158,9 @@ class Delivery:
         shared = self.shared
         if hit is None and shared is not None:
             started = time.monotonic()
-            hit = self._adopt(key, await shared.get_async(key, call.redis_left(shared.timeout)))
+            hit = self._adopt(
+                key, await shared.get_async(key, call.operation, call.redis_left(shared.timeout))
+            )
             call.redis_waited += time.monotonic() - started
         return None if hit is None else LocalAnswer(json.loads(hit.body), Source.CACHE, hit.model)
 

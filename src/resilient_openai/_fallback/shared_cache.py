@@ -149,8 +149,16 @@ def _encode(answer: CachedAnswer) -> bytes | None:
     return json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"body":' + answer.body + b"}"
 
 
-def _decode(raw: bytes) -> CachedAnswer | None:
-    """The answer a stored value holds, or None for a value this version cannot read."""
+#: What a stored value may hold besides its answer (operation, model, time): past ``max_bytes``
+#: plus this, a value is not read at all.
+ENVELOPE_BYTES: Final = 1024
+
+
+def _decode(raw: bytes, max_bytes: int) -> CachedAnswer | None:
+    """The answer a stored value holds, or None for a value this version cannot read or serve
+    (too large, not JSON, not a whole answer of its operation)."""
+    if len(raw) > max_bytes + ENVELOPE_BYTES:
+        return None
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):
@@ -163,9 +171,34 @@ def _decode(raw: bytes) -> CachedAnswer | None:
         or not (model is None or isinstance(model, str))
         or not isinstance(stored_at, int | float)
         or not isinstance(body, dict)
+        or not _whole(operation, body)
     ):
         return None
     return CachedAnswer(operation, model, json.dumps(body, separators=(",", ":")).encode(), float(stored_at))
+
+
+def _whole(operation: str, body: dict[str, Any]) -> bool:
+    """Whether ``body`` is an answer of ``operation`` that can be served, plainly or as a stream.
+    Redis may hold anything under a key (another writer, a damaged value): only what this
+    library stores itself gets through."""
+    if not (isinstance(body.get("id"), str) and isinstance(body.get("model"), str)):
+        return False
+    if operation == "chat.completions":
+        choices = body.get("choices")
+        return (
+            isinstance(body.get("created"), int | float)
+            and isinstance(choices, list)
+            and all(_fields(choice, index=int, message=dict) for choice in choices)
+        )
+    if operation == "responses":
+        output = body.get("output")
+        return isinstance(output, list) and all(_fields(item, type=str) for item in output)
+    return False
+
+
+def _fields(value: object, **kinds: type) -> bool:
+    """Whether ``value`` is a dict holding each named field with a value of its kind."""
+    return isinstance(value, dict) and all(isinstance(value.get(name), kind) for name, kind in kinds.items())
 
 
 class _Link:
@@ -294,44 +327,52 @@ class SharedCache:
                     self._start()
         return self._link
 
-    def _submit(self, key: str, within: float) -> concurrent.futures.Future[bytes | None] | None:
+    def _submit(
+        self, key: str, operation: str, within: float
+    ) -> concurrent.futures.Future[CachedAnswer | None] | None:
         link = self._here()
         if not link.up or within <= 0:
             return None
         try:
-            return self._readers.submit(link.read, self._prefix + key)
+            return self._readers.submit(self._fetch, link, self._prefix + key, operation)
         except RuntimeError:  # closed meanwhile: no reads any more
             return None
 
-    def _took(self, raw: bytes | None) -> CachedAnswer | None:
-        answer = _decode(raw) if raw is not None else None
+    def _fetch(self, link: _Link, name: str, operation: str) -> CachedAnswer | None:
+        """Read and decode on a reader thread: a large value never costs a caller (or a loop).
+        An answer of another operation is none (a key holds one only if something else wrote it)."""
+        raw = link.read(name)
+        answer = _decode(raw, self._max_bytes) if raw is not None else None
+        return answer if answer is not None and answer.operation == operation else None
+
+    def _took(self, answer: CachedAnswer | None) -> CachedAnswer | None:
         self._link.count("misses" if answer is None else "hits")
         return answer
 
-    def get(self, key: str, within: float) -> CachedAnswer | None:
-        """The answer stored under ``key`` by any worker, waiting at most ``within`` seconds
-        (<= ``timeout``); None on a miss, when Redis is down, or when it did not answer in time
-        (marked down when that was the whole ``timeout``)."""
-        future = self._submit(key, within)
+    def get(self, key: str, operation: str, within: float) -> CachedAnswer | None:
+        """The ``operation`` answer stored under ``key`` by any worker, waiting at most ``within``
+        seconds (<= ``timeout``); None on a miss, when Redis is down, or when it did not answer in
+        time (marked down when that was the whole ``timeout``)."""
+        future = self._submit(key, operation, within)
         if future is None:
             return None
         try:
-            raw = future.result(timeout=within)
+            answer = future.result(timeout=within)
         except concurrent.futures.TimeoutError:
             future.cancel()
             self._late(within)
             return None
         except concurrent.futures.CancelledError:  # the cache was closed meanwhile
             return None
-        return self._took(raw)
+        return self._took(answer)
 
-    async def get_async(self, key: str, within: float) -> CachedAnswer | None:
+    async def get_async(self, key: str, operation: str, within: float) -> CachedAnswer | None:
         """:meth:`get` for asyncio tasks: the loop is never blocked, the wait as bounded."""
-        future = self._submit(key, within)
+        future = self._submit(key, operation, within)
         if future is None:
             return None
         try:
-            raw = await asyncio.wait_for(asyncio.wrap_future(future), within)
+            answer = await asyncio.wait_for(asyncio.wrap_future(future), within)
         except TimeoutError:
             self._late(within)
             return None
@@ -340,7 +381,7 @@ class SharedCache:
             if future.cancelled() and (task is None or not task.cancelling()):
                 return None  # the cache was closed meanwhile, not this task cancelled
             raise
-        return self._took(raw)
+        return self._took(answer)
 
     def _late(self, waited: float) -> None:
         """A read did not answer in ``waited`` seconds: Redis is down if that was all of ``timeout``
