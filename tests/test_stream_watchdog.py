@@ -8,6 +8,7 @@ upstream served on a loopback port, so the stalls are real (a fraction of a seco
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from resilient_openai import IncompleteStreamError, Policy, provenance, resilient
+from resilient_openai._chain._watchdog import WATCHDOG
 from resilient_openai.testing import FakeUpstream, Ok, Stall
 
 ANSWER = "one two three four five six seven eight"
@@ -38,9 +40,10 @@ def _policy(**fallback: Any) -> Policy:
 
 def _read(
     flavour: str, base_url: str, policy: Policy, pause: float = 0.0
-) -> tuple[Any, str, Exception | None]:
-    """Stream one answer through a resilient client of ``flavour``: the stream, the text read and
-    the error that ended it (None: complete). ``pause``: the caller dawdles over the second word."""
+) -> tuple[Any, str, Exception | None, float]:
+    """Stream one answer through a resilient client of ``flavour``: the stream, the text read, the
+    error that ended it (None: complete) and the seconds from asking to that end (building the
+    client is not counted). ``pause``: the caller dawdles over the second word."""
     text: list[str] = []
 
     def take(chunk: Any) -> None:
@@ -51,27 +54,29 @@ def _read(
 
     if flavour == "sync":
         client = resilient(openai.OpenAI(api_key="sk-test", base_url=base_url), policy)
+        start = time.monotonic()
         stream = client.chat.completions.create(model="gpt-A", messages=MESSAGES, stream=True)
         try:
             for chunk in stream:
                 take(chunk)
         except IncompleteStreamError as exc:
-            return stream, "".join(text), exc
+            return stream, "".join(text), exc, time.monotonic() - start
         finally:
             client.close()
-        return stream, "".join(text), None
+        return stream, "".join(text), None, time.monotonic() - start
 
-    async def run() -> tuple[Any, str, Exception | None]:
+    async def run() -> tuple[Any, str, Exception | None, float]:
         client = resilient(openai.AsyncOpenAI(api_key="sk-test", base_url=base_url), policy)
+        start = time.monotonic()
         stream = await client.chat.completions.create(model="gpt-A", messages=MESSAGES, stream=True)
         try:
             async for chunk in stream:
                 take(chunk)
         except IncompleteStreamError as exc:
-            return stream, "".join(text), exc
+            return stream, "".join(text), exc, time.monotonic() - start
         finally:
             await client.close()
-        return stream, "".join(text), None
+        return stream, "".join(text), None, time.monotonic() - start
 
     return asyncio.run(run())
 
@@ -82,9 +87,7 @@ def test_a_stall_mid_answer_ends_at_the_idle_limit(served: tuple[FakeUpstream, s
     0.15 s idle limit, not after the 3 s first-token limit the body's reads began with."""
     upstream, base_url = served
     upstream.set_default("gpt-A", Stall(3, STALL, text=ANSWER))
-    start = time.monotonic()
-    _, text, error = _read(flavour, base_url, _policy())
-    took = time.monotonic() - start
+    _, text, error, took = _read(flavour, base_url, _policy())
     assert isinstance(error, IncompleteStreamError)
     assert error.reason == "stalled"
     assert text.split() == ["one", "two", "three"]
@@ -98,9 +101,8 @@ def test_a_stalled_sync_stream_is_finished_by_the_next_step(served: tuple[FakeUp
     upstream.set_default("gpt-A", Stall(3, STALL, text=ANSWER))
     upstream.set_default("gpt-B", Ok(text=ANSWER))
     policy = _policy(routes={"gpt-A": {"steps": [{"kind": "model", "model": "gpt-B"}]}})
-    start = time.monotonic()
-    stream, text, error = _read("sync", base_url, policy)
-    assert time.monotonic() - start < STALL * 0.8
+    stream, text, error, took = _read("sync", base_url, policy)
+    assert took < STALL * 0.8
     assert error is None
     assert text == ANSWER
     record = provenance(stream)
@@ -113,7 +115,7 @@ def test_a_slow_reader_is_not_a_stalled_upstream(served: tuple[FakeUpstream, str
     in the socket: only time spent waiting on the upstream counts, so the answer is read whole."""
     upstream, base_url = served
     upstream.set_default("gpt-A", Stall(2, 0.25, text="one two three four"))  # the rest comes later
-    _, text, error = _read("sync", base_url, _policy(), pause=0.3)
+    _, text, error, _ = _read("sync", base_url, _policy(), pause=0.3)
     assert error is None
     assert text == "one two three four"
 
@@ -128,4 +130,19 @@ def test_the_client_goes_on_after_a_stall(served: tuple[FakeUpstream, str]) -> N
             pass
     reply = client.chat.completions.create(model="gpt-A", messages=MESSAGES)
     assert reply.choices[0].message.content == ANSWER
+    client.close()
+
+
+def test_a_stream_dropped_unread_is_no_longer_watched(served: tuple[FakeUpstream, str]) -> None:
+    """A caller that opens a stream and drops it without reading or closing it: once collected,
+    the watchdog holds nothing of it (nor keeps waking for it)."""
+    upstream, base_url = served
+    upstream.set_default("gpt-A", Ok(text=ANSWER))
+    client = resilient(openai.OpenAI(api_key="sk-test", base_url=base_url), _policy())
+    before = len(WATCHDOG._watched)
+    stream = client.chat.completions.create(model="gpt-A", messages=MESSAGES, stream=True)
+    assert len(WATCHDOG._watched) == before + 1
+    del stream
+    gc.collect()
+    assert len(WATCHDOG._watched) == before
     client.close()

@@ -474,19 +474,22 @@ class SyncStreamGuard(httpx2.SyncByteStream):
         """The body, each read handed to the watchdog with the watch's limit: one it ends raises
         ``httpx2.ReadTimeout``, as the transport's own limit would."""
         watch, source = self._watch, iter(self._raw)
-        while True:
-            WATCHDOG.due(watched, time.monotonic() + watch.read_bound())
-            try:
-                data = next(source)
-            except StopIteration:
-                return
-            except httpx2.TransportError as exc:
-                if watched.fired:
-                    raise httpx2.ReadTimeout("no event within the limit", request=self._request) from exc
-                raise
-            finally:
-                watched.due = math.inf  # between reads nothing is watched
-            yield data
+        try:
+            while True:
+                WATCHDOG.due(watched, time.monotonic() + watch.read_bound())
+                try:
+                    data = next(source)
+                except StopIteration:
+                    return
+                except httpx2.TransportError as exc:
+                    if watched.fired:
+                        raise httpx2.ReadTimeout("no event within the limit", request=self._request) from exc
+                    raise
+                finally:
+                    watched.due = math.inf  # between reads nothing is watched
+                yield data
+        finally:  # also when a stream dropped unread is collected
+            WATCHDOG.forget(watched)
 
     def _unwatch(self) -> None:
         watched, self._watched = self._watched, None

@@ -14,6 +14,7 @@ end its other streams, and an in-process transport follows the changed limit its
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import math
 import os
@@ -42,15 +43,11 @@ class Watched:
         self.fired = False
 
     def fire(self) -> None:
-        """End the read under way: shut down the connection (on a duplicate of its descriptor, so
-        a TLS socket's own state is left alone; shutting down is per connection, not per fd)."""
-        self.fired = True
+        """End the read under way: shut the connection down. The base socket's own method, so a
+        TLS socket's state is left alone; a socket closed meanwhile fails cleanly (EBADF)."""
         with contextlib.suppress(OSError):
-            duplicate = socket.fromfd(self._sock.fileno(), self._sock.family, self._sock.type)
-            try:
-                duplicate.shutdown(socket.SHUT_RDWR)
-            finally:
-                duplicate.close()
+            _socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+            self.fired = True
 
 
 class ReadWatchdog:
