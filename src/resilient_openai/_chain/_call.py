@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .._budget import TargetBudget
     from .._policy import RetryPolicy, Timeouts
     from .._sdk import Options
-    from ._stream import StreamHooks, StreamWatch
+    from ._watch import StreamHooks, StreamWatch
 
 __all__ = ["AsyncHandler", "Call", "Handler", "LiveTarget", "Outcome"]
 

@@ -26,8 +26,8 @@ from .._fallback.shape import Shape, canned_reply
 from .._fallback.shared_cache import SharedCache
 from .._provenance import Provenance, Source, attach, provenance
 from ..observe.events import CallCompleted, FallbackServed
-from ._stream import StreamHooks
 from ._tenant import scope
+from ._watch import StreamHooks
 
 if TYPE_CHECKING:
     from .._clock import Clock

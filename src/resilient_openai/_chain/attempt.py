@@ -16,7 +16,8 @@ from .. import _sdk
 from .._clock import Clock
 from ..observe.events import EventBus
 from ._call import AsyncHandler, Call, Handler, Outcome
-from ._stream import AsyncStreamGuard, StreamWatch, SyncStreamGuard
+from ._stream import AsyncStreamGuard, SyncStreamGuard
+from ._watch import StreamWatch
 from ._watchdog import WATCHDOG
 from .terminal import failed
 

@@ -28,7 +28,8 @@ from .._fallback.splice import Splice, SpliceFailed
 from .._validate import context_window, oversized
 from ._call import AsyncHandler, Call, Handler, Outcome
 from ._delivery import interrupted
-from ._stream import AsyncJoined, Joined, StreamHooks, splice_chunk
+from ._stream import AsyncJoined, Joined, splice_chunk
+from ._watch import StreamHooks
 
 if TYPE_CHECKING:
     from .._policy import FallbackPolicy, FallbackStep, Route, ValidationPolicy
