@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from resilient_openai._breaker import BreakerRegistry
+from resilient_openai import CircuitOpenError
+from resilient_openai._breaker import BreakerRegistry, Permit, SharedCircuitBreaker
 from resilient_openai._breaker._redis import RedisLink, connect
 from resilient_openai._clock import SystemClock
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
@@ -30,6 +31,21 @@ def wait_for(predicate: Callable[[], bool], within: float = 3.0) -> float:
         assert time.monotonic() - start < within, "condition never became true"
         time.sleep(0.001)
     return time.monotonic() - start
+
+
+def probe_after_break(breaker: SharedCircuitBreaker) -> Permit:
+    """The permit ``breaker`` admits once its break is over (waited for): the probe."""
+    permits: list[Permit] = []
+
+    def admitted() -> bool:
+        try:
+            permits.append(breaker.acquire())
+        except CircuitOpenError:
+            return False
+        return True
+
+    wait_for(admitted)
+    return permits[0]
 
 
 @pytest.fixture

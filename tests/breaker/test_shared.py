@@ -32,7 +32,7 @@ from resilient_openai._policy import SharedPolicy
 from resilient_openai.observe.events import BreakerStateChanged, Event, EventBus
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
-from .conftest import MakeRegistry, wait_for
+from .conftest import MakeRegistry, probe_after_break, wait_for
 
 FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
 
@@ -208,12 +208,7 @@ def _probe_out(a: SharedCircuitBreaker, b: SharedCircuitBreaker) -> Permit:
     probe slot; ``b`` has seen it taken (refused: held locally until a push or a refresh)."""
     _fail(a)
     wait_for(lambda: a.state == "open" and b.state == "open")
-    probe = None
-    while probe is None:
-        try:
-            probe = a.acquire()
-        except CircuitOpenError:
-            time.sleep(0.005)
+    probe = probe_after_break(a)
     assert probe.is_probe
     assert not _probes(b)
     return probe

@@ -59,15 +59,21 @@ def _close(harness: Harness, *clients: Any) -> None:
         harness.run(client.close)
 
 
+def _slow_calls(mode: Literal["consecutive", "ratio"], break_duration: float = 5.0) -> BreakerPolicy:
+    """Tripped only by slow calls: half of at least 4 calls in 60 s slower than 1 s."""
+    return BreakerPolicy(
+        mode=mode, fail_max=100, failure_ratio=1.0, min_calls=4, window=60.0,
+        slow_call_threshold=1.0, slow_call_ratio=0.5,
+        break_duration=break_duration, break_max=max(break_duration, BreakerPolicy().break_max),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("mode", ["consecutive", "ratio"])
 def test_slow_calls_spread_over_two_workers_trip_the_shared_breaker(
     harness: Harness, redis_url: str, namespace: str, mode: Literal["consecutive", "ratio"]
 ) -> None:
     """min_calls 4, half of them slow: two slow calls in each worker open the circuit for both."""
-    breaker = BreakerPolicy(
-        mode=mode, fail_max=100, failure_ratio=1.0, min_calls=4, window=60.0,
-        slow_call_threshold=1.0, slow_call_ratio=0.5, break_duration=30.0, break_max=30.0,
-    )  # fmt: skip
+    breaker = _slow_calls(mode, break_duration=30.0)
     policy = _policy(redis_url, namespace, breaker)
     a, b = harness.client(policy), harness.client(policy)
     harness.upstream.set_default("gpt-A", Delay(2.0, then=Ok("slow")))
@@ -86,11 +92,7 @@ def test_fast_calls_keep_the_shared_slow_call_window_closed(
     harness: Harness, redis_url: str, namespace: str, mode: Literal["consecutive", "ratio"]
 ) -> None:
     """Every call is counted in the window (no folding): one slow call in four stays under 0.5."""
-    breaker = BreakerPolicy(
-        mode=mode, fail_max=100, failure_ratio=1.0, min_calls=4, window=60.0,
-        slow_call_threshold=1.0, slow_call_ratio=0.5,
-    )  # fmt: skip
-    policy = _policy(redis_url, namespace, breaker)
+    policy = _policy(redis_url, namespace, _slow_calls(mode))
     a, b = harness.client(policy), harness.client(policy)
     harness.upstream.set_default("gpt-A", Ok("fast"))
     for client in (a, a, b):

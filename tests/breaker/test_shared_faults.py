@@ -20,14 +20,14 @@ import redis
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from resilient_openai import CircuitOpenError, ConfigError, Policy, RetryPolicy, breakers, resilient
-from resilient_openai._breaker import Permit, SharedCircuitBreaker
+from resilient_openai._breaker import SharedCircuitBreaker
 from resilient_openai._breaker._redis import RECONNECT_INTERVAL, REFRESH_INTERVAL
 from resilient_openai._classify import Verdict
 from resilient_openai._policy import BreakerPolicy, SharedPolicy
 from resilient_openai.testing import FakeUpstream, Ok, Status
 
 from ..conftest import Harness
-from .conftest import MakeRegistry, PrivateRedis, wait_for
+from .conftest import MakeRegistry, PrivateRedis, probe_after_break, wait_for
 
 T = TypeVar("T")
 FAST = BreakerPolicy(fail_max=3, break_duration=0.2, break_max=1.0)
@@ -50,21 +50,6 @@ def _shared(make: MakeRegistry, **kw: object) -> SharedCircuitBreaker:
 
 def _fail(breaker: SharedCircuitBreaker) -> None:
     breaker.acquire().record(Verdict.SERVER_ERROR, duration=0.01)
-
-
-def _probe(breaker: SharedCircuitBreaker) -> Permit:
-    """The probe permit ``breaker`` admits once its break is over (waited for)."""
-    permits: list[Permit] = []
-
-    def admitted() -> bool:
-        try:
-            permits.append(breaker.acquire())
-        except CircuitOpenError:
-            return False
-        return True
-
-    wait_for(admitted)
-    return permits[0]
 
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -487,7 +472,7 @@ def test_redis_lost_after_a_reopening_keeps_the_grown_break(
     for _ in range(3):
         _fail(breaker)
     wait_for(lambda: breaker.state == "open")
-    probe = _probe(breaker)  # the 0.2 s break is over: one probe is admitted
+    probe = probe_after_break(breaker)  # the 0.2 s break is over: one probe is admitted
     probe.record(Verdict.SERVER_ERROR, duration=0.01)  # it fails: reopened, the break grown
     wait_for(lambda: breaker.snapshot().reopen_count == 1)
     private_redis.stop()
@@ -505,7 +490,7 @@ def test_a_probes_outcome_never_waits_on_redis(
     for _ in range(3):
         _fail(breaker)
     wait_for(lambda: breaker.state == "open")
-    probe = _probe(breaker)
+    probe = probe_after_break(breaker)
     redis.Redis.from_url(private_redis.url).client_pause(400)
     start = time.monotonic()
     probe.record(Verdict.SUCCESS, duration=0.01)

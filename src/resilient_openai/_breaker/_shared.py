@@ -194,16 +194,35 @@ class SharedCircuitBreaker:
             self._read(future)
 
     def acquire(self) -> Permit:
-        """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once."""
-        link = self._link
-        if not link.up or self._own:
+        """A permit for one call, or :class:`~resilient_openai.CircuitOpenError` at once; asks
+        Redis for a probe slot when a break has ended."""
+        permit = self.acquire_nowait()
+        return permit if permit is not None else self._ask()
+
+    def acquire_nowait(self) -> Permit | None:
+        """:meth:`acquire`, or None where it would wait on Redis (the first read is under way, or
+        a break has ended and a probe slot must be asked for): an asyncio caller then waits for
+        the read with :meth:`first_read` and asks for the slot off its event loop."""
+        if self._first is not None:
+            return None
+        if not self._link.up or self._own:
             return self._unavailable()
         view = self._view
         if view.state == CLOSED:  # admission()'s first rule, inlined: no clock read, no lock, no Redis
             return Permit(self, view.gen, 0)
         now = self._clock.now()
+        if admission(view, now) is Admission.ASK:
+            return None
+        return self._refuse(view, now)
+
+    def _ask(self) -> Permit:
+        """Decide with Redis: a probe slot of the cluster's, once the view says a break is over."""
+        view, now = self._view, self._clock.now()
         verdict = admission(view, now)
+        if verdict is Admission.ADMIT:  # a first read still under way: closed until it says more
+            return Permit(self, view.gen, 0)
         if verdict is Admission.ASK:
+            link = self._link
             probe = link.probe_id()
             reply = link.run(self.name, self.policy, "admit", link.lease(probe))
             if reply is None:
@@ -212,23 +231,6 @@ class SharedCircuitBreaker:
             if reply.admitted:
                 return Permit(self, reply.gen, 0 if reply.state == CLOSED else probe)
         return self._refuse(self._view, now)
-
-    def acquire_nowait(self) -> Permit | None:
-        """:meth:`acquire`, or None where it would wait on Redis (the first read is under way, or
-        a break has ended and a probe slot must be asked for): an asyncio caller then waits for
-        the read with :meth:`first_read` and asks for the slot off its event loop."""
-        if self._first is not None:
-            return None
-        link = self._link
-        if not link.up or self._own:
-            return self._unavailable()
-        view = self._view
-        if view.state == CLOSED:
-            return Permit(self, view.gen, 0)
-        now = self._clock.now()
-        if admission(view, now) is Admission.ASK:
-            return None
-        return self._refuse(view, now)
 
     def _refuse(self, view: View, now: float) -> Permit:
         retry_after = None if math.isinf(view.until) else max(view.until - now, 0.0)
